@@ -1,0 +1,171 @@
+"""Field readers that name the bad field in their error (STYLE.md section 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from .errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "req",
+    "opt",
+    "req_int",
+    "opt_int",
+    "req_str",
+    "opt_str",
+    "opt_bool",
+    "int_list",
+    "col_ref",
+    "table_field",
+    "scalar",
+    "plain",
+    "MISSING",
+]
+
+MISSING: Any = object()
+
+_JSON_SCALARS = (type(None), bool, int, float, str)
+
+# Integers must survive both envelopes: msgpack carries -2**63 .. 2**64-1, and
+# seqs, rids and ids are int64 on the server.
+INT64_MAX = 2**63 - 1
+_WIRE_INT_MIN, _WIRE_INT_MAX = -(2**63), 2**64 - 1
+
+
+def _bad(path: str, what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_FIELD, f"field '{path}' {what}", field=path)
+
+
+def req(d: dict[str, Any], key: str, path: str) -> Any:
+    if key not in d:
+        raise _bad(path, "is required")
+    return d[key]
+
+
+def opt(d: dict[str, Any], key: str, default: Any = None) -> Any:
+    return d.get(key, default)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def req_int(d: dict[str, Any], key: str, path: str, *, minimum: int | None = 0) -> int:
+    v = req(d, key, path)
+    if not _is_int(v):
+        raise _bad(path, f"must be an integer, got {type(v).__name__}")
+    if minimum is not None and v < minimum:
+        raise _bad(path, f"must be >= {minimum}, got {v}")
+    if not -INT64_MAX - 1 <= v <= INT64_MAX:
+        raise _bad(path, f"must fit in 64 bits, got {v}")
+    return int(v)
+
+
+def opt_int(d: dict[str, Any], key: str, path: str, *, minimum: int | None = 0) -> int | None:
+    if d.get(key) is None:
+        return None
+    return req_int(d, key, path, minimum=minimum)
+
+
+def req_str(d: dict[str, Any], key: str, path: str, *, nonempty: bool = True) -> str:
+    v = req(d, key, path)
+    if not isinstance(v, str):
+        raise _bad(path, f"must be a string, got {type(v).__name__}")
+    if nonempty and not v:
+        raise _bad(path, "must not be empty")
+    return v
+
+
+def opt_str(d: dict[str, Any], key: str, path: str) -> str | None:
+    if d.get(key) is None:
+        return None
+    return req_str(d, key, path)
+
+
+def opt_bool(d: dict[str, Any], key: str, path: str, default: bool = False) -> bool:
+    v = d.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise _bad(path, f"must be true or false, got {type(v).__name__}")
+    return v
+
+
+def int_list(v: Any, path: str) -> tuple[int, ...]:
+    if not isinstance(v, (list, tuple)):
+        raise _bad(path, f"must be a list of integers, got {type(v).__name__}")
+    for i, x in enumerate(v):
+        if not _is_int(x) or not 0 <= x <= INT64_MAX:
+            raise _bad(f"{path}[{i}]", f"must be a non-negative 64-bit integer, got {x!r}")
+    return tuple(int(x) for x in v)
+
+
+def col_ref(v: Any, path: str) -> int | str:
+    """A column reference: a name (string) or a server-assigned id (integer)."""
+    if isinstance(v, str) and v:
+        return v
+    if _is_int(v) and 0 <= v <= INT64_MAX:
+        return int(v)
+    raise _bad(path, f"must be a column name (string) or id (integer), got {v!r}")
+
+
+def scalar(v: Any, path: str) -> Any:
+    """A cell value: null, boolean, number or string that both envelopes can carry."""
+    if not isinstance(v, _JSON_SCALARS):
+        raise _bad(path, f"must be a null, boolean, number or string, got {type(v).__name__}")
+    if _is_int(v) and not _WIRE_INT_MIN <= v <= _WIRE_INT_MAX:
+        raise _bad(path, f"is an integer out of the 64-bit range, got {v}")
+    return v
+
+
+def plain(v: Any, path: str) -> Any:
+    """Free-form data (presence state, details, limits): JSON objects, arrays and scalars.
+
+    msgpack can also carry bytes, extension types and non-string keys; those
+    cannot be re-sent to a JSON client, so they are refused here, by path.
+    """
+    stack = [(v, path)]
+    while stack:
+        x, p = stack.pop()
+        if isinstance(x, dict):
+            for k, item in x.items():
+                if not isinstance(k, str):
+                    raise _bad(p, f"has a non-string key {k!r}")
+                stack.append((item, f"{p}.{k}"))
+        elif isinstance(x, list):
+            stack.extend((item, f"{p}[{i}]") for i, item in enumerate(x))
+        else:
+            scalar(x, p)
+    return v
+
+
+def table_field(v: Any, path: str) -> pa.Table:
+    """A table: Arrow IPC bytes (binary frames) or a list of row dicts (JSON)."""
+    if isinstance(v, pa.Table):
+        return v
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        from .arrow import table_from_ipc
+
+        return table_from_ipc(bytes(v), path)
+    if isinstance(v, list):
+        for i, row in enumerate(v):
+            if not isinstance(row, dict):
+                raise _bad(f"{path}[{i}]", "must be an object of column: value")
+            for k, x in row.items():
+                if not isinstance(k, str):
+                    raise _bad(f"{path}[{i}]", "has a non-string column name")
+                scalar(x, f"{path}[{i}].{k}")
+        # Columns are the union of every row's keys: a row may leave out a null.
+        # (Table.from_pylist would take the first row's keys and drop the rest.)
+        arrays = {}
+        for c in dict.fromkeys(k for row in v for k in row):
+            try:
+                arrays[c] = pa.array([row.get(c) for row in v])
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+                raise _bad(
+                    path, f"column '{c}' has values that do not fit one type; send one type per column ({e})"
+                ) from None
+        return pa.Table.from_pydict(arrays)
+    raise _bad(path, f"must be a list of row objects or Arrow IPC bytes, got {type(v).__name__}")

@@ -1,0 +1,79 @@
+"""Arrow IPC payload codec and JSON row conversion (PROTOCOL.md "Tables")."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import math
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import ErrorCode, ProtocolError
+
+__all__ = ["table_to_ipc", "table_from_ipc", "table_to_rows", "json_value"]
+
+
+def table_to_ipc(table: pa.Table) -> bytes:
+    """Serialize a table as one Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def table_from_ipc(data: bytes, path: str = "table") -> pa.Table:
+    """Read one Arrow IPC stream; raise ProtocolError naming ``path`` if it is not one.
+
+    The bytes come from a peer, so the table is fully validated: the IPC reader
+    checks only the framing, and a table with bad offsets or null counts would
+    fault later, far from the frame that carried it.
+    """
+    try:
+        with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
+            table = reader.read_all()
+        table.validate(full=True)
+        return table
+    except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: names not UTF-8
+        raise ProtocolError(
+            ErrorCode.BAD_FIELD, f"field '{path}' is not an Arrow IPC stream ({e})", field=path
+        ) from None
+
+
+def json_value(v: Any) -> Any:
+    """Map one Arrow-derived Python value to a JSON-friendly value."""
+    if isinstance(v, (dt.datetime, dt.date, dt.time)):
+        return v.isoformat()
+    if isinstance(v, dt.timedelta):
+        return v.total_seconds()
+    if isinstance(v, decimal.Decimal):
+        return str(v)
+    if isinstance(v, bytes):
+        return base64.b64encode(v).decode("ascii")
+    if isinstance(v, float) and not math.isfinite(v):  # NaN and infinities are not JSON
+        return None
+    if isinstance(v, list):
+        return [json_value(x) for x in v]
+    if isinstance(v, dict):
+        return {k: json_value(x) for k, x in v.items()}
+    return v
+
+
+def _column_values(column: pa.ChunkedArray) -> list[Any]:
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError):
+        # A date or duration Python cannot hold (year 10000 and on): Arrow's own text.
+        return pc.cast(column, pa.string()).to_pylist()
+
+
+def table_to_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """A table as a list of row dicts with JSON-friendly values."""
+    try:
+        rows = table.to_pylist()
+    except (OverflowError, ValueError):
+        names = table.column_names
+        rows = [dict(zip(names, r)) for r in zip(*(_column_values(c) for c in table.columns))]
+    return [{k: json_value(v) for k, v in row.items()} for row in rows]
