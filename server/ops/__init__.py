@@ -1,0 +1,49 @@
+"""Pure operations on a room's frame (DESIGN.md "Operations (v1)").
+
+Frame, catalog and op in; new state, inverse ops and effect out. No I/O and
+no room. The room's hot path coalesces many small ``set`` ops with
+:func:`plan_set` + :func:`apply_set_plans` (one scatter per column per tick).
+"""
+
+from .apply import apply, apply_all
+from .cells import SetPlan, apply_set_plans, locate, plan_set, read_cells
+from .columns import cast_values
+from .dtypes import (
+    DTYPE_NAMES,
+    check_name,
+    coerce,
+    coerce_series,
+    dtype_name,
+    normalize_frame,
+    polars_dtype,
+    to_scalars,
+)
+from .sandbox import compile_expr
+from .state import RID, Applied, Catalog, Column, Effect, OpError, State
+
+__all__ = [
+    "RID",
+    "Column",
+    "Catalog",
+    "State",
+    "Effect",
+    "Applied",
+    "OpError",
+    "apply",
+    "apply_all",
+    "SetPlan",
+    "plan_set",
+    "apply_set_plans",
+    "read_cells",
+    "locate",
+    "cast_values",
+    "DTYPE_NAMES",
+    "polars_dtype",
+    "dtype_name",
+    "check_name",
+    "normalize_frame",
+    "coerce",
+    "coerce_series",
+    "to_scalars",
+    "compile_expr",
+]

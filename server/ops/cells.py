@@ -1,0 +1,279 @@
+"""Cell writes: ``set`` (planned and coalesced for the room's hot path) and ``fill_null``.
+
+The room drains its queue once per tick; it validates each ``set`` with
+:func:`plan_set` and writes every touched column with one clone + scatter in
+:func:`apply_set_plans` (DESIGN.md "Operations (v1)": one scatter of 1,000
+cells costs about what one single-cell write does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from protocol import FILL_STRATEGIES, ErrorCode, FillNull, SetCells
+
+from .dtypes import coerce, dtype_family, to_scalars
+from .state import Applied, Column, Effect, OpError, State
+
+__all__ = [
+    "SetPlan",
+    "locate",
+    "plan_set",
+    "apply_set_plans",
+    "read_cells",
+    "apply_set",
+    "apply_fill_null",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SetPlan:
+    """A validated ``set``: where to write which values; the frame is untouched.
+
+    ``positions`` index the frame the plan was made against; apply it to
+    that same state (or one with the same rows and column).
+    """
+
+    col: Column
+    rids: np.ndarray  # uint64
+    positions: np.ndarray  # int64 row positions
+    values: pl.Series  # the column dtype, one per rid
+
+
+def _rid_array(rows: Sequence[int]) -> np.ndarray:
+    try:
+        return np.asarray(rows, dtype=np.uint64)
+    except (OverflowError, ValueError, TypeError):
+        bad = [r for r in rows if not (isinstance(r, int) and 0 <= r < 2**64)]
+        raise OpError(
+            ErrorCode.NO_SUCH_ROW,
+            f"{bad[0]!r} is not a row id; rids are non-negative integers from the frame's '_rid'",
+            rids=[str(r) for r in bad[:5]],
+        ) from None
+
+
+def locate(state: State, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The rids (uint64) and their row positions in ``state.frame``.
+
+    Raises:
+        OpError: ``no_such_row`` listing up to 5 rids that are not in the frame.
+    """
+    req = _rid_array(rows)
+    rids = np.asarray(state.rids(), dtype=np.uint64)
+    pos = np.searchsorted(rids, req)
+    n = len(rids)
+    found = pos < n
+    if n:
+        found &= rids[np.minimum(pos, n - 1)] == req
+    if not found.all():
+        missing = req[~found]
+        shown = ", ".join(str(int(r)) for r in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise OpError(
+            ErrorCode.NO_SUCH_ROW,
+            f"{len(missing)} row{'s' if len(missing) > 1 else ''} not found (rid {shown}{more}):"
+            " deleted, or never inserted; refresh your copy and retry",
+            rids=[int(r) for r in missing[:5]],
+            count=int(len(missing)),
+        )
+    return req, pos.astype(np.int64)
+
+
+def plan_set(state: State, op: SetCells) -> SetPlan:
+    """Validate a ``set`` exactly as :func:`apply` does, without touching the frame.
+
+    Raises:
+        OpError: ``no_such_column``; ``bad_op`` (values/rows mismatch, a rid
+            twice); ``no_such_row``; ``bad_value`` (samples carry the rid).
+    """
+    col = state.catalog.resolve(op.col)
+    if len(op.values) != len(op.rows):
+        raise OpError(
+            ErrorCode.BAD_OP,
+            f"set has {len(op.values)} values for {len(op.rows)} rows; send one value per row",
+        )
+    rids, pos = locate(state, op.rows)
+    if len(rids) > 1:
+        uniq, counts = np.unique(rids, return_counts=True)
+        if len(uniq) != len(rids):
+            dups = [int(r) for r in uniq[counts > 1][:5]]
+            raise OpError(
+                ErrorCode.BAD_OP,
+                f"rid {dups[0]} appears more than once in one set; send each row once",
+                rids=dups,
+            )
+    try:
+        values = coerce(op.values, col.dtype, what=f"column '{col.name}'")
+    except OpError as e:
+        samples = e.details.get("samples", [])
+        for s in samples:
+            s["rid"] = int(rids[s["position"]])
+        if samples:
+            e.message += f" (rid {samples[0]['rid']})"
+            e.args = (e.message,)
+        raise
+    return SetPlan(col, rids, pos, values.rename(col.name))
+
+
+def _last_wins(pos: np.ndarray) -> np.ndarray:
+    """Indices into ``pos`` keeping only the last write of each position, in order."""
+    rev = pos[::-1]
+    _, first_in_rev = np.unique(rev, return_index=True)
+    keep = len(pos) - 1 - first_in_rev
+    keep.sort()
+    return keep
+
+
+def apply_set_plans(state: State, plans: Sequence[SetPlan]) -> State:
+    """Write many planned sets: one clone + scatter per touched column.
+
+    When several plans write the same cell the last plan wins.
+
+    Raises:
+        ValueError: a plan's column is no longer in the catalog as planned.
+    """
+    by_col: dict[int, list[SetPlan]] = {}
+    for p in plans:
+        if len(p.positions):
+            by_col.setdefault(p.col.id, []).append(p)
+    if not by_col:
+        return state
+    height = state.frame.height
+    written: list[pl.Series] = []
+    for ps in by_col.values():
+        col = ps[0].col
+        current = next((c for c in state.catalog.columns if c.id == col.id), None)
+        if current != col:
+            raise ValueError(f"stale set plan: column {col} is now {current}")
+        pos = np.concatenate([p.positions for p in ps]) if len(ps) > 1 else ps[0].positions
+        vals = pl.concat([p.values for p in ps]) if len(ps) > 1 else ps[0].values
+        if len(ps) > 1:
+            keep = _last_wins(pos)
+            if len(keep) != len(pos):
+                pos, vals = pos[keep], vals.gather(keep)
+        if int(pos.max()) >= height:
+            raise ValueError("stale set plan: a position is past the end of the frame")
+        s = state.frame.get_column(col.name).clone()
+        s.scatter(pos, vals)
+        written.append(s)
+    return State(state.frame.with_columns(written), state.catalog, state.next_rid)
+
+
+def read_cells(state: State, col: Column, positions: np.ndarray | Sequence[int]) -> list[Any]:
+    """Current values at ``positions`` of ``col``, as JSON-friendly scalars.
+
+    Dates and datetimes come back as ISO 8601 strings, which :func:`coerce`
+    (and so a ``set``) reads back to the exact same value.
+    """
+    idx = np.asarray(positions, dtype=np.int64)
+    return to_scalars(state.frame.get_column(col.name).gather(idx))
+
+
+def apply_set(state: State, op: SetCells) -> Applied:
+    """``set`` (PROTOCOL.md "Ops"): write cells; the inverse writes the old values back."""
+    plan = plan_set(state, op)
+    old = read_cells(state, plan.col, plan.positions)
+    new = apply_set_plans(state, [plan])
+    inverse = SetCells(tuple(plan.rids.tolist()), plan.col.id, tuple(old))
+    effect = Effect(cells={plan.col.id: plan.rids} if len(plan.rids) else {})
+    return Applied(new, (inverse,), effect)
+
+
+# --------------------------------------------------------------------------- fill_null
+
+_NUMERIC_ONLY = ("mean", "median")
+
+
+def _fits(strategy: str, fam: str) -> bool:
+    if strategy in _NUMERIC_ONLY:
+        return fam in ("int", "float")
+    if strategy == "zero":
+        return fam in ("int", "float", "bool")
+    return True
+
+
+def _fill_value(s: pl.Series, strategy: str, col: Column) -> pl.Series | None:
+    """A one-value Series of the column dtype to fill with; None if there is none."""
+    dtype = s.dtype
+    fam = dtype_family(col.dtype)
+    values = s.drop_nulls()
+    if strategy == "zero":
+        return pl.Series([False if fam == "bool" else 0]).cast(dtype)
+    if not len(values):
+        return None
+    if strategy == "mode":
+        counts = values.rename("v").value_counts(name="n")
+        return counts.sort(["n", "v"], descending=[True, False]).get_column("v").head(1).cast(dtype)
+    if fam == "int" and strategy in _NUMERIC_ONLY:
+        # Exact integer arithmetic: a float mean of values near 2**63 rounds out of range.
+        n = len(values)
+        if strategy == "mean":
+            num, den = values.cast(pl.Int128).sum(), n
+        else:
+            ordered = values.sort()
+            num, den = int(ordered[(n - 1) // 2]) + int(ordered[n // 2]), 2
+        return pl.Series([_round_half_away(num, den)]).cast(dtype)
+    # min, max, and float mean/median: aggregate in Polars so the value keeps its dtype.
+    return values.to_frame("v").select(getattr(pl.col("v"), strategy)()).to_series().cast(dtype)
+
+
+def _round_half_away(num: int, den: int) -> int:
+    """num/den rounded to the nearest integer, halves away from zero (2.5 -> 3, -2.5 -> -3)."""
+    q, r = divmod(abs(num), den)
+    q += 2 * r >= den
+    return -q if num < 0 else q
+
+
+def apply_fill_null(state: State, op: FillNull) -> Applied:
+    """``fill_null``: fill nulls with a value or a strategy; the inverse nulls them again.
+
+    Raises:
+        OpError: ``no_such_column``; ``bad_op`` (neither or both of value and
+            strategy, an unknown strategy, or one that does not fit the
+            dtype); ``bad_value`` for a value of the wrong type.
+    """
+    col = state.catalog.resolve(op.col)
+    if (op.value is None) == (op.strategy is None):
+        raise OpError(ErrorCode.BAD_OP, "fill_null needs exactly one of 'value' (not null) or 'strategy'")
+    s = state.frame.get_column(col.name)
+    fam = dtype_family(col.dtype)
+    if op.strategy is not None:
+        if op.strategy not in FILL_STRATEGIES:
+            raise OpError(
+                ErrorCode.BAD_OP,
+                f"unknown fill strategy {op.strategy!r}; use one of {', '.join(FILL_STRATEGIES)}",
+            )
+        if not _fits(op.strategy, fam):
+            fitting = [st for st in FILL_STRATEGIES if _fits(st, fam)]
+            raise OpError(
+                ErrorCode.BAD_OP,
+                f"strategy '{op.strategy}' does not fit column '{col.name}' ({col.dtype});"
+                f" for this column use {', '.join(fitting)}, or a value",
+                strategies=fitting,
+            )
+    null_mask = s.is_null()
+    if op.strategy in ("forward", "backward"):
+        filled = s.fill_null(strategy=op.strategy)  # type: ignore[arg-type]
+        changed = np.flatnonzero((null_mask & filled.is_not_null()).to_numpy())
+    else:
+        one = (
+            coerce([op.value], col.dtype, what=f"fill value for column '{col.name}'")
+            if op.strategy is None
+            else _fill_value(s, op.strategy, col)
+        )
+        changed = np.flatnonzero(null_mask.to_numpy()) if one is not None else np.empty(0, np.int64)
+        filled = s
+        if len(changed):
+            filled = s.clone()
+            filled.scatter(changed, one.gather(np.zeros(len(changed), dtype=np.int64)))
+    rids = np.asarray(state.rids(), dtype=np.uint64)[changed]
+    inverse = SetCells(tuple(rids.tolist()), col.id, (None,) * len(rids))
+    if not len(changed):
+        return Applied(state, (inverse,), Effect())
+    new = State(state.frame.with_columns(filled.rename(col.name)), state.catalog, state.next_rid)
+    return Applied(new, (inverse,), Effect(cells={col.id: rids}))

@@ -1,0 +1,118 @@
+"""The pure data the ops work on: column catalog, room state and op effects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from protocol import ColRef, ErrorCode, Op
+
+__all__ = ["Column", "Catalog", "State", "Effect", "Applied", "OpError", "RID"]
+
+RID = "_rid"
+
+
+class OpError(Exception):
+    """An op cannot apply; the state is unchanged.
+
+    ``code`` is a :class:`protocol.ErrorCode`; ``message`` says what was wrong
+    and what to do; ``details`` is JSON-friendly.
+    """
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    id: int
+    name: str
+    dtype: str  # a dtype name from server.ops.dtypes (e.g. "Int64", "String")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "dtype": self.dtype}
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Columns in display order. Ids are stable and never reused."""
+
+    columns: tuple[Column, ...]
+    next_id: int
+
+    def resolve(self, ref: ColRef) -> Column:
+        """The column named (str) or numbered (int) by ``ref``.
+
+        Raises:
+            OpError: ``no_such_column``.
+        """
+        for c in self.columns:
+            if (c.id == ref) if isinstance(ref, int) else (c.name == ref):
+                return c
+        what = f"id {ref}" if isinstance(ref, int) else f"'{ref}'"
+        raise OpError(
+            ErrorCode.NO_SUCH_COLUMN,
+            f"no column {what}; columns are {', '.join(c.name for c in self.columns) or '(none)'}",
+            column=ref,
+        )
+
+    def position(self, col_id: int) -> int:
+        for i, c in enumerate(self.columns):
+            if c.id == col_id:
+                return i
+        raise KeyError(col_id)
+
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def to_wire(self) -> list[dict[str, Any]]:
+        return [c.to_wire() for c in self.columns]
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A room's data: the frame, its catalog and the next rid to assign.
+
+    Invariants: ``frame`` columns are ``_rid`` (UInt64, unique, ascending)
+    followed by the catalog's columns, by name, in catalog order, each with
+    the catalog dtype; every rid in the frame is < ``next_rid``.
+    """
+
+    frame: pl.DataFrame
+    catalog: Catalog
+    next_rid: int
+
+    def rids(self) -> np.ndarray:
+        """The ascending rid array (zero-copy where Polars allows)."""
+        return self.frame.get_column(RID).to_numpy()
+
+
+@dataclass(slots=True)
+class Effect:
+    """What an op changed, so the room can build one delta per tick.
+
+    ``cells`` maps column id → rids whose value in that column changed.
+    ``full`` holds ids of columns whose every value must be re-sent (added,
+    cast or restored columns). ``inserted``/``deleted`` are rids.
+    """
+
+    cells: dict[int, np.ndarray] = field(default_factory=dict)
+    full: set[int] = field(default_factory=set)
+    inserted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    deleted: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    schema_changed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The result of one op: the new state, ops that undo it, and its effect."""
+
+    state: State
+    inverse: tuple[Op, ...]
+    effect: Effect
