@@ -1,0 +1,21 @@
+"""coframe Python client: ``from client import connect``.
+
+``async with connect(url, dataset) as room`` gives a live Polars mirror
+(``room.frame``) and the op methods of DESIGN.md's client contract;
+:class:`SyncRoom` wraps it for notebooks.
+"""
+
+from .mirror import Mirror
+from .room import ConnectionClosed, DeltaEvent, DeltaStream, OpRejected, Room, connect
+from .sync import SyncRoom
+
+__all__ = [
+    "connect",
+    "Room",
+    "SyncRoom",
+    "OpRejected",
+    "ConnectionClosed",
+    "DeltaEvent",
+    "DeltaStream",
+    "Mirror",
+]

@@ -1,0 +1,152 @@
+"""One delta per tick, encoded once, and the log of recent deltas for resume.
+
+PROTOCOL.md "delta": a delta carries the *net* effect of its seq range as
+final values. Applying it is idempotent: re-applying upserts sets the same
+values, and deleting an absent rid is a no-op. That is what lets a client
+that joined mid-range, or resumed with ``since``, apply it safely.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from protocol import Delta, encode
+
+from ..ops.state import RID, Effect, State
+
+__all__ = ["DeltaBuilder", "DeltaLog", "EncodedDelta", "frame_to_arrow"]
+
+
+def frame_to_arrow(df: pl.DataFrame):  # -> pa.Table
+    """Arrow for the wire: plain (large) strings, never string_view (DESIGN.md "Types")."""
+    return df.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
+_EMPTY = np.empty(0, dtype=np.uint64)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    if not parts:
+        return _EMPTY
+    return np.unique(np.concatenate([np.asarray(p, dtype=np.uint64) for p in parts]))
+
+
+@dataclass(slots=True)
+class DeltaBuilder:
+    """Accumulates op effects over one tick."""
+
+    cells: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    full: set[int] = field(default_factory=set)
+    inserted: list[np.ndarray] = field(default_factory=list)
+    deleted: list[np.ndarray] = field(default_factory=list)
+    schema_changed: bool = False
+
+    def add(self, effect: Effect) -> None:
+        for col_id, rids in effect.cells.items():
+            self.cells.setdefault(col_id, []).append(rids)
+        self.full |= effect.full
+        if len(effect.inserted):
+            self.inserted.append(effect.inserted)
+        if len(effect.deleted):
+            self.deleted.append(effect.deleted)
+        self.schema_changed |= effect.schema_changed
+
+    def add_cells(self, col_id: int, rids: np.ndarray) -> None:
+        self.cells.setdefault(col_id, []).append(rids)
+
+    def empty(self) -> bool:
+        return not (self.cells or self.full or self.inserted or self.deleted or self.schema_changed)
+
+    def build(
+        self, before: State, after: State, seq_from: int, seq_to: int, by: tuple[str, ...], meta: bytes | None
+    ) -> Delta:
+        after_rids = after.rids()
+        deleted = _cat(self.deleted)
+        if len(deleted):
+            # Only rows that existed before the tick and are gone after it.
+            deleted = deleted[np.isin(deleted, before.rids()) & ~np.isin(deleted, after_rids)]
+        ids = {c.id for c in after.catalog.columns}
+        full = self.full & ids
+        inserted = _cat(self.inserted)
+        if inserted.size:
+            cols = [c for c in after.catalog.columns]
+        else:
+            touched = (set(self.cells) | full) & ids
+            cols = [c for c in after.catalog.columns if c.id in touched]
+        upserts = None
+        if full:
+            upserts = after.frame.select([RID, *(c.name for c in cols)])
+        elif cols:
+            rids = _cat([inserted, *(r for parts in self.cells.values() for r in parts)])
+            rids = rids[np.isin(rids, after_rids)]  # drop rows deleted later in the tick
+            pos = np.searchsorted(after_rids, rids)
+            if len(pos):
+                upserts = after.frame.select([RID, *(c.name for c in cols)])[pos]
+        schema = None
+        if self.schema_changed or before.catalog.columns != after.catalog.columns:
+            schema = tuple(after.catalog.to_wire())
+        return Delta(
+            seq_from,
+            seq_to,
+            by,
+            None if upserts is None or upserts.height == 0 else frame_to_arrow(upserts),
+            tuple(int(r) for r in deleted),
+            schema,
+            meta,
+        )
+
+
+class EncodedDelta:
+    """A delta encoded at most once per envelope, shared by every subscriber."""
+
+    __slots__ = ("delta", "seq_from", "seq_to", "_binary", "_text")
+
+    def __init__(self, delta: Delta) -> None:
+        self.delta = delta
+        self.seq_from = delta.seq_from
+        self.seq_to = delta.seq_to
+        self._binary: bytes | None = None
+        self._text: str | None = None
+
+    def payload(self, binary: bool) -> bytes | str:
+        if binary:
+            if self._binary is None:
+                self._binary = encode(self.delta, binary=True)  # type: ignore[assignment]
+            return self._binary  # type: ignore[return-value]
+        if self._text is None:
+            self._text = encode(self.delta, binary=False)  # type: ignore[assignment]
+        return self._text  # type: ignore[return-value]
+
+    def size(self) -> int:
+        return len(self._binary or b"") + len(self._text or "")
+
+
+class DeltaLog:
+    """The most recent deltas, bounded by count and bytes, for ``since=`` resume."""
+
+    def __init__(self, *, max_entries: int = 4096, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: deque[EncodedDelta] = deque()
+        self._bytes = 0
+
+    def append(self, d: EncodedDelta) -> None:
+        self._entries.append(d)
+        self._bytes += d.size()
+        while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
+            self._bytes -= self._entries.popleft().size()
+
+    def since(self, seq: int, current: int) -> list[EncodedDelta] | None:
+        """Deltas after ``seq`` up to ``current``; None if the log no longer reaches back."""
+        if seq == current:
+            return []
+        if seq > current or not self._entries:
+            return None
+        out = [d for d in self._entries if d.seq_to > seq]
+        if not out or out[0].seq_from != seq + 1:
+            return None
+        return out

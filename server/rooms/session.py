@@ -1,0 +1,214 @@
+"""A connected client: its identity, encoding and bounded send queue.
+
+STYLE.md section 5: slow consumers are a policy. Each session owns one
+writer task and a queue bounded by message count and bytes. Broadcast
+payloads (deltas, presence) are *droppable*: when the queue overflows they
+are discarded and the session is marked for **resync**; as soon as the
+writer catches up it sends a fresh ``welcome`` (reason ``resync``) instead
+of the missed deltas. Replies (ack, error, welcome) are never dropped; a
+client whose replies alone overflow twice the bound, or that stays in resync
+longer than ``stall_timeout``, is closed with ``CloseCode.SLOW_CONSUMER``.
+The room never awaits a session, so it never waits for its slowest client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from protocol import CloseCode
+
+__all__ = ["Transport", "Session", "SessionLimits"]
+
+log = logging.getLogger("coframe.session")
+
+Payload = bytes | str
+
+
+class Transport(Protocol):
+    """What a session needs from a WebSocket (Starlette's, or a test double)."""
+
+    async def send(self, data: Payload) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    max_messages: int = 1024
+    max_bytes: int = 64 * 1024 * 1024
+    stall_timeout: float = 30.0
+
+
+class Session:
+    """One client connection in one room."""
+
+    def __init__(
+        self,
+        client: str,
+        transport: Transport,
+        *,
+        binary: bool,
+        limits: SessionLimits,
+        resync: Callable[[Session], Awaitable[Payload]],
+    ) -> None:
+        self.client = client
+        self.transport = transport
+        self.binary = binary
+        self.limits = limits
+        self.base_seq = 0  # latest base_seq seen from this client (low-water mark input)
+        self.awareness_id = 0
+        self.awareness_clock = 0
+        self._resync = resync
+        self._queue: deque[tuple[Payload, bool]] = deque()
+        self._queued_bytes = 0
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._closing: tuple[int, str] | None = None
+        self._drained = asyncio.Event()
+        self._first: Awaitable[Payload] | None = None
+        self.resync_pending = False
+        self.stalled_since: float | None = None
+        self.resyncs = 0
+        self.dropped = 0
+        self.close_reason: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -------------------------------------------------------------- queueing
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self, first: Awaitable[Payload] | None = None) -> None:
+        """Start the writer; ``first`` (the welcome) is sent before the queue."""
+        self._first = first
+        self._task = asyncio.get_running_loop().create_task(self._writer(), name=f"writer:{self.client}")
+
+    def push(self, data: Payload, *, droppable: bool = False) -> None:
+        """Queue ``data`` without waiting. Never blocks the room."""
+        if self._closed:
+            return
+        if droppable and self.resync_pending:
+            self.dropped += 1
+            self._check_stall()
+            return
+        full = len(self._queue) >= self.limits.max_messages or self._queued_bytes >= self.limits.max_bytes
+        if full:
+            if droppable:
+                self._enter_resync()
+                self.dropped += 1
+                return
+            if len(self._queue) >= 2 * self.limits.max_messages:
+                self.abort(CloseCode.SLOW_CONSUMER, "send queue overflowed with replies; read faster")
+                return
+        self._queue.append((data, droppable))
+        self._queued_bytes += len(data)
+        self._wake.set()
+
+    def _enter_resync(self) -> None:
+        kept = deque((d, dr) for d, dr in self._queue if not dr)
+        self.dropped += len(self._queue) - len(kept)
+        self._queue = kept
+        self._queued_bytes = sum(len(d) for d, _ in kept)
+        self.resync_pending = True
+        self.stalled_since = time.monotonic()
+        self._wake.set()
+
+    def _check_stall(self) -> None:
+        since = self.stalled_since
+        if since is not None and time.monotonic() - since > self.limits.stall_timeout:
+            self.abort(
+                CloseCode.SLOW_CONSUMER,
+                f"fell behind for over {self.limits.stall_timeout:g}s; reconnect with since= to resume",
+            )
+
+    # --------------------------------------------------------------- writing
+
+    async def _writer(self) -> None:
+        try:
+            if self._first is not None:
+                await self.transport.send(await self._first)
+                self._first = None
+            while not self._closed:
+                if not self._queue:
+                    if self._closing is not None:
+                        self._drained.set()
+                        return
+                    if self.resync_pending:
+                        # Capture and clear happen synchronously inside the
+                        # room's resync callback, so later deltas queue behind it.
+                        payload = await self._resync(self)
+                        self.resyncs += 1
+                        self.stalled_since = None
+                        await self.transport.send(payload)
+                        continue
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                data, _ = self._queue.popleft()
+                self._queued_bytes -= len(data)
+                await self.transport.send(data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the peer went away mid-send; the reader sees it too
+            log.debug("writer for %s stopped: %r", self.client, e)
+            self._closed = True
+
+    def abort(self, code: int, reason: str) -> None:
+        """Close now: drop the queue, stop the writer, close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        self.close_reason = reason
+        self._queue.clear()
+        self._queued_bytes = 0
+        if self._task is not None:
+            self._task.cancel()
+        log.info("closing %s: %s", self.client, reason)
+        asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(self.transport.close(code, reason), 5.0)
+        except Exception as e:  # already gone
+            log.debug("close of %s failed: %r", self.client, e)
+
+    async def finish(self, code: int, reason: str, grace: float = 5.0) -> None:
+        """Send what is queued (e.g. the error that explains why), then close."""
+        if self._closed:
+            return
+        self._closing = (code, reason)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._drained.wait(), grace)
+        except TimeoutError:
+            pass
+        self._closed = True
+        self.close_reason = reason
+        await self._close(code, reason)
+
+    async def stop(self) -> None:
+        """Stop the writer after the client left (no close frame)."""
+        self._closed = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass

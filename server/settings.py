@@ -1,0 +1,28 @@
+"""Server settings: one frozen dataclass, filled by the CLI or by tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    datasets: tuple[tuple[str, str], ...] = ()  # (name, path to .csv or .parquet)
+    demo: bool = True
+    demo_rows: int = 100_000
+    # Limits (PROTOCOL.md "Limits").
+    max_message_bytes: int = 8 * 1024 * 1024  # soft: bigger → error too_large, socket stays up
+    transport_max_bytes: int = 32 * 1024 * 1024  # hard: bigger → close 1009
+    max_rows_per_op: int = 1_000_000
+    ops_per_second: float = 5_000.0  # per client, op/undo/redo messages
+    ops_burst: int = 10_000
+    send_queue_messages: int = 1024
+    send_queue_bytes: int = 64 * 1024 * 1024
+    stall_timeout: float = 30.0
+    hello_timeout: float = 10.0
+    idle_unload: float = 300.0
+    extra: dict[str, str] = field(default_factory=dict)
