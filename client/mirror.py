@@ -42,11 +42,13 @@ class Mirror:
         self.frame = pl.DataFrame({RID: pl.Series([], dtype=pl.UInt64)})
         self.schema: list[dict[str, Any]] = []
         self.seq = -1
+        self.snapshots = 0  # full loads (join or resync); deltas never add to it
 
     def load(self, w: Welcome) -> None:
         """Replace everything with a welcome's snapshot (join or resync)."""
         schema = list(w.schema)
         if w.snapshot is not None:
+            self.snapshots += 1
             df = pl.from_arrow(w.snapshot)
             assert isinstance(df, pl.DataFrame)
             self.frame = df.select(
