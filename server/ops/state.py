@@ -87,10 +87,16 @@ class State:
     frame: pl.DataFrame
     catalog: Catalog
     next_rid: int
+    # One-slot cache for rids(): the frame never changes, so neither does it.
+    _rid_cache: list[np.ndarray] = field(default_factory=list, compare=False, repr=False)
 
     def rids(self) -> np.ndarray:
-        """The ascending rid array (zero-copy where Polars allows)."""
-        return self.frame.get_column(RID).to_numpy()
+        """The ascending rid array as uint64 (computed once per state; read-only)."""
+        if not self._rid_cache:
+            arr = np.asarray(self.frame.get_column(RID).to_numpy(), dtype=np.uint64)
+            arr.flags.writeable = False
+            self._rid_cache.append(arr)
+        return self._rid_cache[0]
 
 
 @dataclass(slots=True)

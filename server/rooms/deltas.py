@@ -29,6 +29,34 @@ def frame_to_arrow(df: pl.DataFrame):  # -> pa.Table
 _EMPTY = np.empty(0, dtype=np.uint64)
 
 
+def _member(values: np.ndarray, sorted_rids: np.ndarray) -> np.ndarray:
+    """Mask of ``values`` present in the ascending ``sorted_rids``.
+
+    O(k log n) with searchsorted; ``np.isin`` would sort all n rids per tick.
+    """
+    n = len(sorted_rids)
+    if n == 0 or len(values) == 0:
+        return np.zeros(len(values), dtype=bool)
+    pos = np.searchsorted(sorted_rids, values)
+    return sorted_rids[np.minimum(pos, n - 1)] == values
+
+
+_SCALAR_ROWS = 128
+
+
+def _take(frame: pl.DataFrame, names: list[str], pos: np.ndarray) -> pl.DataFrame:
+    """Rows ``pos`` of ``names``. Small deltas use scalar reads: Polars 2 runs
+    every gather through its query engine, a fixed ~200 us per column."""
+    if len(pos) > _SCALAR_ROWS:
+        return pl.DataFrame([frame.get_column(n).gather(pos) for n in names])
+    idx = [int(i) for i in pos]
+    cols = []
+    for n in names:
+        s = frame.get_column(n)
+        cols.append(pl.Series(n, [s[i] for i in idx], dtype=s.dtype))
+    return pl.DataFrame(cols)
+
+
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
     if not parts:
         return _EMPTY
@@ -68,7 +96,7 @@ class DeltaBuilder:
         deleted = _cat(self.deleted)
         if len(deleted):
             # Only rows that existed before the tick and are gone after it.
-            deleted = deleted[np.isin(deleted, before.rids()) & ~np.isin(deleted, after_rids)]
+            deleted = deleted[_member(deleted, before.rids()) & ~_member(deleted, after_rids)]
         ids = {c.id for c in after.catalog.columns}
         full = self.full & ids
         inserted = _cat(self.inserted)
@@ -82,10 +110,10 @@ class DeltaBuilder:
             upserts = after.frame.select([RID, *(c.name for c in cols)])
         elif cols:
             rids = _cat([inserted, *(r for parts in self.cells.values() for r in parts)])
-            rids = rids[np.isin(rids, after_rids)]  # drop rows deleted later in the tick
-            pos = np.searchsorted(after_rids, rids)
-            if len(pos):
-                upserts = after.frame.select([RID, *(c.name for c in cols)])[pos]
+            rids = rids[_member(rids, after_rids)]  # drop rows deleted later in the tick
+            if len(rids):
+                pos = np.searchsorted(after_rids, rids).astype(np.int64)
+                upserts = _take(after.frame, [RID, *(c.name for c in cols)], pos)
         schema = None
         if self.schema_changed or before.catalog.columns != after.catalog.columns:
             schema = tuple(after.catalog.to_wire())
