@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test install install-test lint bench clean
+.PHONY: serve test install install-test lint services bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,11 @@ serve: install
 lint: install-test
 	$(BIN)/ruff check .
 
-test: install-test lint
+# PostgreSQL and Redis for the service tests (they skip without them, fail under CI=true).
+services:
+	sh tests/services.sh
+
+test: install-test lint services
 	$(BIN)/python -m pytest -q
 
 bench: install-test

@@ -31,6 +31,8 @@ from protocol import (
     Ack,
     AddColumn,
     CastColumn,
+    Commit,
+    Committed,
     Delete,
     Delta,
     DropColumn,
@@ -138,6 +140,8 @@ class Room:
         self._client_seq = itertools.count(time.time_ns() // 1000)
         self._pending: dict[int, tuple[OpBatch | Undo, asyncio.Future[Ack]]] = {}
         self._pings: dict[int, asyncio.Future[None]] = {}
+        self._commits: dict[int, asyncio.Future[Committed]] = {}
+        self.last_commit: Committed | None = None  # the latest ``committed`` seen
         self._acked_seq = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._subscribers: list[DeltaStream] = []
@@ -195,6 +199,10 @@ class Room:
             if not fut.done():
                 fut.set_exception(err)
         self._pending.clear()
+        for fut_c in self._commits.values():
+            if not fut_c.done():
+                fut_c.set_exception(err)
+        self._commits.clear()
         for sub in list(self._subscribers):
             sub.put(None)
         self._wake_waiters()
@@ -257,6 +265,15 @@ class Room:
             entry = self._pending.pop(msg.client_seq, None)
             if entry is not None and not entry[1].done():
                 entry[1].set_result(msg)
+        elif isinstance(msg, Committed):
+            self.last_commit = msg
+            fut_c = self._commits.pop(msg.re, None) if isinstance(msg.re, int) else None
+            if fut_c is not None and not fut_c.done():
+                fut_c.set_result(msg)
+        elif isinstance(msg, Error) and isinstance(msg.re, int) and msg.re in self._commits:
+            fut_e = self._commits.pop(msg.re)
+            if not fut_e.done():
+                fut_e.set_exception(OpRejected(msg.code, msg.message, msg.details))
         elif isinstance(msg, Error):
             entry = self._pending.pop(msg.re, None) if isinstance(msg.re, int) else None
             if entry is not None and not entry[1].done():
@@ -390,6 +407,20 @@ class Room:
     async def redo(self) -> Ack:
         cs = next(self._client_seq)
         return await self._send(Redo(cs, max(self.mirror.seq, 0), id=cs))
+
+    async def commit(self, message: str = "") -> str:
+        """Commit the room's current state as a new version; return its commit id.
+
+        Raises:
+            OpRejected: ``read_only`` (a time-travel room, or a server without storage).
+        """
+        cs = next(self._client_seq)
+        fut: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+        self._commits[cs] = fut
+        if self._live is None:
+            raise ConnectionClosed("not connected")
+        await self._live.send(encode(Commit(message, id=cs), binary=True))
+        return (await fut).commit
 
     async def set_presence(self, state: dict[str, Any] | None) -> None:
         if self._ws is not None:

@@ -77,6 +77,9 @@ class SyncRoom:
     def fill_null(self, col: str | int, value: Any = None, *, strategy: str | None = None) -> Ack:
         return self._call(self._room.fill_null(col, value, strategy=strategy))
 
+    def commit(self, message: str = "") -> str:
+        return self._call(self._room.commit(message))
+
     def undo(self) -> Ack:
         return self._call(self._room.undo())
 

@@ -27,6 +27,8 @@ __all__ = [
     "Presence",
     "Meta",
     "Ping",
+    "Commit",
+    "Committed",
     "Welcome",
     "Ack",
     "Overwrite",
@@ -217,6 +219,29 @@ class Meta:
         if self.re is not None:
             d["re"] = self.re
         return d
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Commit the room's current state as a new version (PROTOCOL.md "commit")."""
+
+    message: str
+    id: int | str | None = None
+    type: ClassVar[str] = "commit"
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Commit:
+        message = d.get("message") or ""
+        if not isinstance(message, str) or len(message) > 4096:
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                "field 'message' must be a string of at most 4096 characters",
+                field="message",
+            )
+        return cls(message, _req_id(d))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "id": self.id, "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +467,55 @@ class PresenceUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class Committed:
+    """A commit was made on this room's branch; ``re`` is set for the requester."""
+
+    commit: str
+    seq: int
+    rows: int
+    message: str
+    author: str
+    time: float
+    parents: tuple[str, ...] = ()
+    re: int | str | None = None
+    type: ClassVar[str] = "committed"
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Committed:
+        parents = d.get("parents") or []
+        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD, "field 'parents' must be a list of strings", field="parents"
+            )
+        t = d.get("time")
+        if not isinstance(t, (int, float)) or isinstance(t, bool):
+            raise ProtocolError(ErrorCode.BAD_FIELD, "field 'time' must be a number", field="time")
+        return cls(
+            f.req_str(d, "commit", "commit"),
+            f.req_int(d, "seq", "seq"),
+            f.req_int(d, "rows", "rows"),
+            f.req_str(d, "message", "message", nonempty=False),
+            f.req_str(d, "author", "author", nonempty=False),
+            float(t),
+            tuple(parents),
+            _req_id(d, "re"),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "re": self.re,
+            "commit": self.commit,
+            "seq": self.seq,
+            "rows": self.rows,
+            "message": self.message,
+            "author": self.author,
+            "time": self.time,
+            "parents": list(self.parents),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Pong:
     re: int | str | None = None
     type: ClassVar[str] = "pong"
@@ -454,10 +528,12 @@ class Pong:
         return {"type": self.type, "re": self.re}
 
 
-ClientMessage = Hello | OpBatch | Undo | Redo | Presence | Meta | Ping
-ServerMessage = Welcome | Ack | Error | Delta | PresenceUpdate | Meta | Pong
+ClientMessage = Hello | OpBatch | Undo | Redo | Presence | Meta | Commit | Ping
+ServerMessage = Welcome | Ack | Error | Delta | PresenceUpdate | Meta | Committed | Pong
 
-CLIENT_MESSAGES: dict[str, Any] = {c.type: c for c in (Hello, OpBatch, Undo, Redo, Presence, Meta, Ping)}
+CLIENT_MESSAGES: dict[str, Any] = {
+    c.type: c for c in (Hello, OpBatch, Undo, Redo, Presence, Meta, Commit, Ping)
+}
 SERVER_MESSAGES: dict[str, Any] = {
-    c.type: c for c in (Welcome, Ack, Error, Delta, PresenceUpdate, Meta, Pong)
+    c.type: c for c in (Welcome, Ack, Error, Delta, PresenceUpdate, Meta, Committed, Pong)
 }

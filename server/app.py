@@ -16,9 +16,10 @@ from starlette.routing import Route, WebSocketRoute
 from .demo import demo_sales
 from .rooms import Registry, RoomConfig, SessionLimits
 from .settings import Settings
+from .storage.service import Storage
 from .ws import websocket_endpoint
 
-__all__ = ["create_app", "load_file"]
+__all__ = ["create_app", "load_file", "build_registry", "open_registry", "room_config"]
 
 log = logging.getLogger("coframe.app")
 
@@ -43,8 +44,8 @@ def load_file(path: str) -> pl.DataFrame:
     raise ValueError(f"{path}: unsupported file type '{suffix}'; use .csv or .parquet")
 
 
-def build_registry(settings: Settings) -> Registry:
-    config = RoomConfig(
+def room_config(settings: Settings) -> RoomConfig:
+    return RoomConfig(
         session=SessionLimits(
             max_messages=settings.send_queue_messages,
             max_bytes=settings.send_queue_bytes,
@@ -52,8 +53,14 @@ def build_registry(settings: Settings) -> Registry:
         ),
         max_message_bytes=settings.max_message_bytes,
         max_rows_per_op=settings.max_rows_per_op,
+        autocommit_ops=settings.autocommit_ops,
+        autocommit_seconds=settings.autocommit_seconds,
     )
-    registry = Registry(config, idle_unload=settings.idle_unload)
+
+
+def build_registry(settings: Settings) -> Registry:
+    """An in-memory registry (no storage) with the demo and ``--dataset`` files."""
+    registry = Registry(room_config(settings), idle_unload=settings.idle_unload)
     if settings.demo:
         registry.add_frame("sales", demo_sales(settings.demo_rows))
     for name, path in settings.datasets:
@@ -61,14 +68,40 @@ def build_registry(settings: Settings) -> Registry:
     return registry
 
 
+async def open_registry(settings: Settings) -> Registry:
+    """A registry on durable storage; the demo and ``--dataset`` files are
+    committed on first start (an existing dataset of that name is kept)."""
+    storage = await Storage.open(Path(settings.data_dir or "data"), settings.catalog)
+    registry = Registry(room_config(settings), idle_unload=settings.idle_unload, storage=storage)
+    try:
+        existing = set(await registry.names())
+        wanted = [("sales", None)] if settings.demo else []
+        wanted += list(settings.datasets)
+        for name, path in wanted:
+            if name in existing:
+                continue
+            frame = demo_sales(settings.demo_rows) if path is None else load_file(path)
+            what = "demo dataset" if path is None else f"import of {Path(path).name}"
+            await registry.create(name, frame, message=what)
+            log.info("created dataset %s (%d rows) from %s", name, frame.height, what)
+    except BaseException:
+        await storage.close()
+        raise
+    return registry
+
+
 async def healthz(request: Request) -> JSONResponse:
     registry: Registry = request.app.state.registry
-    return JSONResponse({"status": "ok", "datasets": len(registry.datasets), "rooms": len(registry.rooms)})
+    names = await registry.names()
+    storage = "memory" if registry.storage is None else type(registry.storage.catalog).__name__
+    return JSONResponse(
+        {"status": "ok", "datasets": len(names), "rooms": len(registry.rooms), "storage": storage}
+    )
 
 
 async def list_datasets(request: Request) -> JSONResponse:
     registry: Registry = request.app.state.registry
-    return JSONResponse(registry.describe())
+    return JSONResponse(await registry.describe())
 
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> Starlette:
@@ -77,9 +110,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        reg = registry or build_registry(settings)
+        reg = registry
+        if reg is None:
+            reg = await open_registry(settings) if settings.data_dir else build_registry(settings)
         app.state.registry = reg
-        log.info("coframe ready: %d dataset(s): %s", len(reg.datasets), ", ".join(reg.datasets))
+        log.info("coframe ready: datasets %s", ", ".join(await reg.names()) or "(none)")
         try:
             yield
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .settings import Settings
@@ -41,26 +42,51 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--no-demo", dest="demo", action="store_false", help="do not add the demo dataset")
     serve.add_argument("--demo-rows", type=int, default=100_000)
+    serve.add_argument(
+        "--data-dir", default=os.environ.get("COFRAME_DATA", "data"),
+        help="where commits (chunks) and the SQLite catalog live (default ./data, env COFRAME_DATA)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--catalog", default=os.environ.get("COFRAME_CATALOG"),
+        help="postgresql://... to keep the catalog and WAL in PostgreSQL (env COFRAME_CATALOG)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--memory", action="store_true", help="keep datasets in memory only: no commits, no WAL"
+    )
+    serve.add_argument("--autocommit-ops", type=int, default=10_000)
+    serve.add_argument("--autocommit-seconds", type=float, default=60.0)
     serve.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = Settings(
-        host=args.host, port=args.port, datasets=tuple(args.dataset), demo=args.demo, demo_rows=args.demo_rows
+        host=args.host,
+        port=args.port,
+        datasets=tuple(args.dataset),
+        demo=args.demo,
+        demo_rows=args.demo_rows,
+        data_dir=None if args.memory else args.data_dir,
+        catalog=args.catalog,
+        autocommit_ops=args.autocommit_ops,
+        autocommit_seconds=args.autocommit_seconds,
     )
-    from .app import build_registry, create_app
+    from .app import build_registry, create_app, load_file
+    from .rooms.registry import check_name
     from .serve import Server, uvicorn_config
 
-    try:
-        registry = build_registry(settings)
-    except Exception as e:  # bad file, bad name: say so and exit non-zero
+    try:  # bad files and names fail here, before the server starts
+        registry = build_registry(settings) if settings.data_dir is None else None
+        for name, path in settings.datasets:
+            check_name(name)
+            if registry is None:
+                load_file(path)
+    except Exception as e:
         print(f"coframe: {e}", file=sys.stderr)
         return 2
     app = create_app(settings, registry)
-    print(
-        f"coframe serving {', '.join(registry.datasets) or 'no datasets'} on http://{args.host}:{args.port}"
-    )
-    Server(uvicorn_config(app, settings, log_level=args.log_level)).run()
+    where = "memory" if settings.data_dir is None else (settings.catalog or settings.data_dir)
+    print(f"coframe starting (storage: {where})", flush=True)
+    Server(uvicorn_config(app, settings, log_level=args.log_level), announce=True).run()
     return 0
 
 

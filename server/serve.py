@@ -30,11 +30,19 @@ def uvicorn_config(app: object, settings: Settings, **kw: object) -> uvicorn.Con
 class Server(uvicorn.Server):
     """uvicorn.Server whose ``ready`` event is set once it accepts connections."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, *, announce: bool = False) -> None:
         super().__init__(config)
         self.ready = asyncio.Event()
+        self.announce = announce
+        self.port: int | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if not self.should_exit:
-            self.ready.set()
+        if self.should_exit:
+            return
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                self.port = sock.getsockname()[1]
+        if self.announce:  # with --port 0, this line tells scripts and tests the real port
+            print(f"coframe listening on http://{self.config.host}:{self.port}", flush=True)
+        self.ready.set()

@@ -14,6 +14,13 @@ class Settings:
     datasets: tuple[tuple[str, str], ...] = ()  # (name, path to .csv or .parquet)
     demo: bool = True
     demo_rows: int = 100_000
+    # Storage: None keeps datasets in memory only (tests); a directory holds
+    # the chunk store and, unless ``catalog`` is a postgresql:// URL, the
+    # SQLite catalog.
+    data_dir: str | None = None
+    catalog: str | None = None
+    autocommit_ops: int = 10_000
+    autocommit_seconds: float = 60.0
     # Limits (PROTOCOL.md "Limits").
     max_message_bytes: int = 8 * 1024 * 1024  # soft: bigger → error too_large, socket stays up
     transport_max_bytes: int = 32 * 1024 * 1024  # hard: bigger → close 1009

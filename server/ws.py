@@ -30,6 +30,7 @@ from protocol import (
 from .rooms import Registry, Session
 from .rooms.lifecycle import CONNECTION, IllegalTransition, next_state
 from .settings import Settings
+from .storage.types import NotFound
 
 __all__ = ["websocket_endpoint"]
 
@@ -86,9 +87,10 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     registry: Registry = ws.app.state.registry
     dataset = ws.path_params["dataset"]
     branch = ws.query_params.get("branch", "main")
+    at = ws.query_params.get("at")
     await ws.accept()
-    if dataset not in registry.datasets:
-        known = ", ".join(sorted(registry.datasets)) or "(none)"
+    if not await registry.exists(dataset):
+        known = ", ".join(await registry.names()) or "(none)"
         await ws.close(CloseCode.NO_SUCH_DATASET, f"no dataset '{dataset}'; known: {known}"[:120])
         return
     transport = _StarletteTransport(ws)
@@ -138,7 +140,14 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                     await ws.close(CloseCode.POLICY, what)
                 return
             if isinstance(msg, Hello):
-                room = await registry.open(dataset, branch)
+                try:
+                    room = await (registry.open_at(dataset, at) if at else registry.open(dataset, branch))
+                except (KeyError, NotFound) as e:
+                    what = f"version '{at}'" if at else f"branch '{branch}'"
+                    reason = f"no {what} in dataset '{dataset}'"
+                    await _reply(ws, None, Error(ErrorCode.BAD_FIELD, f"{reason} ({e})", re=msg.id), binary)
+                    await ws.close(CloseCode.NO_SUCH_DATASET, reason[:120])
+                    return
                 try:
                     session = room.join(msg, transport, binary=binary)
                 except ProtocolError as e:

@@ -29,6 +29,8 @@ from protocol import (
     Ack,
     AddColumn,
     CastColumn,
+    Commit,
+    Committed,
     Delete,
     Delta,
     DropColumn,
@@ -156,6 +158,8 @@ CLIENT_SAMPLES: list[Any] = [
     Meta(b""),
     Ping(id=9),
     Ping(),
+    Commit("fix prices", id=4),
+    Commit(""),
 ]
 SERVER_SAMPLES: list[Any] = [
     Welcome(
@@ -195,6 +199,8 @@ SERVER_SAMPLES: list[Any] = [
     Meta(b"\x01step2", re=4),
     Pong(re=9),
     Pong(),
+    Committed("ab" * 32, 12, 100, "fix prices", "alice", 1763870000.5, ("cd" * 32,), re=4),
+    Committed("ef" * 32, 0, 0, "", "", 0.0),
 ]
 
 

@@ -340,6 +340,17 @@ def message_fields(binary: bool) -> dict[str, dict[str, st.SearchStrategy[Any]]]
         },
         "meta": {"update": blobs(binary), "id": ids, "re": ids},
         "ping": {"id": ids},
+        "commit": {"message": NAMES, "id": ids},
+        "committed": {
+            "commit": NAMES,
+            "seq": seq,
+            "rows": seq,
+            "message": NAMES,
+            "author": NAMES,
+            "time": st.floats(min_value=0, max_value=2e9),
+            "parents": st.lists(NAMES, max_size=2),
+            "re": ids,
+        },
         "welcome": {
             "room": NAMES,
             "seq": seq,

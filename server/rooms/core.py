@@ -15,6 +15,7 @@ GIL), computed by :func:`run_general`, which never mutates the core.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,15 @@ class GeneralResult:
     effects: list[Effect]
     overwritten: list[Overwrite]
     rids: list[int]
+    applied: tuple[Op, ...]  # the ops with column refs resolved to ids (for the WAL)
+
+
+def with_ids(catalog: Catalog, op: Op) -> Op:
+    """``op`` naming its column by id, resolved against ``catalog`` (DESIGN.md "Column identity")."""
+    col = getattr(op, "col", None)
+    if col is None or isinstance(col, int):
+        return op
+    return dataclasses.replace(op, col=catalog.resolve(col).id)  # type: ignore[type-var]
 
 
 def run_general(
@@ -90,6 +100,7 @@ def run_general(
     effects: list[Effect] = []
     overwritten: list[Overwrite] = []
     rids: list[int] = []
+    applied: list[Op] = []
     for i, op in enumerate(ops):
         try:
             if isinstance(op, SetCells):
@@ -98,13 +109,14 @@ def run_general(
         except OpError as e:
             e.details.setdefault("op_index", i)
             raise
+        applied.append(with_ids(state.catalog, op))
         state = a.state
         inverses.append(a.inverse)
         effects.append(a.effect)
         if isinstance(op, Insert):
             rids += [int(r) for r in a.effect.inserted]
     inverse = tuple(o for inv in reversed(inverses) for o in inv)
-    return GeneralResult(state, inverse, effects, overwritten, rids)
+    return GeneralResult(state, inverse, effects, overwritten, rids, tuple(applied))
 
 
 def _conflicts(
@@ -188,6 +200,16 @@ class _Replies:
             )
         return None
 
+    def high_water(self) -> dict[str, int]:
+        """Highest client_seq seen per client (stored in each commit's manifest)."""
+        return dict(self._max)
+
+    def seed(self, high_water: dict[str, int]) -> None:
+        """Resends at or below these (from a commit) get ``duplicate_expired``, never re-applied."""
+        for client, cs in high_water.items():
+            if cs > self._max.get(client, -1):
+                self._max[client] = cs
+
     def put(self, client: str, client_seq: int, reply: Ack | Error) -> None:
         seen = self._by_client.setdefault(client, OrderedDict())
         seen[client_seq] = reply
@@ -216,6 +238,10 @@ class RoomCore:
         # Pending set plans (flushed as one scatter per column) and their values.
         self._plans: list[Any] = []
         self._pending: dict[tuple[int, int], Any] = {}
+        # The ops of the last applied batch, column ids resolved (for the WAL).
+        self.last_applied: tuple[Op, ...] = ()
+        # Rid ranges touched since the last commit; None = every range.
+        self.dirty_rids: list[np.ndarray] | None = []
 
     # ------------------------------------------------------------ overlay
 
@@ -243,6 +269,7 @@ class RoomCore:
         local: dict[tuple[int, int], Any] = {}
         plans = []
         inverse: list[Op] = []
+        applied: list[Op] = []
         overwritten: list[Overwrite] = []
         for i, op in enumerate(ops):
             try:
@@ -262,6 +289,7 @@ class RoomCore:
                 elif key in self._pending:
                     old[j] = self._pending[key]
             inverse.append(SetCells(tuple(rids), cid, tuple(old)))
+            applied.append(SetCells(op.rows, cid, op.values, op.if_unchanged))
             local.update(zip(((cid, r) for r in rids), to_scalars(plan.values), strict=True))
             plans.append(plan)
         seq = self._next_seq()
@@ -270,6 +298,9 @@ class RoomCore:
         for plan in plans:
             self.clock.record(seq, client, plan.col.id, plan.rids.tolist())
             builder.add_cells(plan.col.id, plan.rids)
+            if self.dirty_rids is not None:
+                self.dirty_rids.append(plan.rids)
+        self.last_applied = tuple(applied)
         self._push_undo(client, tuple(reversed(inverse)), "op")
         ack = Ack(seq, client_seq, (), tuple(overwritten))
         self.replies.put(client, client_seq, ack)
@@ -289,8 +320,10 @@ class RoomCore:
         before: Catalog = self.state.catalog
         seq = self._next_seq()
         self.state = result.state
+        self.last_applied = result.applied
         for effect in result.effects:
             builder.add(effect)
+            self._mark_dirty(effect)
             for col_id, rids in effect.cells.items():
                 self.clock.record(seq, client, col_id, rids.tolist())
             self.clock.record_deleted(seq, client, effect.deleted)
@@ -299,6 +332,26 @@ class RoomCore:
         ack = Ack(seq, client_seq, tuple(result.rids), tuple(result.overwritten))
         self.replies.put(client, client_seq, ack)
         return ack
+
+    def _mark_dirty(self, effect: Effect) -> None:
+        if self.dirty_rids is None:
+            return
+        if effect.full:
+            self.dirty_rids = None  # a whole column changed: every chunk
+            return
+        for rids in effect.cells.values():
+            self.dirty_rids.append(rids)
+        if len(effect.inserted):
+            self.dirty_rids.append(effect.inserted)
+        if len(effect.deleted):
+            self.dirty_rids.append(effect.deleted)
+
+    def take_dirty(self) -> np.ndarray | None:
+        """Rids touched since the last call (None: everything), and reset."""
+        dirty, self.dirty_rids = self.dirty_rids, []
+        if dirty is None:
+            return None
+        return np.concatenate(dirty) if dirty else np.empty(0, dtype=np.uint64)
 
     def _record_columns(self, before: Catalog, after: Catalog, seq: int, client: str) -> None:
         now = {c.id: c for c in after.columns}

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -18,7 +19,11 @@ from protocol import ErrorCode
 
 from ..ops import normalize_frame
 from ..ops.state import OpError, State
+from .recovery import recover
 from .room import Room, RoomConfig
+
+if TYPE_CHECKING:
+    from ..storage.service import Storage
 
 __all__ = ["Registry", "DatasetEntry", "NAME_RE", "check_name"]
 
@@ -52,10 +57,13 @@ class DatasetEntry:
 class Registry:
     """Datasets known to this node and the rooms open on them."""
 
-    def __init__(self, config: RoomConfig | None = None, *, idle_unload: float = 300.0) -> None:
+    def __init__(
+        self, config: RoomConfig | None = None, *, idle_unload: float = 300.0, storage: Storage | None = None
+    ) -> None:
         self.config = config or RoomConfig()
         self.idle_unload = idle_unload
-        self.datasets: dict[str, DatasetEntry] = {}
+        self.storage = storage
+        self.datasets: dict[str, DatasetEntry] = {}  # in-memory datasets (no storage)
         self.rooms: dict[tuple[str, str], Room] = {}
         self._unloaders: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._lock = asyncio.Lock()
@@ -74,46 +82,133 @@ class Registry:
         self.datasets[name] = entry
         return entry
 
+    async def exists(self, dataset: str) -> bool:
+        if self.storage is None:
+            return dataset in self.datasets
+        return dataset in await self.storage.catalog.list_datasets()
+
+    async def names(self) -> list[str]:
+        if self.storage is None:
+            return sorted(self.datasets)
+        return sorted(await self.storage.catalog.list_datasets())
+
+    async def create(
+        self, name: str, frame: pl.DataFrame, *, author: str = "coframe", message: str = "import"
+    ) -> None:
+        """Add a dataset: committed when there is storage, else in memory.
+
+        Raises:
+            OpError: a bad name or frame. AlreadyExists: the name is taken.
+        """
+        check_name(name)
+        if self.storage is None:
+            self.add_frame(name, frame)
+        else:
+            await self.storage.create_dataset(name, frame, author=author, message=message)
+
     async def open(self, dataset: str, branch: str = "main") -> Room:
         """The live room for (dataset, branch), loading it if needed.
 
+        With storage, loading is recovery: the branch head commit, then a
+        replay of the WAL after it.
+
         Raises:
-            KeyError: no such dataset.
+            KeyError: no such dataset (or branch, without storage).
+            NotFound: no such branch.
         """
         key = (dataset, branch)
         async with self._lock:
             room = self.rooms.get(key)
+            if room is not None and room.broken:
+                del self.rooms[key]
+                await room.close()
+                room = None
             if room is not None:
                 timer = self._unloaders.pop(key, None)
                 if timer is not None:
                     timer.cancel()
                 return room
-            if branch != "main":
-                raise KeyError(f"dataset '{dataset}' has no branch '{branch}' (branches come with storage)")
-            entry = self.datasets[dataset]
-            room = Room(
-                dataset, branch, entry.state, entry.seq, config=self.config, on_empty=self._schedule_unload
-            )
+            if self.storage is not None:
+                room = await self._recover(dataset, branch)
+            else:
+                if branch != "main":
+                    raise KeyError(f"dataset '{dataset}' has no branch '{branch}' (branches need storage)")
+                entry = self.datasets[dataset]
+                room = Room(
+                    dataset,
+                    branch,
+                    entry.state,
+                    entry.seq,
+                    config=self.config,
+                    on_empty=self._schedule_unload,
+                )
             room.start()
             self.rooms[key] = room
             return room
 
+    async def _recover(self, dataset: str, branch: str) -> Room:
+        assert self.storage is not None
+        handle, core, replayed = await recover(self.storage, dataset, branch)
+        room = Room(
+            dataset, branch, core.state, core.seq, config=self.config, on_empty=self._schedule_unload,
+            durable=handle, core=core,
+        )  # fmt: skip
+        room.uncommitted = replayed
+        log.info(
+            "recovered %s/%s: commit %s (seq %d) + %d WAL entries",
+            dataset, branch, handle.head.id[:12], handle.head.seq, replayed,
+        )  # fmt: skip
+        return room
+
+    async def open_at(self, dataset: str, ref: str) -> Room:
+        """A read-only room at a past version (a commit id or prefix, a tag or a branch).
+
+        Raises:
+            NotFound: no such version. KeyError: no storage.
+        """
+        if self.storage is None:
+            raise KeyError("time travel needs storage; start the server with a data directory")
+        manifest = await self.storage.resolve(dataset, ref)
+        key = (dataset, "@" + manifest.id)
+        async with self._lock:
+            room = self.rooms.get(key)
+            if room is None:
+                state = await self.storage.state_of(manifest)
+                room = Room(
+                    dataset, "@" + manifest.id[:12], state, manifest.seq, config=self.config, read_only=True,
+                    on_empty=self._schedule_unload,
+                )  # fmt: skip
+                room.start()
+                self.rooms[key] = room
+            else:
+                timer = self._unloaders.pop(key, None)
+                if timer is not None:
+                    timer.cancel()
+            return room
+
+    def _key(self, room: Room) -> tuple[str, str]:
+        for key, r in self.rooms.items():
+            if r is room:
+                return key
+        return (room.dataset, room.branch)
+
     def _schedule_unload(self, room: Room) -> None:
-        key = (room.dataset, room.branch)
+        key = self._key(room)
         if key in self._unloaders or self.rooms.get(key) is not room:
             return
         loop = asyncio.get_running_loop()
         self._unloaders[key] = loop.call_later(self.idle_unload, lambda: loop.create_task(self.unload(room)))
 
     async def unload(self, room: Room) -> None:
-        key = (room.dataset, room.branch)
+        key = self._key(room)
         async with self._lock:
             self._unloaders.pop(key, None)
             if self.rooms.get(key) is not room or room.sessions:
                 return
             del self.rooms[key]
         state = await room.close()
-        self.datasets[room.dataset] = DatasetEntry(room.dataset, state, room.core.seq)
+        if self.storage is None and not room.read_only:
+            self.datasets[room.dataset] = DatasetEntry(room.dataset, state, room.core.seq)
         log.info("unloaded room %s at seq %d", room.name, room.core.seq)
 
     async def close(self) -> None:
@@ -122,10 +217,15 @@ class Registry:
         self._unloaders.clear()
         for room in list(self.rooms.values()):
             state = await room.close()
-            self.datasets[room.dataset] = DatasetEntry(room.dataset, state, room.core.seq)
+            if self.storage is None and not room.read_only:
+                self.datasets[room.dataset] = DatasetEntry(room.dataset, state, room.core.seq)
         self.rooms.clear()
+        if self.storage is not None:
+            await self.storage.close()
 
-    def describe(self) -> list[dict[str, object]]:
+    async def describe(self) -> list[dict[str, object]]:
+        if self.storage is not None:
+            return await self._describe_stored()
         out = []
         for name, entry in sorted(self.datasets.items()):
             room = self.rooms.get((name, "main"))
@@ -141,3 +241,62 @@ class Registry:
                 }
             )
         return out
+
+    async def _describe_stored(self) -> list[dict[str, object]]:
+        assert self.storage is not None
+        out: list[dict[str, object]] = []
+        for name in await self.names():
+            room = self.rooms.get((name, "main"))
+            if room is not None:
+                rows, columns, seq = room.state.frame.height, room.state.catalog.to_wire(), room.seq
+            else:
+                ref = await self.storage.catalog.get_ref(name, "main", "branch")
+                head = await self.storage.catalog.get_commit(name, ref.commit)
+                rows, columns, seq = head.rows, list(head.schema), head.seq
+            branches = [r.name for r in await self.storage.catalog.list_refs(name, "branch")]
+            tags = [r.name for r in await self.storage.catalog.list_refs(name, "tag")]
+            out.append(
+                {
+                    "name": name,
+                    "rows": rows,
+                    "columns": columns,
+                    "seq": seq,
+                    "live": room is not None,
+                    "clients": len(room.sessions) if room is not None else 0,
+                    "branches": branches,
+                    "tags": tags,
+                }
+            )
+        return out
+
+    async def live_state(self, dataset: str, branch: str = "main") -> State:
+        """The branch's current state: the open room's, or recovered (commit + WAL).
+
+        Raises:
+            KeyError / NotFound: no such dataset or branch.
+        """
+        room = self.rooms.get((dataset, branch))
+        if room is not None:
+            return room.state
+        if self.storage is None:
+            if branch != "main":
+                raise KeyError(f"dataset '{dataset}' has no branch '{branch}'")
+            return self.datasets[dataset].state
+        _, core, _ = await recover(self.storage, dataset, branch)
+        return core.state
+
+    async def release(self, dataset: str, branch: str, reason: str) -> int | None:
+        """Close the branch's room now (its WAL is committed on the way out).
+
+        Clients get close code 1012 with ``reason`` and reconnect to a
+        reloaded room. Returns the seq the room had reached, or None.
+        """
+        async with self._lock:
+            room = self.rooms.pop((dataset, branch), None)
+            timer = self._unloaders.pop((dataset, branch), None)
+        if timer is not None:
+            timer.cancel()
+        if room is None:
+            return None
+        await room.close(1012, reason)
+        return room.core.seq

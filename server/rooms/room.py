@@ -10,15 +10,20 @@ tick and push the same bytes to every session.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol import (
     PROTOCOL_VERSION,
     Ack,
+    CloseCode,
+    Commit,
+    Committed,
     Error,
     ErrorCode,
     Hello,
@@ -34,11 +39,16 @@ from protocol import (
 )
 
 from ..ops.state import OpError, State
+from ..storage.types import WalEntry
 from .core import RoomCore, describe_error, is_heavy, run_general
 from .deltas import DeltaBuilder, DeltaLog, EncodedDelta, frame_to_arrow
 from .lifecycle import ROOM, next_state
 from .metadoc import MetaDoc
 from .session import Payload, Session, SessionLimits, Transport
+from .wal import make_entry
+
+if TYPE_CHECKING:
+    from ..storage.service import BranchHandle
 
 __all__ = ["Room", "RoomConfig"]
 
@@ -56,6 +66,8 @@ class RoomConfig:
     prune_every: int = 64  # ticks between cell-clock prunes
     max_message_bytes: int = 8 * 1024 * 1024
     max_rows_per_op: int = 1_000_000
+    autocommit_ops: int = 10_000  # commit after this many batches...
+    autocommit_seconds: float = 60.0  # ...or this long after the first uncommitted one
 
 
 class Room:
@@ -71,13 +83,16 @@ class Room:
         config: RoomConfig | None = None,
         read_only: bool = False,
         on_empty: Callable[[Room], None] | None = None,
+        durable: BranchHandle | None = None,
+        core: RoomCore | None = None,
     ) -> None:
         self.dataset = dataset
         self.branch = branch
         self.name = f"{dataset}/{branch}"
         self.config = config or RoomConfig()
         self.read_only = read_only
-        self.core = RoomCore(state, seq)
+        self.core = core or RoomCore(state, seq)
+        state, seq = self.core.state, self.core.seq
         self.meta = MetaDoc(state.catalog)
         self.log = DeltaLog(max_entries=self.config.delta_log_entries, max_bytes=self.config.delta_log_bytes)
         self.sessions: dict[str, Session] = {}
@@ -88,6 +103,10 @@ class Room:
         self._task: asyncio.Task[None] | None = None
         self._tick_done = asyncio.Condition()
         self._on_empty = on_empty
+        self.durable = durable
+        self.broken: str | None = None  # set when durability failed: the room must reload
+        self.uncommitted = 0  # batches since the last commit
+        self._first_uncommitted: float | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -109,6 +128,8 @@ class Room:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self.durable is not None and not self.broken:
+            await self._autocommit("autocommit (room unload)")
         for s in list(self.sessions.values()):
             s.abort(code, reason)
             await s.stop()
@@ -228,6 +249,12 @@ class Room:
             self._presence(session, msg)
         elif isinstance(msg, Meta):
             self._meta(session, msg)
+        elif isinstance(msg, Commit):
+            if self.durable is None:
+                why = "this room is read-only" if self.read_only else "this server runs without storage"
+                self.reply(session, Error(ErrorCode.READ_ONLY, f"cannot commit: {why}", re=msg.id))
+                return
+            self._queue.put_nowait(("commit", session, msg))
         elif isinstance(msg, (OpBatch, Undo)):
             if self.read_only:
                 self.reply(session, Error(ErrorCode.READ_ONLY, f"room {self.name} is read-only", re=msg.id))
@@ -273,7 +300,11 @@ class Room:
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
+            try:
+                first = await asyncio.wait_for(self._queue.get(), self._autocommit_wait())
+            except TimeoutError:
+                await self._autocommit("autocommit (time)")
+                continue
             items = [first]
             while len(items) < self.config.max_batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
@@ -294,15 +325,26 @@ class Room:
         builder = DeltaBuilder()
         replies: list[tuple[Session, Ack | Error]] = []
         by: list[str] = []
+        entries: list[WalEntry] = []
+        commits = [(s, m) for k, s, m in items if k == "commit"]
         for kind, session, msg in items:
+            if kind == "commit":
+                continue
             try:
                 reply = await self._apply_one(kind, session, msg, builder)
             except Exception:  # a bug in one batch must not take the others down
                 log.exception("batch %s from %s failed in room %s", msg.client_seq, session.client, self.name)
                 reply = Error(ErrorCode.INTERNAL, "internal error; this batch was not applied", {})
             replies.append((session, _with_re(reply, msg.id)))
-            if isinstance(reply, Ack) and not reply.duplicate and session.client not in by:
-                by.append(session.client)
+            if isinstance(reply, Ack) and not reply.duplicate:
+                if self.durable is not None:
+                    entries.append(
+                        make_entry(reply.seq, session.client, msg.client_seq, kind, core.last_applied, reply)
+                    )
+                if session.client not in by:
+                    by.append(session.client)
+        if entries and not await self._make_durable(entries, replies):
+            return
         core.flush()
         seq_to = core.seq
         delta = None
@@ -320,6 +362,94 @@ class Room:
         if self.ticks % self.config.prune_every == 0:
             mark = min((s.base_seq for s in self.sessions.values()), default=core.seq)
             core.clock.prune(mark)
+        if entries:
+            self.uncommitted += len(entries)
+            if self._first_uncommitted is None:
+                self._first_uncommitted = time.monotonic()
+        for session, msg in commits:
+            await self._commit(session, msg)
+        if self.uncommitted >= self.config.autocommit_ops:
+            await self._autocommit("autocommit (ops)")
+
+    # ------------------------------------------------------------ durability
+
+    async def _make_durable(
+        self, entries: list[WalEntry], replies: list[tuple[Session, Ack | Error]]
+    ) -> bool:
+        """Append the tick's WAL entries (one transaction) before any ack.
+
+        If that fails, nothing is acked: the in-memory state is ahead of the
+        durable one, so the room closes and reloads from storage; clients
+        resend their unacked batches to the reloaded room.
+        """
+        assert self.durable is not None
+        try:
+            await self.durable.append(entries)
+            return True
+        except Exception as e:
+            log.exception("WAL append failed in room %s", self.name)
+            self.broken = f"could not make batches durable ({type(e).__name__}); reconnect and resend"
+            for session, _ in replies:
+                session.abort(CloseCode.INTERNAL, self.broken[:120])
+            for s in list(self.sessions.values()):
+                s.abort(CloseCode.INTERNAL, self.broken[:120])
+            if self._on_empty is not None:
+                self._on_empty(self)
+            return False
+
+    def _autocommit_wait(self) -> float | None:
+        if self.durable is None or self._first_uncommitted is None or self.broken:
+            return None
+        return max(0.0, self._first_uncommitted + self.config.autocommit_seconds - time.monotonic())
+
+    async def _autocommit(self, message: str) -> None:
+        if self.durable is not None and self.uncommitted and not self.broken:
+            try:
+                await self.commit_now("coframe", message)
+            except Exception:
+                log.exception("autocommit failed in room %s", self.name)
+
+    async def commit_now(self, author: str, message: str) -> Committed:
+        """Commit the current state (call from the tick loop, or when it is idle)."""
+        assert self.durable is not None
+        core = self.core
+        core.flush()
+        if self.durable.head.seq == core.seq:
+            head = self.durable.head
+        else:
+            dirty = core.take_dirty()
+            try:
+                head = await self.durable.commit(
+                    core.state,
+                    core.seq,
+                    dirty,
+                    author=author,
+                    message=message,
+                    clients=core.replies.high_water(),
+                )
+            except BaseException:
+                core.dirty_rids = None  # unknown what was written: rewrite every chunk next time
+                raise
+        self.uncommitted = 0
+        self._first_uncommitted = None
+        out = Committed(head.id, head.seq, head.rows, head.message, head.author, head.time, head.parents)
+        cache: dict[bool, Payload] = {}
+        for s in self.sessions.values():
+            if s.binary not in cache:
+                cache[s.binary] = encode(out, binary=s.binary)
+            s.push(cache[s.binary], droppable=True)
+        return out
+
+    async def _commit(self, session: Session, msg: Commit) -> None:
+        try:
+            done = await self.commit_now(session.client, msg.message)
+        except Exception as e:
+            log.exception("commit failed in room %s", self.name)
+            self.reply(
+                session, Error(ErrorCode.INTERNAL, f"commit failed ({type(e).__name__}: {e})", re=msg.id)
+            )
+            return
+        self.reply(session, dataclasses.replace(done, re=msg.id))
 
     async def _apply_one(self, kind: str, session: Session, msg: Any, builder: DeltaBuilder) -> Ack | Error:
         core, client = self.core, session.client

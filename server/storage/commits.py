@@ -1,0 +1,262 @@
+"""Commits: turn a room :class:`~server.ops.State` into chunks + a manifest, and back.
+
+Rows are grouped by fixed rid ranges ``[k*R, (k+1)*R)`` (``R`` =
+:data:`CHUNK_RIDS`); each non-empty range is one chunk holding ``_rid`` and
+every catalog column stored as ``c{id}`` (ids, not names; sorted by id, so a
+column move or rename never changes a chunk's bytes). A commit reuses the
+parent's chunk for every range that is not dirty, so it costs in proportion
+to what changed; a rename or a drop writes no chunk at all (the reader
+ignores extra columns).
+
+Sharing rules (:func:`write_commit`): the parent's chunk for range ``k`` is
+reused when ``dirty`` is a set without ``k``, the parent's chunk covers the
+same range with the same row count, it holds every current column id, and
+every current column has the same dtype as in the parent's schema (so an
+added, restored or recast column rewrites every chunk). Otherwise the range
+is encoded; an already-stored hash is never written twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from server.ops.dtypes import polars_dtype
+from server.ops.state import RID, Catalog, Column, State
+
+from .chunks import ChunkStore, encode_parquet
+from .types import ChunkRef, Manifest, StorageError
+
+__all__ = [
+    "CHUNK_RIDS",
+    "write_commit",
+    "load_state",
+    "dirty_ranges",
+    "manifest_id",
+    "arrow_type",
+    "chunk_table",
+]
+
+CHUNK_RIDS = 32768
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+_ARROW_SIMPLE: dict[str, pa.DataType] = {
+    "Int8": pa.int8(),
+    "Int16": pa.int16(),
+    "Int32": pa.int32(),
+    "Int64": pa.int64(),
+    "UInt8": pa.uint8(),
+    "UInt16": pa.uint16(),
+    "UInt32": pa.uint32(),
+    "UInt64": pa.uint64(),
+    "Float32": pa.float32(),
+    "Float64": pa.float64(),
+    "Boolean": pa.bool_(),
+    "String": pa.large_string(),
+    "Date": pa.date32(),
+    "Datetime": pa.timestamp("us"),
+}
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _map(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """``list(map(fn, items))``, on a shared thread pool when there is more than one item.
+
+    Parquet encoding/decoding and zstd release the GIL, so chunks go in parallel.
+    """
+    global _pool
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="chunks")
+    return list(_pool.map(fn, items))
+
+
+def arrow_type(dtype: str) -> pa.DataType:
+    """The Arrow type a column of dtype name ``dtype`` is stored as in a chunk."""
+    if dtype in _ARROW_SIMPLE:
+        return _ARROW_SIMPLE[dtype]
+    tz = polars_dtype(dtype).time_zone  # validates the name; only Datetime[<tz>] gets here
+    return pa.timestamp("us", tz)
+
+
+def col_key(col_id: int) -> str:
+    return f"c{col_id}"
+
+
+def dirty_ranges(rids: np.ndarray | Iterable[int], R: int = CHUNK_RIDS) -> set[int]:
+    """The chunk range indices (``rid // R``) touched by ``rids``."""
+    arr = np.asarray(rids if isinstance(rids, np.ndarray) else list(rids), dtype=np.uint64)
+    if arr.size == 0:
+        return set()
+    return set(np.unique(arr // np.uint64(R)).tolist())
+
+
+def manifest_id(m: Manifest | Mapping[str, Any]) -> str:
+    """sha256 hex of the canonical JSON (sorted keys, no spaces) of every field except ``id``."""
+    d = dict(m.to_json() if isinstance(m, Manifest) else m)
+    d.pop("id", None)
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def chunk_table(frame: pl.DataFrame, columns: Sequence[Column]) -> pa.Table:
+    """``frame`` (``_rid`` + columns by name) as a chunk table: ``_rid`` then ``c{id}`` by id."""
+    cols = sorted(columns, key=lambda c: c.id)
+    table = frame.select(pl.col(RID), *(pl.col(c.name).alias(col_key(c.id)) for c in cols)).to_arrow()
+    schema = pa.schema(
+        [pa.field(RID, pa.uint64()), *(pa.field(col_key(c.id), arrow_type(c.dtype)) for c in cols)]
+    )
+    return table if table.schema.equals(schema) else table.cast(schema)
+
+
+def _range_bounds(rids: np.ndarray, R: int) -> list[tuple[int, int, int]]:
+    """``(k, start, stop)`` for every non-empty range ``k``: rows ``start:stop`` of the frame."""
+    if rids.size == 0:
+        return []
+    k0, k1 = int(rids[0]) // R, int(rids[-1]) // R
+    if k1 - k0 <= rids.size:  # the usual case: a binary search per range boundary
+        ks = np.arange(k0, k1 + 2, dtype=np.uint64)
+        cuts = np.searchsorted(rids, ks * np.uint64(R)).tolist()
+        return [(k0 + i, s, e) for i, (s, e) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)) if e > s]
+    rk = rids // np.uint64(R)  # very sparse rids: one pass over the rows instead
+    cuts = np.flatnonzero(rk[1:] != rk[:-1]) + 1
+    starts = np.concatenate(([0], cuts)).tolist()
+    stops = np.concatenate((cuts, [rids.size])).tolist()
+    return [(int(rk[s]), s, e) for s, e in zip(starts, stops, strict=True)]
+
+
+def write_commit(
+    store: ChunkStore,
+    state: State,
+    *,
+    dataset: str,
+    parent: Manifest | None,
+    dirty: set[int] | None,
+    author: str,
+    message: str,
+    seq: int,
+    time: float,
+    clients: Mapping[str, int] | None = None,
+    extra_parents: Sequence[str] = (),
+    chunk_rids: int = CHUNK_RIDS,
+) -> Manifest:
+    """Write the chunks ``state`` needs and return its manifest (not yet in the catalog).
+
+    ``dirty`` is the set of range indices (see :func:`dirty_ranges`) whose
+    rows changed since ``parent`` (cells set, rows inserted or deleted);
+    ``None`` means "unknown": every range is encoded, and only chunks whose
+    hash is new are written. ``parents`` is ``(parent.id, *extra_parents)``.
+    Blocking (file I/O, fsync): call it off the event loop.
+    """
+    R = int(chunk_rids)
+    cols = state.catalog.columns
+    ids = {c.id for c in cols}
+    rids = state.rids()
+    reusable: dict[tuple[int, int], ChunkRef] = {}
+    if parent is not None and dirty is not None:
+        old = {int(d["id"]): d["dtype"] for d in parent.schema}
+        if all(old.get(c.id) == c.dtype for c in cols):
+            reusable = {(c.rid_lo, c.rid_hi): c for c in parent.chunks}
+
+    refs: list[ChunkRef | None] = []
+    jobs: list[tuple[int, int, int, int]] = []  # (slot, k, start, stop)
+    for k, start, stop in _range_bounds(rids, R):
+        ref = reusable.get((k * R, (k + 1) * R))
+        if (
+            ref is not None
+            and dirty is not None
+            and k not in dirty
+            and ref.rows == stop - start
+            and ids.issubset(ref.columns)
+        ):
+            refs.append(ref)
+        else:
+            jobs.append((len(refs), k, start, stop))
+            refs.append(None)
+
+    sorted_ids = tuple(sorted(ids))
+
+    def encode(job: tuple[int, int, int, int]) -> ChunkRef:
+        _, k, start, stop = job
+        data = encode_parquet(chunk_table(state.frame.slice(start, stop - start), cols))
+        h, nbytes = store.put_bytes(data)
+        return ChunkRef(h, k * R, (k + 1) * R, stop - start, nbytes, sorted_ids)
+
+    for job, ref in zip(jobs, _map(encode, jobs), strict=True):
+        refs[job[0]] = ref
+
+    chunks = tuple(r for r in refs if r is not None)
+    m = Manifest(
+        id="",
+        dataset=dataset,
+        parents=((parent.id,) if parent is not None else ()) + tuple(extra_parents),
+        author=author,
+        message=message,
+        time=float(time),
+        seq=int(seq),
+        schema=tuple(state.catalog.to_wire()),
+        rows=state.frame.height,
+        next_rid=int(state.next_rid),
+        next_col=int(state.catalog.next_id),
+        chunks=chunks,
+        clients={str(k): int(v) for k, v in (clients or {}).items()},
+    )
+    return replace(m, id=manifest_id(m))
+
+
+def load_state(store: ChunkStore, manifest: Manifest, *, rechunk: bool = True) -> State:
+    """The :class:`State` a manifest describes, dtypes exactly as its schema says.
+
+    A column id missing from an (older) chunk reads as nulls of its dtype;
+    extra columns in a chunk are ignored. ``rechunk=False`` skips the final
+    copy into one contiguous chunk per column (faster load, chunked frame).
+
+    Raises:
+        StorageError: the chunks do not add up to the manifest's row count.
+    """
+    cols = tuple(Column(int(d["id"]), d["name"], d["dtype"]) for d in manifest.schema)
+    catalog = Catalog(cols, int(manifest.next_col))
+    targets = [polars_dtype(c.dtype) for c in cols]
+
+    def load(ref: ChunkRef) -> pl.DataFrame:
+        have = set(ref.columns)
+        df = store.read_frame(ref.hash, [RID, *(col_key(c.id) for c in cols if c.id in have)])
+        exprs = [pl.col(RID) if df.schema[RID] == pl.UInt64 else pl.col(RID).cast(pl.UInt64)]
+        for c, t in zip(cols, targets, strict=True):
+            if c.id not in have:
+                exprs.append(pl.lit(None, dtype=t).alias(c.name))
+            else:
+                e = pl.col(col_key(c.id))
+                exprs.append((e if df.schema[col_key(c.id)] == t else e.cast(t)).alias(c.name))
+        return df.select(exprs)
+
+    chunks = sorted(manifest.chunks, key=lambda r: r.rid_lo)
+    frames = _map(load, chunks)
+    if frames:
+        frame = pl.concat(frames, how="vertical", rechunk=rechunk)
+    else:
+        frame = pl.DataFrame(
+            schema={RID: pl.UInt64, **{c.name: t for c, t in zip(cols, targets, strict=True)}}
+        )
+    if frame.height != manifest.rows:
+        raise StorageError(
+            f"commit {manifest.id[:12]} says {manifest.rows} rows but its chunks hold {frame.height};"
+            " the chunk store is inconsistent with the catalog"
+        )
+    return State(frame, catalog, int(manifest.next_rid))

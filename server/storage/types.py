@@ -1,0 +1,213 @@
+"""Storage records and the catalog interface (DESIGN.md "Durability and versions").
+
+The catalog is one small async Protocol with two backends: embedded SQLite
+(default) and PostgreSQL (asyncpg). One contract test suite runs against
+both (tests/test_catalog_contract.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "ChunkRef",
+    "Manifest",
+    "WalEntry",
+    "Ref",
+    "CatalogStore",
+    "StorageError",
+    "NotFound",
+    "AlreadyExists",
+    "RefMoved",
+]
+
+
+class StorageError(Exception):
+    """Base class; ``code`` is a protocol ErrorCode-style string."""
+
+    code = "storage"
+
+
+class NotFound(StorageError):
+    code = "not_found"
+
+
+class AlreadyExists(StorageError):
+    code = "already_exists"
+
+
+class RefMoved(StorageError):
+    """A compare-and-set on a branch lost: the branch is no longer at the expected commit."""
+
+    code = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """One content-addressed Parquet file holding rows ``rid_lo <= _rid < rid_hi``.
+
+    ``columns`` are the column ids stored in the file (as ``c{id}``), ``rows``
+    the row count, ``bytes`` the file size, ``hash`` the file's sha256 hex,
+    which is also its name in the chunk store.
+    """
+
+    hash: str
+    rid_lo: int
+    rid_hi: int
+    rows: int
+    bytes: int
+    columns: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hash": self.hash,
+            "rid_lo": self.rid_lo,
+            "rid_hi": self.rid_hi,
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "columns": list(self.columns),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChunkRef:
+        return cls(d["hash"], d["rid_lo"], d["rid_hi"], d["rows"], d["bytes"], tuple(d["columns"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A commit: parents, author, message, time, seq, schema, row count, chunks.
+
+    ``id`` is the sha256 hex of the canonical JSON of every other field.
+    ``schema`` is the column catalog: ``[{"id", "name", "dtype"}]`` in order.
+    ``next_rid``/``next_col`` let a loaded room keep never reusing ids.
+    ``clients`` maps client id → highest client_seq applied up to ``seq``
+    (exactly-once survives WAL trimming).
+    """
+
+    id: str
+    dataset: str
+    parents: tuple[str, ...]
+    author: str
+    message: str
+    time: float  # unix seconds
+    seq: int
+    schema: tuple[dict[str, Any], ...]
+    rows: int
+    next_rid: int
+    next_col: int
+    chunks: tuple[ChunkRef, ...]
+    clients: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "dataset": self.dataset,
+            "parents": list(self.parents),
+            "author": self.author,
+            "message": self.message,
+            "time": self.time,
+            "seq": self.seq,
+            "schema": list(self.schema),
+            "rows": self.rows,
+            "next_rid": self.next_rid,
+            "next_col": self.next_col,
+            "chunks": [c.to_json() for c in self.chunks],
+            "clients": dict(self.clients),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Manifest:
+        return cls(
+            d["id"],
+            d["dataset"],
+            tuple(d["parents"]),
+            d["author"],
+            d["message"],
+            d["time"],
+            d["seq"],
+            tuple(d["schema"]),
+            d["rows"],
+            d["next_rid"],
+            d["next_col"],
+            tuple(ChunkRef.from_json(c) for c in d["chunks"]),
+            dict(d.get("clients") or {}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WalEntry:
+    """One applied op batch: enough to replay it and to re-ack a resend."""
+
+    seq: int
+    client: str
+    client_seq: int
+    kind: str  # "op" | "undo" | "redo"
+    ops: bytes  # msgpack of [op.to_wire()] with column ids resolved, tables as Arrow IPC
+    reply: bytes  # msgpack of the ack map
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A branch or tag: name → commit id."""
+
+    dataset: str
+    name: str
+    commit: str
+    kind: str  # "branch" | "tag"
+
+
+class CatalogStore(Protocol):
+    """The catalog: datasets, refs, commits and the WAL.
+
+    Every method is a coroutine. Names are validated by the caller.
+    Raises NotFound / AlreadyExists / RefMoved as documented.
+    """
+
+    async def open(self) -> None:
+        """Connect and run pending migrations (versioned, idempotent)."""
+
+    async def close(self) -> None: ...
+
+    # datasets
+    async def create_dataset(self, name: str) -> None:
+        """Raises AlreadyExists."""
+
+    async def list_datasets(self) -> list[str]: ...
+
+    async def drop_dataset(self, name: str) -> None:
+        """Remove the dataset's refs, commits and WAL. Raises NotFound."""
+
+    # commits
+    async def put_commit(self, manifest: Manifest) -> None:
+        """Store a manifest (idempotent for the same id)."""
+
+    async def get_commit(self, dataset: str, commit_id: str) -> Manifest:
+        """Raises NotFound. ``commit_id`` may be a unique prefix of at least 6 hex chars."""
+
+    async def log(self, dataset: str, head: str, limit: int = 100) -> list[Manifest]:
+        """Commits reachable from ``head`` by first parents, newest first."""
+
+    # refs
+    async def create_ref(self, ref: Ref) -> None:
+        """Create a branch or tag. Raises AlreadyExists (a tag never moves)."""
+
+    async def get_ref(self, dataset: str, name: str, kind: str) -> Ref:
+        """Raises NotFound."""
+
+    async def list_refs(self, dataset: str, kind: str) -> list[Ref]: ...
+
+    async def move_branch(self, dataset: str, name: str, commit: str, expected: str | None) -> None:
+        """Compare-and-set a branch head. Raises NotFound, RefMoved."""
+
+    async def delete_ref(self, dataset: str, name: str, kind: str) -> None: ...
+
+    # WAL
+    async def append_wal(self, dataset: str, branch: str, entries: list[WalEntry]) -> None:
+        """Append entries in ONE transaction (group commit), durable on return."""
+
+    async def read_wal(self, dataset: str, branch: str, after_seq: int) -> list[WalEntry]:
+        """Entries with seq > after_seq, in seq order."""
+
+    async def trim_wal(self, dataset: str, branch: str, upto_seq: int) -> int:
+        """Delete entries with seq <= upto_seq; return how many."""

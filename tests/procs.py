@@ -1,0 +1,73 @@
+"""Run ``coframe serve`` as a real subprocess on port 0 (for crash tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ServerProcess", "start_server"]
+
+_READY = re.compile(r"coframe listening on http://[\d.]+:(\d+)")
+
+
+@dataclass
+class ServerProcess:
+    proc: asyncio.subprocess.Process
+    port: int
+    log: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def _drain(stream: asyncio.StreamReader, log: list[str]) -> None:
+    while line := await stream.readline():
+        log.append(line.decode(errors="replace").rstrip())
+
+
+async def start_server(*args: str, data_dir: Path, within: float = 60.0) -> ServerProcess:
+    """Start ``coframe serve --port 0 ...`` and wait for its "listening" line."""
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--data-dir", str(data_dir), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    )
+    assert proc.stdout is not None
+    log: list[str] = []
+    async with asyncio.timeout(within):
+        while True:
+            raw = await proc.stdout.readline()
+            if not raw:
+                raise RuntimeError("server exited before listening:\n" + "\n".join(log))
+            line = raw.decode(errors="replace").rstrip()
+            log.append(line)
+            m = _READY.search(line)
+            if m:
+                break
+    asyncio.get_running_loop().create_task(_drain(proc.stdout, log))
+    return ServerProcess(proc, int(m.group(1)), log)
