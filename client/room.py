@@ -179,7 +179,9 @@ class Room:
         if joined not in done:
             joined.cancel()
             if self._task in done:
-                self._task.result()  # raises the connection error
+                self._task.result()  # raises the connection error, if any
+                await self.close()
+                raise self._fatal or ConnectionClosed(f"{self.url} closed before the welcome")
             await self.close()
             raise TimeoutError(f"no welcome from {self.url} within {self.open_timeout}s")
         return self
@@ -231,16 +233,17 @@ class Room:
                     attempt = 0
                     async for data in ws:
                         self._dispatch(decode_server(data))
-                    code = ws.close_code
+                    code, reason = ws.close_code, ws.close_reason
             except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake, TimeoutError) as e:
                 if not self._joined.is_set() and attempt >= 2:
                     raise ConnectionError(f"cannot connect to {self.url}: {e}") from e
                 code = getattr(getattr(e, "rcvd", None), "code", None)
+                reason = getattr(getattr(e, "rcvd", None), "reason", "") or str(e)
             finally:
                 self._ws = None
                 self._live = None
             if self._closed or not self.reconnect or code in _FATAL_CLOSE:
-                self._fail(ConnectionClosed(f"connection closed with code {code}"))
+                self._fail(ConnectionClosed(f"connection closed with code {code}: {reason}"))
                 return
             attempt += 1
             self.reconnects += 1

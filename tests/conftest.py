@@ -69,11 +69,16 @@ def make_server() -> Callable[..., Any]:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
             settings = dataclasses.replace(self.settings, port=port)
-            from server.app import build_registry
+            from server.app import build_registry, open_registry
 
-            registry = build_registry(settings)
-            for name, frame in self.frames.items():
-                registry.add_frame(name, frame)
+            if settings.data_dir:  # durable: SQLite or PostgreSQL catalog + chunk store
+                registry = await open_registry(settings)
+                for name, frame in self.frames.items():
+                    await registry.create(name, frame)
+            else:
+                registry = build_registry(settings)
+                for name, frame in self.frames.items():
+                    registry.add_frame(name, frame)
             app = create_app(settings, registry)
             self.server = Server(uvicorn_config(app, settings, log_level="warning"))
             self.task = asyncio.create_task(self.server.serve(sockets=[sock]))

@@ -197,7 +197,8 @@ class Messages:
 
     @staticmethod
     def ref_missing(dataset: str, name: str, kind: str) -> str:
-        return f"{kind} '{name}' not found in dataset '{dataset}'; list the {kind}s to see what exists"
+        plural = "branches" if kind == "branch" else f"{kind}s"
+        return f"{kind} '{name}' not found in dataset '{dataset}'; list the {plural} to see what exists"
 
     @staticmethod
     def ref_exists(dataset: str, name: str, kind: str) -> str:

@@ -1,0 +1,109 @@
+"""Commits, time travel and branches over the protocol, on both catalog backends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from client import OpRejected, connect
+from server.settings import Settings
+from tests.conftest import small_frame
+from tests.pg import PgUnavailable, fresh_schema, require_service
+from tests.wire import RawPeer
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Settings]:
+    base = Settings(demo=False, data_dir=str(tmp_path / "data"), autocommit_ops=1_000_000)
+    if request.param == "sqlite":
+        yield base
+        return
+    try:
+        ctx = fresh_schema("coframe_versions")
+        url = await ctx.__aenter__()
+    except PgUnavailable as e:
+        require_service(f"PostgreSQL is not reachable: {e}")
+    try:
+        yield Settings(**{**base.__dict__, "catalog": url}) if False else _with(base, catalog=url)
+    finally:
+        await ctx.__aexit__(None, None, None)
+
+
+def _with(s: Settings, **kw: Any) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(s, **kw)
+
+
+async def test_commit_broadcast_and_time_travel(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    async with make_server(settings) as srv:
+        async with connect(srv.url, "sales") as a, connect(srv.url, "sales") as b:
+            await a.set_cells([0, 1], "price", [100.0, 200.0])
+            v1 = await a.commit("set two prices")
+            await b.wait_for_seq(a.seq)
+            committed = b.last_commit
+            assert committed is not None and committed.commit == v1 and committed.author == a.client_id
+            at_v1 = a.frame
+            await a.delete_rows([2, 3])
+            await a.rename_column("price", "cost")
+            v2 = await a.commit("delete and rename")
+            assert v2 != v1
+            # Time travel: a read-only room at v1 holds exactly the committed frame.
+            async with connect(srv.url, "sales", branch="main") as live:
+                assert "cost" in live.frame.columns
+            peer = await RawPeer.open(srv.url, f"sales?at={v1[:10]}")
+            w = await peer.hello("traveller")
+            past = pl.from_arrow(w.snapshot)
+            assert isinstance(past, pl.DataFrame) and past.equals(at_v1)
+            assert w.role == "viewer"
+            await peer.send({"type": "op", "id": 1, "client_seq": 1, "base_seq": 0,
+                             "ops": [{"op": "set", "rows": [0], "col": "price", "values": 1.0}]})  # fmt: skip
+            err = await peer.recv_until("error")
+            assert err.code == "read_only"
+            await peer.close()
+
+
+async def test_commit_trims_the_wal_and_survives_restart(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    async with make_server(settings) as srv:
+        async with connect(srv.url, "sales") as a:
+            for i in range(5):
+                await a.set_cells([i], "qty", 40 + i)
+            storage = srv.registry.storage
+            assert len(await storage.catalog.read_wal("sales", "main", 0)) == 5
+            await a.commit("five edits")
+            final = a.frame
+    # Restart on the same data: the state comes back from the commit.
+    async with make_server(settings, frames={}) as srv:
+        async with connect(srv.url, "sales") as again:
+            assert again.frame.equals(final) and again.seq == 5
+
+
+async def test_branches_are_separate_rooms(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    async with make_server(settings) as srv:
+        storage = srv.registry.storage
+        async with connect(srv.url, "sales") as main:
+            await main.set_cells([0], "qty", 1)
+            base = await main.commit("base")
+            await storage.create_branch("sales", "dev", base)
+            async with connect(srv.url, "sales", branch="dev") as dev:
+                assert dev.frame.equals(main.frame)
+                await dev.set_cells([0], "qty", 99)
+                await dev.sync()
+                await main.sync()
+                assert main.frame.get_column("qty")[0] == 1
+                assert dev.frame.get_column("qty")[0] == 99
+            with pytest.raises(Exception, match="no branch|4004|closed"):
+                async with connect(srv.url, "sales", branch="nope", reconnect=False):
+                    pass
+
+
+async def test_commit_without_storage_is_read_only(make_server) -> None:  # type: ignore[no-untyped-def]
+    async with make_server(frames={"sales": small_frame()}) as srv:
+        async with connect(srv.url, "sales") as room:
+            with pytest.raises(OpRejected) as e:
+                await room.commit("nope")
+            assert e.value.code == "read_only" and "without storage" in e.value.message
