@@ -47,8 +47,10 @@ from protocol import (
     Pong,
     Presence,
     PresenceUpdate,
+    Query,
     Redo,
     RenameColumn,
+    Result,
     SetCells,
     Undo,
     Welcome,
@@ -140,7 +142,7 @@ class Room:
         self._client_seq = itertools.count(time.time_ns() // 1000)
         self._pending: dict[int, tuple[OpBatch | Undo, asyncio.Future[Ack]]] = {}
         self._pings: dict[int, asyncio.Future[None]] = {}
-        self._commits: dict[int, asyncio.Future[Committed]] = {}
+        self._commits: dict[int, asyncio.Future[Any]] = {}  # commit and query replies, by id
         self.last_commit: Committed | None = None  # the latest ``committed`` seen
         self._acked_seq = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -268,8 +270,9 @@ class Room:
             entry = self._pending.pop(msg.client_seq, None)
             if entry is not None and not entry[1].done():
                 entry[1].set_result(msg)
-        elif isinstance(msg, Committed):
-            self.last_commit = msg
+        elif isinstance(msg, (Committed, Result)):
+            if isinstance(msg, Committed):
+                self.last_commit = msg
             fut_c = self._commits.pop(msg.re, None) if isinstance(msg.re, int) else None
             if fut_c is not None and not fut_c.done():
                 fut_c.set_result(msg)
@@ -417,13 +420,43 @@ class Room:
         Raises:
             OpRejected: ``read_only`` (a time-travel room, or a server without storage).
         """
+        done: Committed = await self._request(lambda cs: Commit(message, id=cs))
+        return done.commit
+
+    async def diff(self, from_: str, to: str = "live") -> dict[str, Any]:
+        """What changed from version ``from_`` to ``to`` (a commit, tag, branch, or ``live``).
+
+        Returns ``{"added": [rid], "deleted": [rid], "changed": DataFrame(rid, column_id,
+        column, old, new), "schema": [...], "summary": {...}}``.
+
+        Raises:
+            OpRejected: ``not_found`` for an unknown version.
+        """
+        res: Result = await self._request(lambda cs: Query("diff", from_, to, id=cs))
+        frames = {k: pl.from_arrow(t) for k, t in res.tables.items()}
+        data = res.data or {}
+        return {
+            "added": frames["added"].get_column("rid").to_list(),  # type: ignore[union-attr]
+            "deleted": frames["deleted"].get_column("rid").to_list(),  # type: ignore[union-attr]
+            "changed": frames["changed"],
+            "schema": data.get("schema", []),
+            "summary": data.get("summary", {}),
+        }
+
+    async def log(self, limit: int = 100, ref: str | None = None) -> list[dict[str, Any]]:
+        """Commits on this branch (or ``ref``), newest first."""
+        res: Result = await self._request(lambda cs: Query("log", ref, None, limit, id=cs))
+        return list(res.data or [])
+
+    async def _request(self, make: Any) -> Any:
         cs = next(self._client_seq)
-        fut: asyncio.Future[Committed] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._commits[cs] = fut
         if self._live is None:
+            del self._commits[cs]
             raise ConnectionClosed("not connected")
-        await self._live.send(encode(Commit(message, id=cs), binary=True))
-        return (await fut).commit
+        await self._live.send(encode(make(cs), binary=True))
+        return await fut
 
     async def set_presence(self, state: dict[str, Any] | None) -> None:
         if self._ws is not None:

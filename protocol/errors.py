@@ -38,6 +38,7 @@ class ErrorCode:
     NOTHING_TO_UNDO = "nothing_to_undo"
     NOTHING_TO_REDO = "nothing_to_redo"
     DUPLICATE_EXPIRED = "duplicate_expired"
+    NOT_FOUND = "not_found"  # a version, branch or tag that does not exist
     INTERNAL = "internal"
 
     ALL: frozenset[str] = frozenset()

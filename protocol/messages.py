@@ -29,6 +29,9 @@ __all__ = [
     "Ping",
     "Commit",
     "Committed",
+    "Query",
+    "Result",
+    "QUERY_KINDS",
     "Welcome",
     "Ack",
     "Overwrite",
@@ -242,6 +245,49 @@ class Commit:
 
     def to_wire(self) -> dict[str, Any]:
         return {"type": self.type, "id": self.id, "message": self.message}
+
+
+QUERY_KINDS = ("diff", "log")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Ask about versions (PROTOCOL.md "query"): ``diff`` between two versions, or ``log``.
+
+    ``from``/``to`` name a commit (or unique prefix), a tag, a branch, or
+    ``live`` (this room's current state). ``to`` defaults to ``live``.
+    """
+
+    kind: str
+    from_: str | None = None
+    to: str | None = None
+    limit: int | None = None
+    id: int | str | None = None
+    type: ClassVar[str] = "query"
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Query:
+        kind = f.req_str(d, "kind", "kind")
+        if kind not in QUERY_KINDS:
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                f"field 'kind' is {kind!r}; use one of {', '.join(QUERY_KINDS)}",
+                field="kind",
+            )
+        frm = f.opt_str(d, "from", "from")
+        if kind == "diff" and frm is None:
+            raise ProtocolError(ErrorCode.BAD_FIELD, "field 'from' is required for a diff", field="from")
+        return cls(kind, frm, f.opt_str(d, "to", "to"), f.opt_int(d, "limit", "limit"), _req_id(d))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "id": self.id,
+            "kind": self.kind,
+            "from": self.from_,
+            "to": self.to,
+            "limit": self.limit,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,6 +562,34 @@ class Committed:
 
 
 @dataclass(frozen=True, slots=True)
+class Result:
+    """The answer to a ``query``: named tables (Arrow) and JSON data."""
+
+    kind: str
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+    data: Any = None
+    re: int | str | None = None
+    type: ClassVar[str] = "result"
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Result:
+        raw = d.get("tables") or {}
+        if not isinstance(raw, dict):
+            raise ProtocolError(ErrorCode.BAD_FIELD, "field 'tables' must be an object", field="tables")
+        tables = {str(k): f.table_field(v, f"tables.{k}") for k, v in raw.items()}
+        return cls(f.req_str(d, "kind", "kind"), tables, f.plain(d.get("data"), "data"), _req_id(d, "re"))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "re": self.re,
+            "kind": self.kind,
+            "tables": dict(self.tables),
+            "data": self.data,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Pong:
     re: int | str | None = None
     type: ClassVar[str] = "pong"
@@ -528,12 +602,12 @@ class Pong:
         return {"type": self.type, "re": self.re}
 
 
-ClientMessage = Hello | OpBatch | Undo | Redo | Presence | Meta | Commit | Ping
-ServerMessage = Welcome | Ack | Error | Delta | PresenceUpdate | Meta | Committed | Pong
+ClientMessage = Hello | OpBatch | Undo | Redo | Presence | Meta | Commit | Query | Ping
+ServerMessage = Welcome | Ack | Error | Delta | PresenceUpdate | Meta | Committed | Result | Pong
 
 CLIENT_MESSAGES: dict[str, Any] = {
-    c.type: c for c in (Hello, OpBatch, Undo, Redo, Presence, Meta, Commit, Ping)
+    c.type: c for c in (Hello, OpBatch, Undo, Redo, Presence, Meta, Commit, Query, Ping)
 }
 SERVER_MESSAGES: dict[str, Any] = {
-    c.type: c for c in (Welcome, Ack, Error, Delta, PresenceUpdate, Meta, Committed, Pong)
+    c.type: c for c in (Welcome, Ack, Error, Delta, PresenceUpdate, Meta, Committed, Result, Pong)
 }

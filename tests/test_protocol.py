@@ -47,10 +47,12 @@ from protocol import (
     Presence,
     PresenceUpdate,
     ProtocolError,
+    Query,
     Redo,
     RenameColumn,
     RestoreColumn,
     RestoreRows,
+    Result,
     SetCells,
     Undo,
     Welcome,
@@ -160,6 +162,8 @@ CLIENT_SAMPLES: list[Any] = [
     Ping(),
     Commit("fix prices", id=4),
     Commit(""),
+    Query("diff", "v1", "live", None, id=5),
+    Query("log", None, None, 10),
 ]
 SERVER_SAMPLES: list[Any] = [
     Welcome(
@@ -201,6 +205,8 @@ SERVER_SAMPLES: list[Any] = [
     Pong(),
     Committed("ab" * 32, 12, 100, "fix prices", "alice", 1763870000.5, ("cd" * 32,), re=4),
     Committed("ef" * 32, 0, 0, "", "", 0.0),
+    Result("log", {}, [{"commit": "ab", "seq": 3}], re=6),
+    Result("diff", {"added": pa.table({"rid": pa.array([1, 2], pa.uint64())})}, {"summary": {"added": 2}}),
 ]
 
 

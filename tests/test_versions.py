@@ -107,3 +107,30 @@ async def test_commit_without_storage_is_read_only(make_server) -> None:  # type
             with pytest.raises(OpRejected) as e:
                 await room.commit("nope")
             assert e.value.code == "read_only" and "without storage" in e.value.message
+
+
+async def test_diff_and_log_over_the_protocol(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    async with make_server(settings) as srv:
+        async with connect(srv.url, "sales") as room:
+            v0 = (await room.log())[0]["commit"]
+            await room.set_cells([1], "price", 123.0)
+            rids = await room.insert_rows([{"name": "new"}])
+            await room.delete_rows([4])
+            await room.rename_column("qty", "quantity")
+            v1 = await room.commit("edits")
+            log = await room.log()
+            assert [e["commit"] for e in log[:2]] == [v1, v0] and log[0]["message"] == "edits"
+            d = await room.diff(v0, v1)
+            assert d["added"] == rids and d["deleted"] == [4]
+            changed = d["changed"].select("rid", "column", "new").to_dicts()
+            assert changed == [{"rid": 1, "column": "price", "new": "123.0"}]
+            assert [(s["change"], s["name"]) for s in d["schema"]] == [("renamed", "quantity")]
+            # Against live: only what happened after the commit.
+            await room.set_cells([0], "name", "zero")
+            live = await room.diff(v1)
+            assert live["changed"].select("rid", "column", "old", "new").to_dicts() == [
+                {"rid": 0, "column": "name", "old": "item0", "new": "zero"}
+            ]
+            with pytest.raises(OpRejected) as e:
+                await room.diff("no-such-version")
+            assert e.value.code == "not_found"

@@ -32,6 +32,7 @@ from protocol import (
     Presence,
     PresenceUpdate,
     ProtocolError,
+    Query,
     SetCells,
     Undo,
     Welcome,
@@ -44,6 +45,7 @@ from .core import RoomCore, describe_error, is_heavy, run_general
 from .deltas import DeltaBuilder, DeltaLog, EncodedDelta, frame_to_arrow
 from .lifecycle import ROOM, next_state
 from .metadoc import MetaDoc
+from .queries import answer
 from .session import Payload, Session, SessionLimits, Transport
 from .wal import make_entry
 
@@ -106,6 +108,7 @@ class Room:
         self.durable = durable
         self.broken: str | None = None  # set when durability failed: the room must reload
         self.uncommitted = 0  # batches since the last commit
+        self._queries: set[asyncio.Task[None]] = set()
         self._first_uncommitted: float | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -249,6 +252,10 @@ class Room:
             self._presence(session, msg)
         elif isinstance(msg, Meta):
             self._meta(session, msg)
+        elif isinstance(msg, Query):
+            task = asyncio.get_running_loop().create_task(self._answer(session, msg))
+            self._queries.add(task)
+            task.add_done_callback(self._queries.discard)
         elif isinstance(msg, Commit):
             if self.durable is None:
                 why = "this room is read-only" if self.read_only else "this server runs without storage"
@@ -263,6 +270,14 @@ class Room:
             self._queue.put_nowait((msg.type, session, msg))
         else:  # pragma: no cover - the endpoint handles ping and hello
             raise TypeError(type(msg).__name__)
+
+    async def _answer(self, session: Session, q: Query) -> None:
+        try:
+            out = await answer(self, q)
+        except Exception as e:  # a bug must surface as a coded error, not a silent drop
+            log.exception("query failed in room %s", self.name)
+            out = Error(ErrorCode.INTERNAL, f"query failed ({type(e).__name__})", re=q.id)
+        self.reply(session, out)
 
     def reply(self, session: Session, msg: Any) -> None:
         session.push(encode(msg, binary=session.binary))

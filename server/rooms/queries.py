@@ -1,0 +1,69 @@
+"""Answers to ``query`` messages (PROTOCOL.md "query"): version diffs and the log.
+
+Queries never touch the frame: they read the room's published state (for
+``live``) or committed versions, and the diff runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from protocol import Error, ErrorCode, Query, Result
+
+from ..ops.state import State
+from ..storage.diff import diff_states
+from ..storage.types import NotFound
+
+if TYPE_CHECKING:
+    from .room import Room
+
+__all__ = ["answer"]
+
+
+async def _version(room: Room, ref: str) -> State:
+    if ref == "live":
+        return room.state
+    if room.durable is None:
+        raise NotFound(f"version '{ref}' needs storage; only 'live' exists on this server")
+    storage = room.durable.storage
+    return await storage.state_of(await storage.resolve(room.dataset, ref))
+
+
+def _log_rows(manifests: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "commit": m.id,
+            "parents": list(m.parents),
+            "author": m.author,
+            "message": m.message,
+            "time": m.time,
+            "seq": m.seq,
+            "rows": m.rows,
+        }
+        for m in manifests
+    ]
+
+
+async def answer(room: Room, q: Query) -> Result | Error:
+    """The ``result`` for ``q``, or an ``error`` naming what was not found."""
+    try:
+        if q.kind == "log":
+            if room.durable is None:
+                return Error(
+                    ErrorCode.READ_ONLY, "this server keeps no history (it runs without storage)", re=q.id
+                )
+            ref = q.from_ or room.durable.branch
+            manifests = await room.durable.storage.log(room.dataset, ref, q.limit or 100)
+            rows = _log_rows(manifests)
+            table = pa.Table.from_pylist(rows) if rows else pa.table({"commit": pa.array([], pa.string())})
+            return Result("log", {"log": table}, rows, re=q.id)
+        a = await _version(room, q.from_ or "live")
+        b = await _version(room, q.to or "live")
+        diff = await asyncio.to_thread(diff_states, a, b)
+        data = {"summary": diff.summary(), "schema": diff.schema, "from": q.from_, "to": q.to or "live"}
+        return Result("diff", diff.to_arrow(), data, re=q.id)
+    except NotFound as e:
+        return Error(ErrorCode.NOT_FOUND, str(e), re=q.id)
