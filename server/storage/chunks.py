@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -23,15 +24,15 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["BlobFS", "LocalFS", "ChunkStore", "WRITE_OPTIONS", "encode_parquet"]
+__all__ = ["BlobFS", "LocalFS", "ChunkStore", "WRITE_OPTIONS", "column_options", "encode_parquet"]
 
 # Fixed writer options: the same table gives the same bytes (no timestamps are
 # written; ``created_by`` names the pyarrow version, so an upgrade may change
-# hashes, which only costs new files, never correctness).
+# hashes, which only costs new files, never correctness). Per-column encodings
+# follow from the schema (see :func:`column_options`).
 WRITE_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
     "compression_level": 1,
-    "use_dictionary": True,
     "write_statistics": True,
     "write_page_index": False,
     "data_page_version": "1.0",
@@ -39,6 +40,9 @@ WRITE_OPTIONS: dict[str, Any] = {
     "store_schema": True,  # keeps time zones and unsigned types exact
     "row_group_size": 1 << 20,  # larger than any chunk: one row group per file
 }
+
+
+_TMP_PREFIX = ".tmp-"
 
 
 class BlobFS(Protocol):
@@ -78,9 +82,10 @@ class LocalFS:
         if not parent.is_dir():
             parent.mkdir(parents=True, exist_ok=True)
             _fsync_dir(parent.parent)
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-", suffix=".part")
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=_TMP_PREFIX, suffix=".part")
         try:
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; chunks are ordinary files
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -93,6 +98,14 @@ class LocalFS:
             raise
         _fsync_dir(parent)
 
+    def remove_temp_files(self) -> int:
+        """Delete temp files a crash left behind; return how many. Call at startup only."""
+        n = 0
+        for p in self.root.glob(f"*/{_TMP_PREFIX}*"):
+            p.unlink(missing_ok=True)
+            n += 1
+        return n
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -102,10 +115,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def column_options(schema: pa.Schema) -> dict[str, Any]:
+    """Encodings by type: dictionary for text, delta for ints/dates/timestamps, plain otherwise.
+
+    Delta packs rids and other sorted or narrow integers to a few bits per
+    value; measured on the demo data it is both smaller and faster to write
+    than dictionary-everything.
+    """
+    dictionary, delta = [], {}
+    for f in schema:
+        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+            dictionary.append(f.name)
+        elif pa.types.is_integer(f.type) or pa.types.is_temporal(f.type):
+            delta[f.name] = "DELTA_BINARY_PACKED"
+    return {"use_dictionary": dictionary, "column_encoding": delta}
+
+
 def encode_parquet(table: pa.Table) -> bytes:
     """The deterministic Parquet bytes of ``table`` (chunks combined first, fixed options)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(table.combine_chunks(), sink, **WRITE_OPTIONS)
+    pq.write_table(table.combine_chunks(), sink, **WRITE_OPTIONS, **column_options(table.schema))
     return sink.getvalue().to_pybytes()
 
 
@@ -154,3 +183,19 @@ class ChunkStore:
     def read_frame(self, h: str, columns: list[str] | None = None) -> pl.DataFrame:
         """Chunk ``h`` as a Polars frame (faster than :meth:`read` + ``pl.from_arrow``)."""
         return pl.read_parquet(self.fs.source(self.key(h)), columns=columns)
+
+    def scan(self, hashes: Sequence[str], schema: Mapping[str, pl.DataType]) -> pl.LazyFrame:
+        """The rows of several chunks, in the given order, as one lazy frame with ``schema``.
+
+        A column of ``schema`` missing from a chunk reads as nulls; columns
+        not in ``schema`` are ignored. Polars reads the files in parallel.
+        """
+        sources = [self.fs.source(self.key(h)) for h in hashes]
+        return pl.scan_parquet(
+            sources,  # type: ignore[arg-type]
+            schema=dict(schema),
+            missing_columns="insert",
+            extra_columns="ignore",
+            glob=False,
+            hive_partitioning=False,
+        )

@@ -220,12 +220,13 @@ def write_commit(
     return replace(m, id=manifest_id(m))
 
 
-def load_state(store: ChunkStore, manifest: Manifest, *, rechunk: bool = True) -> State:
+def load_state(store: ChunkStore, manifest: Manifest, *, rechunk: bool = False) -> State:
     """The :class:`State` a manifest describes, dtypes exactly as its schema says.
 
     A column id missing from an (older) chunk reads as nulls of its dtype;
-    extra columns in a chunk are ignored. ``rechunk=False`` skips the final
-    copy into one contiguous chunk per column (faster load, chunked frame).
+    extra columns in a chunk are ignored. The ``_rid`` column is contiguous;
+    the others keep one piece per chunk unless ``rechunk`` (a full copy:
+    about as long again as the load), which the ops compact on their own.
 
     Raises:
         StorageError: the chunks do not add up to the manifest's row count.
@@ -233,26 +234,21 @@ def load_state(store: ChunkStore, manifest: Manifest, *, rechunk: bool = True) -
     cols = tuple(Column(int(d["id"]), d["name"], d["dtype"]) for d in manifest.schema)
     catalog = Catalog(cols, int(manifest.next_col))
     targets = [polars_dtype(c.dtype) for c in cols]
-
-    def load(ref: ChunkRef) -> pl.DataFrame:
-        have = set(ref.columns)
-        df = store.read_frame(ref.hash, [RID, *(col_key(c.id) for c in cols if c.id in have)])
-        exprs = [pl.col(RID) if df.schema[RID] == pl.UInt64 else pl.col(RID).cast(pl.UInt64)]
-        for c, t in zip(cols, targets, strict=True):
-            if c.id not in have:
-                exprs.append(pl.lit(None, dtype=t).alias(c.name))
-            else:
-                e = pl.col(col_key(c.id))
-                exprs.append((e if df.schema[col_key(c.id)] == t else e.cast(t)).alias(c.name))
-        return df.select(exprs)
-
     chunks = sorted(manifest.chunks, key=lambda r: r.rid_lo)
-    frames = _map(load, chunks)
-    if frames:
-        frame = pl.concat(frames, how="vertical", rechunk=rechunk)
+    if chunks:
+        try:
+            schema = {RID: pl.UInt64(), **{col_key(c.id): t for c, t in zip(cols, targets, strict=True)}}
+            renames = [pl.col(RID), *(pl.col(col_key(c.id)).alias(c.name) for c in cols)]
+            frame = store.scan([r.hash for r in chunks], schema).select(renames).collect()
+        except pl.exceptions.PolarsError:  # a chunk stores a column as another type: cast chunk by chunk
+            frame = pl.concat(_map(lambda r: _load_chunk(store, r, cols, targets), chunks), how="vertical")
+        if rechunk:
+            frame = frame.rechunk()
+        elif frame.get_column(RID).n_chunks() > 1:
+            frame = frame.with_columns(frame.get_column(RID).rechunk())
     else:
         frame = pl.DataFrame(
-            schema={RID: pl.UInt64, **{c.name: t for c, t in zip(cols, targets, strict=True)}}
+            schema={RID: pl.UInt64(), **{c.name: t for c, t in zip(cols, targets, strict=True)}}
         )
     if frame.height != manifest.rows:
         raise StorageError(
@@ -260,3 +256,18 @@ def load_state(store: ChunkStore, manifest: Manifest, *, rechunk: bool = True) -
             " the chunk store is inconsistent with the catalog"
         )
     return State(frame, catalog, int(manifest.next_rid))
+
+
+def _load_chunk(
+    store: ChunkStore, ref: ChunkRef, cols: Sequence[Column], targets: Sequence[pl.DataType]
+) -> pl.DataFrame:
+    """One chunk as frame rows: columns renamed, cast to their dtype, missing ones null."""
+    have = set(ref.columns)
+    df = store.read_frame(ref.hash, [RID, *(col_key(c.id) for c in cols if c.id in have)])
+    exprs = [pl.col(RID).cast(pl.UInt64)]
+    for c, t in zip(cols, targets, strict=True):
+        if c.id in have:
+            exprs.append(pl.col(col_key(c.id)).cast(t).alias(c.name))
+        else:
+            exprs.append(pl.lit(None, dtype=t).alias(c.name))
+    return df.select(exprs)
