@@ -134,3 +134,57 @@ async def test_diff_and_log_over_the_protocol(make_server, settings: Settings) -
             with pytest.raises(OpRejected) as e:
                 await room.diff("no-such-version")
             assert e.value.code == "not_found"
+
+
+async def test_autocommit_by_ops_time_and_unload(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+    import dataclasses
+
+    quick = dataclasses.replace(settings, autocommit_ops=3, autocommit_seconds=3600.0)
+    async with make_server(quick) as srv:
+        storage = srv.registry.storage
+        async with connect(srv.url, "sales") as room:
+            for i in range(3):
+                await room.set_cells([i], "qty", i)
+            await room.sync()
+            log = await room.log()
+            assert log[0]["message"] == "autocommit (ops)" and log[0]["seq"] == 3
+            assert log[0]["author"] == "coframe"
+    # By time: the first uncommitted batch starts a short timer.
+    timed = dataclasses.replace(settings, autocommit_ops=1_000_000, autocommit_seconds=0.05)
+    async with make_server(timed, frames={"t2": small_frame()}) as srv:
+        async with connect(srv.url, "t2") as room:
+            got = asyncio.Event()
+            seen: list[Any] = []
+            real = room._dispatch
+
+            def spy(msg: Any) -> None:
+                real(msg)
+                if msg.type == "committed":
+                    seen.append(msg)
+                    got.set()
+
+            room._dispatch = spy  # type: ignore[method-assign]
+            await room.set_cells([0], "qty", 7)
+            await asyncio.wait_for(got.wait(), 30)
+            assert seen[0].message == "autocommit (time)" and seen[0].seq == 1
+    # On unload: a room with uncommitted batches commits when it closes.
+    lazy = dataclasses.replace(settings, autocommit_ops=1_000_000, autocommit_seconds=3600.0)
+    async with make_server(lazy, frames={"t3": small_frame()}) as srv:
+        storage = srv.registry.storage
+        async with connect(srv.url, "t3") as room:
+            await room.set_cells([0], "qty", 8)
+        await srv.registry.unload(srv.room("t3"))
+        log = await storage.log("t3")
+        assert log[0].message == "autocommit (room unload)" and log[0].seq == 1
+
+
+async def test_demo_is_a_committed_dataset_on_first_start(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    with_demo = dataclasses.replace(settings, demo=True, demo_rows=500)
+    async with make_server(with_demo, frames={}) as srv:
+        log = await srv.registry.storage.log("sales")
+        assert [m.message for m in log] == ["demo dataset"] and log[0].rows == 500
+    async with make_server(with_demo, frames={}) as srv:  # second start: kept, not re-created
+        assert len(await srv.registry.storage.log("sales")) == 1
