@@ -15,6 +15,7 @@ import itertools
 import logging
 import random
 import time
+import urllib.parse
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,9 +126,13 @@ class Room:
         client_id: str | None = None,
         reconnect: bool = True,
         open_timeout: float = 10.0,
+        at: str | None = None,
     ) -> None:
         base = url.rstrip("/")
-        query = f"?branch={branch}" + (f"&token={token}" if token else "")
+        params = {"at": at} if at is not None else {"branch": branch}
+        if token:
+            params["token"] = token
+        query = "?" + urllib.parse.urlencode(params)
         self.url = f"{base}/ws/{dataset}{query}"
         self.dataset = dataset
         self.branch = branch
@@ -543,6 +548,11 @@ def connect(
     token: str | None = None,
     client_id: str | None = None,
     reconnect: bool = True,
+    at: str | None = None,
 ) -> Room:
-    """A room to use as ``async with connect(url, dataset) as room:``."""
-    return Room(url, dataset, branch=branch, token=token, client_id=client_id, reconnect=reconnect)
+    """A room to use as ``async with connect(url, dataset) as room:``.
+
+    ``at`` (a commit id or prefix, a tag or a branch) opens a read-only room at
+    that version instead of the live ``branch``.
+    """
+    return Room(url, dataset, branch=branch, token=token, client_id=client_id, reconnect=reconnect, at=at)

@@ -60,6 +60,11 @@ async def test_commit_broadcast_and_time_travel(make_server, settings: Settings)
             past = pl.from_arrow(w.snapshot)
             assert isinstance(past, pl.DataFrame) and past.equals(at_v1)
             assert w.role == "viewer"
+            async with connect(srv.url, "sales", at=v1) as past_room:
+                assert past_room.frame.equals(at_v1) and past_room.role == "viewer"
+                with pytest.raises(OpRejected) as ro:
+                    await past_room.set_cells([0], "price", 1.0)
+                assert ro.value.code == "read_only"
             await peer.send({"type": "op", "id": 1, "client_seq": 1, "base_seq": 0,
                              "ops": [{"op": "set", "rows": [0], "col": "price", "values": 1.0}]})  # fmt: skip
             err = await peer.recv_until("error")
