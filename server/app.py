@@ -1,4 +1,7 @@
-"""The Starlette app: HTTP API, the WebSocket route and start-up loading."""
+"""The Starlette app: HTTP API, the WebSocket route and start-up loading.
+
+``load_file`` lives in :mod:`server.io` and is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,14 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import polars as pl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
+from .api import routes as api_routes
 from .demo import demo_sales
+from .io import load_file
 from .rooms import Registry, RoomConfig, SessionLimits
 from .settings import Settings
 from .storage.service import Storage
@@ -22,26 +26,6 @@ from .ws import websocket_endpoint
 __all__ = ["create_app", "load_file", "build_registry", "open_registry", "room_config"]
 
 log = logging.getLogger("coframe.app")
-
-
-def load_file(path: str) -> pl.DataFrame:
-    """Read a CSV or Parquet file.
-
-    Raises:
-        ValueError: unknown extension or unreadable file (the message says which).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"no such file: {path}")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".csv":
-            return pl.read_csv(p, try_parse_dates=True)
-        if suffix in (".parquet", ".pq"):
-            return pl.read_parquet(p)
-    except Exception as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    raise ValueError(f"{path}: unsupported file type '{suffix}'; use .csv or .parquet")
 
 
 def room_config(settings: Settings) -> RoomConfig:
@@ -124,6 +108,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         routes=[
             Route("/healthz", healthz),
             Route("/api/datasets", list_datasets),
+            *api_routes,
             WebSocketRoute("/ws/{dataset}", websocket_endpoint),
         ],
         lifespan=lifespan,

@@ -1,4 +1,11 @@
-"""The ``coframe`` command line: ``coframe serve``."""
+"""The ``coframe`` command line.
+
+``coframe serve`` runs the server. The data commands work directly on
+storage (``--data-dir``, env ``COFRAME_DATA``; ``--catalog``, env
+``COFRAME_CATALOG``): ``import``, ``export``, ``log``, ``diff``, ``branch`` and
+``tag``. A failing command prints one line to stderr, exits with code 2 and
+leaves nothing half-written.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +14,22 @@ import logging
 import os
 import sys
 
-from .settings import Settings
+from .settings import MAX_UPLOAD_BYTES, Settings
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
 def _dataset(value: str) -> tuple[str, str]:
     name, sep, path = value.partition("=")
     if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=path.csv|.parquet, got {value!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=path (.csv, .parquet, .json, ...), got {value!r}")
     return name, path
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``coframe`` argument parser: ``serve`` and the data commands."""
+    from .cli_data import add_data_commands
+
     parser = argparse.ArgumentParser(prog="coframe", description="Real-time collaborative tabular datasets")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the server")
@@ -31,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         type=_dataset,
         default=[],
         metavar="NAME=PATH",
-        help="serve a CSV or Parquet file as dataset NAME (repeatable)",
+        help="serve a CSV, Parquet, JSON, NDJSON or Arrow file as dataset NAME (repeatable)",
     )
     serve.add_argument(
         "--demo",
@@ -55,8 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve.add_argument("--autocommit-ops", type=int, default=10_000)
     serve.add_argument("--autocommit-seconds", type=float, default=60.0)
+    serve.add_argument(
+        "--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES,
+        help="largest dataset upload over HTTP, in bytes (default 512 MiB)",
+    )  # fmt: skip
     serve.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
+    add_data_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        from .cli_data import run_data_command
+
+        return run_data_command(args)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = Settings(
@@ -69,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         catalog=args.catalog,
         autocommit_ops=args.autocommit_ops,
         autocommit_seconds=args.autocommit_seconds,
+        max_upload_bytes=args.max_upload_bytes,
     )
     from .app import build_registry, create_app, load_file
     from .rooms.registry import check_name

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "MAX_UPLOAD_BYTES"]
+
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # default size limit of a dataset import (HTTP and CLI)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,4 +34,5 @@ class Settings:
     stall_timeout: float = 30.0
     hello_timeout: float = 10.0
     idle_unload: float = 300.0
+    max_upload_bytes: int = MAX_UPLOAD_BYTES  # HTTP dataset upload body; bigger → 413
     extra: dict[str, str] = field(default_factory=dict)

@@ -24,6 +24,7 @@ from .room import Room, RoomConfig
 
 if TYPE_CHECKING:
     from ..storage.service import Storage
+    from ..storage.types import Manifest
 
 __all__ = ["Registry", "DatasetEntry", "NAME_RE", "check_name"]
 
@@ -300,3 +301,29 @@ class Registry:
             return None
         await room.close(1012, reason)
         return room.core.seq
+
+    async def revert(self, dataset: str, branch: str, to: str, *, author: str) -> Manifest:
+        """Make a new commit on ``branch`` whose data is version ``to``.
+
+        Holds the registry lock throughout: the branch's room (opened if
+        needed, so its WAL tail is committed first) closes with 1012, the
+        revert commit is written, and only then can a reconnecting client
+        load the branch again, at the reverted commit.
+
+        Raises:
+            NotFound: no such branch or version. KeyError: no storage.
+        """
+        if self.storage is None:
+            raise KeyError("revert needs storage")
+        target = await self.storage.resolve(dataset, to)
+        async with self._lock:
+            room = self.rooms.pop((dataset, branch), None)
+            timer = self._unloaders.pop((dataset, branch), None)
+            if timer is not None:
+                timer.cancel()
+            if room is None:
+                room = await self._recover(dataset, branch)  # not started: just to commit its WAL tail
+            await room.close(1012, f"reverted to {target.id[:12]}; reconnect")
+            return await self.storage.revert(
+                dataset, branch, target.id, author=author, live_seq=room.core.seq
+            )

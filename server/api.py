@@ -1,0 +1,403 @@
+"""The HTTP API for datasets and their versions (DESIGN.md "Durability and versions").
+
+Routes (``routes``, added to the app by :func:`server.app.create_app`):
+
+- ``POST /api/datasets/{name}``: upload a file as a new dataset.
+- ``GET /api/datasets/{name}/export?at=&branch=&format=``
+- ``GET /api/datasets/{name}/log?ref=&limit=``
+- ``GET /api/datasets/{name}/diff?from=&to=&format=``
+- ``GET /api/datasets/{name}/refs``
+- ``POST /api/datasets/{name}/branches`` | ``/tags`` | ``/revert`` (JSON bodies)
+
+Every error is ``{"error": {"code", "message"}}`` with a fitting status, and
+the message says what to do. ``{name}`` takes the whole rest of the path so
+that ``../x`` (sent URL-encoded) gets a 400 naming the rule, not a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .io import (
+    ReadError,
+    check_format,
+    content_type,
+    diff_table,
+    format_from_content_type,
+    format_from_name,
+    read_frame,
+    write_frame,
+)
+from .ops.state import OpError, State
+from .rooms.registry import NAME_RE, Registry
+from .settings import Settings
+from .storage.diff import diff_states
+from .storage.service import Storage
+from .storage.types import AlreadyExists, Manifest, NotFound, RefMoved
+
+__all__ = ["routes", "ApiError", "check_ref_name", "resolve", "commit_json", "side_label", "SPOOL_BYTES"]
+
+log = logging.getLogger("coframe.api")
+
+SPOOL_BYTES = 16 * 1024 * 1024  # uploads bigger than this spill from memory to a temp file
+MAX_LOG_LIMIT = 10_000
+_STATUS = {"bad_format": 400, "unreadable": 400, "too_large": 413}
+
+
+class ApiError(Exception):
+    """An HTTP error reply: ``status``, a stable ``code`` and a message that says what to do."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _api(fn: Handler) -> Handler:
+    """Map the errors of the layers below to JSON replies."""
+
+    @functools.wraps(fn)
+    async def wrapper(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except ApiError as e:
+            return error_response(e.status, e.code, e.message)
+        except ReadError as e:
+            return error_response(_STATUS.get(e.code, 400), e.code, e.message)
+        except OpError as e:
+            return error_response(400, e.code, e.message)
+        except NotFound as e:
+            return error_response(404, "not_found", str(e))
+        except AlreadyExists as e:
+            return error_response(409, "already_exists", str(e))
+        except RefMoved as e:
+            return error_response(409, "conflict", f"{e}; retry")
+        except Exception:
+            log.exception("%s %s failed", request.method, request.url.path)
+            return error_response(500, "internal", "internal error (see the server log); retry or report it")
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- shared helpers (HTTP and CLI)
+
+
+def check_ref_name(value: str, what: str = "dataset") -> str:
+    """Validate a dataset, branch or tag name (``^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$``, no ``..``).
+
+    Raises:
+        ApiError: 400 ``bad_name``.
+    """
+    if not NAME_RE.match(value) or ".." in value:
+        raise ApiError(
+            400,
+            "bad_name",
+            f"invalid {what} name {value!r}: use 1-128 letters, digits, '_', '.' or '-',"
+            " starting with a letter or digit (never a path)",
+        )
+    return value
+
+
+async def resolve(storage: Storage, dataset: str, ref: str) -> Manifest:
+    """The commit a tag, branch or commit id (prefix) names.
+
+    Raises:
+        NotFound: with a message naming all three kinds (or the ambiguity).
+    """
+    try:
+        return await storage.resolve(dataset, ref)
+    except NotFound as e:
+        if "ambiguous" in str(e) or "does not exist" in str(e):
+            raise
+        raise NotFound(
+            f"no branch, tag or commit '{ref}' in dataset '{dataset}'; list the refs and the log to see"
+            " what exists"
+        ) from None
+
+
+def commit_json(m: Manifest) -> dict[str, Any]:
+    return {
+        "commit": m.id,
+        "parents": list(m.parents),
+        "author": m.author,
+        "message": m.message,
+        "time": m.time,
+        "seq": m.seq,
+        "rows": m.rows,
+    }
+
+
+def side_label(side: str) -> tuple[bool, str]:
+    """``(is_live, branch_or_ref)`` for a diff side: ``live``, ``live:BRANCH`` or a ref."""
+    if side == "live":
+        return True, "main"
+    if side.startswith("live:"):
+        return True, check_ref_name(side[5:], "branch")
+    return False, side
+
+
+# ---------------------------------------------------------------- request helpers
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry  # type: ignore[no-any-return]
+
+
+def _storage(registry: Registry, what: str) -> Storage:
+    if registry.storage is None:
+        raise ApiError(
+            400,
+            "no_storage",
+            f"{what} needs versioned storage; start the server with --data-dir (not --memory)",
+        )
+    return registry.storage
+
+
+async def _dataset(request: Request) -> tuple[Registry, str]:
+    registry = _registry(request)
+    name = check_ref_name(request.path_params["name"])
+    if not await registry.exists(name):
+        raise ApiError(404, "not_found", f"no dataset '{name}'; list them with GET /api/datasets")
+    return registry, name
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ApiError(400, "bad_request", "the body is not valid JSON; send a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    return body
+
+
+def _str_field(body: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ApiError(400, "bad_request", f"give '{key}' as a non-empty string in the JSON body")
+    return value
+
+
+async def _state_at(registry: Registry, name: str, side: str) -> tuple[State, dict[str, Any]]:
+    live, ref = side_label(side)
+    if live:
+        try:
+            state = await registry.live_state(name, ref)
+        except KeyError:
+            raise NotFound(f"branch '{ref}' not found in dataset '{name}'") from None
+        return state, {"ref": side, "live": True, "branch": ref, "commit": None}
+    storage = _storage(registry, "reading a past version")
+    m = await resolve(storage, name, ref)
+    return await storage.state_of(m), {"ref": side, "live": False, "commit": m.id, "seq": m.seq}
+
+
+def _filename(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@-]", "_", "@".join(p for p in parts if p))
+
+
+# ---------------------------------------------------------------- handlers
+
+
+async def _spool_body(request: Request, limit: int) -> tempfile.SpooledTemporaryFile[bytes]:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise ApiError(
+            413, "too_large", f"the upload is {length} bytes, over the {limit}-byte limit; split the file"
+        )
+    spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large", f"the upload is over the {limit}-byte limit; split the file")
+            spool.write(chunk)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
+
+
+@_api
+async def upload(request: Request) -> Response:
+    registry = _registry(request)
+    settings: Settings = request.app.state.settings
+    name = check_ref_name(request.path_params["name"])
+    q = request.query_params
+    filename = q.get("filename")
+    fmt = q.get("format") or format_from_content_type(request.headers.get("content-type"))
+    fmt = check_format(fmt) if fmt else (format_from_name(filename) if filename else None)
+    if await registry.exists(name):
+        raise ApiError(409, "already_exists", f"dataset '{name}' already exists; pick another name")
+    spool = await _spool_body(request, settings.max_upload_bytes)
+    try:
+        frame = await asyncio.to_thread(read_frame, spool, fmt, name=filename or "the upload")
+    finally:
+        spool.close()
+    author = q.get("author") or "http"
+    message = q.get("message") or f"import of {filename or 'an upload'}"
+    try:
+        await registry.create(name, frame, author=author, message=message)
+    except OpError as e:
+        if e.code == "column_exists":  # the in-memory registry's "name taken"
+            raise ApiError(409, "already_exists", e.message) from None
+        raise
+    commit = None
+    if registry.storage is not None:
+        commit = (await registry.storage.catalog.get_ref(name, "main", "branch")).commit
+    body = {"name": name, "rows": frame.height, "columns": frame.width, "commit": commit}
+    log.info("uploaded dataset %s: %d rows × %d columns", name, frame.height, frame.width)
+    return JSONResponse(body, status_code=201)
+
+
+@_api
+async def export(request: Request) -> Response:
+    registry, name = await _dataset(request)
+    q = request.query_params
+    fmt = check_format(q.get("format") or "parquet")
+    at, branch = q.get("at"), check_ref_name(q.get("branch") or "main", "branch")
+    headers: dict[str, str] = {}
+    if at:
+        storage = _storage(registry, "export at a version")
+        m = await resolve(storage, name, at)
+        state = await storage.state_of(m)
+        headers["X-Coframe-Commit"] = m.id
+        stem = _filename(name, at)
+    else:
+        state, _ = await _state_at(registry, name, "live:" + branch)
+        stem = _filename(name, "" if branch == "main" else branch)
+    data = await asyncio.to_thread(write_frame, state.frame, fmt)
+    headers["Content-Disposition"] = f'attachment; filename="{stem}.{fmt}"'
+    headers["X-Coframe-Rows"] = str(state.frame.height)
+    return Response(data, media_type=content_type(fmt), headers=headers)
+
+
+@_api
+async def history(request: Request) -> Response:
+    registry, name = await _dataset(request)
+    storage = _storage(registry, "history")
+    ref = request.query_params.get("ref") or "main"
+    raw = request.query_params.get("limit") or "100"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LIMIT:
+        raise ApiError(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LOG_LIMIT}")
+    await resolve(storage, name, ref)
+    commits = await storage.log(name, ref, int(raw))
+    return JSONResponse([commit_json(m) for m in commits])
+
+
+@_api
+async def diff(request: Request) -> Response:
+    registry, name = await _dataset(request)
+    q = request.query_params
+    a, b = q.get("from"), q.get("to") or "live"
+    if not a:
+        raise ApiError(400, "bad_request", "give ?from=REF (a branch, tag, commit, 'live' or 'live:BRANCH')")
+    fmt = (q.get("format") or "json").lower()
+    if fmt not in ("json", "parquet"):
+        raise ApiError(400, "bad_format", f"unknown diff format {fmt!r}; use json or parquet")
+    (sa, da), (sb, db) = await _state_at(registry, name, a), await _state_at(registry, name, b)
+    d = await asyncio.to_thread(diff_states, sa, sb)
+    if fmt == "json":
+        return JSONResponse({**d.to_json(), "from": da, "to": db})
+
+    def encode() -> bytes:
+        sink = pa.BufferOutputStream()
+        pq.write_table(diff_table(d), sink)
+        return bytes(sink.getvalue().to_pybytes())
+
+    data = await asyncio.to_thread(encode)
+    stem = _filename(name, "diff", a, b)
+    return Response(
+        data,
+        media_type=content_type("parquet"),
+        headers={"Content-Disposition": f'attachment; filename="{stem}.parquet"'},
+    )
+
+
+@_api
+async def refs(request: Request) -> Response:
+    registry, name = await _dataset(request)
+    storage = _storage(registry, "branches and tags")
+    out: dict[str, list[dict[str, str]]] = {}
+    for kind, key in (("branch", "branches"), ("tag", "tags")):
+        found = await storage.catalog.list_refs(name, kind)
+        out[key] = [{"name": r.name, "commit": r.commit} for r in sorted(found, key=lambda r: r.name)]
+    return JSONResponse(out)
+
+
+@_api
+async def create_branch(request: Request) -> Response:
+    registry, name = await _dataset(request)
+    storage = _storage(registry, "branches")
+    body = await _json_body(request)
+    new = check_ref_name(_str_field(body, "name"), "branch")
+    source = _str_field(body, "from", "main")
+    m = await resolve(storage, name, source)
+    await storage.create_branch(name, new, m.id)
+    return JSONResponse({"name": new, "commit": m.id, "from": source}, status_code=201)
+
+
+@_api
+async def create_tag(request: Request) -> Response:
+    registry, name = await _dataset(request)
+    storage = _storage(registry, "tags")
+    body = await _json_body(request)
+    tag = check_ref_name(_str_field(body, "name"), "tag")
+    at = _str_field(body, "at", "main")
+    m = await resolve(storage, name, at)
+    try:
+        await storage.create_tag(name, tag, m.id)
+    except AlreadyExists:
+        existing = await storage.catalog.get_ref(name, tag, "tag")
+        raise ApiError(
+            409,
+            "already_exists",
+            f"tag '{tag}' already exists at commit {existing.commit[:12]} and tags never move;"
+            " create a new tag instead",
+        ) from None
+    return JSONResponse({"name": tag, "commit": m.id, "at": at}, status_code=201)
+
+
+@_api
+async def revert(request: Request) -> Response:
+    registry, name = await _dataset(request)
+    storage = _storage(registry, "revert")
+    body = await _json_body(request)
+    branch = check_ref_name(_str_field(body, "branch", "main"), "branch")
+    to = _str_field(body, "to")
+    target = await resolve(storage, name, to)
+    await storage.catalog.get_ref(name, branch, "branch")  # 404 before anyone is disconnected
+    m = await registry.revert(name, branch, target.id, author="http")
+    return JSONResponse({"branch": branch, "reverted_to": target.id, **commit_json(m)}, status_code=201)
+
+
+routes = [
+    Route("/api/datasets/{name:path}/export", export, methods=["GET"]),
+    Route("/api/datasets/{name:path}/log", history, methods=["GET"]),
+    Route("/api/datasets/{name:path}/diff", diff, methods=["GET"]),
+    Route("/api/datasets/{name:path}/refs", refs, methods=["GET"]),
+    Route("/api/datasets/{name:path}/branches", create_branch, methods=["POST"]),
+    Route("/api/datasets/{name:path}/tags", create_tag, methods=["POST"]),
+    Route("/api/datasets/{name:path}/revert", revert, methods=["POST"]),
+    Route("/api/datasets/{name:path}", upload, methods=["POST"]),
+]

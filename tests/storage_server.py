@@ -1,0 +1,117 @@
+"""Fixture helpers: a real uvicorn server on durable storage (SQLite or PostgreSQL).
+
+Usage::
+
+    async with catalog_for("postgres") as url:          # None for SQLite; skips without PostgreSQL
+        async with durable_server(tmp_path, url) as srv:  # srv.url (ws://), srv.http, srv.registry
+            ...
+
+The server runs in the test's event loop on a port-0 socket and is ready when
+``Server.ready`` is set (tests/conftest.py's ``make_server``, on storage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from server.app import create_app, open_registry
+from server.rooms import Registry, Room
+from server.serve import Server, uvicorn_config
+from server.settings import Settings
+from tests.conftest import timeout
+from tests.pg import PgUnavailable, fresh_schema, require_service
+
+__all__ = ["BACKENDS", "DurableServer", "durable_server", "catalog_for", "catalog_state"]
+
+BACKENDS = ("sqlite", "postgres")
+
+
+@dataclass
+class DurableServer:
+    url: str  # ws://127.0.0.1:PORT
+    http: str  # http://127.0.0.1:PORT
+    registry: Registry
+    settings: Settings
+    data_dir: Path
+
+    def room(self, dataset: str, branch: str = "main") -> Room:
+        return self.registry.rooms[(dataset, branch)]
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.http, timeout=timeout(30))
+
+
+@asynccontextmanager
+async def catalog_for(backend: str) -> AsyncIterator[str | None]:
+    """``None`` for SQLite; a fresh PostgreSQL schema URL (dropped afterwards) for ``postgres``.
+
+    Skips (fails under CI=true) when PostgreSQL is not reachable.
+    """
+    if backend == "sqlite":
+        yield None
+        return
+    try:
+        ctx = fresh_schema("coframe_api")
+        url = await ctx.__aenter__()
+    except PgUnavailable as e:
+        require_service(f"PostgreSQL is not reachable: {e}")
+    try:
+        yield url
+    finally:
+        await ctx.__aexit__(None, None, None)
+
+
+@asynccontextmanager
+async def durable_server(
+    tmp_path: Path, catalog_url: str | None = None, **settings: Any
+) -> AsyncIterator[DurableServer]:
+    """A live server whose registry is on storage in ``tmp_path/data`` (and ``catalog_url``)."""
+    data_dir = tmp_path / "data"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    base = Settings(data_dir=str(data_dir), catalog=catalog_url, demo=False)
+    cfg = dataclasses.replace(base, port=port, **settings)
+    registry = await open_registry(cfg)
+    app = create_app(cfg, registry)
+    server = Server(uvicorn_config(app, cfg, log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        ready = asyncio.create_task(server.ready.wait())
+        done, _ = await asyncio.wait({ready, task}, timeout=timeout(10), return_when="FIRST_COMPLETED")
+        if ready not in done:
+            ready.cancel()
+            if task.done():
+                task.result()
+            raise RuntimeError("server did not start")
+        yield DurableServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", registry, cfg, data_dir)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout(15))
+        sock.close()
+
+
+async def catalog_state(registry: Registry) -> dict[str, Any]:
+    """Datasets with their refs and commit log: compare before/after to show nothing was half-written."""
+    storage = registry.storage
+    assert storage is not None
+    out: dict[str, Any] = {}
+    for name in sorted(await storage.catalog.list_datasets()):
+        refs = {}
+        for kind in ("branch", "tag"):
+            for r in await storage.catalog.list_refs(name, kind):
+                refs[f"{kind}:{r.name}"] = r.commit
+        heads = sorted(set(refs.values()))
+        commits = sorted({m.id for h in heads for m in await storage.catalog.log(name, h, 10_000)})
+        out[name] = {"refs": refs, "commits": commits}
+    return out
