@@ -1,4 +1,12 @@
-"""Render ``bench/RESULTS.md`` from the benchmark results."""
+"""Render ``bench/RESULTS.md`` from the benchmark results.
+
+Each benchmark group (``fanout``, ``sustained``, ``storage``) renders its own
+section file, ``bench/results/<group>.md``: its summary rows, its sections,
+its profiles and its findings, each part under an HTML comment marker.
+``RESULTS.md`` is then assembled from every section file present, so a run of
+one group (``--only storage``) replaces that group's figures and keeps the
+others', each with the date and command it was measured by.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +14,43 @@ import datetime as dt
 import importlib.metadata
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
-from .common import median
+from .common import BENCH_DIR, Stats, median
 from .fanout import FanoutResult, SystemResult
 from .profiling import Profile
+from .storage import (
+    TARGET_COMMIT_BYTES_SHARE,
+    TARGET_COMMIT_MS,
+    TARGET_JOIN_RATIO,
+    TARGET_WAL_RATIO,
+    StorageResult,
+)
 from .sustained import SustainedResult
 
-__all__ = ["Machine", "Verdict", "Report", "machine_info", "render", "fanout_verdicts", "sustained_verdicts"]
+__all__ = [
+    "GROUPS",
+    "RESULTS_DIR",
+    "Machine",
+    "Verdict",
+    "Report",
+    "Section",
+    "machine_info",
+    "render",
+    "write_sections",
+    "assemble",
+    "fanout_verdicts",
+    "sustained_verdicts",
+    "storage_verdicts",
+]
+
+GROUPS = ("fanout", "sustained", "storage")
+RESULTS_DIR = BENCH_DIR / "results"
 
 PACKAGES = (
     "polars",
@@ -67,13 +101,20 @@ class Verdict:
 
 @dataclass(slots=True)
 class Report:
+    """What one ``bench.run`` measured; ``profiles`` are keyed ``<group>...``."""
+
     machine: Machine
     command: str
     quick: bool
     fanout: FanoutResult | None = None
     sustained: SustainedResult | None = None
+    storage: StorageResult | None = None
     profiles: dict[str, Profile] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
+    notes: dict[str, list[str]] = field(default_factory=dict)  # by group
+    ran: list[str] = field(default_factory=list)  # groups this run attempted
+
+    def note(self, group: str, text: str) -> None:
+        self.notes.setdefault(group, []).append(text)
 
 
 def _cpu_model() -> str:
@@ -356,55 +397,439 @@ def _sustained_md(r: SustainedResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(rep: Report) -> str:
-    m = rep.machine
-    verdicts: list[Verdict] = []
-    if rep.fanout is not None:
-        verdicts += fanout_verdicts(rep.fanout)
-    if rep.sustained is not None:
-        verdicts += sustained_verdicts(rep.sustained)
-    pk = ", ".join(f"{k} {v}" for k, v in m.packages.items())
+# ---------------------------------------------------------------- storage (issue 3)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f} %"
+
+
+def storage_verdicts(r: StorageResult) -> list[Verdict]:
+    out: list[Verdict] = []
+    c = r.commit
+    if c.parquet_bytes.n:
+        full = c.parquet_bytes.median
+        base = f"`write_parquet` {_n(full)} B, {_f(c.parquet_ms.median, 0)} ms"
+        for label, b, t in (
+            ("storage layer", c.layer_bytes, c.layer_ms),
+            ("end to end", c.e2e_bytes, c.e2e_ms),
+        ):
+            if not b.n:
+                continue
+            share = b.median / full
+            out.append(
+                Verdict(
+                    f"commit of a 1-cell change, {c.rows:,}×10: bytes written ({label})",
+                    f"{_n(b.median)} B ({_pct(share)})",
+                    base,
+                    f"{_f(share, 3)}×",
+                    f"≤ {TARGET_COMMIT_BYTES_SHARE:.0%} of the full Parquet bytes",
+                    share <= TARGET_COMMIT_BYTES_SHARE,
+                )
+            )
+            out.append(
+                Verdict(
+                    f"commit of a 1-cell change, {c.rows:,}×10: time ({label})",
+                    f"{_f(t.median, 1)} ms",
+                    base,
+                    f"{_f(t.median / c.parquet_ms.median, 3)}×",
+                    f"≤ {TARGET_COMMIT_MS:g} ms",
+                    t.median <= TARGET_COMMIT_MS,
+                )
+            )
+    j = r.join
+    if j.warm_ms.n and j.read_parquet_ms.n:
+        ratio = j.warm_ms.median / j.read_parquet_ms.median
+        out.append(
+            Verdict(
+                f"new client joins a {j.rows:,}×10 room (room loaded; `connect()` → usable mirror)",
+                f"{_n(j.warm_ms.median)} ms",
+                f"`pl.read_parquet` {_f(j.read_parquet_ms.median, 0)} ms",
+                f"{_f(ratio, 1)}×",
+                f"≤ {TARGET_JOIN_RATIO:g}× the read",
+                ratio <= TARGET_JOIN_RATIO,
+            )
+        )
+    t = r.throughput.systems
+    if "memory" in t and "sqlite" in t:
+        off = t["memory"].msgs_per_s.median
+        for name in ("sqlite", "postgresql"):
+            if name not in t:
+                continue
+            on = t[name].msgs_per_s.median
+            out.append(
+                Verdict(
+                    f"acked 1-cell op messages/s, WAL on ({_CATALOG[name]}) vs off,"
+                    f" {r.throughput.rows:,} rows",
+                    f"{_n(on)} msgs/s",
+                    f"`--memory` {_n(off)} msgs/s",
+                    f"{_f(on / off)}×",
+                    f"≥ {TARGET_WAL_RATIO:g}× WAL off",
+                    on >= TARGET_WAL_RATIO * off,
+                )
+            )
+    return out
+
+
+_CATALOG = {"memory": "`--memory`, no WAL", "sqlite": "SQLite catalog", "postgresql": "PostgreSQL catalog"}
+
+
+def _runs(s: Stats, digits: int = 0, scale: float = 1.0) -> str:
+    return ", ".join(f"{x * scale:,.{digits}f}" for x in s.runs) or "-"
+
+
+def _status(met: bool) -> str:
+    return "MET" if met else "**MISSED**"
+
+
+def _storage_md(r: StorageResult) -> str:
+    cfg = r.config
+    lines = [
+        "## Storage (issue 3)",
+        "",
+        "Servers are `coframe serve --port 0` subprocesses (ready at their `coframe listening on` line),"
+        " each on a fresh temporary `--data-dir` (SQLite catalog unless said otherwise). Every figure is"
+        " the median of the runs listed; each baseline is measured in the same run. Demo dataset"
+        " `sales` (10 columns: int64, date, 2 strings, int32, float64, float32, bool, string, datetime).",
+        "",
+    ]
+    c = r.commit
+    if c.parquet_bytes.n:
+        full = c.parquet_bytes.median
+        lines += [
+            f"### 4.1 Commit of a 1-cell change on a {c.rows:,}×10 room",
+            "",
+            "*Storage layer*: `write_commit` in the benchmark process, one `price` cell changed, `dirty` ="
+            " the range of its rid, `parent` = the full commit of the same frame; bytes = growth of the"
+            " chunk directory (the chunk is fsynced). *End to end*: a client of a running server sends"
+            " `set_cells` on one rid (acked, untimed), then `await room.commit()`; time = commit sent →"
+            " `committed` reply (chunk write, manifest, branch move, WAL trim); bytes = growth of the"
+            " server's chunk directory. Each run changes a rid in another chunk. Baseline: `df.write_parquet`"
+            " of the same 10 columns to one plain file (default options, no fsync), timed in every run.",
+            "",
+            "| | bytes written | share of the plain file | time ms | target | status | runs |",
+            "|---|---:|---:|---:|---|---|---:|",
+            f"| baseline: `df.write_parquet`, whole frame | {_n(full)} | 100 % | {_f(c.parquet_ms.median, 1)}"
+            f" | | | {c.parquet_ms.n} |",
+            f"| (info) first commit: all {c.chunks} chunks, {cfg.rows:,} rows | {_n(c.full_commit_bytes)}"
+            f" | {_pct(c.full_commit_bytes / full)} | {_f(c.full_commit_ms, 1)} | | | 1 |",
+        ]
+        for label, b, t in (
+            ("storage layer", c.layer_bytes, c.layer_ms),
+            ("end to end", c.e2e_bytes, c.e2e_ms),
+        ):
+            if not b.n:
+                continue
+            share = b.median / full
+            ok = share <= TARGET_COMMIT_BYTES_SHARE and t.median <= TARGET_COMMIT_MS
+            lines.append(
+                f"| 1-cell commit, {label} | {_n(b.median)} | {_pct(share)} | {_f(t.median, 1)}"
+                f" | ≤ {TARGET_COMMIT_BYTES_SHARE:.0%} and ≤ {TARGET_COMMIT_MS:g} ms | {_status(ok)}"
+                f" | {t.n} |"
+            )
+        lines += [
+            "",
+            f"Per-run ms: storage layer {_runs(c.layer_ms, 1)}; end to end {_runs(c.e2e_ms, 1)};"
+            f" `write_parquet` {_runs(c.parquet_ms, 1)}. Per-run bytes: storage layer {_runs(c.layer_bytes)};"
+            f" end to end {_runs(c.e2e_bytes)}.",
+        ]
+        if c.e2e_error:
+            lines.append(f"End-to-end commit failed: `{c.e2e_error}`.")
+        lines.append("")
+    j = r.join
+    if j.read_parquet_ms.n:
+        rp = j.read_parquet_ms.median
+
+        def row(label: str, s: Stats, target: str = "", status: str = "") -> str:
+            if not s.n:
+                return f"| {label} | - | - | {target} | {status} | 0 |"
+            return f"| {label} | {_n(s.median)} | {_f(s.median / rp, 1)}× | {target} | {status} | {s.n} |"
+
+        warm_ok = j.warm_ms.n > 0 and j.warm_ms.median <= TARGET_JOIN_RATIO * rp
+        lines += [
+            f"### 4.2 A new client joining a {j.rows:,}×10 room",
+            "",
+            'Time from `Room.open()` (what `async with connect(url, "sales") as room` runs) to its return'
+            f" with `room.frame` holding {j.rows:,} rows. *Warm*: the room is already loaded (another client"
+            " is in it). *Cold*: the first client after a server start, so the room's recovery (head commit"
+            " read from its chunks, empty WAL) is included. The raw-peer row is information: a"
+            " `bench.common.Peer` (no WebSocket extension) joining the same loaded room, then the same"
+            " `decode_server` + `Mirror.load` as the client. Baseline: `pl.read_parquet` of the plain file"
+            " of 4.1, in every run.",
+            "",
+            "| | ms | ratio to `read_parquet` | target | status | runs |",
+            "|---|---:|---:|---|---|---:|",
+            row("baseline: `pl.read_parquet`, whole frame", j.read_parquet_ms),
+            row(
+                "client join, room loaded (warm)",
+                j.warm_ms,
+                f"≤ {TARGET_JOIN_RATIO:g}× the read",
+                _status(warm_ok),
+            ),
+            row("client join, first after a server start (cold, incl. recovery)", j.cold_ms),
+            row("(info) raw peer without permessage-deflate: join + decode + mirror", j.raw_ms),
+            row("(info) raw peer: connect → welcome frame received", j.raw_wire_ms),
+            "",
+            f"Welcome: {j.welcome_bytes / 1e6:.1f} MB as sent (msgpack envelope with an Arrow IPC snapshot)."
+            f" WebSocket extension the client negotiated: `{j.extensions or '-'}`. Server CPU per warm"
+            f" client join {_f(j.server_cpu_s.median, 2)} s, per raw-peer join"
+            f" {_f(j.raw_server_cpu_s.median, 2)} s."
+            f" Per-run ms: warm {_runs(j.warm_ms)}; cold {_runs(j.cold_ms)}; raw {_runs(j.raw_ms)};"
+            f" `read_parquet` {_runs(j.read_parquet_ms)}.",
+            "",
+        ]
+    rc = r.recovery
+    if rc.ops:
+        lines += [
+            f"### 4.3 Recovery of a room with {rc.ops:,} WAL entries ({rc.rows:,}-row room)",
+            "",
+            f"{cfg.push_peers} raw peers, {cfg.push_window} batches in flight each, pushed {rc.ops:,} 1-cell"
+            f" `set` batches (one WAL entry each) in {_f(rc.push_s, 1)} s ({_n(rc.ops / rc.push_s)} acked"
+            f" batches/s; errors: {dict(rc.push_errors) or 'none'}) into a server started with"
+            " `--autocommit-ops 1000000 --autocommit-seconds 100000`, so none was committed; catalog"
+            f" files on disk afterwards {rc.wal_bytes / 1e6:.1f} MB. The server was killed with SIGKILL and"
+            " restarted (then killed again, so every run recovers the same WAL). Restart → welcome: from"
+            " the spawn to the first peer's `welcome` (`hello` with `since` = the last acked seq, so no"
+            " snapshot is sent; the room loads on that first join). `recover()`: the same call the server"
+            " makes, in the benchmark process, on the same data directory.",
+            "",
+            "| | seconds | WAL entries/s | runs |",
+            "|---|---:|---:|---:|",
+        ]
+
+        def rrow(label: str, s: Stats, rate: bool = True) -> str:
+            if not s.n:
+                return f"| {label} | - | - | 0 |"
+            per = _n(rc.ops / s.median) if rate and s.median > 0 else ""
+            return f"| {label} | {_f(s.median, 2)} | {per} | {s.n} |"
+
+        replay = Stats([a - b for a, b in zip(rc.recover_s.runs, rc.open_branch_s.runs, strict=False)])
+        lines += [
+            rrow("restart → first welcome", rc.restart_s),
+            rrow("  of which: process start → listening", rc.listen_s, rate=False),
+            rrow("  of which: listening → welcome (room recovery + join)", rc.open_s),
+            rrow("in-process `recover()`", rc.recover_s),
+            rrow("  of which: head commit + WAL read (`open_branch`)", rc.open_branch_s, rate=False),
+            rrow("  of which: replay (the rest)", replay),
+            "",
+            f"Per-run seconds: restart → welcome {_runs(rc.restart_s, 2)};"
+            f" `recover()` {_runs(rc.recover_s, 2)}."
+            f" Last acked seq {rc.last_seq:,}; welcome seq after each restart:"
+            f" {', '.join(f'{x:,}' for x in rc.welcome_seqs) or '-'}; entries replayed by `recover()`:"
+            f" {', '.join(f'{x:,}' for x in rc.replayed) or '-'}.",
+            "",
+        ]
+    t = r.throughput
+    if t.systems:
+        off = t.systems["memory"].msgs_per_s.median if "memory" in t.systems else float("nan")
+        lines += [
+            f"### 4.4 Acked op throughput, WAL on vs off ({t.rows:,}-row room)",
+            "",
+            f"The single-op load of benchmark 2: {cfg.bots} bots (raw peers), each with {cfg.window} unacked"
+            f" 1-cell `set` messages in flight, random rids, column `price`; {cfg.warmup:g} s warm-up, acks"
+            f" counted over {cfg.measure:g} s, then a drain; servers interleaved, order rotated every run."
+            " With a catalog, a tick's batches are acked only after their WAL entries are committed in one"
+            " transaction (SQLite `synchronous=FULL`; PostgreSQL on 127.0.0.1).",
+            "",
+            "| server | msgs/s | ratio to `--memory` | target | status | server CPU (cores)"
+            " | deltas/s per bot"
+            " | load generator CPU (cores) | errors | per-run msgs/s |",
+            "|---|---:|---:|---|---|---:|---:|---:|---|---|",
+        ]
+        for name, w in t.systems.items():
+            v = w.msgs_per_s.median
+            if name == "memory":
+                tgt, st, ratio = "(baseline)", "", "1.00×"
+            else:
+                tgt, st, ratio = (
+                    f"≥ {TARGET_WAL_RATIO:g}×",
+                    _status(v >= TARGET_WAL_RATIO * off),
+                    f"{_f(v / off)}×",
+                )
+            gen = t.gen_cpu[name].median if name in t.gen_cpu else float("nan")
+            errs = ", ".join(f"{k}: {n}" for k, n in w.errors.items()) or "none"
+            lines.append(
+                f"| {_CATALOG[name]} | {_n(v)} | {ratio} | {tgt} | {st} | {_f(w.cpu_util.median)}"
+                f" | {_f(w.deltas_per_s.median, 1)} | {_f(gen)} | {errs} | {_runs(w.msgs_per_s)} |"
+            )
+        if t.pg_error:
+            lines += ["", f"PostgreSQL row skipped: `{t.pg_error}`."]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- section files and RESULTS.md
+
+
+_MARK = re.compile(r"^<!-- (header|summary|body|profiles|notes)(?: (.*?))? -->$")
+
+
+@dataclass(slots=True)
+class Section:
+    """One group's part of RESULTS.md, as stored in ``bench/results/<group>.md``."""
+
+    group: str
+    header: dict[str, str]  # date, command, machine
+    summary: list[str] = field(default_factory=list)  # rows of the summary table
+    bodies: list[tuple[str, str]] = field(default_factory=list)  # (order key, markdown)
+    profiles: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_text(self) -> str:
+        h = "; ".join(f"{k}={v.replace(';', ',')}" for k, v in self.header.items())
+        out = [
+            f"<!-- header {h} -->",
+            "<!-- summary -->",
+            *self.summary,
+        ]
+        for key, md in self.bodies:
+            out += [f"<!-- body {key} -->", md.rstrip()]
+        out.append("<!-- profiles -->")
+        for p in self.profiles:
+            out.append(p.rstrip())
+        out.append("<!-- notes -->")
+        out += [f"- {n}" for n in self.notes]
+        return "\n".join(out).rstrip() + "\n"
+
+    @classmethod
+    def from_text(cls, group: str, text: str) -> Section:
+        sec = cls(group, {})
+        part, arg, buf = "", "", []
+
+        def close() -> None:
+            chunk = "\n".join(buf).strip("\n")
+            if part == "summary":
+                sec.summary = [ln for ln in chunk.splitlines() if ln.startswith("|")]
+            elif part == "body" and chunk:
+                sec.bodies.append((arg, chunk + "\n"))
+            elif part == "profiles" and chunk:
+                sec.profiles = [p.strip() + "\n" for p in re.split(r"\n(?=Profile `)", chunk) if p.strip()]
+            elif part == "notes":
+                sec.notes = [ln[2:] for ln in chunk.splitlines() if ln.startswith("- ")]
+
+        for line in text.splitlines():
+            m = _MARK.match(line)
+            if m is None:
+                buf.append(line)
+                continue
+            close()
+            part, arg, buf = m.group(1), m.group(2) or "", []
+            if part == "header":
+                for kv in arg.split("; "):
+                    k, _, v = kv.partition("=")
+                    sec.header[k.strip()] = v.strip()
+        close()
+        return sec
+
+
+def _machine_line(m: Machine) -> str:
+    return f"{m.cpu}, {m.cores} cores, {m.ram_gib:.1f} GiB RAM; Python {m.python}"
+
+
+def _sections(rep: Report) -> list[Section]:
+    """The section of every group that ran in ``rep``."""
+    quick = " (quick smoke run: fewer, shorter runs)" if rep.quick else ""
+    header = {
+        "date": rep.machine.date,
+        "command": f"`{rep.command}`{quick}",
+        "machine": _machine_line(rep.machine),
+    }
+    out: list[Section] = []
+    for group in rep.ran:
+        sec = Section(group, dict(header))
+        if group == "fanout" and rep.fanout is not None:
+            sec.summary = [_verdict_row(v) for v in fanout_verdicts(rep.fanout)]
+            sec.bodies = [("1", _fanout_md(rep.fanout)), ("3", _cpu_md(rep.fanout))]
+        elif group == "sustained" and rep.sustained is not None:
+            sec.summary = [_verdict_row(v) for v in sustained_verdicts(rep.sustained)]
+            sec.bodies = [("2", _sustained_md(rep.sustained))]
+        elif group == "storage" and rep.storage is not None:
+            sec.summary = [_verdict_row(v) for v in storage_verdicts(rep.storage)]
+            sec.bodies = [("4", _storage_md(rep.storage))]
+        sec.profiles = [p.markdown() for k, p in rep.profiles.items() if k.startswith(group)]
+        sec.notes = list(rep.notes.get(group, []))
+        out.append(sec)
+    return out
+
+
+def _verdict_row(v: Verdict) -> str:
+    return f"| {v.what} | {v.measured} | {v.baseline} | {v.ratio} | {v.target} | {v.status} |"
+
+
+def write_sections(rep: Report, directory: Path = RESULTS_DIR) -> list[Path]:
+    """Write ``<group>.md`` for every group that ran; return the paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for sec in _sections(rep):
+        path = directory / f"{sec.group}.md"
+        path.write_text(sec.to_text())
+        paths.append(path)
+    return paths
+
+
+def assemble(machine: Machine, directory: Path = RESULTS_DIR) -> str:
+    """RESULTS.md from every section file in ``directory`` (groups in :data:`GROUPS` order)."""
+    secs = [
+        Section.from_text(g, (directory / f"{g}.md").read_text())
+        for g in GROUPS
+        if (directory / f"{g}.md").exists()
+    ]
+    pk = ", ".join(f"{k} {v}" for k, v in machine.packages.items())
     out = [
         "# coframe benchmark results",
         "",
-        f"- Date: {m.date}",
-        f"- Machine: {m.cpu}, {m.cores} cores, {m.ram_gib:.1f} GiB RAM; Python {m.python}",
+        f"- Assembled: {machine.date}, from the section files in `bench/results/` (one per benchmark"
+        " group; a run with `--only GROUP` replaces that group's file and keeps the others).",
+        "- Groups: "
+        + "; ".join(
+            f"**{s.group}** measured {s.header.get('date', '?')} by {s.header.get('command', '?')}"
+            for s in secs
+        ),
+        f"- Machine: {_machine_line(machine)}",
         f"- Packages: {pk}",
-        f"- Command: `{rep.command}`" + (" (quick smoke run: fewer, shorter runs)" if rep.quick else ""),
         "- Method: each server runs in its own subprocess on 127.0.0.1 (coframe via `coframe serve`,"
         " log level warning); the load generator runs in the benchmark process (one asyncio loop, lean"
         " sans-I/O WebSocket peers, the same code against coframe and the baselines). Figures are"
         " medians over runs; every target is also given as a ratio to a baseline measured in the"
         " same run. The machine is small and shared, so expect run-to-run noise (per-run figures"
         " are listed).",
+    ]
+    here = _machine_line(machine).replace(";", ",")  # as a section header stores it
+    other = {s.header.get("machine") for s in secs} - {here, None}
+    if other:
+        out.append(f"- Note: some groups were measured on another machine: {', '.join(sorted(other))}")
+    out += [
         "",
         "## Summary",
         "",
         "| target | measured | baseline (same run) | ratio | target | status |",
         "|---|---:|---:|---:|---|---|",
     ]
-    for v in verdicts:
-        out.append(f"| {v.what} | {v.measured} | {v.baseline} | {v.ratio} | {v.target} | {v.status} |")
+    for s in secs:
+        out += s.summary
     out.append("")
-    if rep.fanout is not None:
-        out.append(_fanout_md(rep.fanout))
-    if rep.sustained is not None:
-        out.append(_sustained_md(rep.sustained))
-    if rep.fanout is not None:
-        out.append(_cpu_md(rep.fanout))
-    if rep.profiles:
+    bodies = sorted((key, i, md) for i, s in enumerate(secs) for key, md in s.bodies)
+    out += [md.rstrip() + "\n" for _, _, md in bodies]
+    profiles = [p for s in secs for p in s.profiles]
+    if profiles:
         out += [
             "## Profiles of the missed targets",
             "",
             "Each profile was taken under the same load right after the measured runs (py-spy,"
             " non-blocking). What they show, with in-process timings of the hot spots, is written up"
-            " in `bench/README.md` (\"Findings\").",
+            ' in `bench/README.md` ("Findings").',
             "",
         ]
-        for p in rep.profiles.values():
-            out.append(p.markdown())
-    if rep.notes:
+        out += [p.rstrip() + "\n" for p in profiles]
+    notes = [(s.group, n) for s in secs for n in s.notes]
+    if notes:
         out += ["## Findings", ""]
-        out += [f"- {n}" for n in rep.notes]
+        out += [f"- {g}: {n}" for g, n in notes]
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def render(rep: Report, directory: Path = RESULTS_DIR) -> str:
+    """Write the section files of the groups that ran, then assemble RESULTS.md's text."""
+    write_sections(rep, directory)
+    return assemble(rep.machine, directory)

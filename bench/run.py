@@ -1,16 +1,24 @@
-"""Entry point: ``python -m bench.run [--quick] [--only fanout|sustained] [--no-profile]``.
+"""Entry point: ``python -m bench.run [--quick] [--only fanout|sustained|storage] [--no-profile]``.
 
-Runs the benchmarks of DESIGN.md "Performance targets" (issue 2, §8):
+Runs the benchmarks of DESIGN.md "Performance targets", in three groups:
 
-1. fan-out latency, 1 writer → N readers (:mod:`bench.fanout`);
-2. sustained edits into a 1M-row room (:mod:`bench.sustained`);
-3. server CPU per delivered message (measured during 1, at N=50).
+* ``fanout`` (issue 2): 1. fan-out latency, 1 writer → N readers, and
+  3. server CPU per delivered message (:mod:`bench.fanout`);
+* ``sustained`` (issue 2): 2. sustained edits into a 1M-row room
+  (:mod:`bench.sustained`);
+* ``storage`` (issue 3): commit of a 1-cell change, join of a 1M-row room,
+  recovery of 100k WAL entries, and throughput with the WAL on vs off
+  (:mod:`bench.storage`).
 
-Each server runs in its own subprocess on a free 127.0.0.1 port and is
-killed on exit; the load generator runs here. For every missed target a
-py-spy profile of the server is taken under the same load and summarized in
-``bench/RESULTS.md``, which this run (re)writes. The full run takes about
-6–8 minutes on 2 cores; ``--quick`` is a shorter smoke run.
+Each server runs in its own subprocess on 127.0.0.1 and is killed on exit;
+the load generator runs here. The issue-2 groups run coframe with
+``--memory`` (no WAL: what they were specified and measured on); the storage
+group measures the WAL's cost itself. For every missed target a py-spy
+profile of the server is taken under the same load. Each group writes its
+section file ``bench/results/<group>.md``, and ``bench/RESULTS.md`` is
+assembled from all of them, so ``--only storage`` keeps the issue-2 figures.
+The full run takes about 14 minutes on 2 cores; ``--quick`` is a shorter
+smoke run.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -38,7 +47,16 @@ from .common import (
 )
 from .fanout import BROADCAST, COFRAME, PYCRDT, FanoutConfig, System, run_fanout
 from .profiling import profile_while
-from .report import Report, fanout_verdicts, machine_info, render, sustained_verdicts
+from .report import (
+    GROUPS,
+    Report,
+    fanout_verdicts,
+    machine_info,
+    render,
+    storage_verdicts,
+    sustained_verdicts,
+)
+from .storage import StorageBench, StorageConfig, raw_join
 from .sustained import SustainedConfig, Swarm, run_sustained
 
 __all__ = ["main"]
@@ -50,27 +68,36 @@ def log(msg: str) -> None:
     print(f"[{time.monotonic() - _T0:6.1f}s] {msg}", flush=True)
 
 
-def _configs(quick: bool) -> tuple[FanoutConfig, SustainedConfig, int]:
-    """(fan-out config, sustained config, profile seconds)."""
+def _configs(quick: bool) -> tuple[FanoutConfig, SustainedConfig, StorageConfig, int]:
+    """(fan-out config, sustained config, storage config, profile seconds)."""
     if quick:
         return (
             FanoutConfig(runs=3, edits=150, warmup=20),
             SustainedConfig(runs=3, warmup=0.5, measure=2.0, scatter_reps=50),
+            StorageConfig(runs=2, commits=3, cold_joins=2, wal_ops=20_000, measure=2.0, profile_s=3),
             4,
         )
-    return FanoutConfig(), SustainedConfig(), 8
+    return FanoutConfig(), SustainedConfig(), StorageConfig(), 8
+
+
+def _memory_argv(port: int, rows: int) -> list[str]:
+    """coframe for the issue-2 groups: in memory (no data directory, no WAL)."""
+    return [*coframe_argv(port, rows), "--memory"]
 
 
 # ---------------------------------------------------------------- benchmarks
 
 
-def _check_logs(rep: Report, servers: list[ServerProcess]) -> None:
+def _check_logs(rep: Report, group: str, servers: list[ServerProcess]) -> None:
     """Report errors a server logged during the run (a server bug is a finding, not noise)."""
     for srv in servers:
-        lines = srv.problems()
-        if lines:
-            shown = "; ".join(f"`{ln.strip()[:160]}`" for ln in lines)
-            rep.notes.append(f"server `{srv.name}` logged errors during the run: {shown}")
+        _note_problems(rep, group, srv.name, srv.problems())
+
+
+def _note_problems(rep: Report, group: str, name: str, lines: list[str]) -> None:
+    if lines:
+        shown = "; ".join(f"`{ln.strip()[:160]}`" for ln in lines)
+        rep.note(group, f"server `{name}` logged errors during the run: {shown}")
 
 
 def _have_pycrdt_websocket() -> bool:
@@ -86,13 +113,13 @@ async def _fanout(rep: Report, cfg: FanoutConfig, profile_s: int) -> None:
     servers: dict[str, ServerProcess] = {}
     with contextlib.ExitStack() as stack:
         servers = {
-            COFRAME: stack.enter_context(running("coframe", coframe_argv(p_cf, cfg.rows), p_cf)),
+            COFRAME: stack.enter_context(running("coframe", _memory_argv(p_cf, cfg.rows), p_cf)),
             BROADCAST: stack.enter_context(running("broadcast", baseline_argv(p_bl), p_bl)),
         }
         if cfg.pycrdt and _have_pycrdt_websocket():
             servers[PYCRDT] = stack.enter_context(running("pycrdt", pycrdt_argv(p_py), p_py))
         elif cfg.pycrdt:
-            rep.notes.append("pycrdt-websocket is not installed: its optional fan-out baseline was skipped")
+            rep.note("fanout", "pycrdt-websocket is not installed: its optional fan-out baseline was skipped")
         cf = servers[COFRAME]
         log("fan-out: " + ", ".join(f"{k} pid {v.pid}" for k, v in servers.items()) + f"; {cfg.rows:,} rows")
         result, systems = await run_fanout(servers, cfg, log)
@@ -109,7 +136,7 @@ async def _fanout(rep: Report, cfg: FanoutConfig, profile_s: int) -> None:
         finally:
             for s in systems.values():
                 s.close()
-    _check_logs(rep, list(servers.values()))
+    _check_logs(rep, "fanout", list(servers.values()))
 
 
 def _edit_until(system: System):  # -> Workload
@@ -125,7 +152,7 @@ def _edit_until(system: System):  # -> Workload
 
 async def _sustained(rep: Report, cfg: SustainedConfig, profile_s: int) -> None:
     p_cf, p_bl = free_ports(2)
-    cf = ServerProcess("coframe", coframe_argv(p_cf, cfg.rows), p_cf)
+    cf = ServerProcess("coframe", _memory_argv(p_cf, cfg.rows), p_cf)
     bl = ServerProcess("echo", baseline_argv(p_bl), p_bl)
     with cf, bl:
         log(f"sustained: coframe pid {cf.pid} ({cfg.rows:,} rows), baseline pid {bl.pid}")
@@ -144,12 +171,102 @@ async def _sustained(rep: Report, cfg: SustainedConfig, profile_s: int) -> None:
         finally:
             for s in swarms.values():
                 s.close()
-    _check_logs(rep, [cf, bl])
+    _check_logs(rep, "sustained", [cf, bl])
 
 
 def _churn(swarm: Swarm):  # -> Workload
     async def work(stop: asyncio.Event) -> None:
         await swarm.churn(stop)
+
+    return work
+
+
+async def _storage(rep: Report, cfg: StorageConfig, profile_s: int) -> None:
+    """The storage group: each part runs even if an earlier one failed (the failure is noted)."""
+    bench = StorageBench(cfg, log)
+    rep.storage = bench.result
+    prof_s = min(profile_s, cfg.profile_s) if profile_s else 0
+
+    failures: list[str] = []
+
+    async def part(what: str, fn: Callable[[], Awaitable[None]]) -> None:
+        log(f"storage: {what}")
+        try:
+            await fn()
+        except Exception as e:
+            log(f"storage: {what} FAILED: {e!r}")
+            traceback.print_exc()
+            failures.append(what)
+            rep.note("storage", f"`{what}` failed: `{e!r}` (see the run's output)")
+
+    async def layer() -> None:
+        bench.commit_layer()
+
+    async def joins() -> None:
+        srv = await bench.joins_and_commits()
+        try:
+            if prof_s:
+                await _storage_join_profiles(rep, bench, srv.pid, srv.url, prof_s)
+        finally:
+            bench.retire(srv)
+
+    async def throughput() -> None:
+        systems = await bench.throughput()
+        try:
+            missed = [v for v in storage_verdicts(bench.result) if not v.met and "WAL on" in v.what]
+            for v in missed if prof_s else []:
+                name = "postgresql" if "PostgreSQL" in v.what else "sqlite"
+                srv, swarm = systems[name]
+                log(f"storage: missed '{v.what}'; profiling coframe ({name})")
+                swarm.use(1)
+                rep.profiles[f"storage_wal_{name}"] = await profile_while(
+                    f"storage_wal_{name}", srv.pid, _churn(swarm), prof_s
+                )
+        finally:
+            for srv, swarm in systems.values():
+                swarm.close()
+                bench.retire(srv)
+
+    try:
+        await part("1. commit of a 1-cell change, storage layer", layer)
+        await part("2. joins of a 1M-row room, and 1. commits end to end", joins)
+        await part("4. acked op throughput, WAL on vs off", throughput)
+        await part("3. recovery of the WAL", bench.recovery)
+    finally:
+        await bench.aclose()
+        for name, lines in bench.problems:
+            _note_problems(rep, "storage", name, lines)
+        for n in bench.result.notes:
+            rep.note("storage", n)
+    if failures:
+        raise RuntimeError(f"{len(failures)} storage part(s) failed: {'; '.join(failures)}")
+
+
+async def _storage_join_profiles(rep: Report, bench: StorageBench, pid: int, url: str, seconds: int) -> None:
+    """Profiles of the commit and join misses, on the 1M-row server."""
+    verdicts = [v for v in storage_verdicts(bench.result) if not v.met]
+    if any("commit" in v.what for v in verdicts):
+        log("storage: a commit target was missed; profiling coframe under set + commit")
+        rep.profiles["storage_commit"] = await profile_while(
+            "storage_commit", pid, bench.commit_workload(url), seconds
+        )
+    if any("joins" in v.what for v in verdicts):
+        log("storage: the join target was missed; profiling coframe under client joins")
+        rep.profiles["storage_join_client"] = await profile_while(
+            "storage_join_client", pid, bench.join_workload(url), seconds
+        )
+        log("storage: profiling coframe under raw-peer joins (no permessage-deflate)")
+        rep.profiles["storage_join_raw"] = await profile_while(
+            "storage_join_raw", pid, _raw_joins(url), seconds
+        )
+
+
+def _raw_joins(url: str):  # -> Workload
+    async def work(stop: asyncio.Event) -> None:
+        for i in range(1000):
+            if stop.is_set():
+                return
+            await raw_join(url, f"bench-profile-{i}")
 
     return work
 
@@ -164,34 +281,39 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short smoke run (fewer, shorter runs)")
-    parser.add_argument("--only", choices=["fanout", "sustained"], action="append", help="run only these")
+    parser.add_argument("--only", choices=list(GROUPS), action="append", help="run only these (repeatable)")
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy profiles of missed targets")
     parser.add_argument("--runs", type=int, default=None, help="override the number of runs per figure")
     parser.add_argument("--no-pycrdt", action="store_true", help="skip the pycrdt-websocket baseline")
+    parser.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL row of the storage group")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
 
-    fan_cfg, sus_cfg, profile_s = _configs(args.quick)
+    fan_cfg, sus_cfg, sto_cfg, profile_s = _configs(args.quick)
     if args.runs is not None:
         fan_cfg, sus_cfg = replace(fan_cfg, runs=args.runs), replace(sus_cfg, runs=args.runs)
+        sto_cfg = replace(sto_cfg, runs=args.runs)
     if args.no_profile:
         profile_s = 0
     if args.no_pycrdt:
         fan_cfg = replace(fan_cfg, pycrdt=False)
-    only = set(args.only or ["fanout", "sustained"])
+    if args.no_pg:
+        sto_cfg = replace(sto_cfg, pg=False)
+    only = set(args.only or GROUPS)
     command = "python -m bench.run" + (" " + " ".join(sys.argv[1:] if argv is None else argv)).rstrip()
     rep = Report(machine_info(), command.strip(), args.quick)
-    if profile_s:
+    if profile_s:  # the old profiles of the groups that run now (the others' stay with their sections)
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
         for old in PROFILE_DIR.glob("*"):
-            if old.suffix in (".svg", ".txt"):
+            if old.suffix in (".svg", ".txt") and old.name.startswith(tuple(only)):
                 old.unlink()
     failed = False
-    steps = [("fanout", _fanout, fan_cfg), ("sustained", _sustained, sus_cfg)]
+    steps = [("fanout", _fanout, fan_cfg), ("sustained", _sustained, sus_cfg), ("storage", _storage, sto_cfg)]
     for name, fn, cfg in steps:
         if name not in only:
             continue
+        rep.ran.append(name)
         log(f"{name}: start")
         try:
             asyncio.run(fn(rep, cfg, profile_s))  # type: ignore[arg-type]
@@ -199,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             log(f"{name}: FAILED: {e!r}")
             traceback.print_exc()
-            rep.notes.append(f"benchmark `{name}` failed: `{e!r}` (see the run's output)")
+            rep.note(name, f"benchmark `{name}` failed: `{e!r}` (see the run's output)")
         log(f"{name}: done")
     args.out.write_text(render(rep))
     log(f"wrote {args.out}")

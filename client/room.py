@@ -233,10 +233,13 @@ class Room:
         attempt = 0
         while not self._closed:
             try:
-                async with ws_connect(self.url, max_size=None, open_timeout=self.open_timeout) as ws:
+                async with ws_connect(
+                    self.url, max_size=None, open_timeout=self.open_timeout, compression=None
+                ) as ws:
                     self._ws = ws
                     since = self.mirror.seq if self.mirror.seq >= 0 else None
-                    await ws.send(encode(Hello(self.client_id, PROTOCOL_VERSION, since), binary=True))
+                    hello = Hello(self.client_id, PROTOCOL_VERSION, since, codecs=("zstd", "lz4"))
+                    await ws.send(encode(hello, binary=True))
                     attempt = 0
                     async for data in ws:
                         self._dispatch(decode_server(data))

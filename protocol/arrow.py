@@ -13,13 +13,21 @@ import pyarrow.compute as pc
 
 from .errors import ErrorCode, ProtocolError
 
-__all__ = ["table_to_ipc", "table_from_ipc", "table_to_rows", "json_value"]
+__all__ = ["IPC_CODECS", "table_to_ipc", "table_from_ipc", "table_to_rows", "json_value"]
 
 
-def table_to_ipc(table: pa.Table) -> bytes:
-    """Serialize a table as one Arrow IPC stream."""
+IPC_CODECS = ("zstd", "lz4")
+
+
+def table_to_ipc(table: pa.Table, compression: str | None = None) -> bytes:
+    """Serialize a table as one Arrow IPC stream.
+
+    ``compression`` (``zstd`` or ``lz4``) uses Arrow IPC buffer compression;
+    only for peers that listed it in ``hello.codecs`` (PROTOCOL.md "Frames").
+    """
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=compression) if compression else None
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
         writer.write_table(table)
     return sink.getvalue().to_pybytes()
 

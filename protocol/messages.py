@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from . import _fields as f
+from .arrow import IPC_CODECS
 from .errors import ErrorCode, ProtocolError
 from .ops import Op, op_from_wire
 
@@ -112,6 +113,7 @@ class Hello:
     version: int = PROTOCOL_VERSION
     since: int | None = None
     id: int | str | None = None
+    codecs: tuple[str, ...] = ()  # Arrow IPC compressions this client reads ("zstd", "lz4")
     type: ClassVar[str] = "hello"
 
     @classmethod
@@ -119,7 +121,18 @@ class Hello:
         client = f.req_str(d, "client", "client")
         if len(client) > 128:
             raise ProtocolError(ErrorCode.BAD_FIELD, "field 'client' is over 128 characters", field="client")
-        return cls(client, f.req_int(d, "version", "version"), f.opt_int(d, "since", "since"), _req_id(d))
+        codecs = d.get("codecs") or []
+        if not isinstance(codecs, list) or not all(isinstance(c, str) for c in codecs):
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD, "field 'codecs' must be a list of strings", field="codecs"
+            )
+        return cls(
+            client,
+            f.req_int(d, "version", "version"),
+            f.opt_int(d, "since", "since"),
+            _req_id(d),
+            tuple(c for c in codecs if c in IPC_CODECS),
+        )
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -128,6 +141,7 @@ class Hello:
             "client": self.client,
             "version": self.version,
             "since": self.since,
+            "codecs": list(self.codecs),
         }
 
 

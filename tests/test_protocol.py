@@ -147,6 +147,7 @@ INTERNAL_OP_SAMPLES: list[Any] = [
 OP_SAMPLES = CLIENT_OP_SAMPLES + INTERNAL_OP_SAMPLES
 
 CLIENT_SAMPLES: list[Any] = [
+    Hello("bot", 1, 5, 7, ("zstd", "lz4")),
     Hello("alice", PROTOCOL_VERSION, since=41, id=1),
     Hello("bob"),
     OpBatch(client_seq=3, base_seq=40, ops=tuple(CLIENT_OP_SAMPLES), id="req-7"),
@@ -881,3 +882,15 @@ def test_accepted_presence_state_re_encodes_in_both_envelopes() -> None:
         msg = decode_client(encode_map({"type": "presence", "state": state}, binary=binary))
         for out in (True, False):
             assert decode_client(encode(msg, binary=out)) == msg
+
+
+def test_compressed_ipc_snapshot_round_trips() -> None:
+    from protocol import table_to_ipc
+
+    table = pa.table({"a": list(range(1000)), "s": ["x" * 20] * 1000})
+    for codec in ("zstd", "lz4"):
+        w = Welcome("r/main", 3, "c", ({"id": 0, "name": "a", "dtype": "Int64"},), table_to_ipc(table, codec), b"")
+        back = decode_server(encode(w, binary=True))
+        assert back.snapshot.equals(table)
+    # Unknown codecs in hello are ignored, not errors: the server only uses what both know.
+    assert decode_client(encode(Hello("c", codecs=("brotli", "zstd")), binary=True)).codecs == ("zstd",)

@@ -323,7 +323,13 @@ def message_fields(binary: bool) -> dict[str, dict[str, st.SearchStrategy[Any]]]
     )
     undo = {"client_seq": seq, "base_seq": seq, "id": ids}
     return {
-        "hello": {"client": NAMES, "version": st.just(1) | seq, "since": seq, "id": ids},
+        "hello": {
+            "client": NAMES,
+            "version": st.just(1) | seq,
+            "since": seq,
+            "id": ids,
+            "codecs": st.lists(st.sampled_from(["zstd", "lz4", "brotli"]) | NAMES, max_size=3),
+        },
         "op": {
             "client_seq": seq,
             "base_seq": seq,

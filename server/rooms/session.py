@@ -62,6 +62,7 @@ class Session:
         self.binary = binary
         self.limits = limits
         self.base_seq = 0  # latest base_seq seen from this client (low-water mark input)
+        self.codecs: tuple[str, ...] = ()  # Arrow IPC compressions the client reads
         self.awareness_id = 0
         self.awareness_clock = 0
         self._resync = resync
