@@ -889,7 +889,8 @@ def test_compressed_ipc_snapshot_round_trips() -> None:
 
     table = pa.table({"a": list(range(1000)), "s": ["x" * 20] * 1000})
     for codec in ("zstd", "lz4"):
-        w = Welcome("r/main", 3, "c", ({"id": 0, "name": "a", "dtype": "Int64"},), table_to_ipc(table, codec), b"")
+        schema = ({"id": 0, "name": "a", "dtype": "Int64"},)
+        w = Welcome("r/main", 3, "c", schema, table_to_ipc(table, codec), b"")
         back = decode_server(encode(w, binary=True))
         assert back.snapshot.equals(table)
     # Unknown codecs in hello are ignored, not errors: the server only uses what both know.
