@@ -146,8 +146,7 @@ class Room:
         # client_seq grows across process restarts too (exactly-once per client id).
         self._client_seq = itertools.count(time.time_ns() // 1000)
         self._pending: dict[int, tuple[OpBatch | Undo, asyncio.Future[Ack]]] = {}
-        self._pings: dict[int, asyncio.Future[None]] = {}
-        self._commits: dict[int, asyncio.Future[Any]] = {}  # commit and query replies, by id
+        self._requests: dict[int, asyncio.Future[Any]] = {}  # commit, query and ping replies, by id
         self.last_commit: Committed | None = None  # the latest ``committed`` seen
         self._acked_seq = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -208,10 +207,10 @@ class Room:
             if not fut.done():
                 fut.set_exception(err)
         self._pending.clear()
-        for fut_c in self._commits.values():
+        for fut_c in self._requests.values():
             if not fut_c.done():
                 fut_c.set_exception(err)
-        self._commits.clear()
+        self._requests.clear()
         for sub in list(self._subscribers):
             sub.put(None)
         self._wake_waiters()
@@ -278,14 +277,14 @@ class Room:
             entry = self._pending.pop(msg.client_seq, None)
             if entry is not None and not entry[1].done():
                 entry[1].set_result(msg)
-        elif isinstance(msg, (Committed, Result)):
+        elif isinstance(msg, (Committed, Result, Pong)):
             if isinstance(msg, Committed):
                 self.last_commit = msg
-            fut_c = self._commits.pop(msg.re, None) if isinstance(msg.re, int) else None
+            fut_c = self._requests.pop(msg.re, None) if isinstance(msg.re, int) else None
             if fut_c is not None and not fut_c.done():
                 fut_c.set_result(msg)
-        elif isinstance(msg, Error) and isinstance(msg.re, int) and msg.re in self._commits:
-            fut_e = self._commits.pop(msg.re)
+        elif isinstance(msg, Error) and isinstance(msg.re, int) and msg.re in self._requests:
+            fut_e = self._requests.pop(msg.re)
             if not fut_e.done():
                 fut_e.set_exception(OpRejected(msg.code, msg.message, msg.details))
         elif isinstance(msg, Error):
@@ -302,10 +301,6 @@ class Room:
                     self.presence.pop(k, None)
                 else:
                     self.presence[k] = v
-        elif isinstance(msg, Pong):
-            fut = self._pings.pop(msg.re, None) if isinstance(msg.re, int) else None
-            if fut is not None and not fut.done():
-                fut.set_result(None)
         elif isinstance(msg, Meta):
             pass
 
@@ -459,9 +454,9 @@ class Room:
     async def _request(self, make: Any) -> Any:
         cs = next(self._client_seq)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._commits[cs] = fut
+        self._requests[cs] = fut
         if self._live is None:
-            del self._commits[cs]
+            del self._requests[cs]
             raise ConnectionClosed("not connected")
         await self._live.send(encode(make(cs), binary=True))
         return await fut
@@ -472,13 +467,7 @@ class Room:
 
     async def ping(self) -> None:
         """Round-trip to the server."""
-        cs = next(self._client_seq)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pings[cs] = fut
-        if self._ws is None:
-            raise ConnectionClosed("not connected")
-        await self._ws.send(encode(Ping(cs), binary=True))
-        await fut
+        await self._request(lambda cs: Ping(cs))
 
     # ------------------------------------------------------------ waiting
 

@@ -7,9 +7,7 @@ so nothing waits on wall-clock sleeps.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
-import socket
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,17 +15,12 @@ from typing import Any
 import polars as pl
 import pytest
 
-from server.app import create_app
+from server.app import build_registry, open_registry
 from server.rooms import Registry, Room
-from server.serve import Server, uvicorn_config
 from server.settings import Settings
+from tests.serving import bind_port0, running, timeout
 
-# Timeouts scale with COFRAME_TEST_TIMEOUT_SCALE on slow machines (like websockets' MS).
-SCALE = float(os.environ.get("COFRAME_TEST_TIMEOUT_SCALE", "1"))
-
-
-def timeout(seconds: float) -> float:
-    return seconds * SCALE
+__all__ = ["LiveServer", "small_frame", "timeout"]
 
 
 @dataclass
@@ -54,7 +47,11 @@ def small_frame(rows: int = 20) -> pl.DataFrame:
 
 @pytest.fixture
 def make_server() -> Callable[..., Any]:
-    """``async with make_server(settings=..., frames={...}) as srv``."""
+    """``async with make_server(settings=..., frames={...}) as srv``.
+
+    With ``settings.data_dir`` the registry is durable (SQLite or PostgreSQL
+    catalog + chunk store); otherwise datasets live in memory.
+    """
 
     class _Ctx:
         def __init__(
@@ -62,40 +59,24 @@ def make_server() -> Callable[..., Any]:
         ) -> None:
             self.settings = settings or Settings(demo=False)
             self.frames = frames if frames is not None else {"sales": small_frame()}
+            self.stack = contextlib.AsyncExitStack()
 
         async def __aenter__(self) -> LiveServer:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            settings = dataclasses.replace(self.settings, port=port)
-            from server.app import build_registry, open_registry
-
-            if settings.data_dir:  # durable: SQLite or PostgreSQL catalog + chunk store
-                registry = await open_registry(settings)
+            sock = bind_port0()
+            if self.settings.data_dir:
+                registry = await open_registry(self.settings)
                 for name, frame in self.frames.items():
                     await registry.create(name, frame)
             else:
-                registry = build_registry(settings)
+                registry = build_registry(self.settings)
                 for name, frame in self.frames.items():
                     registry.add_frame(name, frame)
-            app = create_app(settings, registry)
-            self.server = Server(uvicorn_config(app, settings, log_level="warning"))
-            self.task = asyncio.create_task(self.server.serve(sockets=[sock]))
-            ready = asyncio.create_task(self.server.ready.wait())
-            done, _ = await asyncio.wait(
-                {ready, self.task}, timeout=timeout(10), return_when="FIRST_COMPLETED"
-            )
-            if ready not in done:
-                ready.cancel()
-                raise RuntimeError("server did not start")
-            self.sock = sock
+            settings = await self.stack.enter_async_context(running(self.settings, registry, sock))
+            port = settings.port
             return LiveServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", registry, settings)
 
         async def __aexit__(self, *exc: object) -> None:
-            self.server.should_exit = True
-            await asyncio.wait_for(self.task, timeout(15))
-            self.sock.close()
+            await self.stack.aclose()
 
     return _Ctx
 
@@ -112,32 +93,27 @@ def server_thread() -> Any:
     import threading
 
     started = threading.Event()
-    box: dict[str, Any] = {}
+    stop: dict[str, Any] = {}
 
     def run() -> None:
         async def main() -> None:
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            settings = Settings(demo=False, port=port)
-            from server.app import build_registry
-
+            settings = Settings(demo=False)
             registry = build_registry(settings)
             registry.add_frame("sales", small_frame())
-            srv = Server(uvicorn_config(create_app(settings, registry), settings, log_level="warning"))
-            box["server"] = srv
-            box["live"] = LiveServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", registry, settings)
-            task = asyncio.create_task(srv.serve(sockets=[sock]))
-            await srv.ready.wait()
-            started.set()
-            await task
-            sock.close()
+            async with running(settings, registry, bind_port0()) as live:
+                stop["event"] = asyncio.Event()
+                stop["loop"] = asyncio.get_running_loop()
+                stop["live"] = LiveServer(
+                    f"ws://127.0.0.1:{live.port}", f"http://127.0.0.1:{live.port}", registry, live
+                )
+                started.set()
+                await stop["event"].wait()
 
         asyncio.run(main())
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
     assert started.wait(timeout(10)), "server thread did not start"
-    yield box["live"]
-    box["server"].should_exit = True
+    yield stop["live"]
+    stop["loop"].call_soon_threadsafe(stop["event"].set)
     t.join(timeout(15))

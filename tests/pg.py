@@ -28,6 +28,7 @@ import asyncpg
 import pytest
 
 __all__ = [
+    "catalog_url",
     "CANDIDATE_URLS",
     "PgUnavailable",
     "in_ci",
@@ -141,3 +142,23 @@ def fresh_schema_sync(prefix: str = "coframe_test") -> Iterator[str]:
             loop.run_until_complete(cm.__aexit__(None, None, None))
     finally:
         loop.close()
+
+
+@asynccontextmanager
+async def catalog_url(backend: str, prefix: str = "coframe_test") -> AsyncIterator[str | None]:
+    """``None`` for SQLite; a fresh PostgreSQL schema URL (dropped afterwards) for ``postgres``.
+
+    Skips (fails under CI=true) when PostgreSQL is not reachable.
+    """
+    if backend == "sqlite":
+        yield None
+        return
+    try:
+        ctx = fresh_schema(prefix)
+        url = await ctx.__aenter__()
+    except PgUnavailable as e:
+        require_service(f"PostgreSQL is not reachable: {e}")
+    try:
+        yield url
+    finally:
+        await ctx.__aexit__(None, None, None)

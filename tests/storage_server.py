@@ -12,9 +12,7 @@ The server runs in the test's event loop on a port-0 socket and is ready when
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,12 +21,11 @@ from typing import Any
 
 import httpx
 
-from server.app import create_app, open_registry
+from server.app import open_registry
 from server.rooms import Registry, Room
-from server.serve import Server, uvicorn_config
 from server.settings import Settings
-from tests.conftest import timeout
-from tests.pg import PgUnavailable, fresh_schema, require_service
+from tests.pg import catalog_url
+from tests.serving import bind_port0, running, timeout
 
 __all__ = ["BACKENDS", "DurableServer", "durable_server", "catalog_for", "catalog_state"]
 
@@ -50,24 +47,7 @@ class DurableServer:
         return httpx.AsyncClient(base_url=self.http, timeout=timeout(30))
 
 
-@asynccontextmanager
-async def catalog_for(backend: str) -> AsyncIterator[str | None]:
-    """``None`` for SQLite; a fresh PostgreSQL schema URL (dropped afterwards) for ``postgres``.
-
-    Skips (fails under CI=true) when PostgreSQL is not reachable.
-    """
-    if backend == "sqlite":
-        yield None
-        return
-    try:
-        ctx = fresh_schema("coframe_api")
-        url = await ctx.__aenter__()
-    except PgUnavailable as e:
-        require_service(f"PostgreSQL is not reachable: {e}")
-    try:
-        yield url
-    finally:
-        await ctx.__aexit__(None, None, None)
+catalog_for = catalog_url  # None for SQLite; a fresh PostgreSQL schema URL otherwise
 
 
 @asynccontextmanager
@@ -76,29 +56,12 @@ async def durable_server(
 ) -> AsyncIterator[DurableServer]:
     """A live server whose registry is on storage in ``tmp_path/data`` (and ``catalog_url``)."""
     data_dir = tmp_path / "data"
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     base = Settings(data_dir=str(data_dir), catalog=catalog_url, demo=False)
-    cfg = dataclasses.replace(base, port=port, **settings)
+    cfg = dataclasses.replace(base, **settings)
     registry = await open_registry(cfg)
-    app = create_app(cfg, registry)
-    server = Server(uvicorn_config(app, cfg, log_level="warning"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        ready = asyncio.create_task(server.ready.wait())
-        done, _ = await asyncio.wait({ready, task}, timeout=timeout(10), return_when="FIRST_COMPLETED")
-        if ready not in done:
-            ready.cancel()
-            if task.done():
-                task.result()
-            raise RuntimeError("server did not start")
-        yield DurableServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", registry, cfg, data_dir)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout(15))
-        sock.close()
+    async with running(cfg, registry, bind_port0()) as live:
+        port = live.port
+        yield DurableServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", registry, live, data_dir)
 
 
 async def catalog_state(registry: Registry) -> dict[str, Any]:

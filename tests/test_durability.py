@@ -23,7 +23,7 @@ from protocol import Insert, OpBatch, SetCells, decode_server, encode
 from server.ops import apply, normalize_frame
 from server.ops.state import State
 from tests.conftest import timeout
-from tests.pg import PgUnavailable, fresh_schema, require_service
+from tests.pg import catalog_url
 from tests.procs import start_server
 from tests.wire import RawPeer
 
@@ -51,18 +51,8 @@ def batch(i: int) -> OpBatch:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def catalog_args(request: pytest.FixtureRequest) -> AsyncIterator[list[str]]:
-    if request.param == "sqlite":
-        yield []
-        return
-    try:
-        ctx = fresh_schema("coframe_kill9")
-        url = await ctx.__aenter__()
-    except PgUnavailable as e:
-        require_service(f"PostgreSQL is not reachable: {e}")
-    try:
-        yield ["--catalog", url]
-    finally:
-        await ctx.__aexit__(None, None, None)
+    async with catalog_url(request.param, "coframe_kill9") as url:
+        yield [] if url is None else ["--catalog", url]
 
 
 async def push_until_killed(url: str, kill: asyncio.Event) -> dict[int, int]:

@@ -12,31 +12,14 @@ import pytest
 from client import OpRejected, connect
 from server.settings import Settings
 from tests.conftest import small_frame
-from tests.pg import PgUnavailable, fresh_schema, require_service
+from tests.pg import catalog_url
 from tests.wire import RawPeer
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Settings]:
-    base = Settings(demo=False, data_dir=str(tmp_path / "data"), autocommit_ops=1_000_000)
-    if request.param == "sqlite":
-        yield base
-        return
-    try:
-        ctx = fresh_schema("coframe_versions")
-        url = await ctx.__aenter__()
-    except PgUnavailable as e:
-        require_service(f"PostgreSQL is not reachable: {e}")
-    try:
-        yield Settings(**{**base.__dict__, "catalog": url}) if False else _with(base, catalog=url)
-    finally:
-        await ctx.__aexit__(None, None, None)
-
-
-def _with(s: Settings, **kw: Any) -> Settings:
-    import dataclasses
-
-    return dataclasses.replace(s, **kw)
+    async with catalog_url(request.param, "coframe_versions") as url:
+        yield Settings(demo=False, data_dir=str(tmp_path / "data"), catalog=url, autocommit_ops=1_000_000)
 
 
 async def test_commit_broadcast_and_time_travel(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]

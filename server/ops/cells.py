@@ -17,7 +17,8 @@ import polars as pl
 
 from protocol import FILL_STRATEGIES, ErrorCode, FillNull, SetCells
 
-from .dtypes import coerce, dtype_family, to_scalars
+from .coerce import json_values
+from .dtypes import coerce, dtype_family
 from .state import Applied, Column, Effect, OpError, State
 
 __all__ = [
@@ -164,7 +165,23 @@ def apply_set_plans(state: State, plans: Sequence[SetPlan]) -> State:
     return State(state.frame.with_columns(written), state.catalog, state.next_rid)
 
 
-_SCALAR_READS = 128
+SMALL_GATHER = 128
+
+
+def gather(s: pl.Series, positions: np.ndarray | Sequence[int]) -> pl.Series:
+    """``s`` at ``positions``. Polars 2 routes every ``gather`` through its query
+    engine (~200 us fixed), so up to SMALL_GATHER positions use scalar reads
+    (~1.5 us each)."""
+    if len(positions) > SMALL_GATHER:
+        return s.gather(np.asarray(positions, dtype=np.int64))
+    return pl.Series(s.name, [s[int(i)] for i in positions], dtype=s.dtype)
+
+
+def _gather_values(s: pl.Series, positions: np.ndarray | Sequence[int]) -> list[Any]:
+    """Like :func:`gather`, as Python values, without building a Series (hot path)."""
+    if len(positions) > SMALL_GATHER:
+        return gather(s, positions).to_list()
+    return [s[int(i)] for i in positions]
 
 
 def read_cells(state: State, col: Column, positions: np.ndarray | Sequence[int]) -> list[Any]:
@@ -174,14 +191,7 @@ def read_cells(state: State, col: Column, positions: np.ndarray | Sequence[int])
     (and so a ``set``) reads back to the exact same value.
     """
     s = state.frame.get_column(col.name)
-    if len(positions) <= _SCALAR_READS:
-        # Polars 2 routes every gather through the query engine (~200 us
-        # fixed); a few scalar reads cost ~1.5 us each.
-        vals = [s[int(i)] for i in positions]
-        if s.dtype == pl.Date or isinstance(s.dtype, pl.Datetime):
-            return [None if v is None else v.isoformat() for v in vals]
-        return vals
-    return to_scalars(s.gather(np.asarray(positions, dtype=np.int64)))
+    return json_values(_gather_values(s, positions), s.dtype)
 
 
 def apply_set(state: State, op: SetCells) -> Applied:

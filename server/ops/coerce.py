@@ -28,6 +28,7 @@ __all__ = [
     "arrow_column",
     "parse_temporal",
     "to_scalars",
+    "json_values",
     "jsonable",
     "sample_value",
     "bad_value_error",
@@ -396,7 +397,11 @@ def to_scalars(s: pl.Series) -> list[Any]:
     Dates become ``'YYYY-MM-DD'`` and datetimes ISO 8601 strings (with the
     UTC offset for a zoned column); other values stay Python scalars.
     """
-    vals = s.to_list()
-    if s.dtype == pl.Date or isinstance(s.dtype, pl.Datetime):
+    return json_values(s.to_list(), s.dtype)
+
+
+def json_values(vals: list[Any], dtype: pl.DataType) -> list[Any]:
+    """Python values of a column of ``dtype`` made JSON-friendly (dates as ISO text)."""
+    if dtype == pl.Date or isinstance(dtype, pl.Datetime):
         return [None if v is None else v.isoformat() for v in vals]
     return vals

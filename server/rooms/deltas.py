@@ -16,6 +16,7 @@ import polars as pl
 
 from protocol import Delta, encode
 
+from ..ops.cells import gather
 from ..ops.state import RID, Effect, State
 
 __all__ = ["DeltaBuilder", "DeltaLog", "EncodedDelta", "frame_to_arrow"]
@@ -39,22 +40,6 @@ def _member(values: np.ndarray, sorted_rids: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), dtype=bool)
     pos = np.searchsorted(sorted_rids, values)
     return sorted_rids[np.minimum(pos, n - 1)] == values
-
-
-_SCALAR_ROWS = 128
-
-
-def _take(frame: pl.DataFrame, names: list[str], pos: np.ndarray) -> pl.DataFrame:
-    """Rows ``pos`` of ``names``. Small deltas use scalar reads: Polars 2 runs
-    every gather through its query engine, a fixed ~200 us per column."""
-    if len(pos) > _SCALAR_ROWS:
-        return pl.DataFrame([frame.get_column(n).gather(pos) for n in names])
-    idx = [int(i) for i in pos]
-    cols = []
-    for n in names:
-        s = frame.get_column(n)
-        cols.append(pl.Series(n, [s[i] for i in idx], dtype=s.dtype))
-    return pl.DataFrame(cols)
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
@@ -113,7 +98,10 @@ class DeltaBuilder:
             rids = rids[_member(rids, after_rids)]  # drop rows deleted later in the tick
             if len(rids):
                 pos = np.searchsorted(after_rids, rids).astype(np.int64)
-                upserts = _take(after.frame, [RID, *(c.name for c in cols)], pos)
+                frame = after.frame
+                upserts = pl.DataFrame(
+                    [gather(frame.get_column(n), pos) for n in (RID, *(c.name for c in cols))]
+                )
         schema = None
         if self.schema_changed or before.catalog.columns != after.catalog.columns:
             schema = tuple(after.catalog.to_wire())

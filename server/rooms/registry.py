@@ -125,9 +125,7 @@ class Registry:
                 await room.close()
                 room = None
             if room is not None:
-                timer = self._unloaders.pop(key, None)
-                if timer is not None:
-                    timer.cancel()
+                self._keep(key)
                 return room
             if self.storage is not None:
                 room = await self._recover(dataset, branch)
@@ -182,10 +180,14 @@ class Registry:
                 room.start()
                 self.rooms[key] = room
             else:
-                timer = self._unloaders.pop(key, None)
-                if timer is not None:
-                    timer.cancel()
+                self._keep(key)
             return room
+
+    def _keep(self, key: tuple[str, str]) -> None:
+        """Cancel a pending idle unload of the room at ``key``."""
+        timer = self._unloaders.pop(key, None)
+        if timer is not None:
+            timer.cancel()
 
     def _key(self, room: Room) -> tuple[str, str]:
         for key, r in self.rooms.items():
@@ -286,22 +288,6 @@ class Registry:
         _, core, _ = await recover(self.storage, dataset, branch)
         return core.state
 
-    async def release(self, dataset: str, branch: str, reason: str) -> int | None:
-        """Close the branch's room now (its WAL is committed on the way out).
-
-        Clients get close code 1012 with ``reason`` and reconnect to a
-        reloaded room. Returns the seq the room had reached, or None.
-        """
-        async with self._lock:
-            room = self.rooms.pop((dataset, branch), None)
-            timer = self._unloaders.pop((dataset, branch), None)
-        if timer is not None:
-            timer.cancel()
-        if room is None:
-            return None
-        await room.close(1012, reason)
-        return room.core.seq
-
     async def revert(self, dataset: str, branch: str, to: str, *, author: str) -> Manifest:
         """Make a new commit on ``branch`` whose data is version ``to``.
 
@@ -318,9 +304,7 @@ class Registry:
         target = await self.storage.resolve(dataset, to)
         async with self._lock:
             room = self.rooms.pop((dataset, branch), None)
-            timer = self._unloaders.pop((dataset, branch), None)
-            if timer is not None:
-                timer.cancel()
+            self._keep((dataset, branch))
             if room is None:
                 room = await self._recover(dataset, branch)  # not started: just to commit its WAL tail
             await room.close(1012, f"reverted to {target.id[:12]}; reconnect")

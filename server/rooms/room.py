@@ -306,9 +306,14 @@ class Room:
         self._broadcast_presence(update, {session.client: msg.state})
 
     def _broadcast_presence(self, update: bytes, states: dict[str, Any]) -> None:
-        msg = PresenceUpdate(update, states)
+        self._broadcast(PresenceUpdate(update, states))
+
+    def _broadcast(self, msg: Any, *, skip: Session | None = None) -> None:
+        """Push ``msg`` to every session (but ``skip``), encoded at most once per envelope."""
         cache: dict[bool, Payload] = {}
         for s in self.sessions.values():
+            if s is skip:
+                continue
             if s.binary not in cache:
                 cache[s.binary] = encode(msg, binary=s.binary)
             s.push(cache[s.binary], droppable=True)
@@ -322,10 +327,7 @@ class Room:
         if reply is not None:
             self.reply(session, Meta(reply, re=msg.id))
         if relay is not None:
-            out = Meta(relay)
-            for s in self.sessions.values():
-                if s is not session:
-                    s.push(encode(out, binary=s.binary), droppable=True)
+            self._broadcast(Meta(relay), skip=session)
 
     # ------------------------------------------------------------ tick loop
 
@@ -420,9 +422,7 @@ class Room:
         except Exception as e:
             log.exception("WAL append failed in room %s", self.name)
             self.broken = f"could not make batches durable ({type(e).__name__}); reconnect and resend"
-            for session, _ in replies:
-                session.abort(CloseCode.INTERNAL, self.broken[:120])
-            for s in list(self.sessions.values()):
+            for s in {*(s for s, _ in replies), *self.sessions.values()}:
                 s.abort(CloseCode.INTERNAL, self.broken[:120])
             if self._on_empty is not None:
                 self._on_empty(self)
@@ -464,11 +464,7 @@ class Room:
         self.uncommitted = 0
         self._first_uncommitted = None
         out = Committed(head.id, head.seq, head.rows, head.message, head.author, head.time, head.parents)
-        cache: dict[bool, Payload] = {}
-        for s in self.sessions.values():
-            if s.binary not in cache:
-                cache[s.binary] = encode(out, binary=s.binary)
-            s.push(cache[s.binary], droppable=True)
+        self._broadcast(out)
         return out
 
     async def _commit(self, session: Session, msg: Commit) -> None:
