@@ -8,6 +8,7 @@
 from .mirror import Mirror
 from .room import ConnectionClosed, DeltaEvent, DeltaStream, OpRejected, Room, connect
 from .sync import SyncRoom
+from .views import LiveView, ViewEvent, ViewStream
 
 __all__ = [
     "connect",
@@ -18,4 +19,7 @@ __all__ = [
     "DeltaEvent",
     "DeltaStream",
     "Mirror",
+    "LiveView",
+    "ViewEvent",
+    "ViewStream",
 ]

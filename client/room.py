@@ -53,13 +53,18 @@ from protocol import (
     RenameColumn,
     Result,
     SetCells,
+    Subscribe,
     Undo,
+    Unsubscribe,
+    View,
     Welcome,
+    check_view_config,
     decode_server,
     encode,
 )
 
 from .mirror import Mirror
+from .views import LiveView
 
 __all__ = ["connect", "Room", "OpRejected", "ConnectionClosed", "DeltaEvent", "DeltaStream"]
 
@@ -151,6 +156,8 @@ class Room:
         self._acked_seq = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._subscribers: list[DeltaStream] = []
+        self._views: dict[str, LiveView] = {}
+        self._view_names = itertools.count(1)
         self._ws: ClientConnection | None = None
         self._live: ClientConnection | None = None  # joined socket: welcome received
         self._joined = asyncio.Event()
@@ -213,6 +220,9 @@ class Room:
         self._requests.clear()
         for sub in list(self._subscribers):
             sub.put(None)
+        for view in list(self._views.values()):
+            view._end("room closed")
+        self._views.clear()
         self._wake_waiters()
 
     async def __aenter__(self) -> Room:
@@ -283,6 +293,15 @@ class Room:
             fut_c = self._requests.pop(msg.re, None) if isinstance(msg.re, int) else None
             if fut_c is not None and not fut_c.done():
                 fut_c.set_result(msg)
+        elif isinstance(msg, View):
+            view = self._views.get(msg.view)
+            if view is not None:
+                view._apply(msg)
+                if msg.kind == "closed":
+                    self._views.pop(msg.view, None)
+            fut_v = self._requests.pop(msg.re, None) if isinstance(msg.re, int) else None
+            if fut_v is not None and not fut_v.done():
+                fut_v.set_result(msg)
         elif isinstance(msg, Error) and isinstance(msg.re, int) and msg.re in self._requests:
             fut_e = self._requests.pop(msg.re)
             if not fut_e.done():
@@ -317,8 +336,17 @@ class Room:
         self._wake_waiters()
         ws = self._ws
         self._live = ws
+        resend = []
         if ws is not None and self._pending:  # resend unacked ops (exactly once: same client_seq)
             resend = [encode(self._pending[cs][0], binary=True) for cs in sorted(self._pending)]
+        if ws is not None and w.reason != "resync":
+            # A new connection has no views: open the live ones again (their snapshots follow).
+            resend += [
+                encode(Subscribe(v.name, v.config, v.viewport), binary=True)
+                for v in self._views.values()
+                if v.seq >= 0
+            ]
+        if ws is not None and resend:
             asyncio.ensure_future(self._resend(ws, resend))
 
     async def _resend(self, ws: ClientConnection, frames: list[bytes | str]) -> None:
@@ -460,6 +488,63 @@ class Room:
             raise ConnectionClosed("not connected")
         await self._live.send(encode(make(cs), binary=True))
         return await fut
+
+    async def subscribe_view(
+        self,
+        *,
+        columns: list[str] | None = None,
+        group_by: list[str] | None = None,
+        split_by: list[str] | None = None,
+        aggregates: dict[str, str] | None = None,
+        filter: list[list[Any]] | None = None,
+        sort: list[list[str]] | None = None,
+        expressions: dict[str, str] | None = None,
+        group_rollup_mode: str | None = None,
+        viewport: tuple[int, int] | None = None,
+        name: str | None = None,
+    ) -> LiveView:
+        """Open a live view over the room's Perspective table (PROTOCOL.md "Views").
+
+        Returns once its snapshot arrived: ``view.frame`` is a Polars
+        DataFrame, replaced at most once per server tick. A grouped view
+        holds its whole result; a plain one its ``viewport``
+        (``(start_row, end_row)``, default the first 100 rows).
+
+        Raises:
+            OpRejected: a bad config (``bad_field``, ``no_such_column``,
+                ``bad_view``) naming the key or column.
+        """
+        given = {
+            "columns": columns,
+            "group_by": group_by,
+            "split_by": split_by,
+            "aggregates": aggregates,
+            "filter": filter,
+            "sort": sort,
+            "expressions": expressions,
+            "group_rollup_mode": group_rollup_mode,
+        }
+        config = check_view_config({k: v for k, v in given.items() if v is not None})
+        name = name or f"v{next(self._view_names)}"
+        if name in self._views:
+            raise ValueError(f"a view named '{name}' is already open on this room")
+        view = LiveView(name, config, viewport, self._unsubscribe)
+        self._views[name] = view
+        try:
+            await self._request(lambda cs: Subscribe(name, config, viewport, id=cs))
+        except BaseException:
+            self._views.pop(name, None)
+            raise
+        return view
+
+    async def _unsubscribe(self, view: LiveView) -> None:
+        if self._views.get(view.name) is not view:
+            return
+        try:
+            await self._request(lambda cs: Unsubscribe(view.name, id=cs))
+        except (OpRejected, ConnectionClosed):
+            pass  # already gone on the server
+        self._views.pop(view.name, None)
 
     async def set_presence(self, state: dict[str, Any] | None) -> None:
         if self._ws is not None:

@@ -50,6 +50,7 @@ from .ops import (
     SetCells,
     op_from_wire,
 )
+from .views import VIEW_KEYS, VIEW_KINDS, Subscribe, Unsubscribe, View, check_view_config
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -103,4 +104,10 @@ __all__ = [
     "CLIENT_OPS",
     "FILL_STRATEGIES",
     "op_from_wire",
+    "Subscribe",
+    "Unsubscribe",
+    "View",
+    "VIEW_KEYS",
+    "VIEW_KINDS",
+    "check_view_config",
 ]

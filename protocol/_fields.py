@@ -9,6 +9,7 @@ import pyarrow as pa
 from .errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "req_id",
     "req",
     "opt",
     "req_int",
@@ -42,6 +43,16 @@ def req(d: dict[str, Any], key: str, path: str) -> Any:
     if key not in d:
         raise _bad(path, "is required")
     return d[key]
+
+
+def req_id(d: dict[str, Any], key: str = "id") -> int | str | None:
+    """A request id (``id``) or the id a reply answers (``re``): int64, string or null."""
+    v = d.get(key)
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v <= INT64_MAX:
+        return v
+    raise ProtocolError(ErrorCode.BAD_FIELD, f"field '{key}' must be a 64-bit integer or a string", field=key)
 
 
 def opt(d: dict[str, Any], key: str, default: Any = None) -> Any:

@@ -39,6 +39,9 @@ class ErrorCode:
     NOTHING_TO_REDO = "nothing_to_redo"
     DUPLICATE_EXPIRED = "duplicate_expired"
     NOT_FOUND = "not_found"  # a version, branch or tag that does not exist
+    BAD_VIEW = "bad_view"  # a view config Perspective rejects (aggregate, filter operator, expression)
+    VIEW_EXISTS = "view_exists"  # subscribe with a view name already open on this connection
+    NO_SUCH_VIEW = "no_such_view"  # unsubscribe of a view that is not open
     INTERNAL = "internal"
 
     ALL: frozenset[str] = frozenset()

@@ -18,6 +18,7 @@ from . import _fields as f
 from .arrow import IPC_CODECS
 from .errors import ErrorCode, ProtocolError
 from .ops import Op, op_from_wire
+from .views import Subscribe, Unsubscribe, View
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -49,13 +50,7 @@ __all__ = [
 PROTOCOL_VERSION = 1
 
 
-def _req_id(d: dict[str, Any], key: str = "id") -> int | str | None:
-    v = d.get(key)
-    if v is None or isinstance(v, str):
-        return v
-    if isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v <= f.INT64_MAX:
-        return v
-    raise ProtocolError(ErrorCode.BAD_FIELD, f"field '{key}' must be a 64-bit integer or a string", field=key)
+_req_id = f.req_id
 
 
 def _obj(v: Any, path: str) -> dict[str, Any]:
@@ -616,12 +611,15 @@ class Pong:
         return {"type": self.type, "re": self.re}
 
 
-ClientMessage = Hello | OpBatch | Undo | Redo | Presence | Meta | Commit | Query | Ping
-ServerMessage = Welcome | Ack | Error | Delta | PresenceUpdate | Meta | Committed | Result | Pong
+ClientMessage = (
+    Hello | OpBatch | Undo | Redo | Presence | Meta | Commit | Query | Ping | Subscribe | Unsubscribe
+)
+ServerMessage = Welcome | Ack | Error | Delta | PresenceUpdate | Meta | Committed | Result | Pong | View
 
 CLIENT_MESSAGES: dict[str, Any] = {
-    c.type: c for c in (Hello, OpBatch, Undo, Redo, Presence, Meta, Commit, Query, Ping)
+    c.type: c
+    for c in (Hello, OpBatch, Undo, Redo, Presence, Meta, Commit, Query, Ping, Subscribe, Unsubscribe)
 }
 SERVER_MESSAGES: dict[str, Any] = {
-    c.type: c for c in (Welcome, Ack, Error, Delta, PresenceUpdate, Meta, Committed, Result, Pong)
+    c.type: c for c in (Welcome, Ack, Error, Delta, PresenceUpdate, Meta, Committed, Result, Pong, View)
 }

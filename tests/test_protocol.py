@@ -54,7 +54,10 @@ from protocol import (
     RestoreRows,
     Result,
     SetCells,
+    Subscribe,
     Undo,
+    Unsubscribe,
+    View,
     Welcome,
     decode_client,
     decode_map,
@@ -165,6 +168,23 @@ CLIENT_SAMPLES: list[Any] = [
     Commit(""),
     Query("diff", "v1", "live", None, id=5),
     Query("log", None, None, 10),
+    Subscribe(
+        "by-region",
+        {
+            "group_by": ["region"],
+            "split_by": [],
+            "columns": ["price", "x"],
+            "aggregates": {"price": "sum"},
+            "filter": [["qty", ">", 2], ["note", "is null"]],
+            "sort": [["price", "desc"]],
+            "expressions": {"x": '"price" * 2'},
+            "group_rollup_mode": "flat",
+        },
+        (0, 50),
+        id=11,
+    ),
+    Subscribe("plain", {}),
+    Unsubscribe("plain", id=12),
 ]
 SERVER_SAMPLES: list[Any] = [
     Welcome(
@@ -207,6 +227,9 @@ SERVER_SAMPLES: list[Any] = [
     Committed("ab" * 32, 12, 100, "fix prices", "alice", 1763870000.5, ("cd" * 32,), re=4),
     Committed("ef" * 32, 0, 0, "", "", 0.0),
     Result("log", {}, [{"commit": "ab", "seq": 3}], re=6),
+    View("by-region", "snapshot", 7, pa.table({"region": ["EU"], "price": [1.5]}), 1, re=11),
+    View("plain", "update", 8, pa.table({"_rid": pa.array([1], pa.uint64())}), 1000),
+    View("plain", "closed", 9, None, 0, "column 'price' was dropped at seq 9", re=12),
     Result("diff", {"added": pa.table({"rid": pa.array([1, 2], pa.uint64())})}, {"summary": {"added": 2}}),
 ]
 

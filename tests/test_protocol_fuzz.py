@@ -354,6 +354,35 @@ def message_fields(binary: bool) -> dict[str, dict[str, st.SearchStrategy[Any]]]
             "limit": seq,
             "id": ids,
         },
+        "subscribe": {
+            "view": NAMES,
+            "config": st.fixed_dictionaries(
+                {},
+                optional={
+                    "group_by": st.lists(NAMES, max_size=2) | NAMES,
+                    "columns": st.lists(NAMES, max_size=2),
+                    "aggregates": st.dictionaries(NAMES, NAMES | seq, max_size=2),
+                    "filter": st.lists(st.lists(NAMES | scalars(binary), max_size=4), max_size=2),
+                    "sort": st.lists(st.lists(NAMES, max_size=3), max_size=2),
+                    "expressions": st.dictionaries(NAMES, NAMES, max_size=2),
+                    "group_rollup_mode": st.sampled_from(["flat", "junk"]),
+                    "junk": NAMES,
+                },
+            )
+            | objects(binary),
+            "viewport": st.fixed_dictionaries({"start_row": seq, "end_row": seq}) | objects(binary),
+            "id": ids,
+        },
+        "unsubscribe": {"view": NAMES, "id": ids},
+        "view": {
+            "view": NAMES,
+            "kind": st.sampled_from(["snapshot", "update", "closed", "junk"]),
+            "seq": seq,
+            "data": tables(binary),
+            "rows": seq,
+            "reason": NAMES,
+            "re": ids,
+        },
         "result": {
             "kind": NAMES,
             "tables": st.dictionaries(NAMES, tables(binary), max_size=2),

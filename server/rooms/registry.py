@@ -206,7 +206,7 @@ class Registry:
         key = self._key(room)
         async with self._lock:
             self._unloaders.pop(key, None)
-            if self.rooms.get(key) is not room or room.sessions:
+            if self.rooms.get(key) is not room or room.sessions or room.views.watchers:
                 return
             del self.rooms[key]
         state = await room.close()

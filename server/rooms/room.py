@@ -34,13 +34,16 @@ from protocol import (
     ProtocolError,
     Query,
     SetCells,
+    Subscribe,
     Undo,
+    Unsubscribe,
     Welcome,
     encode,
     table_to_ipc,
 )
 
 from ..ops.state import OpError, State
+from ..perspective.live import RoomViews
 from ..storage.types import WalEntry
 from .core import RoomCore, describe_error, is_heavy, run_general
 from .deltas import DeltaBuilder, DeltaLog, EncodedDelta, frame_to_arrow
@@ -112,6 +115,7 @@ class Room:
         self._queries: set[asyncio.Task[None]] = set()
         self._snapshot_cache: tuple[State, str, bytes] | None = None
         self._first_uncommitted: float | None = None
+        self.views = RoomViews(self.name, lambda: self._published, self._views_idle)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -135,6 +139,7 @@ class Room:
                 pass
         if self.durable is not None and not self.broken:
             await self._autocommit("autocommit (room unload)")
+        await self.views.close()
         for s in list(self.sessions.values()):
             s.abort(code, reason)
             await s.stop()
@@ -245,9 +250,12 @@ class Room:
         state, seq = self._published
         session.resync_pending = False  # deltas after this point queue behind the welcome
         session.base_seq = seq
-        return await self._welcome_payload(session, state, seq, "resync", None)
+        payload = self._welcome_payload(session, state, seq, "resync", None)
+        self.views.resend(session)  # view updates were dropped too: fresh snapshots follow the welcome
+        return await payload
 
     async def leave(self, session: Session) -> None:
+        self.views.drop_session(session)
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
             if session.awareness_id in self.meta.presence:
@@ -257,7 +265,11 @@ class Room:
                 )
                 self._broadcast_presence(update, {session.client: None})
         await session.stop()
-        if not self.sessions and self._on_empty is not None:
+        self._views_idle()
+
+    def _views_idle(self) -> None:
+        """No session left (or the last dashboard detached): the room may unload when idle."""
+        if not self.sessions and not self.views.watchers and self._on_empty is not None:
             self._on_empty(self)
 
     # ------------------------------------------------------------ input
@@ -269,9 +281,11 @@ class Room:
         elif isinstance(msg, Meta):
             self._meta(session, msg)
         elif isinstance(msg, Query):
-            task = asyncio.get_running_loop().create_task(self._answer(session, msg))
-            self._queries.add(task)
-            task.add_done_callback(self._queries.discard)
+            self._spawn(self._answer(session, msg))
+        elif isinstance(msg, Subscribe):
+            self._spawn(self.views.subscribe(session, msg))
+        elif isinstance(msg, Unsubscribe):
+            self.views.unsubscribe(session, msg)
         elif isinstance(msg, Commit):
             if self.durable is None:
                 why = "this room is read-only" if self.read_only else "this server runs without storage"
@@ -286,6 +300,11 @@ class Room:
             self._queue.put_nowait((msg.type, session, msg))
         else:  # pragma: no cover - the endpoint handles ping and hello
             raise TypeError(type(msg).__name__)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        self._queries.add(task)
+        task.add_done_callback(self._queries.discard)
 
     async def _answer(self, session: Session, q: Query) -> None:
         try:
@@ -392,6 +411,10 @@ class Room:
             self.log.append(delta)
             for s in self.sessions.values():
                 s.push(delta.payload(s.binary), droppable=True)
+            try:
+                self.views.on_delta(delta.delta)  # the Perspective table, then one update per view
+            except Exception:
+                log.exception("views failed to follow delta %d in room %s", seq_to, self.name)
         if self.ticks % self.config.prune_every == 0:
             mark = min((s.base_seq for s in self.sessions.values()), default=core.seq)
             core.clock.prune(mark)

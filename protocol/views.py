@@ -1,0 +1,211 @@
+"""View subscription messages (PROTOCOL.md "Views"): ``subscribe``, ``unsubscribe`` and ``view``.
+
+A view is a Perspective query over the room's table, kept live by the
+server. The config is checked here for shape only (known keys, value
+types); the room checks column names and Perspective checks the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from . import _fields as f
+from .errors import ErrorCode, ProtocolError
+
+__all__ = ["Subscribe", "Unsubscribe", "View", "VIEW_KEYS", "VIEW_KINDS", "check_view_config"]
+
+#: The config keys a ``subscribe`` may carry, and the JSON shape of each.
+VIEW_KEYS: dict[str, str] = {
+    "columns": "a list of column names",
+    "group_by": "a list of column names",
+    "split_by": "a list of column names",
+    "aggregates": "an object of column name: aggregate name",
+    "filter": "a list of [column, operator, value] (value omitted for 'is null'/'is not null')",
+    "sort": "a list of [column, direction]",
+    "expressions": "an object of expression name: expression text",
+    "group_rollup_mode": "one of 'flat', 'rollup', 'total'",
+}
+VIEW_KINDS = ("snapshot", "update", "closed")
+_MAX_VIEW_ID = 128
+
+
+def _bad(path: str, what: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_FIELD, f"field '{path}' {what}", field=path)
+
+
+def _names(v: Any, path: str) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise _bad(path, "must be a list of column names")
+    return list(v)
+
+
+def _str_map(v: Any, path: str, what: str) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+        raise _bad(path, f"must be {what}")
+    return dict(v)
+
+
+def _clauses(v: Any, path: str, lengths: tuple[int, ...]) -> list[list[Any]]:
+    if not isinstance(v, list):
+        raise _bad(path, f"must be {VIEW_KEYS[path.rsplit('.', 1)[-1]]}")
+    out = []
+    for i, c in enumerate(v):
+        p = f"{path}[{i}]"
+        if not isinstance(c, list) or len(c) not in lengths or not all(isinstance(x, str) for x in c[:2]):
+            raise _bad(p, f"must be {VIEW_KEYS[path.rsplit('.', 1)[-1]]}")
+        f.scalar(c[2] if len(c) > 2 else None, f"{p}[2]")
+        out.append(list(c))
+    return out
+
+
+def check_view_config(v: Any, path: str = "config") -> dict[str, Any]:
+    """A view config with known keys and well-shaped values.
+
+    Raises:
+        ProtocolError: ``bad_field`` naming the unknown key or the bad value's path.
+    """
+    if not isinstance(v, dict):
+        raise _bad(path, "must be an object")
+    out: dict[str, Any] = {}
+    for key, value in v.items():
+        p = f"{path}.{key}"
+        if key not in VIEW_KEYS:
+            raise ProtocolError(
+                ErrorCode.BAD_FIELD,
+                f"field '{p}' is not a view config key; use {', '.join(VIEW_KEYS)}",
+                field=p,
+            )
+        if key in ("columns", "group_by", "split_by"):
+            out[key] = _names(value, p)
+        elif key == "aggregates":
+            out[key] = _str_map(value, p, VIEW_KEYS[key])
+        elif key == "expressions":
+            out[key] = _str_map(value, p, VIEW_KEYS[key])
+        elif key == "filter":
+            out[key] = _clauses(value, p, (2, 3))
+        elif key == "sort":
+            out[key] = _clauses(value, p, (2,))
+        elif value not in ("flat", "rollup", "total"):
+            raise _bad(p, f"must be {VIEW_KEYS[key]}")
+        else:
+            out[key] = value
+    return out
+
+
+def _view_id(d: dict[str, Any]) -> str:
+    view = f.req_str(d, "view", "view")
+    if len(view) > _MAX_VIEW_ID:
+        raise _bad("view", f"is over {_MAX_VIEW_ID} characters")
+    return view
+
+
+def _viewport(v: Any) -> tuple[int, int] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise _bad("viewport", "must be an object {start_row, end_row}")
+    start = f.req_int(v, "start_row", "viewport.start_row")
+    end = f.req_int(v, "end_row", "viewport.end_row")
+    if end <= start:
+        raise _bad("viewport.end_row", f"must be greater than start_row ({start}), got {end}")
+    return start, end
+
+
+# --------------------------------------------------------------- client → server
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Open a live view over the room's table (PROTOCOL.md "subscribe").
+
+    ``view`` is the client's name for it, unique on its connection.
+    ``viewport`` is ``(start_row, end_row)``, end exclusive.
+    """
+
+    view: str
+    config: dict[str, Any]
+    viewport: tuple[int, int] | None = None
+    id: int | str | None = None
+    type: ClassVar[str] = "subscribe"
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Subscribe:
+        return cls(
+            _view_id(d), check_view_config(d.get("config") or {}), _viewport(d.get("viewport")), f.req_id(d)
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        vp = None if self.viewport is None else {"start_row": self.viewport[0], "end_row": self.viewport[1]}
+        return {"type": self.type, "id": self.id, "view": self.view, "config": self.config, "viewport": vp}
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Close a view (PROTOCOL.md "unsubscribe"); answered by a ``view`` of kind ``closed``."""
+
+    view: str
+    id: int | str | None = None
+    type: ClassVar[str] = "unsubscribe"
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Unsubscribe:
+        return cls(_view_id(d), f.req_id(d))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": self.type, "id": self.id, "view": self.view}
+
+
+# --------------------------------------------------------------- server → client
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A view's content (PROTOCOL.md "view").
+
+    ``kind`` is ``snapshot`` (the reply to ``subscribe``, and again after a
+    schema change rebuilt the view), ``update`` (at most one per tick per
+    view) or ``closed`` (after ``unsubscribe``, or when the view cannot
+    survive a schema change: ``reason`` says why). ``data`` is the whole
+    result of a grouped view, or the viewport of a plain one; ``rows`` is
+    the view's total row count. ``seq`` is the room seq the content reflects.
+    """
+
+    view: str
+    kind: str
+    seq: int
+    data: pa.Table | None = None
+    rows: int = 0
+    reason: str | None = None
+    re: int | str | None = None
+    type: ClassVar[str] = "view"
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> View:
+        kind = f.req_str(d, "kind", "kind")
+        if kind not in VIEW_KINDS:
+            raise _bad("kind", f"is {kind!r}; expected one of {', '.join(VIEW_KINDS)}")
+        data = d.get("data")
+        return cls(
+            _view_id(d),
+            kind,
+            f.req_int(d, "seq", "seq"),
+            None if data is None else f.table_field(data, "data"),
+            f.opt_int(d, "rows", "rows") or 0,
+            f.opt_str(d, "reason", "reason"),
+            f.req_id(d, "re"),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "re": self.re,
+            "view": self.view,
+            "kind": self.kind,
+            "seq": self.seq,
+            "rows": self.rows,
+            "data": self.data,
+            "reason": self.reason,
+        }
