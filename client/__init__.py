@@ -7,13 +7,14 @@
 
 from .mirror import Mirror
 from .room import ConnectionClosed, DeltaEvent, DeltaStream, OpRejected, Room, connect
-from .sync import SyncRoom
+from .sync import SyncRoom, SyncView
 from .views import LiveView, ViewEvent, ViewStream
 
 __all__ = [
     "connect",
     "Room",
     "SyncRoom",
+    "SyncView",
     "OpRejected",
     "ConnectionClosed",
     "DeltaEvent",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import polars as pl
@@ -16,8 +16,9 @@ import polars as pl
 from protocol import Ack
 
 from .room import Room
+from .views import LiveView
 
-__all__ = ["SyncRoom"]
+__all__ = ["SyncRoom", "SyncView"]
 
 T = TypeVar("T")
 
@@ -89,6 +90,10 @@ class SyncRoom:
     def sync(self) -> None:
         self._call(self._room.sync())
 
+    def subscribe_view(self, **config: Any) -> SyncView:
+        """A live view (see ``Room.subscribe_view``); its ``.frame`` updates in the background."""
+        return SyncView(self, self._call(self._room.subscribe_view(**config)))
+
     def close(self) -> None:
         try:
             self._call(self._room.close())
@@ -101,3 +106,30 @@ class SyncRoom:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SyncView:
+    """A :class:`~client.views.LiveView` for blocking code: ``.frame`` is always current."""
+
+    def __init__(self, room: SyncRoom, view: LiveView) -> None:
+        self._room = room
+        self.view = view
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        return self.view.frame
+
+    @property
+    def seq(self) -> int:
+        return self.view.seq
+
+    @property
+    def rows(self) -> int:
+        return self.view.rows
+
+    def wait_for(self, predicate: Callable[[pl.DataFrame], bool], timeout: float = 60.0) -> pl.DataFrame:
+        """Block until ``predicate(frame)`` holds (raises ``TimeoutError`` after ``timeout``)."""
+        return self._room._call(self.view.wait_for(predicate), timeout)
+
+    def close(self) -> None:
+        self._room._call(self.view.close())

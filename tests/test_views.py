@@ -248,3 +248,51 @@ async def test_fifty_rooms_with_views_do_not_leak() -> None:
     gc.collect()
     growth = proc.memory_info().rss - base
     assert growth < 40 * 2**20, f"RSS grew {growth / 2**20:.1f} MB over 50 rooms with views"
+
+
+async def test_views_survive_a_reconnect(make_server: Any) -> None:
+    async with make_server(frames={"sales": small_frame(30)}) as srv, connect(srv.url, "sales") as room:
+        view = await room.subscribe_view(**SUM)
+        await room.drop_connection()  # the client reconnects, resumes and subscribes again
+        ack = await room.set_cells([3], "price", [500.0])
+        frame = await view.wait_for(lambda f: view.seq >= ack.seq)
+        await room.sync()
+        assert room.reconnects >= 1
+        assert view_sums(frame) == pytest.approx(expected_sums(room.frame))
+        assert len(srv.room().views.subs) == 1  # the old connection's view was deleted
+
+
+async def test_edits_during_the_table_build_are_not_lost(make_server: Any) -> None:
+    # Big enough that the build (in a worker thread) overlaps the edits below.
+    async with make_server(frames={"sales": small_frame(200_000)}) as srv, connect(srv.url, "sales") as room:
+        subscribing = asyncio.ensure_future(room.subscribe_view(**SUM))
+        acks = [await room.set_cells([i], "price", [10_000.0 + i]) for i in range(20)]
+        await room.delete_rows([100, 101])
+        view = await subscribing
+        last = await room.set_cells([7], "qty", [77])
+        frame = await view.wait_for(lambda f: view.seq >= last.seq)
+        await room.sync()
+        assert acks[-1].seq < last.seq
+        assert view_sums(frame) == pytest.approx(expected_sums(room.frame))
+        assert srv.room().views.builds == 1
+        assert srv.room().views.caught_up > 0, "the edits did not overlap the build; make the frame bigger"
+
+
+def test_sync_room_views(make_server: Any) -> None:
+    from client import SyncRoom
+
+    async def serve_and_use() -> None:
+        async with make_server(frames={"sales": small_frame(12)}) as srv:
+            await asyncio.to_thread(use, srv.url)
+
+    def use(url: str) -> None:
+        with SyncRoom(url, "sales") as room:
+            view = room.subscribe_view(group_by=["region"], columns=["qty"], aggregates={"qty": "count"})
+            assert sorted(view.frame["qty"].to_list()) == [4, 4, 4]
+            room.insert_rows([{"name": "x", "price": 1.0, "qty": 1, "region": "EU"}])
+            frame = view.wait_for(lambda f: 5 in f["qty"].to_list(), timeout=timeout(10))
+            assert dict(frame.iter_rows())["EU"] == 5
+            view.close()
+            assert view.view.closed
+
+    asyncio.run(serve_and_use())

@@ -75,6 +75,7 @@ class RoomViews:
         self.watchers = 0  # dashboards attached (they keep the room loaded)
         self.subs: dict[tuple[str, str], Subscription] = {}
         self.builds = 0  # tables built so far (first load and rebuilds)
+        self.caught_up = 0  # deltas queued during builds, then applied
         self._build: asyncio.Task[None] | None = None
         self._pending: list[Delta] = []
         self._restart = False
@@ -131,6 +132,7 @@ class RoomViews:
             for delta in self._pending:
                 tables.apply_delta(self.name, delta)
                 self.seq = delta.seq_to
+            self.caught_up += len(self._pending)
             self._pending = []
         except BaseException as e:
             tables.close(self.name)
