@@ -15,10 +15,10 @@ import psutil
 import pytest
 
 from client import OpRejected, connect
-from protocol import Hello, OpBatch, SetCells, Subscribe, Unsubscribe, View
+from protocol import Hello, OpBatch, SetCells, Subscribe, Unsubscribe, View, decode_server
 from server.ops import normalize_frame
 from server.ops.state import State
-from server.rooms import Room
+from server.rooms import Room, RoomConfig, SessionLimits
 from tests.conftest import small_frame, timeout
 from tests.test_room_inprocess import FakeTransport
 from tests.wire import RawPeer
@@ -296,3 +296,46 @@ def test_sync_room_views(make_server: Any) -> None:
             assert view.view.closed
 
     asyncio.run(serve_and_use())
+
+
+class GatedTransport(FakeTransport):
+    """A transport that stops sending until ``gate`` is set: a client that stalls, then reads again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def send(self, data: bytes | str) -> None:
+        await self.gate.wait()
+        await super().send(data)
+
+
+async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
+    limits = SessionLimits(max_messages=4, stall_timeout=3600)
+    df, catalog = normalize_frame(small_frame(30))
+    room = Room("sales", "main", State(df, catalog, df.height), config=RoomConfig(session=limits))
+    room.start()
+    t = GatedTransport()
+    s = room.join(Hello("slow"), t, binary=True)
+    room.submit(s, Subscribe("g", dict(SUM), id=1))
+    # The subscribe task awaited the build first, so it opens its view before this returns.
+    await asyncio.wait_for(room.views.ensure(), timeout(10))
+    for i in range(5):  # the stalled session overflows: deltas and view updates are dropped
+        sets = tuple(SetCells((j,), "qty", (100 * i + j,)) for j in range(8))
+        room.submit(s, OpBatch(i + 1, 0, sets, id=100 + i))  # (acks are kept: 5 + 1 < 2 x 4)
+        await asyncio.wait_for(room.wait_seq(i + 1), timeout(10))
+    assert len(room.views.subs) == 1
+    assert s.resync_pending and s.dropped > 0
+    t.gate.set()  # it reads again: a resync welcome, then a fresh snapshot of each view
+    await asyncio.wait_for(t.next_of("welcome"), timeout(10))
+    msgs = [decode_server(d) for d in t.sent]
+    while not any(m.type == "view" and m.re is None for m in msgs):
+        await asyncio.wait_for(t.next_of("view"), timeout(10))
+        msgs = [decode_server(d) for d in t.sent]
+    resync = next(i for i, m in enumerate(msgs) if m.type == "welcome" and m.reason == "resync")
+    at, snap = next((i, m) for i, m in enumerate(msgs) if m.type == "view" and m.re is None)
+    assert snap.kind == "snapshot" and snap.seq == 5 and at > resync
+    want = room.state.frame.group_by("region").agg(pl.col("qty").sum())
+    got = dict(zip(snap.data["region"].to_pylist(), snap.data["qty"].to_pylist(), strict=True))
+    assert got == dict(want.iter_rows())
+    await room.close()
