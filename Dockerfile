@@ -1,16 +1,25 @@
 # coframe server image: `docker compose up` runs it against PostgreSQL (docker-compose.yml).
+
+# The dashboards' browser packages (@perspective-dev/*, pinned by package-lock.json).
+FROM node:20-slim AS web
+WORKDIR /web
+COPY client/web/package.json client/web/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    COFRAME_WEB_DIR=/app/client/web
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY protocol ./protocol
 COPY server ./server
 COPY client ./client
+COPY --from=web /web/node_modules ./client/web/node_modules
 RUN pip install . \
     && useradd --system --create-home --uid 10001 coframe \
     && mkdir -p /data \

@@ -6,18 +6,35 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+WEB := client/web
 
-.PHONY: serve test install install-test lint services bench clean
+.PHONY: serve test install install-test web browser lint services bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-install: $(BIN)/python
+install: $(BIN)/python web
 	$(BIN)/python -m pip install -q -e .
 
-install-test: $(BIN)/python
+install-test: $(BIN)/python web browser
 	$(BIN)/python -m pip install -q -e '.[test]'
+
+# The dashboards' browser packages (@perspective-dev/*), pinned by package-lock.json,
+# into client/web/node_modules; reinstalled only when the lock file changes.
+# Without npm the server still runs and the dashboard page says what to do.
+web: $(WEB)/node_modules/.package-lock.json
+
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package.json $(WEB)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error; \
+	else \
+		echo "npm not found: install Node.js and npm (apt-get install -y npm) for the dashboards"; \
+	fi
+
+# Debian's chromium for the browser tests (never a Playwright browser download).
+browser:
+	sh tests/browser.sh
 
 serve: install
 	$(BIN)/coframe serve --host $(HOST) --port $(PORT) --demo
@@ -37,4 +54,4 @@ bench: install-test
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis $(WEB)/node_modules tests/artifacts

@@ -60,6 +60,7 @@ class CloseCode:
     POLICY = 1008  # lifecycle violation (op before hello, second hello, ...)
     TOO_BIG = 1009  # frame over the transport limit
     INTERNAL = 1011
+    RELOADING = 1012  # the room reloaded (revert) or its Perspective table was rebuilt: reconnect
     NO_SUCH_DATASET = 4004
     SLOW_CONSUMER = 4008  # fell behind and stayed behind
 

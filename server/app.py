@@ -18,6 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from .api import routes as api_routes
 from .demo import demo_sales
 from .io import load_file
+from .perspective.web import routes as dashboard_routes
 from .rooms import Registry, RoomConfig, SessionLimits
 from .settings import Settings
 from .storage.service import Storage
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             Route("/api/datasets", list_datasets),
             *api_routes,
             WebSocketRoute("/ws/{dataset}", websocket_endpoint),
+            *dashboard_routes,
         ],
         lifespan=lifespan,
     )

@@ -72,7 +72,7 @@ class RoomViews:
         self._on_idle = on_idle
         self.tables: RoomTables | None = None  # one Perspective Server per room, made on first need
         self.seq = 0  # the room seq the table reflects
-        self.watchers = 0  # dashboards attached (they keep the room loaded)
+        self._resets: list[Callable[[str], None]] = []  # one per attached dashboard
         self.subs: dict[tuple[str, str], Subscription] = {}
         self.builds = 0  # tables built so far (first load and rebuilds)
         self.caught_up = 0  # deltas queued during builds, then applied
@@ -159,6 +159,10 @@ class RoomViews:
         if self.name not in self.tables._tables:
             return
         if delta.schema is not None:
+            # Dashboards hold views on the old table (and a table with views cannot
+            # be deleted): they are told to reconnect, which deletes their views.
+            for reset in list(self._resets):
+                reset(f"the schema changed at seq {delta.seq_to}; reconnect to see the new columns")
             self._drop_views()
             self.tables.close(self.name)
             if self.subs or self.watchers:
@@ -329,21 +333,31 @@ class RoomViews:
 
     # ---------------------------------------------------------------- dashboards
 
-    async def attach(self) -> RoomTables:
+    @property
+    def watchers(self) -> int:
+        """Dashboards attached (they keep the room loaded)."""
+        return len(self._resets)
+
+    async def attach(self, reset: Callable[[str], None]) -> RoomTables:
         """Pin the room for a dashboard and return its tables (built if needed).
 
-        Call :meth:`detach` exactly once when the dashboard disconnects.
+        ``reset(reason)`` is called, synchronously, before the table is
+        rebuilt after a schema change: it must close the dashboard's
+        Perspective session then and there (deleting its views), and tell
+        the browser to reconnect. Call :meth:`detach` with the same
+        ``reset`` exactly once when the dashboard disconnects.
         """
-        self.watchers += 1
+        self._resets.append(reset)
         try:
             return await self.ensure()
         except BaseException:
-            self.detach()
+            self.detach(reset)
             raise
 
-    def detach(self) -> None:
-        self.watchers -= 1
-        if self.watchers == 0 and self._on_idle is not None:
+    def detach(self, reset: Callable[[str], None]) -> None:
+        if reset in self._resets:
+            self._resets.remove(reset)
+        if not self._resets and self._on_idle is not None:
             self._on_idle()
 
     # ---------------------------------------------------------------- lifecycle

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from protocol import ErrorCode
+from protocol import CloseCode, ErrorCode
 
 from ..ops import normalize_frame
 from ..ops.state import OpError, State
@@ -307,7 +307,7 @@ class Registry:
             self._keep((dataset, branch))
             if room is None:
                 room = await self._recover(dataset, branch)  # not started: just to commit its WAL tail
-            await room.close(1012, f"reverted to {target.id[:12]}; reconnect")
+            await room.close(CloseCode.RELOADING, f"reverted to {target.id[:12]}; reconnect")
             return await self.storage.revert(
                 dataset, branch, target.id, author=author, live_seq=room.core.seq
             )

@@ -1,0 +1,117 @@
+// A coframe dashboard: one <perspective-viewer> bound live to a room's
+// Perspective table over the server's read-only WebSocket endpoint.
+// The page (server/perspective/pages.py) puts its settings in
+// <script type="application/json" id="coframe-page">:
+//   {"dataset": "...", "branch": "...", "socket": "/perspective/...", "config": {...}}
+// Plain ES modules from /assets/ (served from client/web/node_modules): no CDN, no bundler.
+
+import perspective from "/assets/@perspective-dev/client/dist/cdn/perspective.js";
+import "/assets/@perspective-dev/viewer/dist/cdn/perspective-viewer.js";
+import "/assets/@perspective-dev/viewer-datagrid/dist/cdn/perspective-viewer-datagrid.js";
+import { loadD3fc } from "/assets/coframe/d3fc-compat.js";
+
+const D3FC = "/assets/@perspective-dev/viewer-d3fc/dist/cdn/perspective-viewer-d3fc.js";
+
+const status = document.getElementById("status");
+
+function show(state, text) {
+    document.body.dataset.state = state;
+    status.textContent = text;
+}
+
+// After a lost connection: a button that reloads the page with the viewer's
+// current config in ?config=, so the user's pivots survive the reload.
+function offerReload(viewer) {
+    const button = document.createElement("button");
+    button.textContent = "reconnect";
+    button.onclick = async () => {
+        const url = new URL(window.location.href);
+        try {
+            const { table: _table, ...config } = await viewer.save();
+            url.searchParams.set("config", JSON.stringify(config));
+        } catch (err) {
+            console.error("could not save the viewer config", err);
+        }
+        window.location.assign(url.href);
+    };
+    status.after(button);
+}
+
+async function loadCharts() {
+    // d3fc 4.4.1 needs a shim for viewer 5.5.1 (see d3fc-compat.js). Without charts the grid still works.
+    try {
+        await loadD3fc(D3FC);
+    } catch (err) {
+        console.error("chart plugins failed to load", err);
+    }
+}
+
+// Connect (or reconnect) the viewer to the room's table, keeping `config`.
+async function bind(viewer, page, config) {
+    const url = new URL(page.socket, window.location.href);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    const client = await perspective.websocket(url.href);
+    // The endpoint's Perspective server hosts exactly this room's table.
+    const names = await client.get_hosted_table_names();
+    if (names.length !== 1) {
+        throw new Error(`expected one table on ${page.socket}, got ${JSON.stringify(names)}`);
+    }
+    await viewer.load(client);
+    await viewer.restore({ ...config, table: names[0] });
+    show("live", `live: ${names[0]} (read-only; edits made elsewhere appear here)`);
+    return client;
+}
+
+// The server closes dashboards when the table is rebuilt (a schema change) and
+// when the room reloads: reconnect a few times with backoff, keeping the
+// user's pivots, then offer a button.
+async function reconnect(viewer, page, message) {
+    let config = {};
+    try {
+        const { table: _table, ...saved } = await viewer.save();
+        config = saved;
+    } catch (err) {
+        console.error("could not save the viewer config", err);
+    }
+    for (const delay of [250, 500, 1000, 2000, 4000]) {
+        show("reconnecting", `reconnecting (${message})…`);
+        await new Promise((resolve) => setTimeout(resolve, delay)); // backoff between attempts
+        // A fresh element: the old one's views live on the closed connection and
+        // cannot be cleaned up through it.
+        const fresh = document.createElement("perspective-viewer");
+        try {
+            const client = await bind(fresh, page, config);
+            viewer.replaceWith(fresh);
+            watch(client, fresh, page);
+            return;
+        } catch (err) {
+            console.error("reconnect failed", err);
+        }
+    }
+    show("error", `connection lost (${message})`);
+    offerReload(viewer);
+}
+
+function watch(client, viewer, page) {
+    let lost = false;
+    client.on_error((message) => {
+        if (lost) return;
+        lost = true;
+        reconnect(viewer, page, message);
+    });
+}
+
+async function main() {
+    await loadCharts();
+    const page = JSON.parse(document.getElementById("coframe-page").textContent);
+    show("connecting", `connecting to ${page.dataset} (${page.branch})…`);
+    const viewer = document.querySelector("perspective-viewer");
+    const title = page.branch === "main" ? page.dataset : `${page.dataset} (${page.branch})`;
+    const client = await bind(viewer, page, { plugin: "Datagrid", title, ...page.config });
+    watch(client, viewer, page);
+}
+
+main().catch((err) => {
+    console.error(err);
+    show("error", `dashboard failed: ${err?.message ?? err}`);
+});

@@ -1,0 +1,170 @@
+"""HTML pages: ``GET /`` (the datasets) and ``GET /d/{dataset}`` (a live dashboard).
+
+The dashboard page is a shell: ``client/web/dashboard.js`` connects a
+``<perspective-viewer>`` to ``/perspective/{dataset}?branch=`` (see
+:mod:`.endpoint`) and applies the ``?config=`` viewer config. Every
+failure the page can know about up front gets its own status and a message
+that says what to do: 404 for an unknown dataset or branch, 400 for a bad
+``config``, 503 when the browser packages are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from ..storage.types import NotFound
+from .assets import missing_assets, web_root
+
+if TYPE_CHECKING:
+    from ..rooms import Registry
+
+__all__ = ["index_page", "dashboard_page", "parse_config"]
+
+
+def _page(title: str, body: str, *, status: int = 200, body_class: str = "", head: str = "") -> HTMLResponse:
+    cls = f' class="{body_class}"' if body_class else ""
+    html = (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title>"
+        '<link rel="icon" href="data:,">'
+        '<link rel="stylesheet" href="/assets/coframe/coframe.css">'
+        f"{head}</head><body{cls}>\n{body}\n</body></html>\n"
+    )
+    return HTMLResponse(html, status_code=status)
+
+
+def _error_page(title: str, message: str, status: int) -> HTMLResponse:
+    body = (
+        f'<header><h1>{escape(title)}</h1><a href="/">all datasets</a></header>'
+        f'<main><p class="error" id="error">{message}</p></main>'
+    )
+    return _page(title, body, status=status)
+
+
+def dashboard_href(dataset: str, branch: str = "main") -> str:
+    query = "" if branch == "main" else "?" + urlencode({"branch": branch})
+    return f"/d/{quote(dataset, safe='')}{query}"
+
+
+async def index_page(request: Request) -> HTMLResponse:
+    """``GET /``: every dataset, with its row count and a link to each branch's dashboard."""
+    registry: Registry = request.app.state.registry
+    rows = []
+    for d in await registry.describe():
+        name = str(d["name"])
+        branches = [str(b) for b in d.get("branches") or ["main"]]  # type: ignore[attr-defined]
+        links = " ".join(f'<a href="{escape(dashboard_href(name, b))}">{escape(b)}</a>' for b in branches)
+        rows.append(
+            f'<tr><td><a class="dataset" href="{escape(dashboard_href(name))}">{escape(name)}</a></td>'
+            f"<td>{d['rows']:,}</td><td>{links}</td></tr>"
+        )
+    table = (
+        '<table class="datasets"><tr><th>dataset</th><th>rows</th><th>branches</th></tr>'
+        + "".join(rows)
+        + "</table>"
+        if rows
+        else "<p>No datasets yet: start with <code>coframe serve --demo</code> or upload one.</p>"
+    )
+    body = (
+        "<header><h1>coframe</h1><span>datasets</span></header>"
+        f"<main>{table}<p>Each dashboard is live and read-only; add <code>?config=</code> "
+        "with a perspective-viewer config (JSON) to open it pivoted.</p></main>"
+    )
+    return _page("coframe: datasets", body)
+
+
+def parse_config(raw: str | None) -> dict[str, Any]:
+    """The ``?config=`` query value as a viewer config object ({} when absent).
+
+    Raises:
+        ValueError: not JSON, or not a JSON object; the message says what to send.
+    """
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config is not valid JSON ({e.msg} at char {e.pos})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"config must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+async def _branch_exists(registry: Registry, dataset: str, branch: str) -> bool:
+    if branch == "main" or (dataset, branch) in registry.rooms:
+        return True
+    if registry.storage is None:
+        return False
+    try:
+        await registry.storage.catalog.get_ref(dataset, branch, "branch")
+    except NotFound:
+        return False
+    return True
+
+
+def _script_json(value: Any) -> str:
+    """JSON safe to put inside a <script> element."""
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+async def dashboard_page(request: Request) -> HTMLResponse:
+    """``GET /d/{dataset}?branch=&config=``: a ``<perspective-viewer>`` bound live to the room."""
+    registry: Registry = request.app.state.registry
+    dataset = request.path_params["dataset"]
+    branch = request.query_params.get("branch", "main")
+    if not await registry.exists(dataset):
+        known = ", ".join(await registry.names()) or "none"
+        return _error_page(
+            "dataset not found",
+            f"There is no dataset named <b>{escape(dataset)}</b>. Known datasets: {escape(known)}.",
+            404,
+        )
+    if not await _branch_exists(registry, dataset, branch):
+        return _error_page(
+            "branch not found",
+            f"Dataset <b>{escape(dataset)}</b> has no branch <b>{escape(branch)}</b>.",
+            404,
+        )
+    try:
+        config = parse_config(request.query_params.get("config"))
+    except ValueError as e:
+        example = escape('{"group_by":["region"],"columns":["price"],"aggregates":{"price":"sum"}}')
+        return _error_page(
+            "bad dashboard config",
+            f"{escape(str(e))}. Pass a URL-encoded perspective-viewer config, e.g. <code>{example}</code>.",
+            400,
+        )
+    missing = missing_assets(web_root(request))
+    if missing:
+        return _error_page(
+            "dashboard assets missing",
+            "The browser packages for dashboards are not installed (missing "
+            f"<code>client/web/node_modules/{escape(missing[0])}</code>). "
+            "Run <code>make install</code> (it runs <code>npm ci</code> in <code>client/web</code>), "
+            "then reload this page.",
+            503,
+        )
+    socket = f"/perspective/{quote(dataset, safe='')}?{urlencode({'branch': branch})}"
+    page = {"dataset": dataset, "branch": branch, "socket": socket, "config": config}
+    head = (
+        '<link rel="stylesheet" href="/assets/@perspective-dev/viewer/dist/css/themes.css">'
+        '<link rel="stylesheet" href="/assets/coframe/d3fc-compat.css">'
+        f'<script type="application/json" id="coframe-page">{_script_json(page)}</script>'
+        '<script type="module" src="/assets/coframe/dashboard.js" onerror="document.getElementById('
+        "'status').textContent='dashboard scripts failed to load: run make install'\"></script>"
+    )
+    title = f"{dataset}" + ("" if branch == "main" else f" ({branch})")
+    body = (
+        f'<header><h1>{escape(title)}</h1><a href="/">all datasets</a>'
+        '<span id="status">loading…</span></header>'
+        "<perspective-viewer></perspective-viewer>"
+    )
+    return _page(f"coframe: {title}", body, body_class="dashboard", head=head)
