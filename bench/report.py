@@ -1,6 +1,6 @@
 """Render ``bench/RESULTS.md`` from the benchmark results.
 
-Each benchmark group (``fanout``, ``sustained``, ``storage``) renders its own
+Each benchmark group (``fanout``, ``sustained``, ``storage``, ``views``) renders its own
 section file, ``bench/results/<group>.md``: its summary rows, its sections,
 its profiles and its findings, each part under an HTML comment marker.
 ``RESULTS.md`` is then assembled from every section file present, so a run of
@@ -32,6 +32,17 @@ from .storage import (
     StorageResult,
 )
 from .sustained import SustainedResult
+from .views import (
+    MEMORY_VIEWS,
+    STEP_CLIENT,
+    STEP_ROOM,
+    STEP_START,
+    TARGET_MEMORY_RATIO,
+    TARGET_VIEW_P99_MS,
+    PhaseResult,
+    ViewsResult,
+    view_step,
+)
 
 __all__ = [
     "GROUPS",
@@ -47,9 +58,10 @@ __all__ = [
     "fanout_verdicts",
     "sustained_verdicts",
     "storage_verdicts",
+    "views_verdicts",
 ]
 
-GROUPS = ("fanout", "sustained", "storage")
+GROUPS = ("fanout", "sustained", "storage", "views")
 RESULTS_DIR = BENCH_DIR / "results"
 
 PACKAGES = (
@@ -64,6 +76,7 @@ PACKAGES = (
     "pycrdt-websocket",
     "py-spy",
     "psutil",
+    "perspective-python",
 )
 BASELINE = "websockets.broadcast"
 PYCRDT = "pycrdt-websocket"
@@ -109,6 +122,7 @@ class Report:
     fanout: FanoutResult | None = None
     sustained: SustainedResult | None = None
     storage: StorageResult | None = None
+    views: ViewsResult | None = None
     profiles: dict[str, Profile] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)  # by group
     ran: list[str] = field(default_factory=list)  # groups this run attempted
@@ -658,6 +672,303 @@ def _storage_md(r: StorageResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- views (issue 4)
+
+_VIEW_LABELS = {
+    "grouped": "grouped view (sum of price by region)",
+    "plain": "plain view (100-row viewport: rids 0–99)",
+    "sorted": "plain view sorted by price desc (100-row viewport)",
+}
+_PHASE_SHORT = {"base": "A", "plain": "B", "sorted": "C"}
+
+
+def _ms(x: float) -> str:
+    return f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
+
+
+def _reflected(ph: PhaseResult, name: str) -> tuple[int, int]:
+    """(edits measured, edits never reflected) for view ``name``, over all runs."""
+    lat = ph.lat.get(f"ack→{name}")
+    if lat is None:
+        return 0, 0
+    return lat.total_n + lat.total_missing, lat.total_missing
+
+
+def views_verdicts(r: ViewsResult) -> list[Verdict]:
+    out: list[Verdict] = []
+    lr = r.latency
+    base = lr.phases.get("base")
+    floor = base.lat.get("send→delta") if base is not None else None
+    for key, ph in lr.phases.items():
+        for name in ph.views:
+            a, s = ph.lat.get(f"ack→{name}"), ph.lat.get(f"send→{name}")
+            d = ph.lat.get("ack→delta")
+            if a is None or s is None or d is None or not a.p99.n:
+                continue
+            total, missing = _reflected(ph, name)
+            clean = missing == 0 and not ph.checks_failed
+            refl = f"{100 * (total - missing) / total:.1f} % reflected" if total else "none measured"
+            what = f"{_PHASE_SHORT[key]}: {_VIEW_LABELS[name]}, {lr.rows:,} rows, 1k edits/s"
+            out.append(
+                Verdict(
+                    f"{what}: writer's ack → subscriber's view, p99",
+                    f"{_ms(a.p99.median)} ms ({refl})",
+                    f"ack → subscriber's delta {_ms(d.p99.median)} ms",
+                    f"{_f(a.p99.median / d.p99.median)}×" if d.p99.median > 0 else "-",
+                    f"≤ {TARGET_VIEW_P99_MS:g} ms, 100 % reflected",
+                    a.p99.median <= TARGET_VIEW_P99_MS and clean,
+                )
+            )
+            if floor is not None and floor.p99.n:
+                out.append(
+                    Verdict(
+                        f"{what}: edit sent → subscriber's view (end to end), p99",
+                        f"{_ms(s.p99.median)} ms",
+                        f"send → delta without views (A) {_ms(floor.p99.median)} ms",
+                        f"{_f(s.p99.median / floor.p99.median, 1)}×",
+                        f"≤ {TARGET_VIEW_P99_MS:g} ms",
+                        s.p99.median <= TARGET_VIEW_P99_MS and clean,
+                    )
+                )
+    m = r.memory
+    last = m.steps.get(view_step(len(MEMORY_VIEWS)))
+    start, client = m.steps.get(STEP_START), m.steps.get(STEP_CLIENT)
+    if m.arrow_bytes and last is not None and start is not None and last.n and start.n:
+        with_t = _mem_ratio(last, start, m.arrow_bytes)
+        without = (
+            _mem_ratio(client, start, m.arrow_bytes) if client is not None and client.n else float("nan")
+        )
+        out.append(
+            Verdict(
+                f"server memory of a {m.rows:,}-row room with its Perspective table"
+                f" + {len(MEMORY_VIEWS)} views",
+                f"{_n(_mem_growth(last, start) / 1e6)} MB",
+                f"frame as Arrow {_f(m.arrow_bytes / 1e6, 1)} MB; room without table {_f(without, 1)}×",
+                f"{_f(with_t, 1)}×",
+                f"≤ {TARGET_MEMORY_RATIO:g}× the Arrow size",
+                with_t <= TARGET_MEMORY_RATIO,
+            )
+        )
+    return out
+
+
+def _mem_growth(step: Stats, start: Stats) -> float:
+    """Median over runs of (RSS at ``step`` − RSS at start), bytes."""
+    return median([a - b for a, b in zip(step.runs, start.runs, strict=False)])
+
+
+def _mem_ratio(step: Stats, start: Stats, arrow: int) -> float:
+    return _mem_growth(step, start) / arrow
+
+
+def _p(lat: object, q: str) -> str:
+    s = getattr(lat, q, None)
+    return _ms(s.median) if isinstance(s, Stats) and s.n else "-"
+
+
+def _views_latency_md(r: ViewsResult) -> str:
+    cfg, lr = r.config, r.latency
+    if not lr.phases:
+        return ""
+    base = lr.phases.get("base")
+    floor = base.lat.get("send→delta") if base is not None else None
+    lines = [
+        f"## 5. Live views under {cfg.rate:,.0f} edits/s ({lr.rows:,}-row room)",
+        "",
+        f"`coframe serve --memory --demo-rows {lr.rows}`, a fresh server per run. A writer peer sends"
+        f" 1-cell `set` edits of `price` at {cfg.rate:,.0f}/s, paced by a monotonic schedule (open loop,"
+        " never waiting for acks); every value is unique, so every edit changes the grouped view. A"
+        " subscriber peer (another connection, same process, same clock) holds the views. Every frame is"
+        " timestamped on receipt. For each edit acked as seq N: **ack → view** = the writer receives the"
+        " ack of N → the subscriber receives the first `view` message of that view with `seq` ≥ N;"
+        " **send → view** = the same from the edit's send (end to end, with the time the edit waited for"
+        " its tick); the subscriber's `delta` is measured the same way (the floor, same edits). Phases,"
+        f" on the same connections: **A** no views (no Perspective table yet); **B** a grouped view"
+        f" (`group_by` region, `sum` of price) and a plain view with a {cfg.viewport}-row viewport,"
+        f" unsorted (rids 0–{cfg.viewport - 1}); **C** the plain view replaced by one sorted by price"
+        f" descending. One edit in {cfg.plain_every} is a *plain edit*, made to change the plain view"
+        f" (B: it writes one of rids 0–{cfg.viewport - 1}; C: a new maximum price, so the row moves to"
+        " the top); the plain views are measured on those edits only. Each phase: "
+        f"{cfg.warmup:g} s of warm-up edits, {cfg.measure:g} s measured, then the run waits (at most"
+        f" {cfg.drain:g} s) until every acked edit is reflected; one still not reflected is *missing*."
+        " Then the final content of every view is checked against the expected state (the demo frame"
+        f" rebuilt in the benchmark process plus every edit). Figures: p50 and p99 per run, median over"
+        f" {cfg.runs} run(s).",
+        "",
+        "**Writer's ack → subscriber's view** (the measure asked for), with the subscriber's delta for"
+        " the same edits:",
+        "",
+        "| phase | view | edits measured | missing | view p50 ms | view p99 ms | delta p50 ms"
+        " | delta p99 ms | p99 view / delta | target | status | runs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for key, ph in lr.phases.items():
+        d = ph.lat.get("ack→delta")
+        for name in ph.views:
+            a = ph.lat.get(f"ack→{name}")
+            if a is None or d is None or not a.p99.n:
+                continue
+            total, missing = _reflected(ph, name)
+            ok = a.p99.median <= TARGET_VIEW_P99_MS and missing == 0 and not ph.checks_failed
+            ratio = f"{_f(a.p99.median / d.p99.median)}×" if d.p99.median > 0 else "-"
+            lines.append(
+                f"| {_PHASE_SHORT[key]} | {_VIEW_LABELS[name]} | {total:,} | {missing} | {_p(a, 'p50')}"
+                f" | {_p(a, 'p99')} | {_p(d, 'p50')} | {_p(d, 'p99')} | {ratio}"
+                f" | p99 ≤ {TARGET_VIEW_P99_MS:g} ms, 100 % | {_status(ok)} | {a.p99.n} |"
+            )
+    lines += [
+        "",
+        "**End to end: edit sent → received.** The ack, the delta and the views of a tick are all"
+        " queued in the tick, after the views were recomputed, and written when the tick yields, so"
+        " ack → view cannot see the time the views take: it shows up here, as the wait of the next"
+        " edits for their tick (send → ack). Ratio: p99 over the same run's phase-A send → delta.",
+        "",
+        "| phase | what | p50 ms | p99 ms | p99 / A's send → delta | target | status | runs |",
+        "|---|---|---:|---:|---:|---|---|---:|",
+    ]
+    for key, ph in lr.phases.items():
+        items = [("send→ack", "send → writer's ack"), ("send→delta", "send → subscriber's delta")]
+        items += [(f"send→{n}", f"send → {_VIEW_LABELS[n]}") for n in ph.views]
+        for k, label in items:
+            lat = ph.lat.get(k)
+            if lat is None or not lat.p99.n:
+                continue
+            ratio = (
+                f"{_f(lat.p99.median / floor.p99.median, 1)}×"
+                if floor is not None and floor.p99.n and floor.p99.median > 0
+                else "-"
+            )
+            tgt, st = "", ""
+            if k.removeprefix("send→") in ph.views:
+                total, missing = _reflected(ph, k.removeprefix("send→"))
+                ok = lat.p99.median <= TARGET_VIEW_P99_MS and missing == 0 and not ph.checks_failed
+                tgt, st = f"p99 ≤ {TARGET_VIEW_P99_MS:g} ms", _status(ok)
+            lines.append(
+                f"| {_PHASE_SHORT[key]} | {label} | {_p(lat, 'p50')} | {_p(lat, 'p99')} | {ratio}"
+                f" | {tgt} | {st} | {lat.p99.n} |"
+            )
+    lines += [
+        "",
+        "**The load, per phase** (medians over runs): the edit rate achieved in the measured window,"
+        " the load generator's lateness against its schedule (p99), the server's CPU (all threads),"
+        " deltas and view messages the subscriber received per second, rejected edits, and the content"
+        " checks (every view's final content against the expected state).",
+        "",
+        "| phase | edits/s | edits per run (plain) | generator lag p99 ms | server CPU (cores)"
+        " | deltas/s | view messages/s | errors | content checks | subscribe → snapshot s |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|---|",
+    ]
+    for key, ph in lr.phases.items():
+        if not ph.rate.n:
+            continue
+        ups = ", ".join(f"{n} {_f(s.median, 1)}" for n, s in ph.updates_per_s.items()) or "-"
+        errs = ", ".join(f"{k}: {n}" for k, n in ph.errors.items()) or "none"
+        checks = f"{ph.checks_ok} passed" + (f", {len(ph.checks_failed)} FAILED" if ph.checks_failed else "")
+        opened = ", ".join(f"{n} {_runs(s, 2)}" for n, s in ph.open_s.items()) or "-"
+        lines.append(
+            f"| {_PHASE_SHORT[key]} | {_n(ph.rate.median)}"
+            f" | {_n(ph.sent.median)} ({_n(ph.plain_sent.median)}) | {_ms(ph.lag_p99_ms.median)}"
+            f" | {_f(ph.cpu.median)} | {_f(ph.deltas_per_s.median, 1)} | {ups}"
+            f" | {errs} | {checks if ph.views else '-'} | {opened} |"
+        )
+    fails = [f for ph in lr.phases.values() for f in ph.checks_failed]
+    per_run = []
+    for key, ph in lr.phases.items():
+        for name in ph.views:
+            a, s = ph.lat.get(f"ack→{name}"), ph.lat.get(f"send→{name}")
+            if a is not None and s is not None:
+                per_run.append(
+                    f"{_PHASE_SHORT[key]} {name}: ack → view {_runs(a.p99, 2)}; send → view {_runs(s.p99, 1)}"
+                )
+    lines += [
+        "",
+        f"Per-run p99 (ms): {'; '.join(per_run) or '-'}. Server start (spawn → `/healthz`):"
+        f" {_runs(lr.start_s, 1)} s. Subscribe → snapshot: the first subscribe of a run (B's grouped"
+        " view) includes building the room's Perspective table; while a view opens, the server's event"
+        " loop does nothing else.",
+    ]
+    if fails:
+        lines += ["", "Content check failures: " + "; ".join(f"`{f}`" for f in fails[:10]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _views_memory_md(r: ViewsResult) -> str:
+    cfg, m = r.config, r.memory
+    start = m.steps.get(STEP_START)
+    if not m.arrow_bytes or start is None or not start.n:
+        return ""
+    lines = [
+        f"## 6. Server memory of a {m.rows:,}-row room with live views",
+        "",
+        "Resident set size of the `coframe serve` process (psutil, all threads). The data directory is"
+        " prepared by one earlier start, which commits the demo; each run restarts the server on it, so"
+        " no dataset is in memory until the room loads. Readings, in order: after start; after a raw"
+        " peer resumed into the room (`hello` with `since`: the room loads, no snapshot is encoded);"
+        " after a Python client joined (`connect()`: full snapshot, which the server caches per state);"
+        f" after each of {len(MEMORY_VIEWS)} `room.subscribe_view` calls (each returns with the view's"
+        " snapshot; the first builds the Perspective table). Each reading starts after"
+        f" {cfg.settle} round trips (`/healthz` before the client joins, `ping` after); RSS is then read"
+        f" between further round trips every {cfg.settle_every:g} s until it moved by at most"
+        f" {cfg.settle_mb:g} MB over {cfg.settle_window:g} s (at most {cfg.settle_max:g} s), and the"
+        " reading is the median of the last 3 reads: freed buffers (the join's, mostly) go back to the"
+        " OS a few seconds later. *Transient* = the first read − the settled reading. *Room*"
+        " = RSS − the RSS after start; ratio = room / the room frame's Arrow size (`frame_to_arrow` of"
+        f" the normalized demo frame, with `_rid`: {_f(m.arrow_bytes / 1e6, 1)} MB; without `_rid`"
+        f" {_f(m.arrow_bytes_raw / 1e6, 1)} MB). Median over {start.n} run(s).",
+        "",
+        "| reading | RSS MB | room MB | room / Arrow size | target | status | transient MB | settled after s"
+        " | runs |",
+        "|---|---:|---:|---:|---|---|---:|---:|---:|",
+    ]
+    labels = [STEP_START, STEP_ROOM, STEP_CLIENT] + [view_step(i) for i in range(1, len(MEMORY_VIEWS) + 1)]
+    for label in labels:
+        s = m.steps.get(label)
+        if s is None or not s.n:
+            continue
+        tgt, st = "", ""
+        if label == view_step(len(MEMORY_VIEWS)):
+            ratio = _mem_ratio(s, start, m.arrow_bytes)
+            tgt, st = f"≤ {TARGET_MEMORY_RATIO:g}×", _status(ratio <= TARGET_MEMORY_RATIO)
+        room = _mem_growth(s, start)
+        first, settled = m.first.get(label), m.settle_s.get(label)
+        transient = f"{max(0.0, _mem_growth(first, s) / 1e6):,.0f}" if first is not None and first.n else "-"
+        after = _f(settled.median, 1) if settled is not None and settled.n else "-"
+        lines.append(
+            f"| {label} | {_n(s.median / 1e6)} | {_n(room / 1e6) if label != STEP_START else ''}"
+            f" | {_f(room / m.arrow_bytes, 1) + '×' if label != STEP_START else ''} | {tgt} | {st}"
+            f" | {transient} | {after} | {s.n} |"
+        )
+    lines += [
+        "",
+        "Each view: its config, its total row count, subscribe → snapshot (the event loop is busy"
+        " opening it), and the RSS it added (median over runs of the difference to the reading"
+        " before it).",
+        "",
+        "| # | view | rows | subscribe → snapshot s | RSS added MB |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    prev = m.steps.get(STEP_CLIENT)
+    for i, (label, _kw) in enumerate(MEMORY_VIEWS, 1):
+        s = m.steps.get(view_step(i))
+        o = m.view_open_s.get(label)
+        if s is None or prev is None or not s.n:
+            continue
+        added = _mem_growth(s, prev)
+        note = " (builds the table)" if i == 1 else ""
+        lines.append(
+            f"| {i} | {label}{note} | {m.view_rows.get(label, 0):,} | {_f(o.median, 2) if o else '-'}"
+            f" | {_n(added / 1e6)} |"
+        )
+        prev = s
+    per_run = "; ".join(
+        f"{label.split(' (')[0]}: {_runs(m.steps[label], 0, 1e-6)}"
+        for label in (STEP_START, STEP_CLIENT, view_step(1), view_step(len(MEMORY_VIEWS)))
+        if label in m.steps
+    )
+    lines += ["", f"Per-run RSS (MB): {per_run}."]
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- section files and RESULTS.md
 
 
@@ -746,6 +1057,9 @@ def _sections(rep: Report) -> list[Section]:
         elif group == "storage" and rep.storage is not None:
             sec.summary = [_verdict_row(v) for v in storage_verdicts(rep.storage)]
             sec.bodies = [("4", _storage_md(rep.storage))]
+        elif group == "views" and rep.views is not None:
+            sec.summary = [_verdict_row(v) for v in views_verdicts(rep.views)]
+            sec.bodies = [("5", _views_latency_md(rep.views)), ("6", _views_memory_md(rep.views))]
         sec.profiles = [p.markdown() for k, p in rep.profiles.items() if k.startswith(group)]
         sec.notes = list(rep.notes.get(group, []))
         out.append(sec)

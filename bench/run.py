@@ -1,6 +1,6 @@
-"""Entry point: ``python -m bench.run [--quick] [--only fanout|sustained|storage] [--no-profile]``.
+"""Entry point: ``python -m bench.run [--quick] [--only fanout|sustained|storage|views] [--no-profile]``.
 
-Runs the benchmarks of DESIGN.md "Performance targets", in three groups:
+Runs the benchmarks of DESIGN.md "Performance targets", in four groups:
 
 * ``fanout`` (issue 2): 1. fan-out latency, 1 writer → N readers, and
   3. server CPU per delivered message (:mod:`bench.fanout`);
@@ -8,7 +8,10 @@ Runs the benchmarks of DESIGN.md "Performance targets", in three groups:
   (:mod:`bench.sustained`);
 * ``storage`` (issue 3): commit of a 1-cell change, join of a 1M-row room,
   recovery of 100k WAL entries, and throughput with the WAL on vs off
-  (:mod:`bench.storage`).
+  (:mod:`bench.storage`);
+* ``views`` (issue 4): live Perspective views of a 1M-row room under 1k
+  edits/s (latency to the subscriber), and the server's memory with the
+  room's table and 10 views (:mod:`bench.views`).
 
 Each server runs in its own subprocess on 127.0.0.1 and is killed on exit;
 the load generator runs here. The issue-2 groups run coframe with
@@ -17,7 +20,7 @@ group measures the WAL's cost itself. For every missed target a py-spy
 profile of the server is taken under the same load. Each group writes its
 section file ``bench/results/<group>.md``, and ``bench/RESULTS.md`` is
 assembled from all of them, so ``--only storage`` keeps the issue-2 figures.
-The full run takes about 14 minutes on 2 cores; ``--quick`` is a shorter
+The full run takes about 19 minutes on 2 cores; ``--quick`` is a shorter
 smoke run.
 """
 
@@ -58,6 +61,7 @@ from .report import (
 )
 from .storage import StorageBench, StorageConfig, raw_join
 from .sustained import SustainedConfig, Swarm, run_sustained
+from .views import PHASES, ViewLoad, ViewsBench, ViewsConfig, missed_phases
 
 __all__ = ["main"]
 
@@ -78,6 +82,14 @@ def _configs(quick: bool) -> tuple[FanoutConfig, SustainedConfig, StorageConfig,
             4,
         )
     return FanoutConfig(), SustainedConfig(), StorageConfig(), 8
+
+
+def _views_config(quick: bool) -> ViewsConfig:
+    if quick:
+        return ViewsConfig(
+            runs=1, rows=200_000, warmup=0.5, measure=3.0, mem_runs=1, mem_rows=200_000, profile_s=3
+        )
+    return ViewsConfig()
 
 
 def _memory_argv(port: int, rows: int) -> list[str]:
@@ -271,6 +283,57 @@ def _raw_joins(url: str):  # -> Workload
     return work
 
 
+async def _views(rep: Report, cfg: ViewsConfig, profile_s: int) -> None:
+    """The views group: latency (with profiles of the missed phases), then memory; each part runs."""
+    bench = ViewsBench(cfg, log)
+    rep.views = bench.result
+    prof_s = min(profile_s, cfg.profile_s) if profile_s else 0
+    failures: list[str] = []
+
+    async def part(what: str, fn: Callable[[], Awaitable[None]]) -> None:
+        log(f"views: {what}")
+        try:
+            await fn()
+        except Exception as e:
+            log(f"views: {what} FAILED: {e!r}")
+            traceback.print_exc()
+            failures.append(what)
+            rep.note("views", f"`{what}` failed: `{e!r}` (see the run's output)")
+
+    async def latency() -> None:
+        live = await bench.latency()
+        try:
+            for key in missed_phases(bench.result) if prof_s else []:
+                phase = next(p for p in PHASES if p.key == key)
+                log(f"views: a target of phase {phase.label!r} was missed; profiling coframe under its load")
+                await live.load.use(phase)
+                rep.profiles[f"views_{key}"] = await profile_while(
+                    f"views_{key}", live.server.pid, _view_churn(live.load, phase.plain), prof_s
+                )
+        finally:
+            live.load.close()
+            bench.retire(live.server)
+
+    try:
+        await part("5. view latency under 1k edits/s", latency)
+        await part("6. memory with the table and 10 views", bench.memory)
+    finally:
+        bench.close()
+        for name, lines in bench.problems:
+            _note_problems(rep, "views", name, lines)
+        for n in bench.result.notes:
+            rep.note("views", n)
+    if failures:
+        raise RuntimeError(f"{len(failures)} views part(s) failed: {'; '.join(failures)}")
+
+
+def _view_churn(load: ViewLoad, plain: str):  # -> Workload
+    async def work(stop: asyncio.Event) -> None:
+        await load.churn(stop, plain)
+
+    return work
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -291,9 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
     fan_cfg, sus_cfg, sto_cfg, profile_s = _configs(args.quick)
+    view_cfg = _views_config(args.quick)
     if args.runs is not None:
         fan_cfg, sus_cfg = replace(fan_cfg, runs=args.runs), replace(sus_cfg, runs=args.runs)
         sto_cfg = replace(sto_cfg, runs=args.runs)
+        view_cfg = replace(view_cfg, runs=args.runs, mem_runs=args.runs)
     if args.no_profile:
         profile_s = 0
     if args.no_pycrdt:
@@ -309,7 +374,12 @@ def main(argv: list[str] | None = None) -> int:
             if old.suffix in (".svg", ".txt") and old.name.startswith(tuple(only)):
                 old.unlink()
     failed = False
-    steps = [("fanout", _fanout, fan_cfg), ("sustained", _sustained, sus_cfg), ("storage", _storage, sto_cfg)]
+    steps = [
+        ("fanout", _fanout, fan_cfg),
+        ("sustained", _sustained, sus_cfg),
+        ("storage", _storage, sto_cfg),
+        ("views", _views, view_cfg),
+    ]
     for name, fn, cfg in steps:
         if name not in only:
             continue

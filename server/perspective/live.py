@@ -34,7 +34,7 @@ from protocol import Delta, Error, ErrorCode, Subscribe, Unsubscribe, View, enco
 from ..ops.state import State
 from .config import ViewConfigError, check_columns, for_perspective, remap
 from .payload import read_view
-from .tables import RoomTables, RoomView
+from .tables import RoomTables, RoomView, release_memory
 
 if TYPE_CHECKING:
     from ..rooms.session import Session
@@ -120,7 +120,7 @@ class RoomViews:
             while True:
                 state, seq = self._current()
                 self._pending, self._restart = [], False
-                await asyncio.to_thread(tables.open, self.name, state)
+                await asyncio.to_thread(_open_and_trim, tables, self.name, state)
                 self.builds += 1
                 if self._closed or not self._restart:
                     break
@@ -374,6 +374,12 @@ class RoomViews:
             self._forget(sub)
         if self.tables is not None:
             self.tables.close_all()
+            release_memory()
+
+
+def _open_and_trim(tables: RoomTables, name: str, state: State) -> None:
+    tables.open(name, state)
+    release_memory()
 
 
 def _zones(schema: Any) -> dict[str, str]:

@@ -24,6 +24,7 @@ Perspective 5.5.1 facts this relies on (checked on this machine):
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import perspective
@@ -33,10 +34,29 @@ import pyarrow as pa
 from protocol import Delta
 
 from ..ops.state import State
-from ..rooms.deltas import frame_to_arrow
 from .types import RID, to_perspective
 
-__all__ = ["RoomTables", "RoomView", "read_arrow"]
+__all__ = ["RoomTables", "RoomView", "read_arrow", "release_memory"]
+
+
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Give freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Building a 1M-row table leaves about 200 MB of freed conversion buffers
+    in the allocator's arenas; without this the process keeps them.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def read_arrow(ipc: bytes) -> pl.DataFrame:
@@ -144,6 +164,8 @@ class RoomTables:
         """
         if room in self._tables:
             raise ValueError(f"room '{room}' already has a Perspective table; close or rebuild it")
+        from ..rooms.deltas import frame_to_arrow  # here: server.rooms imports this package
+
         data = to_perspective(frame_to_arrow(state.frame))
         table = self.client.table(data, index=RID, name=room)
         self._tables[room] = table
