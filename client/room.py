@@ -64,11 +64,14 @@ from protocol import (
 )
 
 from .mirror import Mirror
+from .streams import EventStream
 from .views import LiveView
 
 __all__ = ["connect", "Room", "OpRejected", "ConnectionClosed", "DeltaEvent", "DeltaStream"]
 
 log = logging.getLogger("coframe.client")
+
+_RESUBSCRIBE = "resubscribe:"  # request id prefix of the subscribes sent again after a reconnect
 
 
 class OpRejected(Exception):
@@ -302,6 +305,10 @@ class Room:
             fut_v = self._requests.pop(msg.re, None) if isinstance(msg.re, int) else None
             if fut_v is not None and not fut_v.done():
                 fut_v.set_result(msg)
+        elif isinstance(msg, Error) and isinstance(msg.re, str) and msg.re.startswith(_RESUBSCRIBE):
+            view = self._views.pop(msg.re.removeprefix(_RESUBSCRIBE), None)
+            if view is not None:  # e.g. a column it uses was renamed or dropped meanwhile
+                view._end(f"could not subscribe again after a reconnect: {msg.code}: {msg.message}")
         elif isinstance(msg, Error) and isinstance(msg.re, int) and msg.re in self._requests:
             fut_e = self._requests.pop(msg.re)
             if not fut_e.done():
@@ -342,7 +349,7 @@ class Room:
         if ws is not None and w.reason != "resync":
             # A new connection has no views: open the live ones again (their snapshots follow).
             resend += [
-                encode(Subscribe(v.name, v.config, v.viewport), binary=True)
+                encode(Subscribe(v.name, v.config, v.viewport, id=_RESUBSCRIBE + v.name), binary=True)
                 for v in self._views.values()
                 if v.seq >= 0
             ]
@@ -582,39 +589,11 @@ class Room:
         the first iteration is missed. Past ``maxsize`` unread events the
         oldest are dropped and ``stream.dropped`` counts them.
         """
-        stream = DeltaStream(self, maxsize)
-        self._subscribers.append(stream)
-        return stream
+        return DeltaStream(self._subscribers, maxsize)
 
 
-class DeltaStream:
+class DeltaStream(EventStream[DeltaEvent]):
     """An async iterator of :class:`DeltaEvent`; ``close()`` unsubscribes."""
-
-    def __init__(self, room: Room, maxsize: int) -> None:
-        self._room = room
-        self._queue: asyncio.Queue[DeltaEvent | None] = asyncio.Queue()
-        self._maxsize = maxsize
-        self.dropped = 0
-
-    def put(self, ev: DeltaEvent | None) -> None:
-        if ev is not None and self._queue.qsize() >= self._maxsize:
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(ev)
-
-    def __aiter__(self) -> DeltaStream:
-        return self
-
-    async def __anext__(self) -> DeltaEvent:
-        ev = await self._queue.get()
-        if ev is None:
-            self.close()
-            raise StopAsyncIteration
-        return ev
-
-    def close(self) -> None:
-        if self in self._room._subscribers:
-            self._room._subscribers.remove(self)
 
 
 def connect(

@@ -19,6 +19,8 @@ import polars as pl
 
 from protocol import View
 
+from .streams import EventStream
+
 __all__ = ["LiveView", "ViewEvent", "ViewStream"]
 
 
@@ -89,8 +91,7 @@ class LiveView:
         the oldest are dropped (``stream.dropped`` counts them); the frame
         itself is always current.
         """
-        stream = ViewStream(self, maxsize)
-        self._streams.append(stream)
+        stream = ViewStream(self._streams, maxsize)
         if self.closed:
             stream.put(None)
         return stream
@@ -114,31 +115,5 @@ class LiveView:
             self._end("unsubscribed")
 
 
-class ViewStream:
-    """An async iterator of :class:`ViewEvent`; ``close()`` stops it."""
-
-    def __init__(self, view: LiveView, maxsize: int) -> None:
-        self._view = view
-        self._queue: asyncio.Queue[ViewEvent | None] = asyncio.Queue()
-        self._maxsize = maxsize
-        self.dropped = 0
-
-    def put(self, ev: ViewEvent | None) -> None:
-        if ev is not None and self._queue.qsize() >= self._maxsize:
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(ev)
-
-    def __aiter__(self) -> ViewStream:
-        return self
-
-    async def __anext__(self) -> ViewEvent:
-        ev = await self._queue.get()
-        if ev is None:
-            self.close()
-            raise StopAsyncIteration
-        return ev
-
-    def close(self) -> None:
-        if self in self._view._streams:
-            self._view._streams.remove(self)
+class ViewStream(EventStream[ViewEvent]):
+    """An async iterator of :class:`ViewEvent`; ends when the view closes; ``close()`` stops it."""

@@ -339,3 +339,14 @@ async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
     got = dict(zip(snap.data["region"].to_pylist(), snap.data["qty"].to_pylist(), strict=True))
     assert got == dict(want.iter_rows())
     await room.close()
+
+
+async def test_a_view_that_cannot_be_resubscribed_after_a_reconnect_is_closed(make_server: Any) -> None:
+    async with make_server(frames={"sales": small_frame(10)}) as srv, connect(srv.url, "sales") as room:
+        view = await room.subscribe_view(columns=["price"])
+        await room.rename_column("price", "amount")  # the server follows it; the client's config is stale
+        await view.wait_for(lambda f: "amount" in f.columns)
+        await room.drop_connection()
+        with pytest.raises(RuntimeError, match="could not subscribe again.*no_such_column"):
+            await view.wait_for(lambda f: False)
+        assert view.closed
