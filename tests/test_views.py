@@ -310,6 +310,17 @@ class GatedTransport(FakeTransport):
         await super().send(data)
 
 
+async def _sent_until(t: FakeTransport, done: Any) -> list[Any]:
+    """The messages sent to ``t`` once ``done(messages)`` holds (waits on each send, bounded)."""
+    async with asyncio.timeout(timeout(10)):
+        while True:
+            msgs = [decode_server(d) for d in t.sent]
+            if done(msgs):
+                return msgs
+            t.arrived.clear()
+            await t.arrived.wait()
+
+
 async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
     limits = SessionLimits(max_messages=4, stall_timeout=3600)
     df, catalog = normalize_frame(small_frame(30))
@@ -318,8 +329,11 @@ async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
     t = GatedTransport()
     s = room.join(Hello("slow"), t, binary=True)
     room.submit(s, Subscribe("g", dict(SUM), id=1))
-    # The subscribe task awaited the build first, so it opens its view before this returns.
+    # Perspective jobs run one at a time, in order: once this no-op ran, the
+    # subscribe (queued first) has opened its view.
     await asyncio.wait_for(room.views.ensure(), timeout(10))
+    await asyncio.wait_for(room.views.call(lambda: None), timeout(10))
+    assert next(iter(room.views.subs.values())).view is not None
     for i in range(5):  # the stalled session overflows: deltas and view updates are dropped
         sets = tuple(SetCells((j,), "qty", (100 * i + j,)) for j in range(8))
         room.submit(s, OpBatch(i + 1, 0, sets, id=100 + i))  # (acks are kept: 5 + 1 < 2 x 4)
@@ -329,12 +343,17 @@ async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
     t.gate.set()  # it reads again: a resync welcome, then a fresh snapshot of each view
     await asyncio.wait_for(t.next_of("welcome"), timeout(10))
     msgs = [decode_server(d) for d in t.sent]
-    while not any(m.type == "view" and m.re is None for m in msgs):
-        await asyncio.wait_for(t.next_of("view"), timeout(10))
-        msgs = [decode_server(d) for d in t.sent]
+
+    def resent(m: Any) -> bool:
+        return m.type == "view" and m.kind == "snapshot" and m.re is None
+
+    msgs = await _sent_until(t, lambda msgs: any(resent(m) for m in msgs))
     resync = next(i for i, m in enumerate(msgs) if m.type == "welcome" and m.reason == "resync")
-    at, snap = next((i, m) for i, m in enumerate(msgs) if m.type == "view" and m.re is None)
-    assert snap.kind == "snapshot" and snap.seq == 5 and at > resync
+    at = next(i for i, m in enumerate(msgs) if resent(m))
+    assert at > resync
+    # The views follow the room a little behind it (their own thread): updates up to seq 5 follow.
+    msgs = await _sent_until(t, lambda msgs: any(m.type == "view" and m.seq == 5 for m in msgs[resync:]))
+    snap = next(m for m in msgs[resync:] if m.type == "view" and m.seq == 5)
     want = room.state.frame.group_by("region").agg(pl.col("qty").sum())
     got = dict(zip(snap.data["region"].to_pylist(), snap.data["qty"].to_pylist(), strict=True))
     assert got == dict(want.iter_rows())

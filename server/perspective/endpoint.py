@@ -17,14 +17,17 @@ differences:
 
 The room's Perspective server is created with ``on_poll_request``, so
 nothing is processed until someone polls: after each forwarded request we
-call ``tables.poll()`` (a no-op unless Perspective asked for it). All
-Perspective calls happen on the event loop thread.
+call ``tables.poll()`` (a no-op unless Perspective asked for it). Every
+Perspective call goes through ``room.views.call``: one at a time, in a worker
+thread (see :mod:`.live`); Perspective's replies come back to the loop with
+``call_soon_threadsafe``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -37,6 +40,7 @@ from .readonly import Gate, WireError, error_response
 if TYPE_CHECKING:
     from ..rooms import Registry
     from ..settings import Settings
+    from .live import RoomViews
     from .tables import RoomTables
 
 __all__ = ["perspective_endpoint", "ReplyQueue"]
@@ -65,15 +69,19 @@ class ReplyQueue:
         self.session: Any = None  # the Perspective session these replies belong to
         self._items: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    def reset(self, reason: str) -> None:
-        """The room's table is being rebuilt: drop this session's views now, then close 1012."""
+    def reset(self, reason: str) -> Callable[[], None] | None:
+        """The room's table is being rebuilt (or the room unloads): close 1012.
+
+        Returns the session's ``close`` (it deletes the session's views, so
+        the table can be deleted), for the room to run in its Perspective
+        thread before the table goes.
+        """
         if self.closing is not None:
-            return
+            return None
         self.closing = reason
-        if self.session is not None:
-            self.session.close()  # deletes its views, so the table can be deleted
-            self.session = None
+        session, self.session = self.session, None
         self._items.put_nowait(None)
+        return None if session is None else session.close
 
     def push(self, data: bytes) -> None:
         if self.overflow is not None:
@@ -126,15 +134,26 @@ async def perspective_endpoint(ws: WebSocket) -> None:
         await ws.close(CloseCode.INTERNAL, f"cannot show {room.name}: {e}"[:120])
         return
     try:
-        await _serve(ws, tables, Gate(room.views.name), settings, replies)
+        await _serve(ws, room.views, tables, Gate(room.views.name), settings, replies)
     finally:
         room.views.detach(replies.reset)
 
 
+def _handle(session: Any, tables: RoomTables, data: bytes) -> None:
+    """One forwarded request, in the room's Perspective thread; then poll if Perspective asked."""
+    session.handle_request(data)
+    tables.poll()
+
+
 async def _serve(
-    ws: WebSocket, tables: RoomTables, gate: Gate, settings: Settings, replies: ReplyQueue
+    ws: WebSocket, views: RoomViews, tables: RoomTables, gate: Gate, settings: Settings, replies: ReplyQueue
 ) -> None:
-    session = tables.server.new_session(replies.push)
+    loop = asyncio.get_running_loop()
+
+    def push(data: bytes) -> None:  # Perspective calls it in the room's Perspective thread
+        loop.call_soon_threadsafe(replies.push, bytes(data))
+
+    session = await views.call(tables.server.new_session, push)
     replies.session = session
     writer = asyncio.get_running_loop().create_task(replies.run(ws), name="dashboard-writer")
     try:
@@ -156,10 +175,9 @@ async def _serve(
                 return
             if decision.allowed:
                 try:
-                    session.handle_request(data)
+                    await views.call(_handle, session, tables, data)
                 except Exception as e:  # a malformed request body Perspective could not read
                     replies.push(error_response(decision, f"Perspective could not handle the request: {e}"))
-                tables.poll()
             else:
                 log.info("dashboard request refused: %s", decision.reason)
                 replies.push(error_response(decision))
@@ -168,8 +186,9 @@ async def _serve(
         return
     finally:
         if replies.session is not None:
-            replies.session.close()  # deletes this session's views and callbacks
-            replies.session = None
+            closing, replies.session = replies.session, None
+            # Deletes this session's views and callbacks; shielded, so it happens even on cancel.
+            await asyncio.shield(views.call(closing.close))
         writer.cancel()
         try:
             await writer

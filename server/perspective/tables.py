@@ -173,7 +173,7 @@ class RoomTables:
         self.poll()
         return table
 
-    def apply_delta(self, room: str, delta: Delta, state: State | None = None) -> None:
+    def apply_delta(self, room: str, delta: Delta, state: State | None = None, *, poll: bool = True) -> None:
         """Apply one tick's delta: removes, then the update, then one poll.
 
         A delta with ``schema`` set (add/drop/rename/cast column) cannot be
@@ -196,7 +196,8 @@ class RoomTables:
             table.remove(list(delta.deleted))
         if delta.upserts is not None and delta.upserts.num_rows:
             table.update(to_perspective(delta.upserts))
-        self.poll()
+        if poll:
+            self.poll()
 
     def rebuild(self, room: str, state: State) -> Any:
         """Replace the room's table (same name) with one built from ``state``.

@@ -285,7 +285,7 @@ class Room:
         elif isinstance(msg, Subscribe):
             self._spawn(self.views.subscribe(session, msg))
         elif isinstance(msg, Unsubscribe):
-            self.views.unsubscribe(session, msg)
+            self._spawn(self.views.unsubscribe(session, msg))
         elif isinstance(msg, Commit):
             if self.durable is None:
                 why = "this room is read-only" if self.read_only else "this server runs without storage"
