@@ -21,8 +21,8 @@ UInt32                                 int64
 UInt64                                 float64 (exact below 2**53 only)
 Float32 / Float64 (and float16)        float64
 Boolean                                bool (never usable as an index)
-String (string, large_string,          string (utf8)
-string_view, dictionary<string>)
+String (string, large_string,          large_string (64-bit offsets: no 2 GB
+string_view, dictionary<string>)       limit per column)
 Date (date32 / date64)                 date32
 Datetime (naive, any unit)             timestamp[ms] (sub-ms precision lost)
 Datetime[tz]                           timestamp[ms], naive, in UTC
@@ -73,11 +73,11 @@ def perspective_type(name: str, typ: pa.DataType) -> pa.DataType:
     if pa.types.is_floating(typ):
         return pa.float64()
     if pa.types.is_string(typ) or pa.types.is_large_string(typ) or typ == pa.string_view():
-        return pa.string()
+        return pa.large_string()
     if pa.types.is_dictionary(typ) and (
         pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)
     ):
-        return pa.string()
+        return pa.large_string()
     if pa.types.is_date(typ):
         return pa.date32()
     if pa.types.is_timestamp(typ):
