@@ -87,7 +87,7 @@ class SqliteCatalog:
     def _connect(self) -> int:
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._journal_mode_wal(conn)
             if mode not in ("wal", "memory"):
                 raise StorageError(
                     f"SQLite catalog {self.path} cannot use journal_mode=WAL (got {mode!r}); "
@@ -101,6 +101,25 @@ class SqliteCatalog:
             raise
         self._conn = conn
         return version
+
+    def _journal_mode_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode=WAL``, retried while another connection holds the file.
+
+        Switching the journal mode of a fresh file can fail with "database is
+        locked" at once, without SQLite's busy handler, when several
+        processes open it together; so it is retried here, up to
+        ``busy_timeout``.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)  # backoff between retries (runtime behaviour, in the catalog's own thread)
+            delay = min(delay * 2, 0.2)
 
     async def close(self) -> None:
         """Close the connection and stop the worker thread (a second call is a no-op)."""
