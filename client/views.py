@@ -64,6 +64,8 @@ class LiveView:
         if msg.kind == "closed":
             self._end(msg.reason)
             return
+        if msg.config is not None:
+            self.config = msg.config  # the server follows renames; resubscribe with its names
         if msg.data is not None:
             frame = pl.from_arrow(msg.data)
             assert isinstance(frame, pl.DataFrame)

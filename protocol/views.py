@@ -171,6 +171,8 @@ class View:
     survive a schema change: ``reason`` says why). ``data`` is the whole
     result of a grouped view, or the viewport of a plain one; ``rows`` is
     the view's total row count. ``seq`` is the room seq the content reflects.
+    A ``snapshot`` carries the view's ``config`` as the server holds it
+    (after a rename, with the new column names).
     """
 
     view: str
@@ -180,6 +182,7 @@ class View:
     rows: int = 0
     reason: str | None = None
     re: int | str | None = None
+    config: dict[str, Any] | None = None  # on snapshots: the config as the server now holds it
     type: ClassVar[str] = "view"
 
     @classmethod
@@ -196,6 +199,7 @@ class View:
             f.opt_int(d, "rows", "rows") or 0,
             f.opt_str(d, "reason", "reason"),
             f.req_id(d, "re"),
+            None if d.get("config") is None else check_view_config(d["config"]),
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -208,4 +212,5 @@ class View:
             "rows": self.rows,
             "data": self.data,
             "reason": self.reason,
+            "config": self.config,
         }

@@ -382,6 +382,8 @@ def message_fields(binary: bool) -> dict[str, dict[str, st.SearchStrategy[Any]]]
             "rows": seq,
             "reason": NAMES,
             "re": ids,
+            "config": st.fixed_dictionaries({}, optional={"columns": st.lists(NAMES, max_size=2)})
+            | objects(binary),
         },
         "result": {
             "kind": NAMES,

@@ -360,11 +360,26 @@ async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
     await room.close()
 
 
+async def test_a_view_follows_a_rename_across_a_reconnect(make_server: Any) -> None:
+    async with make_server(frames={"sales": small_frame(10)}) as srv, connect(srv.url, "sales") as room:
+        view = await room.subscribe_view(columns=["price"], sort=[["price", "desc"]])
+        await room.rename_column("price", "amount")  # the snapshot after it carries the new config
+        await view.wait_for(lambda f: "amount" in f.columns)
+        assert view.config == {"columns": ["amount"], "sort": [["amount", "desc"]]}
+        await room.drop_connection()  # resubscribes with the server's names
+        ack = await room.set_cells([0], "amount", [1e6])
+        frame = await view.wait_for(lambda f: view.seq >= ack.seq)
+        assert not view.closed and frame["amount"][0] == 1e6
+
+
 async def test_a_view_that_cannot_be_resubscribed_after_a_reconnect_is_closed(make_server: Any) -> None:
     async with make_server(frames={"sales": small_frame(10)}) as srv, connect(srv.url, "sales") as room:
         view = await room.subscribe_view(columns=["price"])
-        await room.rename_column("price", "amount")  # the server follows it; the client's config is stale
-        await view.wait_for(lambda f: "amount" in f.columns)
+        updates = view.updates()
+        await room.drop_connection()
+        again = await asyncio.wait_for(anext(updates), timeout(10))  # resubscribed: a fresh snapshot
+        assert again.kind == "snapshot"
+        view.config = {"columns": ["ghost"]}  # as if a column had gone while the client was away
         await room.drop_connection()
         with pytest.raises(RuntimeError, match="could not subscribe again.*no_such_column"):
             await view.wait_for(lambda f: False)

@@ -326,7 +326,8 @@ class RoomViews:
             return
         sub.last = table
         sub.sent += 1
-        msg = View(sub.name, kind, self.seq, table, rows, re=re)
+        config = sub.config if kind == "snapshot" else None
+        msg = View(sub.name, kind, self.seq, table, rows, re=re, config=config)
         sub.session.push(encode(msg, binary=sub.session.binary), droppable=kind == "update")
 
     def _close_sub(self, sub: Subscription, reason: str) -> None:
