@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
@@ -63,7 +63,7 @@ class Subscription:
     view: RoomView | None = None
     last: pa.Table | None = None  # the content last sent, to skip unchanged updates
     closing: str | None = None  # why the view cannot survive the last schema change
-    sent: int = field(default=0)
+    sent: int = 0  # messages sent for it; 0 while its first subscribe is still waiting
 
     @property
     def key(self) -> tuple[str, str]:
@@ -164,7 +164,11 @@ class RoomViews:
         if self._building:
             self.caught_up += 1
         self._incoming.append(delta)
-        if self._pump is None:
+        self._kick()
+
+    def _kick(self) -> None:
+        """Start the pump that applies queued deltas, unless it is running."""
+        if self._pump is None and self._incoming and not self._closed:
             self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name=f"views:{self.name}")
 
     async def _run_pump(self) -> None:
@@ -176,8 +180,7 @@ class RoomViews:
             log.exception("views of room %s failed to follow its deltas", self.name)
         finally:
             self._pump = None
-            if self._incoming and not self._closed:  # arrived after the loop's last check
-                self.on_delta(self._incoming.pop())
+            self._kick()  # after a failure, deltas that came in meanwhile still get applied
 
     async def _pump_once(self) -> None:
         batch = [d for d in self._incoming if d.seq_to > self.seq]
@@ -400,8 +403,9 @@ class RoomViews:
 
 
 def _rebuild(tables: RoomTables, name: str, state: State, closers: list[Callable[[], None]]) -> None:
-    _drop(tables, name, closers)
-    tables.open(name, state)
+    for close in closers:
+        close()
+    tables.rebuild(name, state)
     release_memory()
 
 
