@@ -61,6 +61,7 @@ class CloseCode:
     TOO_BIG = 1009  # frame over the transport limit
     INTERNAL = 1011
     RELOADING = 1012  # the room reloaded (revert) or its Perspective table was rebuilt: reconnect
+    REPLACED = 4001  # a newer connection of the same client replaced this one
     NO_SUCH_DATASET = 4004
     SLOW_CONSUMER = 4008  # fell behind and stayed behind
 

@@ -18,6 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from .api import routes as api_routes
 from .demo import demo_sales
 from .io import load_file
+from .perspective.live import RoomViews
 from .perspective.web import routes as dashboard_routes
 from .rooms import Registry, RoomConfig, SessionLimits
 from .settings import Settings
@@ -45,7 +46,7 @@ def room_config(settings: Settings) -> RoomConfig:
 
 def build_registry(settings: Settings) -> Registry:
     """An in-memory registry (no storage) with the demo and ``--dataset`` files."""
-    registry = Registry(room_config(settings), idle_unload=settings.idle_unload)
+    registry = Registry(room_config(settings), idle_unload=settings.idle_unload, views=RoomViews)
     if settings.demo:
         registry.add_frame("sales", demo_sales(settings.demo_rows))
     for name, path in settings.datasets:
@@ -57,7 +58,9 @@ async def open_registry(settings: Settings) -> Registry:
     """A registry on durable storage; the demo and ``--dataset`` files are
     committed on first start (an existing dataset of that name is kept)."""
     storage = await Storage.open(Path(settings.data_dir or "data"), settings.catalog)
-    registry = Registry(room_config(settings), idle_unload=settings.idle_unload, storage=storage)
+    registry = Registry(
+        room_config(settings), idle_unload=settings.idle_unload, storage=storage, views=RoomViews
+    )
     try:
         existing = set(await registry.names())
         wanted = [("sales", None)] if settings.demo else []

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import server.rooms.room as room_module
+import server.rooms.tick as room_module
 from client import connect
 from protocol import AddColumn, CastColumn, Delete, FillNull, Insert, SetCells
 from server.rooms.core import is_heavy

@@ -18,6 +18,7 @@ from client import OpRejected, connect
 from protocol import Hello, OpBatch, SetCells, Subscribe, Unsubscribe, View, decode_server
 from server.ops import normalize_frame
 from server.ops.state import State
+from server.perspective.live import RoomViews
 from server.rooms import Room, RoomConfig, SessionLimits
 from tests.conftest import small_frame, timeout
 from tests.test_room_inprocess import FakeTransport
@@ -215,7 +216,7 @@ async def test_view_on_a_zoned_timestamp_keeps_its_zone(make_server: Any) -> Non
 
 def _make_room(i: int, frame: pl.DataFrame) -> Room:
     df, catalog = normalize_frame(frame)
-    room = Room(f"leak{i}", "main", State(df, catalog, df.height))
+    room = Room(f"leak{i}", "main", State(df, catalog, df.height), views=RoomViews)
     room.start()
     return room
 
@@ -324,7 +325,9 @@ async def _sent_until(t: FakeTransport, done: Any) -> list[Any]:
 async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
     limits = SessionLimits(max_messages=4, stall_timeout=3600)
     df, catalog = normalize_frame(small_frame(30))
-    room = Room("sales", "main", State(df, catalog, df.height), config=RoomConfig(session=limits))
+    room = Room(
+        "sales", "main", State(df, catalog, df.height), config=RoomConfig(session=limits), views=RoomViews
+    )
     room.start()
     t = GatedTransport()
     s = room.join(Hello("slow"), t, binary=True)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
-from protocol import Delta, Error, ErrorCode, Subscribe, Unsubscribe, View, encode
+from protocol import Delta, Error, ErrorCode, Subscribe, Unsubscribe, View
 
 from ..ops.state import State
 from .config import ViewConfigError, check_columns, for_perspective, remap
@@ -77,9 +77,11 @@ class RoomViews:
         self,
         name: str,
         current: Callable[[], tuple[State, int]],
-        on_idle: Callable[[], None] | None = None,
+        on_idle: Callable[[], None] | None,
+        send: Callable[[Any, Any, bool], None],
     ) -> None:
         self.name = name  # also the Perspective table's name, e.g. "sales/main"
+        self._send = send  # the room's outbound choke point: (session, message, droppable)
         self._current = current  # the room's published (state, seq)
         self._on_idle = on_idle
         self.tables: RoomTables | None = None  # one Perspective Server per room, made on first need
@@ -331,7 +333,7 @@ class RoomViews:
         sub.sent += 1
         config = sub.config if kind == "snapshot" else None
         msg = View(sub.name, kind, self.seq, table, rows, re=re, config=config)
-        sub.session.push(encode(msg, binary=sub.session.binary), droppable=kind == "update")
+        self._send(sub.session, msg, kind == "update")
 
     def _close_sub(self, sub: Subscription, reason: str) -> None:
         self._spawn(self._forget(sub))
@@ -350,7 +352,7 @@ class RoomViews:
                 self._close_sub(sub, reason)
 
     def _reply(self, session: Session, msg: Any) -> None:
-        session.push(encode(msg, binary=session.binary))
+        self._send(session, msg, False)
 
     # ---------------------------------------------------------------- dashboards
 

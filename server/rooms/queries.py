@@ -7,7 +7,7 @@ Queries never touch the frame: they read the room's published state (for
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
@@ -18,12 +18,25 @@ from ..storage.diff import diff_states
 from ..storage.types import NotFound
 
 if TYPE_CHECKING:
-    from .room import Room
+    from ..storage.service import BranchHandle
 
-__all__ = ["answer"]
+__all__ = ["answer", "Source"]
 
 
-async def _version(room: Room, ref: str) -> State:
+class Source(Protocol):
+    """What a query reads: the room's published state and its branch (a Room satisfies it)."""
+
+    @property
+    def dataset(self) -> str: ...
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def durable(self) -> BranchHandle | None: ...
+
+
+async def _version(room: Source, ref: str) -> State:
     if ref == "live":
         return room.state
     if room.durable is None:
@@ -47,7 +60,7 @@ def _log_rows(manifests: list[Any]) -> list[dict[str, Any]]:
     ]
 
 
-async def answer(room: Room, q: Query) -> Result | Error:
+async def answer(room: Source, q: Query) -> Result | Error:
     """The ``result`` for ``q``, or an ``error`` naming what was not found."""
     try:
         if q.kind == "log":

@@ -19,6 +19,7 @@ from protocol import CloseCode, ErrorCode
 
 from ..ops import normalize_frame
 from ..ops.state import OpError, State
+from .listeners import ViewsFactory
 from .recovery import recover
 from .room import Room, RoomConfig
 
@@ -59,9 +60,15 @@ class Registry:
     """Datasets known to this node and the rooms open on them."""
 
     def __init__(
-        self, config: RoomConfig | None = None, *, idle_unload: float = 300.0, storage: Storage | None = None
+        self,
+        config: RoomConfig | None = None,
+        *,
+        idle_unload: float = 300.0,
+        storage: Storage | None = None,
+        views: ViewsFactory | None = None,
     ) -> None:
         self.config = config or RoomConfig()
+        self.views = views  # each room's live views (server.perspective.live.RoomViews in the app)
         self.idle_unload = idle_unload
         self.storage = storage
         self.datasets: dict[str, DatasetEntry] = {}  # in-memory datasets (no storage)
@@ -140,6 +147,7 @@ class Registry:
                     entry.seq,
                     config=self.config,
                     on_empty=self._schedule_unload,
+                    views=self.views,
                 )
             room.start()
             self.rooms[key] = room
@@ -150,7 +158,7 @@ class Registry:
         handle, core, replayed = await recover(self.storage, dataset, branch)
         room = Room(
             dataset, branch, core.state, core.seq, config=self.config, on_empty=self._schedule_unload,
-            durable=handle, core=core,
+            durable=handle, core=core, views=self.views,
         )  # fmt: skip
         room.uncommitted = replayed
         log.info(
@@ -175,7 +183,7 @@ class Registry:
                 state = await self.storage.state_of(manifest)
                 room = Room(
                     dataset, "@" + manifest.id[:12], state, manifest.seq, config=self.config, read_only=True,
-                    on_empty=self._schedule_unload,
+                    on_empty=self._schedule_unload, views=self.views,
                 )  # fmt: skip
                 room.start()
                 self.rooms[key] = room

@@ -23,11 +23,16 @@ from typing import Protocol
 
 from protocol import CloseCode
 
+from .outbound import EVERYONE, Audience
+
 __all__ = ["Transport", "Session", "SessionLimits"]
 
 log = logging.getLogger("coframe.session")
 
 Payload = bytes | str
+# A payload, or a welcome whose big snapshot is encoded (in a worker thread)
+# only when the writer reaches it.
+Item = Payload | Callable[[], Awaitable[Payload]]
 
 
 class Transport(Protocol):
@@ -55,30 +60,32 @@ class Session:
         *,
         binary: bool,
         limits: SessionLimits,
-        resync: Callable[[Session], Awaitable[Payload]],
+        resync: Callable[[Session], None],
+        audience: Audience = EVERYONE,
     ) -> None:
         self.client = client
         self.transport = transport
         self.binary = binary
+        self.audience = audience  # what this client may see (server.rooms.outbound)
         self.limits = limits
         self.base_seq = 0  # latest base_seq seen from this client (low-water mark input)
         self.codecs: tuple[str, ...] = ()  # Arrow IPC compressions the client reads
         self.awareness_id = 0
         self.awareness_clock = 0
         self._resync = resync
-        self._queue: deque[tuple[Payload, bool]] = deque()
+        self._queue: deque[tuple[Item, bool]] = deque()
         self._queued_bytes = 0
         self._wake = asyncio.Event()
         self._closed = False
         self._closing: tuple[int, str] | None = None
         self._drained = asyncio.Event()
-        self._first: Awaitable[Payload] | None = None
         self.resync_pending = False
         self.stalled_since: float | None = None
         self.resyncs = 0
         self.dropped = 0
         self.close_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     # -------------------------------------------------------------- queueing
 
@@ -94,13 +101,16 @@ class Session:
     def closed(self) -> bool:
         return self._closed
 
-    def start(self, first: Awaitable[Payload] | None = None) -> None:
-        """Start the writer; ``first`` (the welcome) is sent before the queue."""
-        self._first = first
+    def start(self) -> None:
+        """Start the writer task, which sends the queue in order."""
         self._task = asyncio.get_running_loop().create_task(self._writer(), name=f"writer:{self.client}")
 
-    def push(self, data: Payload, *, droppable: bool = False) -> None:
-        """Queue ``data`` without waiting. Never blocks the room."""
+    def push(self, data: Item, *, droppable: bool = False) -> None:
+        """Queue ``data`` without waiting. Never blocks the room.
+
+        Only :meth:`server.rooms.outbound.Outbound.deliver` calls this: it is
+        the room's one outbound choke point.
+        """
         if self._closed:
             return
         if droppable and self.resync_pending:
@@ -117,14 +127,14 @@ class Session:
                 self.abort(CloseCode.SLOW_CONSUMER, "send queue overflowed with replies; read faster")
                 return
         self._queue.append((data, droppable))
-        self._queued_bytes += len(data)
+        self._queued_bytes += _size(data)
         self._wake.set()
 
     def _enter_resync(self) -> None:
         kept = deque((d, dr) for d, dr in self._queue if not dr)
         self.dropped += len(self._queue) - len(kept)
         self._queue = kept
-        self._queued_bytes = sum(len(d) for d, _ in kept)
+        self._queued_bytes = sum(_size(d) for d, _ in kept)
         self.resync_pending = True
         self.stalled_since = time.monotonic()
         self._wake.set()
@@ -141,27 +151,24 @@ class Session:
 
     async def _writer(self) -> None:
         try:
-            if self._first is not None:
-                await self.transport.send(await self._first)
-                self._first = None
             while not self._closed:
                 if not self._queue:
                     if self._closing is not None:
                         self._drained.set()
                         return
                     if self.resync_pending:
-                        # Capture and clear happen synchronously inside the
-                        # room's resync callback, so later deltas queue behind it.
-                        payload = await self._resync(self)
+                        # The room's callback clears resync_pending and queues a
+                        # fresh welcome synchronously, so later deltas queue behind it.
+                        self._resync(self)
                         self.resyncs += 1
                         self.stalled_since = None
-                        await self.transport.send(payload)
                         continue
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                data, _ = self._queue.popleft()
-                self._queued_bytes -= len(data)
+                item, _ = self._queue.popleft()
+                self._queued_bytes -= _size(item)
+                data = item if isinstance(item, (bytes, str)) else await item()
                 await self.transport.send(data)
         except asyncio.CancelledError:
             raise
@@ -180,7 +187,7 @@ class Session:
         if self._task is not None:
             self._task.cancel()
         log.info("closing %s: %s", self.client, reason)
-        asyncio.get_running_loop().create_task(self._close(code, reason))
+        self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         try:
@@ -207,9 +214,16 @@ class Session:
         self._closed = True
         self._queue.clear()
         self._queued_bytes = 0
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._closer):
+            if task is None:
+                continue
+            if task is self._task:
+                task.cancel()
             try:
-                await self._task
+                await task
             except (asyncio.CancelledError, Exception):
                 pass
+
+
+def _size(item: Item) -> int:
+    return len(item) if isinstance(item, (bytes, str)) else 0
