@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from protocol.dtypes import WIRE_COMPAT
+
 from .settings import MAX_UPLOAD_BYTES
 
 __all__ = [
@@ -319,8 +321,8 @@ def _write(df: pl.DataFrame, fmt: str, out: IO[bytes]) -> None:
         df.write_csv(out)
     elif fmt == "parquet":
         df.write_parquet(out)
-    elif fmt == "arrow":  # the oldest compat level: large_string, readable by any Arrow tool
-        df.write_ipc(out, compat_level=pl.CompatLevel.oldest())
+    elif fmt == "arrow":  # the wire's compat level: large_string, readable by any Arrow tool
+        df.write_ipc(out, compat_level=WIRE_COMPAT)
     elif fmt == "json":
         df.write_json(out)
     else:
