@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from protocol.dtypes import WIRE_COMPAT
+from protocol.dtypes import RID_ARROW, WIRE_COMPAT
 
 from .settings import MAX_UPLOAD_BYTES
 
@@ -389,7 +389,7 @@ def diff_table(diff: Any) -> pa.Table:
             pa.table(
                 {
                     "kind": pa.array([kind] * n, pa.string()),
-                    "rid": rids.cast(pa.uint64()),
+                    "rid": rids.cast(RID_ARROW),
                     "column_id": pa.nulls(n, pa.int64()),
                     "column": pa.nulls(n, pa.string()),
                     "old": pa.nulls(n, pa.string()),
@@ -402,7 +402,7 @@ def diff_table(diff: Any) -> pa.Table:
         pa.table(
             {
                 "kind": pa.array(["changed"] * n, pa.string()),
-                "rid": changed.column("rid").cast(pa.uint64()),
+                "rid": changed.column("rid").cast(RID_ARROW),
                 "column_id": changed.column("column_id").cast(pa.int64()),
                 "column": changed.column("column").cast(pa.string()),
                 "old": changed.column("old").cast(pa.string()),
