@@ -13,33 +13,17 @@ import numpy as np
 import polars as pl
 
 from protocol import Delta, Welcome
+from protocol.dtypes import RID, RID_POLARS, polars_dtype
 
+# polars_dtype is the dtype vocabulary's (protocol.dtypes), re-exported for old callers.
 __all__ = ["Mirror", "polars_dtype"]
-
-RID = "_rid"
-
-_SIMPLE: dict[str, pl.DataType] = {
-    "Int8": pl.Int8(), "Int16": pl.Int16(), "Int32": pl.Int32(), "Int64": pl.Int64(),
-    "UInt8": pl.UInt8(), "UInt16": pl.UInt16(), "UInt32": pl.UInt32(), "UInt64": pl.UInt64(),
-    "Float32": pl.Float32(), "Float64": pl.Float64(), "Boolean": pl.Boolean(), "String": pl.String(),
-    "Date": pl.Date(), "Datetime": pl.Datetime("us"),
-}  # fmt: skip
-
-
-def polars_dtype(name: str) -> pl.DataType:
-    """The Polars dtype for a protocol dtype name (``Datetime[UTC]`` carries a zone)."""
-    if name in _SIMPLE:
-        return _SIMPLE[name]
-    if name.startswith("Datetime[") and name.endswith("]"):
-        return pl.Datetime("us", name[9:-1])
-    raise ValueError(f"unknown dtype {name!r}")
 
 
 class Mirror:
     """A frame kept equal to the room's frame at ``seq``."""
 
     def __init__(self) -> None:
-        self.frame = pl.DataFrame({RID: pl.Series([], dtype=pl.UInt64)})
+        self.frame = pl.DataFrame({RID: pl.Series([], dtype=RID_POLARS)})
         self.schema: list[dict[str, Any]] = []
         self.seq = -1
         self.snapshots = 0  # full loads (join or resync); deltas never add to it

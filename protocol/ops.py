@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 
 from . import _fields as f
+from .dtypes import RID
 from .errors import ErrorCode, ProtocolError
 
 __all__ = [
@@ -85,10 +86,10 @@ class Insert:
     @classmethod
     def from_wire(cls, d: dict[str, Any], path: str) -> Insert:
         table = f.table_field(f.req(d, "rows", f"{path}.rows"), f"{path}.rows")
-        if "_rid" in table.column_names:
+        if RID in table.column_names:
             raise ProtocolError(
                 ErrorCode.BAD_FIELD,
-                f"field '{path}.rows' has a '_rid' column; the server assigns rids, drop it",
+                f"field '{path}.rows' has a '{RID}' column; the server assigns rids, drop it",
                 field=f"{path}.rows",
             )
         return cls(table)

@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from protocol.dtypes import RID_ARROW, WIRE_COMPAT
+
 from .settings import MAX_UPLOAD_BYTES
 
 __all__ = [
@@ -319,8 +321,8 @@ def _write(df: pl.DataFrame, fmt: str, out: IO[bytes]) -> None:
         df.write_csv(out)
     elif fmt == "parquet":
         df.write_parquet(out)
-    elif fmt == "arrow":  # the oldest compat level: large_string, readable by any Arrow tool
-        df.write_ipc(out, compat_level=pl.CompatLevel.oldest())
+    elif fmt == "arrow":  # the wire's compat level: large_string, readable by any Arrow tool
+        df.write_ipc(out, compat_level=WIRE_COMPAT)
     elif fmt == "json":
         df.write_json(out)
     else:
@@ -387,7 +389,7 @@ def diff_table(diff: Any) -> pa.Table:
             pa.table(
                 {
                     "kind": pa.array([kind] * n, pa.string()),
-                    "rid": rids.cast(pa.uint64()),
+                    "rid": rids.cast(RID_ARROW),
                     "column_id": pa.nulls(n, pa.int64()),
                     "column": pa.nulls(n, pa.string()),
                     "old": pa.nulls(n, pa.string()),
@@ -400,7 +402,7 @@ def diff_table(diff: Any) -> pa.Table:
         pa.table(
             {
                 "kind": pa.array(["changed"] * n, pa.string()),
-                "rid": changed.column("rid").cast(pa.uint64()),
+                "rid": changed.column("rid").cast(RID_ARROW),
                 "column_id": changed.column("column_id").cast(pa.int64()),
                 "column": changed.column("column").cast(pa.string()),
                 "old": changed.column("old").cast(pa.string()),

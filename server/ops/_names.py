@@ -1,18 +1,22 @@
-"""Dtype names: the supported column dtypes, their Polars types, and column names.
+"""Dtype names and column names for the ops: the vocabulary with op errors, and name checks.
 
-Private to ``server.ops``; :mod:`server.ops.dtypes` is the public face.
+The vocabulary itself (names, Polars and Arrow types, ``Datetime[<tz>]``,
+``_rid``) is :mod:`protocol.dtypes`; here its lookups raise :class:`OpError`
+so a bad dtype rejects the op. Private to ``server.ops``;
+:mod:`server.ops.dtypes` is the public face.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import polars as pl
 
 from protocol import ErrorCode
+from protocol import dtypes as vocab
+from protocol.dtypes import DTYPE_NAMES, INT_RANGE, RID, DtypeError, dtype_family, time_zone
 
-from .state import RID, OpError
+from .state import OpError
 
 __all__ = [
     "DTYPE_NAMES",
@@ -27,63 +31,21 @@ __all__ = [
 
 MAX_NAME_LEN = 128
 
-_SIMPLE: dict[str, pl.DataType] = {
-    "Int8": pl.Int8(),
-    "Int16": pl.Int16(),
-    "Int32": pl.Int32(),
-    "Int64": pl.Int64(),
-    "UInt8": pl.UInt8(),
-    "UInt16": pl.UInt16(),
-    "UInt32": pl.UInt32(),
-    "UInt64": pl.UInt64(),
-    "Float32": pl.Float32(),
-    "Float64": pl.Float64(),
-    "Boolean": pl.Boolean(),
-    "String": pl.String(),
-    "Date": pl.Date(),
-    "Datetime": pl.Datetime("us"),
-}
-DTYPE_NAMES: tuple[str, ...] = (*_SIMPLE, "Datetime[<tz>]")
 
-INT_RANGE: dict[str, tuple[int, int]] = {
-    **{f"Int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (8, 16, 32, 64)},
-    **{f"UInt{b}": (0, 2**b - 1) for b in (8, 16, 32, 64)},
-}
-_TZ_RE = re.compile(r"Datetime\[([A-Za-z0-9_+\-/:]{1,64})\]")
+def _op_error(e: DtypeError) -> OpError:
+    return OpError(e.code, e.message, **e.details)
 
 
 def polars_dtype(name: str) -> pl.DataType:
     """The Polars dtype for a dtype name (see :data:`DTYPE_NAMES`).
 
     Raises:
-        OpError: ``bad_dtype``, listing the valid names.
+        OpError: ``bad_dtype``, listing the valid names, or naming an unknown time zone.
     """
-    if isinstance(name, str):
-        if name in _SIMPLE:
-            return _SIMPLE[name]
-        m = _TZ_RE.fullmatch(name)
-        if m:
-            dtype = pl.Datetime("us", m.group(1))
-            try:
-                pl.Series([], dtype=dtype)  # Polars validates the zone against its tz database
-            except pl.exceptions.PolarsError:
-                raise OpError(
-                    ErrorCode.BAD_DTYPE,
-                    f"unknown time zone {m.group(1)!r} in dtype {name!r};"
-                    " use an IANA zone such as 'Datetime[UTC]' or 'Datetime[Europe/Paris]'",
-                    dtype=name,
-                ) from None
-            return dtype
-    hint = ""
-    if isinstance(name, str):
-        near = [n for n in _SIMPLE if n.lower() == name.lower()]
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-    raise OpError(
-        ErrorCode.BAD_DTYPE,
-        f"unknown dtype {name!r}{hint}; use one of {', '.join(DTYPE_NAMES)}",
-        dtype=name if isinstance(name, str) else repr(name),
-        valid=list(DTYPE_NAMES),
-    )
+    try:
+        return vocab.polars_dtype(name)
+    except DtypeError as e:
+        raise _op_error(e) from None
 
 
 def dtype_name(dtype: pl.DataType) -> str:
@@ -92,27 +54,10 @@ def dtype_name(dtype: pl.DataType) -> str:
     Raises:
         OpError: ``bad_dtype`` for a dtype coframe does not store.
     """
-    if isinstance(dtype, pl.Datetime):
-        if dtype.time_unit == "us":
-            return "Datetime" if dtype.time_zone is None else f"Datetime[{dtype.time_zone}]"
-    else:
-        for n, d in _SIMPLE.items():
-            if dtype == d:
-                return n
-    raise OpError(
-        ErrorCode.BAD_DTYPE,
-        f"dtype {dtype} is not supported; use one of {', '.join(DTYPE_NAMES)}",
-        dtype=str(dtype),
-    )
-
-
-def dtype_family(name: str) -> str:
-    """``int``, ``float``, ``bool``, ``str``, ``date`` or ``datetime`` for a dtype name."""
-    if name in INT_RANGE:
-        return "int"
-    if name in ("Float32", "Float64"):
-        return "float"
-    return {"Boolean": "bool", "String": "str", "Date": "date"}.get(name, "datetime")
+    try:
+        return vocab.dtype_name(dtype)
+    except DtypeError as e:
+        raise _op_error(e) from None
 
 
 def check_name(name: Any, *, what: str = "column name") -> str:
@@ -136,8 +81,3 @@ def check_name(name: Any, *, what: str = "column name") -> str:
             name=name,
         )
     return name
-
-
-def time_zone(dtype: pl.DataType) -> str | None:
-    """The zone of a Datetime dtype (None for zone-less and non-Datetime dtypes)."""
-    return dtype.time_zone if isinstance(dtype, pl.Datetime) else None

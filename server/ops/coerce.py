@@ -18,8 +18,9 @@ import polars as pl
 import pyarrow as pa
 
 from protocol import ErrorCode
+from protocol.dtypes import INT_RANGE, dtype_family, time_zone
 
-from ._names import INT_RANGE, dtype_family, polars_dtype, time_zone
+from ._names import polars_dtype
 from .state import OpError
 
 __all__ = [

@@ -1,8 +1,10 @@
 """Column dtypes: the supported names, loading a frame, and strict value coercion.
 
 A column's dtype is one of :data:`DTYPE_NAMES` (``Datetime[<tz>]`` takes any
-IANA zone, e.g. ``Datetime[UTC]``). This module is the public face of the
-dtype helpers: the names live in ``_names`` and the coercion in ``coerce``.
+IANA zone, e.g. ``Datetime[UTC]``). This module is the server's public face of
+the dtype helpers: the vocabulary is :mod:`protocol.dtypes` (re-exported here,
+with lookups raising :class:`OpError`), name checks live in ``_names`` and the
+coercion in ``coerce``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 import polars as pl
 
 from protocol import ErrorCode
+from protocol.dtypes import RID, storable_dtype
 
 from ._names import (
     DTYPE_NAMES,
@@ -32,7 +35,7 @@ from .coerce import (
     sample_value,
     to_scalars,
 )
-from .state import RID, Catalog, Column, OpError
+from .state import Catalog, Column, OpError
 
 __all__ = [
     "DTYPE_NAMES",
@@ -54,28 +57,6 @@ __all__ = [
     "bad_value_error",
     "null_series",
 ]
-
-
-def storable_dtype(dtype: pl.DataType) -> str | None:
-    """The dtype name a Polars dtype is stored as (lossless where possible), or None.
-
-    Supported dtypes map to themselves; Categorical/Enum and Null become
-    String, Datetime of any unit becomes microseconds (keeping its zone),
-    Decimal becomes Float64 and Float16 Float32. List, Struct, Binary,
-    Duration, Time, Int128 and the like give None.
-    """
-    if isinstance(dtype, pl.Datetime):
-        return "Datetime" if dtype.time_zone is None else f"Datetime[{dtype.time_zone}]"
-    if isinstance(dtype, (pl.Categorical, pl.Enum)) or dtype == pl.Null:
-        return "String"
-    if isinstance(dtype, pl.Decimal):
-        return "Float64"
-    if dtype == pl.Float16:
-        return "Float32"
-    try:
-        return dtype_name(dtype)
-    except OpError:
-        return None
 
 
 def _load_target(name: str, dtype: pl.DataType) -> pl.DataType:

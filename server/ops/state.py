@@ -9,10 +9,9 @@ import numpy as np
 import polars as pl
 
 from protocol import ColRef, ErrorCode, Op
+from protocol.dtypes import RID
 
 __all__ = ["Column", "Catalog", "State", "Effect", "Applied", "OpError", "RID"]
-
-RID = "_rid"
 
 
 class OpError(Exception):

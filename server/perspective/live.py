@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyarrow as pa
 
 from protocol import Delta, Error, ErrorCode, Subscribe, Unsubscribe, View
+from protocol.dtypes import parse_dtype
 
 from ..ops.state import State
 from .config import ViewConfigError, check_columns, for_perspective, remap
@@ -467,4 +468,5 @@ def _open_and_read(
 
 def _zones(schema: Any) -> dict[str, str]:
     """Zoned timestamp columns of a wire schema: name -> zone (dtype ``Datetime[Europe/Paris]``)."""
-    return {c["name"]: c["dtype"][9:-1] for c in schema if c["dtype"].startswith("Datetime[")}
+    zones = {c["name"]: parse_dtype(c["dtype"])[1] for c in schema}
+    return {name: tz for name, tz in zones.items() if tz is not None}

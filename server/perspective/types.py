@@ -8,7 +8,9 @@ implemented"); on an ``int64`` index ``table.remove`` silently ignores keys
 index is float64; it rejects a bool index; it stores timestamps as naive
 milliseconds; and a string sent into a float column silently becomes 0.0.
 So every table and every update goes through :func:`to_perspective`, which
-maps each column to one fixed Perspective-safe Arrow type:
+reads each column's Arrow type as a dtype of the vocabulary
+(:mod:`protocol.dtypes`) and maps that dtype to one fixed Perspective-safe
+Arrow type (:data:`PERSPECTIVE_TYPES`):
 
 =====================================  =====================================
 room dtype (Arrow type)                Perspective Arrow type
@@ -42,17 +44,40 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["RID", "MAX_RID", "to_perspective", "perspective_type"]
+from protocol.dtypes import RID, arrow_dtype_name, dtype_family
 
-RID = "_rid"
+__all__ = ["RID", "MAX_RID", "PERSPECTIVE_TYPES", "to_perspective", "perspective_type"]
+
 #: Rids must stay below this to be exact as int64/float64 in every client.
 MAX_RID = 2**53
 
 _MS = pa.timestamp("ms")
 
+#: The Perspective type of each dtype of the vocabulary (``Datetime[<tz>]`` as ``Datetime``).
+PERSPECTIVE_TYPES: dict[str, pa.DataType] = {
+    "Int8": pa.int32(),
+    "Int16": pa.int32(),
+    "Int32": pa.int32(),
+    "Int64": pa.int64(),
+    "UInt8": pa.int32(),
+    "UInt16": pa.int32(),
+    "UInt32": pa.int64(),
+    "UInt64": pa.float64(),
+    "Float32": pa.float64(),
+    "Float64": pa.float64(),
+    "Boolean": pa.bool_(),
+    "String": pa.large_string(),
+    "Date": pa.date32(),
+    "Datetime": _MS,
+}
+
 
 def perspective_type(name: str, typ: pa.DataType) -> pa.DataType:
     """The Arrow type column ``name`` of Arrow type ``typ`` is given to Perspective.
+
+    ``typ`` is read as a dtype of the vocabulary (:func:`protocol.dtypes.arrow_dtype_name`,
+    so string_view, dictionary strings, date64 and any timestamp unit are accepted),
+    then mapped by :data:`PERSPECTIVE_TYPES`.
 
     Raises:
         ValueError: the type has no Perspective mapping, naming the column.
@@ -61,31 +86,13 @@ def perspective_type(name: str, typ: pa.DataType) -> pa.DataType:
         if pa.types.is_integer(typ):
             return pa.float64()
         raise ValueError(f"column '{RID}' must be an integer column to index on, got {typ}")
-    if pa.types.is_boolean(typ):
-        return pa.bool_()
-    if pa.types.is_integer(typ):
-        if typ in (pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16()):
-            return pa.int32()
-        if typ in (pa.int64(), pa.uint32()):
-            return pa.int64()
-        if typ == pa.uint64():
-            return pa.float64()
-    if pa.types.is_floating(typ):
-        return pa.float64()
-    if pa.types.is_string(typ) or pa.types.is_large_string(typ) or typ == pa.string_view():
-        return pa.large_string()
-    if pa.types.is_dictionary(typ) and (
-        pa.types.is_string(typ.value_type) or pa.types.is_large_string(typ.value_type)
-    ):
-        return pa.large_string()
-    if pa.types.is_date(typ):
-        return pa.date32()
-    if pa.types.is_timestamp(typ):
-        return _MS
-    raise ValueError(
-        f"column '{name}' has Arrow type {typ}, which coframe does not send to Perspective"
-        " (supported: integers, floats, bool, strings, date, timestamp)"
-    )
+    dtype = arrow_dtype_name(typ)
+    if dtype is None:
+        raise ValueError(
+            f"column '{name}' has Arrow type {typ}, which coframe does not send to Perspective"
+            " (supported: integers, floats, bool, strings, date, timestamp)"
+        )
+    return PERSPECTIVE_TYPES["Datetime" if dtype_family(dtype) == "datetime" else dtype]
 
 
 def _convert(name: str, col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:

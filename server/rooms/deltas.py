@@ -15,16 +15,13 @@ import numpy as np
 import polars as pl
 
 from protocol import Delta, encode
+from protocol.dtypes import frame_to_arrow
 
 from ..ops.cells import gather
 from ..ops.state import RID, Effect, State
 
+# frame_to_arrow is the dtype vocabulary's (protocol.dtypes), re-exported for its callers here.
 __all__ = ["DeltaBuilder", "DeltaLog", "EncodedDelta", "frame_to_arrow"]
-
-
-def frame_to_arrow(df: pl.DataFrame):  # -> pa.Table
-    """Arrow for the wire: plain (large) strings, never string_view (DESIGN.md "Types")."""
-    return df.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
 _EMPTY = np.empty(0, dtype=np.uint64)

@@ -24,6 +24,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from protocol.dtypes import is_arrow_string
+
 __all__ = ["BlobFS", "LocalFS", "ChunkStore", "WRITE_OPTIONS", "column_options", "encode_parquet"]
 
 # Fixed writer options: the same table gives the same bytes (no timestamps are
@@ -124,7 +126,7 @@ def column_options(schema: pa.Schema) -> dict[str, Any]:
     """
     dictionary, delta = [], {}
     for f in schema:
-        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+        if is_arrow_string(f.type):
             dictionary.append(f.name)
         elif pa.types.is_integer(f.type) or pa.types.is_temporal(f.type):
             delta[f.name] = "DELTA_BINARY_PACKED"

@@ -31,8 +31,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from protocol.dtypes import RID, RID_ARROW, RID_POLARS, arrow_type
 from server.ops.dtypes import polars_dtype
-from server.ops.state import RID, Catalog, Column, State
+from server.ops.state import Catalog, Column, State
 
 from .chunks import ChunkStore, encode_parquet
 from .types import ChunkRef, Manifest, StorageError
@@ -52,23 +53,6 @@ CHUNK_RIDS = 32768
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-_ARROW_SIMPLE: dict[str, pa.DataType] = {
-    "Int8": pa.int8(),
-    "Int16": pa.int16(),
-    "Int32": pa.int32(),
-    "Int64": pa.int64(),
-    "UInt8": pa.uint8(),
-    "UInt16": pa.uint16(),
-    "UInt32": pa.uint32(),
-    "UInt64": pa.uint64(),
-    "Float32": pa.float32(),
-    "Float64": pa.float64(),
-    "Boolean": pa.bool_(),
-    "String": pa.large_string(),
-    "Date": pa.date32(),
-    "Datetime": pa.timestamp("us"),
-}
-
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -85,14 +69,6 @@ def _map(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="chunks")
     return list(_pool.map(fn, items))
-
-
-def arrow_type(dtype: str) -> pa.DataType:
-    """The Arrow type a column of dtype name ``dtype`` is stored as in a chunk."""
-    if dtype in _ARROW_SIMPLE:
-        return _ARROW_SIMPLE[dtype]
-    tz = polars_dtype(dtype).time_zone  # validates the name; only Datetime[<tz>] gets here
-    return pa.timestamp("us", tz)
 
 
 def col_key(col_id: int) -> str:
@@ -120,7 +96,7 @@ def chunk_table(frame: pl.DataFrame, columns: Sequence[Column]) -> pa.Table:
     cols = sorted(columns, key=lambda c: c.id)
     table = frame.select(pl.col(RID), *(pl.col(c.name).alias(col_key(c.id)) for c in cols)).to_arrow()
     schema = pa.schema(
-        [pa.field(RID, pa.uint64()), *(pa.field(col_key(c.id), arrow_type(c.dtype)) for c in cols)]
+        [pa.field(RID, RID_ARROW), *(pa.field(col_key(c.id), arrow_type(c.dtype)) for c in cols)]
     )
     return table if table.schema.equals(schema) else table.cast(schema)
 
@@ -237,7 +213,7 @@ def load_state(store: ChunkStore, manifest: Manifest, *, rechunk: bool = False) 
     chunks = sorted(manifest.chunks, key=lambda r: r.rid_lo)
     if chunks:
         try:
-            schema = {RID: pl.UInt64(), **{col_key(c.id): t for c, t in zip(cols, targets, strict=True)}}
+            schema = {RID: RID_POLARS, **{col_key(c.id): t for c, t in zip(cols, targets, strict=True)}}
             renames = [pl.col(RID), *(pl.col(col_key(c.id)).alias(c.name) for c in cols)]
             frame = store.scan([r.hash for r in chunks], schema).select(renames).collect()
         except pl.exceptions.PolarsError:  # a chunk stores a column as another type: cast chunk by chunk
@@ -248,7 +224,7 @@ def load_state(store: ChunkStore, manifest: Manifest, *, rechunk: bool = False) 
             frame = frame.with_columns(frame.get_column(RID).rechunk())
     else:
         frame = pl.DataFrame(
-            schema={RID: pl.UInt64(), **{c.name: t for c, t in zip(cols, targets, strict=True)}}
+            schema={RID: RID_POLARS, **{c.name: t for c, t in zip(cols, targets, strict=True)}}
         )
     if frame.height != manifest.rows:
         raise StorageError(
@@ -264,7 +240,7 @@ def _load_chunk(
     """One chunk as frame rows: columns renamed, cast to their dtype, missing ones null."""
     have = set(ref.columns)
     df = store.read_frame(ref.hash, [RID, *(col_key(c.id) for c in cols if c.id in have)])
-    exprs = [pl.col(RID).cast(pl.UInt64)]
+    exprs = [pl.col(RID).cast(RID_POLARS)]
     for c, t in zip(cols, targets, strict=True):
         if c.id in have:
             exprs.append(pl.col(col_key(c.id)).cast(t).alias(c.name))
