@@ -32,6 +32,7 @@ import polars as pl
 import pyarrow as pa
 
 from protocol import Delta
+from protocol.dtypes import frame_to_arrow
 
 from ..ops.state import State
 from .types import RID, to_perspective
@@ -164,7 +165,6 @@ class RoomTables:
         """
         if room in self._tables:
             raise ValueError(f"room '{room}' already has a Perspective table; close or rebuild it")
-        from ..rooms.deltas import frame_to_arrow  # here: server.rooms imports this package
 
         data = to_perspective(frame_to_arrow(state.frame))
         table = self.client.table(data, index=RID, name=room)
