@@ -1,8 +1,9 @@
 """Rooms: the single-writer owners of live frames, their sessions and registry."""
 
+from .config import RoomConfig
 from .core import RoomCore
 from .registry import NAME_RE, Registry, check_name
-from .room import Room, RoomConfig
+from .room import Room
 from .session import Session, SessionLimits, Transport
 
 __all__ = [

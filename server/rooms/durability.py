@@ -12,11 +12,13 @@ The storage backend sits behind :class:`~server.storage.service.BranchHandle`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from protocol import Committed
+from protocol import Commit, Committed, Error, ErrorCode
 
 from ..storage.types import WalEntry
 from .core import RoomCore
@@ -39,8 +41,10 @@ class Durability:
         *,
         autocommit_ops: int,
         autocommit_seconds: float,
+        announce: Callable[[Committed], None],
     ) -> None:
         self.name = name
+        self._announce = announce  # broadcast a ``committed`` to the room
         self.handle = handle
         self.autocommit_ops = autocommit_ops
         self.autocommit_seconds = autocommit_seconds
@@ -88,7 +92,7 @@ class Durability:
             return None
         try:
             return await self.commit(core, "coframe", message)
-        except Exception:
+        except Exception:  # the batches stay in the WAL; the next commit takes them
             log.exception("autocommit failed in room %s", self.name)
             return None
 
@@ -118,4 +122,15 @@ class Durability:
                 raise
         self.uncommitted = 0
         self._first_uncommitted = None
-        return Committed(head.id, head.seq, head.rows, head.message, head.author, head.time, head.parents)
+        done = Committed(head.id, head.seq, head.rows, head.message, head.author, head.time, head.parents)
+        self._announce(done)
+        return done
+
+    async def answer(self, core: RoomCore, client: str, msg: Commit) -> Committed | Error:
+        """The reply to a client's ``commit`` (PROTOCOL.md "commit")."""
+        try:
+            done = await self.commit(core, client, msg.message)
+        except Exception as e:
+            log.exception("commit failed in room %s", self.name)
+            return Error(ErrorCode.INTERNAL, f"commit failed ({type(e).__name__}: {e})", re=msg.id)
+        return dataclasses.replace(done, re=msg.id)

@@ -7,6 +7,7 @@ Queries never touch the frame: they read the room's published state (for
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from ..storage.service import BranchHandle
 
 __all__ = ["answer", "Source"]
+
+log = logging.getLogger("coframe.room")
 
 
 class Source(Protocol):
@@ -61,7 +64,15 @@ def _log_rows(manifests: list[Any]) -> list[dict[str, Any]]:
 
 
 async def answer(room: Source, q: Query) -> Result | Error:
-    """The ``result`` for ``q``, or an ``error`` naming what was not found."""
+    """The ``result`` for ``q``, or an ``error`` naming what was not found; never raises."""
+    try:
+        return await _answer(room, q)
+    except Exception as e:  # a bug must surface as a coded error, not a silent drop
+        log.exception("query %s failed in %s", q.kind, room.dataset)
+        return Error(ErrorCode.INTERNAL, f"query failed ({type(e).__name__})", re=q.id)
+
+
+async def _answer(room: Source, q: Query) -> Result | Error:
     try:
         if q.kind == "log":
             if room.durable is None:

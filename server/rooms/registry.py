@@ -19,9 +19,10 @@ from protocol import CloseCode, ErrorCode
 
 from ..ops import normalize_frame
 from ..ops.state import OpError, State
+from .config import RoomConfig
 from .listeners import ViewsFactory
 from .recovery import recover
-from .room import Room, RoomConfig
+from .room import Room
 
 if TYPE_CHECKING:
     from ..storage.service import Storage

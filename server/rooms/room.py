@@ -11,11 +11,9 @@ batch durable (:mod:`server.rooms.durability`), send the acks, then deliver
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from protocol import (
@@ -38,6 +36,7 @@ from protocol import (
 )
 
 from ..ops.state import State
+from .config import RoomConfig
 from .core import RoomCore
 from .deltas import DeltaLog, EncodedDelta
 from .durability import Durability
@@ -46,7 +45,7 @@ from .listeners import NoViews, RoomListener, ViewsFactory
 from .metadoc import MetaDoc
 from .outbound import DeltaOut, Message, Outbound, WelcomeOut
 from .queries import answer
-from .session import Session, SessionLimits, Transport
+from .session import Session, Transport
 from .tick import Batch, apply_batches
 
 if TYPE_CHECKING:
@@ -55,19 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["Room", "RoomConfig"]
 
 log = logging.getLogger("coframe.room")
-
-
-@dataclass(frozen=True, slots=True)
-class RoomConfig:
-    max_batch: int = 4096  # messages drained per tick
-    session: SessionLimits = SessionLimits()
-    delta_log_entries: int = 4096
-    delta_log_bytes: int = 64 * 1024 * 1024
-    prune_every: int = 64  # ticks between cell-clock prunes
-    max_message_bytes: int = 8 * 1024 * 1024
-    max_rows_per_op: int = 1_000_000
-    autocommit_ops: int = 10_000  # commit after this many batches...
-    autocommit_seconds: float = 60.0  # ...or this long after the first uncommitted one
 
 
 class Room:
@@ -110,6 +96,7 @@ class Room:
             durable,
             autocommit_ops=self.config.autocommit_ops,
             autocommit_seconds=self.config.autocommit_seconds,
+            announce=self._broadcast,
         )
         self._tasks: set[asyncio.Task[None]] = set()  # queries and view requests in flight
         self.views: RoomListener = (
@@ -299,12 +286,7 @@ class Room:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(self, session: Session, q: Query) -> None:
-        try:
-            out = await answer(self, q)
-        except Exception as e:  # a bug must surface as a coded error, not a silent drop
-            log.exception("query failed in room %s", self.name)
-            out = Error(ErrorCode.INTERNAL, f"query failed ({type(e).__name__})", re=q.id)
-        self.reply(session, out)
+        self.reply(session, await answer(self, q))
 
     # ------------------------------------------------------------ output
 
@@ -392,7 +374,7 @@ class Room:
             mark = min((s.base_seq for s in self.sessions.values()), default=core.seq)
             core.clock.prune(mark)
         for b in commits:
-            await self._commit(b.sender, b.msg)
+            self.reply(b.sender, await self.durability.answer(core, b.client, b.msg))
         if self.durability.due:
             await self._autocommit("autocommit (ops)")
 
@@ -407,9 +389,7 @@ class Room:
     # ------------------------------------------------------------ commits
 
     async def _autocommit(self, message: str) -> None:
-        done = await self.durability.autocommit(self.core, message)
-        if done is not None:
-            self._broadcast(done)
+        await self.durability.autocommit(self.core, message)
 
     async def commit_now(self, author: str, message: str) -> Committed:
         """Commit the current state (call from the tick loop, or when it is idle).
@@ -417,20 +397,7 @@ class Room:
         Raises:
             StorageError: the commit could not be written.
         """
-        done = await self.durability.commit(self.core, author, message)
-        self._broadcast(done)
-        return done
-
-    async def _commit(self, session: Session, msg: Commit) -> None:
-        try:
-            done = await self.commit_now(session.client, msg.message)
-        except Exception as e:
-            log.exception("commit failed in room %s", self.name)
-            self.reply(
-                session, Error(ErrorCode.INTERNAL, f"commit failed ({type(e).__name__}: {e})", re=msg.id)
-            )
-            return
-        self.reply(session, dataclasses.replace(done, re=msg.id))
+        return await self.durability.commit(self.core, author, message)
 
     # ------------------------------------------------------------ waiting
 
