@@ -13,7 +13,10 @@ consults it (``protocol.server_conn``)::
     connected --hello--> joining --joined--> joined --close--> closed
 
 ``joining`` is the time the room takes to accept the hello; the wire sees
-``connected --hello--> joined`` as PROTOCOL.md draws it.
+``connected --hello--> joined`` as PROTOCOL.md draws it. The client's machine
+(``protocol.client_conn``) is one socket at a time, across reconnects::
+
+    disconnected --connect--> connecting --welcome--> live --lost--> disconnected
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Mapping
 
 from .errors import ErrorCode
 
-__all__ = ["CONNECTION", "CONNECTION_VIOLATIONS", "IllegalTransition", "next_state"]
+__all__ = ["CONNECTION", "CONNECTION_VIOLATIONS", "CLIENT", "IllegalTransition", "next_state"]
 
 Table = Mapping[tuple[str, str], str]
 
@@ -42,6 +45,26 @@ CONNECTION: dict[tuple[str, str], str] = {
 CONNECTION_VIOLATIONS: dict[tuple[str, str], str] = {
     ("connected", "message"): ErrorCode.NOT_JOINED,
     ("joined", "hello"): ErrorCode.ALREADY_JOINED,
+}
+
+# The client side. "message" is any server message but a welcome; "lost" the
+# socket closing; "close" the room closing for good. Once closed, late
+# messages from the socket being torn down are taken and dropped.
+CLIENT: dict[tuple[str, str], str] = {
+    ("disconnected", "connect"): "connecting",
+    ("disconnected", "close"): "closed",
+    ("connecting", "welcome"): "live",
+    ("connecting", "message"): "connecting",
+    ("connecting", "lost"): "disconnected",
+    ("connecting", "close"): "closed",
+    ("live", "welcome"): "live",  # a resync after the client fell behind
+    ("live", "message"): "live",
+    ("live", "lost"): "disconnected",
+    ("live", "close"): "closed",
+    ("closed", "welcome"): "closed",
+    ("closed", "message"): "closed",
+    ("closed", "lost"): "closed",
+    ("closed", "close"): "closed",
 }
 
 
