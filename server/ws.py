@@ -55,7 +55,7 @@ async def _receive(ws: WebSocket) -> bytes | str | None:
     if msg["type"] == "websocket.disconnect":
         return None
     if msg.get("bytes") is not None:
-        return msg["bytes"]  # type: ignore[no-any-return]
+        return msg["bytes"]
     return msg.get("text") or ""
 
 
