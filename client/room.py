@@ -1,4 +1,4 @@
-"""The async Python client (DESIGN.md "Python client contract").
+"""The async Python client (README.md "Using it", PROTOCOL.md).
 
 ``connect(url, dataset)`` joins a room and keeps ``room.frame`` — a Polars
 mirror including ``_rid`` — live. Mutating calls return after the server's
