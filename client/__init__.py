@@ -1,7 +1,7 @@
 """coframe Python client: ``from client import connect``.
 
 ``async with connect(url, dataset) as room`` gives a live Polars mirror
-(``room.frame``) and the op methods of DESIGN.md's client contract;
+(``room.frame``) and the op methods README.md "Using it" shows;
 :class:`SyncRoom` wraps it for notebooks.
 """
 

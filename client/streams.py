@@ -1,11 +1,14 @@
-"""A bounded async stream of events, registered in its producer's list of subscribers."""
+"""Bounded async streams of events, registered in their producer's list of subscribers."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["EventStream"]
+import polars as pl
+
+__all__ = ["EventStream", "DeltaEvent", "DeltaStream"]
 
 E = TypeVar("E")
 
@@ -43,3 +46,20 @@ class EventStream(Generic[E]):
     def close(self) -> None:
         if self in self._subscribers:
             self._subscribers.remove(self)
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaEvent:
+    """One applied delta, as seen by ``room.deltas()``."""
+
+    seq: int
+    seq_from: int
+    upserts: pl.DataFrame
+    deleted: list[int]
+    by: tuple[str, ...]
+    schema_changed: bool
+    resync: bool = False
+
+
+class DeltaStream(EventStream[DeltaEvent]):
+    """An async iterator of :class:`DeltaEvent`; ``close()`` unsubscribes."""

@@ -1,4 +1,4 @@
-"""Live views on the client side (DESIGN.md "Python client contract").
+"""Live views on the client side (README.md "Using it", PROTOCOL.md).
 
 ``await room.subscribe_view(group_by=[...], ...)`` returns a
 :class:`LiveView`: its :attr:`LiveView.frame` is the view's content as a

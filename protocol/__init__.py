@@ -5,8 +5,10 @@ Starlette; both sides share it. The spec is ``PROTOCOL.md`` beside this file.
 """
 
 from .arrow import table_from_ipc, table_to_ipc, table_to_rows
+from .client_conn import ClientConnection
 from .codec import decode_client, decode_map, decode_server, encode, encode_map
 from .errors import PROTOCOL_VIOLATIONS, CloseCode, ErrorCode, ProtocolError
+from .lifecycle import IllegalTransition
 from .messages import (
     CLIENT_MESSAGES,
     PROTOCOL_VERSION,
@@ -50,6 +52,7 @@ from .ops import (
     SetCells,
     op_from_wire,
 )
+from .server_conn import ConnectionLimits, ServerConnection
 from .views import VIEW_KEYS, VIEW_KINDS, Subscribe, Unsubscribe, View, check_view_config
 
 __all__ = [
@@ -110,4 +113,8 @@ __all__ = [
     "VIEW_KEYS",
     "VIEW_KINDS",
     "check_view_config",
+    "IllegalTransition",
+    "ConnectionLimits",
+    "ServerConnection",
+    "ClientConnection",
 ]

@@ -1,9 +1,11 @@
 """The WebSocket endpoint ``/ws/{dataset}`` (PROTOCOL.md "Transport").
 
-It owns one connection's lifecycle (``server.rooms.lifecycle.CONNECTION``):
-frames in are size-checked and decoded here, then handed to the room.
-Replies the endpoint makes itself (decode errors, pong) go through the
-session's bounded queue like everything else.
+A pump around the sans-I/O :class:`protocol.server_conn.ServerConnection`:
+it receives frames from Starlette, feeds them to the connection core with the
+time, and acts on the events it gets back. On ``hello`` it opens the room and
+joins; messages go to ``room.submit``; replies the core makes itself (decode
+errors, rate limits, pong) go out through ``room.reply`` once joined, and
+straight onto the socket before; closes happen as the core decides.
 """
 
 from __future__ import annotations
@@ -11,24 +13,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from protocol import (
-    CloseCode,
-    Error,
-    ErrorCode,
-    Hello,
-    Ping,
-    Pong,
-    ProtocolError,
-    decode_client,
-    encode,
+from protocol import CloseCode, Error, ErrorCode, ProtocolError, encode
+from protocol.server_conn import (
+    CloseNeeded,
+    ConnectionLimits,
+    HelloReceived,
+    MessageReceived,
+    ReplyNeeded,
+    ServerConnection,
 )
 
-from .rooms import Registry, Session
-from .rooms.lifecycle import CONNECTION, IllegalTransition, next_state
+from .rooms import Registry, Room, Session
 from .settings import Settings
 from .storage.types import NotFound
 
@@ -52,132 +50,117 @@ class _StarletteTransport:
             await self.ws.close(code, reason)
 
 
-class _Bucket:
-    """Token bucket for op messages per client (PROTOCOL.md "Limits")."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, float(burst)
-        self.tokens, self.at = float(burst), time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
-async def _receive(ws: WebSocket) -> tuple[bytes | str, bool] | None:
+async def _receive(ws: WebSocket) -> bytes | str | None:
     msg = await ws.receive()
     if msg["type"] == "websocket.disconnect":
         return None
     if msg.get("bytes") is not None:
-        return msg["bytes"], True
-    return msg.get("text") or "", False
+        return msg["bytes"]
+    return msg.get("text") or ""
 
 
-def _error(e: ProtocolError, re: Any = None) -> Error:
-    return Error(e.code, e.message, e.details, re if re is not None else e.request_id)
+def limits_from(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        max_message_bytes=settings.max_message_bytes,
+        ops_per_second=settings.ops_per_second,
+        ops_burst=settings.ops_burst,
+        hello_timeout=settings.hello_timeout,
+    )
+
+
+class _Pump:
+    """One connection: the core, the room it joined, and the socket."""
+
+    def __init__(self, ws: WebSocket, registry: Registry, settings: Settings) -> None:
+        self.ws = ws
+        self.registry = registry
+        self.transport = _StarletteTransport(ws)
+        self.conn = ServerConnection(limits_from(settings), time.monotonic())
+        self.dataset: str = ws.path_params["dataset"]
+        self.branch = ws.query_params.get("branch", "main")
+        self.at = ws.query_params.get("at")
+        self.room: Room | None = None
+        self.session: Session | None = None
+
+    async def run(self) -> None:
+        while True:
+            deadline = self.conn.hello_deadline
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                data = await asyncio.wait_for(_receive(self.ws), timeout)
+            except TimeoutError:
+                self.conn.tick(time.monotonic())
+            else:
+                if data is None:
+                    return
+                self.conn.receive_frame(data, time.monotonic())
+            if not await self.act():
+                return
+            if self.session is not None and self.session.closed:
+                return
+
+    async def act(self) -> bool:
+        """Carry out the core's events; False once the connection is closed."""
+        while events := self.conn.events_received():
+            for ev in events:
+                if isinstance(ev, MessageReceived):
+                    assert self.room is not None and self.session is not None
+                    self.room.submit(self.session, ev.msg)
+                elif isinstance(ev, ReplyNeeded):
+                    if self.room is not None and self.session is not None:
+                        self.room.reply(self.session, ev.msg)
+                    else:
+                        await self.transport.send(encode(ev.msg, binary=ev.binary))
+                elif isinstance(ev, HelloReceived):
+                    await self.join(ev)
+                elif isinstance(ev, CloseNeeded):
+                    if self.session is not None:
+                        await self.session.finish(ev.code, ev.reason)
+                    else:
+                        await self.transport.close(ev.code, ev.reason)
+                    return False
+        return True
+
+    async def join(self, ev: HelloReceived) -> None:
+        hello = ev.hello
+        try:
+            room = await (
+                self.registry.open_at(self.dataset, self.at)
+                if self.at
+                else self.registry.open(self.dataset, self.branch)
+            )
+        except (KeyError, NotFound) as e:
+            what = f"version '{self.at}'" if self.at else f"branch '{self.branch}'"
+            reason = f"no {what} in dataset '{self.dataset}'"
+            err = Error(ErrorCode.BAD_FIELD, f"{reason} ({e})", re=hello.id)
+            self.conn.fail(CloseCode.NO_SUCH_DATASET, reason, err)
+            return
+        try:
+            session = room.join(hello, self.transport, binary=ev.binary)
+        except ProtocolError as e:
+            self.conn.fail(CloseCode.POLICY, e.message, Error(e.code, e.message, e.details, re=hello.id))
+            return
+        self.room, self.session = room, session
+        self.conn.joined()
+
+    async def leave(self) -> None:
+        if self.session is not None and self.room is not None:
+            await self.room.leave(self.session)
 
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     settings: Settings = ws.app.state.settings
     registry: Registry = ws.app.state.registry
     dataset = ws.path_params["dataset"]
-    branch = ws.query_params.get("branch", "main")
-    at = ws.query_params.get("at")
     await ws.accept()
     if not await registry.exists(dataset):
         known = ", ".join(await registry.names()) or "(none)"
         await ws.close(CloseCode.NO_SUCH_DATASET, f"no dataset '{dataset}'; known: {known}"[:120])
         return
-    transport = _StarletteTransport(ws)
-    state = "connected"
-    session: Session | None = None
-    room = None
-    bucket = _Bucket(settings.ops_per_second, settings.ops_burst)
+    pump = _Pump(ws, registry, settings)
     try:
-        while True:
-            timeout = settings.hello_timeout if session is None else None
-            try:
-                frame = await asyncio.wait_for(_receive(ws), timeout)
-            except TimeoutError:
-                await ws.close(CloseCode.POLICY, f"no hello within {settings.hello_timeout:g}s")
-                return
-            if frame is None:
-                return
-            data, binary = frame
-            if len(data) > settings.max_message_bytes:
-                err = Error(
-                    ErrorCode.TOO_LARGE,
-                    f"message of {len(data)} bytes is over the {settings.max_message_bytes}-byte limit;"
-                    " split the op into several messages",
-                    {"limit": settings.max_message_bytes, "size": len(data)},
-                )
-                await _reply(ws, session, err, binary)
-                continue
-            try:
-                msg = decode_client(data)
-            except ProtocolError as e:
-                await _reply(ws, session, _error(e), binary)
-                continue
-            event = "hello" if isinstance(msg, Hello) else "message"
-            try:
-                state = next_state(CONNECTION, state, event, machine="connection")
-            except IllegalTransition as t:
-                what = (
-                    "send 'hello' first"
-                    if t.code == ErrorCode.NOT_JOINED
-                    else "only one 'hello' per connection"
-                )
-                err = Error(t.code or ErrorCode.BAD_FIELD, f"'{msg.type}' not allowed now: {what}", re=msg.id)
-                await _reply(ws, session, err, binary)
-                if session is not None:
-                    await session.finish(CloseCode.POLICY, what)
-                else:
-                    await ws.close(CloseCode.POLICY, what)
-                return
-            if isinstance(msg, Hello):
-                try:
-                    room = await (registry.open_at(dataset, at) if at else registry.open(dataset, branch))
-                except (KeyError, NotFound) as e:
-                    what = f"version '{at}'" if at else f"branch '{branch}'"
-                    reason = f"no {what} in dataset '{dataset}'"
-                    await _reply(ws, None, Error(ErrorCode.BAD_FIELD, f"{reason} ({e})", re=msg.id), binary)
-                    await ws.close(CloseCode.NO_SUCH_DATASET, reason[:120])
-                    return
-                try:
-                    session = room.join(msg, transport, binary=binary)
-                except ProtocolError as e:
-                    await _reply(ws, None, _error(e, msg.id), binary)
-                    await ws.close(CloseCode.POLICY, e.message[:120])
-                    return
-                continue
-            assert session is not None and room is not None
-            if isinstance(msg, Ping):
-                session.push(encode(Pong(msg.id), binary=session.binary))
-            elif msg.type in ("op", "undo", "redo") and not bucket.take():
-                err = Error(
-                    ErrorCode.RATE_LIMITED,
-                    f"over {settings.ops_per_second:g} op messages per second; batch ops into fewer messages",
-                    re=msg.id,
-                )
-                session.push(encode(err, binary=session.binary))
-            else:
-                room.submit(session, msg)
-            if session.closed:
-                return
+        await pump.run()
     except WebSocketDisconnect:
         return
     finally:
-        if session is not None and room is not None:
-            await room.leave(session)
-
-
-async def _reply(ws: WebSocket, session: Session | None, err: Error, binary: bool) -> None:
-    if session is not None:
-        session.push(encode(err, binary=session.binary))
-    else:
-        await _StarletteTransport(ws).send(encode(err, binary=binary))
+        await pump.leave()

@@ -1,0 +1,319 @@
+"""The connection pump under :class:`client.room.Room`.
+
+It drives the sans-I/O :class:`protocol.client_conn.ClientConnection` over a
+websockets asyncio socket: it opens sockets (reconnecting with backoff),
+feeds the core every server message, applies the core's events (the mirror,
+delta streams, live views, the futures of waiting calls) and writes the
+frames the core decides to send, in order, under one lock. It owns one task,
+the socket loop, and cancels it on :meth:`RoomLink.close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any
+
+import polars as pl
+import websockets
+from websockets.asyncio.client import ClientConnection as Socket
+from websockets.asyncio.client import connect as ws_connect
+
+from protocol import (
+    CloseCode,
+    Committed,
+    Delta,
+    Error,
+    OpBatch,
+    PresenceUpdate,
+    Subscribe,
+    Undo,
+    View,
+    decode_server,
+)
+from protocol.client_conn import Answered, ClientConnection, ClientEvent, Dropped, Joined, Received, Rejected
+
+from .errors import ConnectionClosed, OpRejected
+from .mirror import Mirror
+from .streams import DeltaEvent, DeltaStream
+from .views import LiveView
+
+__all__ = ["RoomLink"]
+
+log = logging.getLogger("coframe.client")
+
+RESUBSCRIBE = "resubscribe:"  # request id prefix of the subscribes sent again after a reconnect
+
+# Close codes after which reconnecting cannot help.
+_FATAL_CLOSE = {CloseCode.POLICY, CloseCode.NO_SUCH_DATASET}
+
+
+class RoomLink:
+    """One room's socket, kept open across drops, and the state the socket feeds."""
+
+    def __init__(self, url: str, client_id: str, *, reconnect: bool, open_timeout: float) -> None:
+        self.url = url
+        self.client_id = client_id
+        self.reconnect = reconnect
+        self.open_timeout = open_timeout
+        self.mirror = Mirror()
+        self.presence: dict[str, Any] = {}
+        self.role = "editor"
+        self.reconnects = 0
+        self.last_commit: Committed | None = None  # the latest ``committed`` seen
+        # client_seq grows across process restarts too (exactly-once per client id).
+        self._conn = ClientConnection(client_id, first_id=time.time_ns() // 1000, codecs=("zstd", "lz4"))
+        self._futures: dict[int | str, asyncio.Future[Any]] = {}  # by request id (a batch's: its client_seq)
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._subscribers: list[DeltaStream] = []
+        self._views: dict[str, LiveView] = {}
+        self._ws: Socket | None = None
+        self._send_lock = asyncio.Lock()
+        self._settled = asyncio.Event()  # the first welcome came, or the socket loop ended
+        self._welcomed = False
+        self._closed = False
+        self._fatal: Exception | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def open(self) -> RoomLink:
+        """Connect and return once the welcome arrived.
+
+        Raises:
+            TimeoutError: no welcome within ``open_timeout``.
+            ConnectionError: the server cannot be reached.
+            ConnectionClosed: the server closed the socket for good first.
+        """
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"coframe:{self.client_id}")
+        self._task.add_done_callback(lambda _: self._settled.set())
+        try:
+            async with asyncio.timeout(self.open_timeout):
+                await self._settled.wait()
+        except TimeoutError:
+            await self.close()
+            raise TimeoutError(f"no welcome from {self.url} within {self.open_timeout}s") from None
+        if not self._welcomed:
+            failed = None if self._task.cancelled() else self._task.exception()
+            await self.close()
+            raise failed or self._fatal or ConnectionClosed(f"{self.url} closed before the welcome")
+        return self
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._ws is not None:
+            await self._ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._conn.close()
+        self._fail_all(ConnectionClosed("room closed"))
+        for sub in list(self._subscribers):
+            sub.put(None)
+        for view in list(self._views.values()):
+            view._end("room closed")
+        self._views.clear()
+        self._wake_waiters()
+
+    async def drop_connection(self) -> None:
+        """Close the socket without closing the room: it reconnects and resumes."""
+        if self._ws is not None:
+            await self._ws.close()
+
+    # ------------------------------------------------------------ the socket loop
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closed:
+            try:
+                async with ws_connect(
+                    self.url, max_size=None, open_timeout=self.open_timeout, compression=None
+                ) as ws:
+                    self._ws = ws
+                    self._conn.connect()
+                    await self._flush()
+                    attempt = 0
+                    async for data in ws:
+                        self._dispatch(decode_server(data))
+                        if self._conn.has_data_to_send():
+                            await self._flush()
+                    code, reason = ws.close_code, ws.close_reason
+            except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake, TimeoutError) as e:
+                if not self._welcomed and attempt >= 2:
+                    raise ConnectionError(f"cannot connect to {self.url}: {e}") from e
+                code = getattr(getattr(e, "rcvd", None), "code", None)
+                reason = getattr(getattr(e, "rcvd", None), "reason", "") or str(e)
+            finally:
+                if self._ws is not None:
+                    self._ws = None
+                    self._conn.connection_lost()
+                    self._handle(self._conn.events_received())
+            if self._closed or not self.reconnect or code in _FATAL_CLOSE:
+                self._fail(ConnectionClosed(f"connection closed with code {code}: {reason}"))
+                return
+            attempt += 1
+            self.reconnects += 1
+            # Backoff between reconnect attempts (runtime behaviour, not a test wait).
+            await asyncio.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
+
+    async def _flush(self) -> None:
+        """Write the core's frames to the socket, in order (one writer at a time)."""
+        async with self._send_lock:
+            frames = self._conn.data_to_send()
+            ws = self._ws
+            if ws is None:
+                return
+            try:
+                for frame in frames:
+                    await ws.send(frame)
+            except websockets.ConnectionClosed:
+                pass  # the socket loop sees the close; batches are resent after the next welcome
+
+    def _dispatch(self, msg: Any) -> None:
+        """Take one server message: the core turns it into events, applied here."""
+        self._conn.receive_message(msg)
+        self._handle(self._conn.events_received())
+
+    def _handle(self, events: list[ClientEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, Received):
+                self._apply(ev.msg)
+            elif isinstance(ev, Answered):
+                self._settle(ev.request_id, ev.reply, None)
+            elif isinstance(ev, Rejected):
+                if ev.kind == "resubscribe":  # e.g. a column the view uses was renamed or dropped meanwhile
+                    view = self._views.pop(str(ev.request_id).removeprefix(RESUBSCRIBE), None)
+                    if view is not None:
+                        e = ev.error
+                        view._end(f"could not subscribe again after a reconnect: {e.code}: {e.message}")
+                else:
+                    e = ev.error
+                    self._settle(ev.request_id, None, OpRejected(e.code, e.message, e.details))
+            elif isinstance(ev, Dropped):
+                why = f"the connection closed before the reply to '{ev.kind}'"
+                self._settle(ev.request_id, None, ConnectionClosed(why))
+            elif isinstance(ev, Joined):
+                self._joined(ev)
+
+    def _apply(self, msg: Any) -> None:
+        if isinstance(msg, Delta):
+            if self.mirror.apply(msg):
+                self._publish(msg)
+                self._wake_waiters()
+        elif isinstance(msg, Committed):
+            self.last_commit = msg
+        elif isinstance(msg, View):
+            view = self._views.get(msg.view)
+            if view is not None:
+                view._apply(msg)
+                if msg.kind == "closed":
+                    self._views.pop(msg.view, None)
+        elif isinstance(msg, PresenceUpdate):
+            for k, v in msg.states.items():
+                if v is None:
+                    self.presence.pop(k, None)
+                else:
+                    self.presence[k] = v
+        elif isinstance(msg, Error):
+            log.warning("server error: %s: %s", msg.code, msg.message)
+
+    def _joined(self, ev: Joined) -> None:
+        w = ev.welcome
+        self.role = w.role
+        if ev.load:
+            self.mirror.load(w)
+            if ev.resync:
+                resync = DeltaEvent(w.seq, w.seq, self.mirror.frame, [], (), True, resync=True)
+                for sub in self._subscribers:
+                    sub.put(resync)
+        self._welcomed = True
+        self._settled.set()
+        self._wake_waiters()
+        if w.reason != "resync":
+            # A new socket has no views: open the live ones again (their snapshots follow).
+            for v in self._views.values():
+                if v.seq >= 0:
+                    again = Subscribe(v.name, v.config, v.viewport, id=RESUBSCRIBE + v.name)
+                    self._conn.send_request("resubscribe", again)
+
+    def _publish(self, d: Delta) -> None:
+        if not self._subscribers:
+            return
+        up = pl.from_arrow(d.upserts) if d.upserts is not None else pl.DataFrame()
+        assert isinstance(up, pl.DataFrame)
+        ev = DeltaEvent(d.seq_to, d.seq_from, up, list(d.deleted), d.by, d.schema is not None)
+        for sub in self._subscribers:
+            sub.put(ev)
+
+    # ------------------------------------------------------------ waiting calls
+
+    def _settle(self, request_id: int | str, result: Any, exc: Exception | None) -> None:
+        fut = self._futures.pop(request_id, None)
+        if fut is None or fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+    def _fail_all(self, err: Exception) -> None:
+        futures, self._futures = self._futures, {}
+        for fut in futures.values():
+            if not fut.done():
+                fut.set_exception(err)
+
+    def _fail(self, err: Exception) -> None:
+        self._fatal = err
+        self._conn.close()
+        self._fail_all(err)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        if not self._waiters:
+            return
+        keep = []
+        for seq, fut in self._waiters:
+            if fut.done():
+                continue
+            if self.mirror.seq >= seq or self._fatal is not None or self._closed:
+                fut.set_result(None)
+            else:
+                keep.append((seq, fut))
+        self._waiters = keep
+
+    async def _send(self, msg: OpBatch | Undo) -> Any:
+        """Send a batch (its ``id`` is its ``client_seq``); return its ack.
+
+        Raises:
+            OpRejected: the server rejected it.
+            ConnectionClosed: the room closed first.
+        """
+        if self._fatal is not None:
+            raise self._fatal
+        if self._closed:
+            raise ConnectionClosed("room closed")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futures[msg.client_seq] = fut
+        self._conn.send_batch(msg)
+        await self._flush()
+        return await fut
+
+    async def _request(self, kind: str, make: Any) -> Any:
+        """Send ``make(request_id)`` and return its reply.
+
+        Raises:
+            OpRejected: the server answered with an error.
+            ConnectionClosed: not connected, or the socket closed before the reply.
+        """
+        rid = self._conn.next_id()
+        if not self._conn.send_request(kind, make(rid)):
+            raise ConnectionClosed("not connected")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._futures[rid] = fut
+        await self._flush()
+        return await fut
