@@ -47,7 +47,7 @@ log = logging.getLogger("coframe.client")
 RESUBSCRIBE = "resubscribe:"  # request id prefix of the subscribes sent again after a reconnect
 
 # Close codes after which reconnecting cannot help.
-_FATAL_CLOSE = {CloseCode.POLICY, CloseCode.NO_SUCH_DATASET}
+_FATAL_CLOSE = {CloseCode.POLICY, CloseCode.NO_SUCH_DATASET, CloseCode.REPLACED}
 
 
 class RoomLink:
