@@ -16,7 +16,7 @@ import time
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from protocol import CloseCode, Error, ErrorCode, ProtocolError, encode
+from protocol import CloseCode, Error, ErrorCode, encode
 from protocol.server_conn import (
     CloseNeeded,
     ConnectionLimits,
@@ -135,12 +135,7 @@ class _Pump:
             err = Error(ErrorCode.BAD_FIELD, f"{reason} ({e})", re=hello.id)
             self.conn.fail(CloseCode.NO_SUCH_DATASET, reason, err)
             return
-        try:
-            session = room.join(hello, self.transport, binary=ev.binary)
-        except ProtocolError as e:
-            self.conn.fail(CloseCode.POLICY, e.message, Error(e.code, e.message, e.details, re=hello.id))
-            return
-        self.room, self.session = room, session
+        self.room, self.session = room, room.join(hello, self.transport, binary=ev.binary)
         self.conn.joined()
 
     async def leave(self) -> None:

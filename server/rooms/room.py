@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from protocol import (
-    PROTOCOL_VERSION,
     CloseCode,
     Commit,
     Committed,
@@ -168,16 +167,9 @@ class Room:
         """Register a session and queue its welcome (and any resume deltas).
 
         Synchronous, so the welcome's state and the deltas that follow it
-        are consistent: no tick can run in between.
-
-        Raises:
-            ProtocolError: ``bad_version``.
+        are consistent: no tick can run in between. The connection core
+        (protocol.server_conn) has already checked the protocol version.
         """
-        if hello.version != PROTOCOL_VERSION:
-            raise ProtocolError(
-                ErrorCode.BAD_VERSION,
-                f"protocol version {hello.version} is not supported; this server speaks {PROTOCOL_VERSION}",
-            )
         old = self.sessions.pop(hello.client, None)
         if old is not None:
             old.abort(CloseCode.REPLACED, "replaced by a newer connection of the same client")
