@@ -1,0 +1,121 @@
+"""The outbound choke point: one function, grouped by audience, encoded once per group."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from protocol import Ack, PresenceUpdate, decode_server
+from server.ops import normalize_frame
+from server.ops.state import State
+from server.rooms import outbound as outbound_module
+from server.rooms.deltas import DeltaBuilder, EncodedDelta
+from server.rooms.outbound import EVERYONE, Audience, DeltaOut, Message, Outbound, WelcomeOut
+from tests.conftest import small_frame
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Sub:
+    client: str
+    binary: bool = True
+    audience: Audience = EVERYONE
+    codecs: tuple[str, ...] = ()
+    got: list[tuple[Any, bool]] = field(default_factory=list)
+
+    def push(self, data: Any, *, droppable: bool = False) -> None:
+        self.got.append((data, droppable))
+
+
+def _state() -> State:
+    df, catalog = normalize_frame(small_frame(10))
+    return State(df, catalog, df.height)
+
+
+def test_a_message_is_encoded_once_per_envelope_and_the_same_bytes_go_to_everyone() -> None:
+    out = Outbound()
+    subs = [Sub("a"), Sub("b"), Sub("c", binary=False), Sub("d", binary=False), Sub("e")]
+    out.deliver(Message(PresenceUpdate(b"\x00", {"a": {"x": 1}}), droppable=True), subs)
+    assert out.encodes == 2  # one msgpack, one JSON
+    binary = [s.got[0][0] for s in subs if s.binary]
+    text = [s.got[0][0] for s in subs if not s.binary]
+    assert all(b is binary[0] for b in binary) and all(t is text[0] for t in text)
+    assert isinstance(binary[0], bytes) and isinstance(text[0], str)
+    assert all(s.got[0][1] is True for s in subs)  # broadcast traffic may be dropped by a slow reader
+    assert decode_server(binary[0]) == decode_server(text[0])
+
+
+def test_replies_are_never_droppable() -> None:
+    out, s = Outbound(), Sub("a")
+    out.deliver(Message(Ack(3, 1, (), ())), [s])
+    assert s.got[0][1] is False
+    assert decode_server(s.got[0][0]).seq == 3
+
+
+def test_a_delta_reuses_its_encoding_for_every_subscriber_and_the_resume_log() -> None:
+    state = _state()
+    b = DeltaBuilder()
+    b.add_cells(state.catalog.columns[0].id, state.rids()[:2])
+    encoded = EncodedDelta(b.build(state, state, 1, 1, ("w",), None))
+    out = Outbound()
+    subs = [Sub(str(i)) for i in range(5)] + [Sub("j", binary=False)]
+    out.deliver(DeltaOut(encoded, state), subs)
+    assert out.encodes == 0  # the shared EncodedDelta encodes once per envelope, for every room reader
+    assert subs[0].got[0][0] is encoded.payload(True) and subs[-1].got[0][0] is encoded.payload(False)
+    assert decode_server(subs[0].got[0][0]).seq_to == 1
+
+
+def test_subscribers_are_grouped_by_audience_and_rendered_once_per_audience(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered: list[Audience] = []
+
+    def render(payload: Any, audience: Audience) -> Any:
+        rendered.append(audience)
+        return payload.msg
+
+    monkeypatch.setattr(outbound_module, "render", render)
+    narrow = Audience(columns=frozenset({"name"}))
+    subs = [Sub("a"), Sub("b", audience=narrow), Sub("c"), Sub("d", audience=narrow, binary=False)]
+    out = Outbound()
+    out.deliver(Message(Ack(1, 1, (), ())), subs)
+    assert sorted(map(repr, rendered)) == sorted(map(repr, [EVERYONE, narrow, narrow]))
+    assert out.encodes == 3  # (EVERYONE, msgpack), (narrow, msgpack), (narrow, JSON)
+    assert subs[0].got[0][0] is subs[2].got[0][0]
+
+
+def test_a_welcome_is_built_per_subscriber_and_big_snapshots_are_cached_per_state() -> None:
+    state = _state()
+    w = WelcomeOut("sales/main", state, 0, "join", b"", "editor", {}, re=7)
+    out, a = Outbound(), Sub("a")
+    out.deliver(w, [a])
+    msg = decode_server(a.got[0][0])
+    assert msg.client == "a" and msg.re == 7 and msg.snapshot.num_rows == 10
+    assert a.got[0][1] is False  # a welcome is never dropped
+
+
+# Dashboards speak Perspective's own wire protocol through the read-only gate,
+# not coframe messages; their reply queue is theirs (docs/architecture.md).
+NOT_COFRAME_SUBSCRIBERS = {"server/perspective/endpoint.py"}
+
+
+def test_only_the_choke_point_pushes_to_sessions() -> None:
+    """Every ``.push(`` to a coframe subscriber lives in server/rooms/outbound.py."""
+    offenders = []
+    for path in (ROOT / "server").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "push"
+                and path.name != "outbound.py"
+                and str(path.relative_to(ROOT)) not in NOT_COFRAME_SUBSCRIBERS
+            ):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
