@@ -1,7 +1,15 @@
-"""Field readers that name the bad field in their error (STYLE.md section 2)."""
+"""Field readers and validators that name the bad field in their error (STYLE.md section 2).
+
+Two shapes: readers take the map, the key and the path (``req_int(d, "seq", "seq")``);
+validators take a present value and its path (``uint(v, "seq")``) and are what the
+message spec (``_spec.Field``) calls. Both raise ``ProtocolError(bad_field)``.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -9,6 +17,17 @@ import pyarrow as pa
 from .errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "uint",
+    "text",
+    "string",
+    "short_text",
+    "flag",
+    "number",
+    "request_id",
+    "obj",
+    "blob",
+    "schema",
+    "str_list",
     "req_id",
     "req",
     "opt",
@@ -47,12 +66,16 @@ def req(d: dict[str, Any], key: str, path: str) -> Any:
 
 def req_id(d: dict[str, Any], key: str = "id") -> int | str | None:
     """A request id (``id``) or the id a reply answers (``re``): int64, string or null."""
-    v = d.get(key)
+    return request_id(d.get(key), key)
+
+
+def request_id(v: Any, path: str) -> int | str | None:
+    """Validate a request id value: int64, string or null."""
     if v is None or isinstance(v, str):
         return v
     if isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v <= INT64_MAX:
         return v
-    raise ProtocolError(ErrorCode.BAD_FIELD, f"field '{key}' must be a 64-bit integer or a string", field=key)
+    raise _bad(path, "must be a 64-bit integer or a string")
 
 
 def opt(d: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -64,7 +87,11 @@ def _is_int(v: Any) -> bool:
 
 
 def req_int(d: dict[str, Any], key: str, path: str, *, minimum: int | None = 0) -> int:
-    v = req(d, key, path)
+    return uint(req(d, key, path), path, minimum=minimum)
+
+
+def uint(v: Any, path: str, *, minimum: int | None = 0) -> int:
+    """An integer >= ``minimum`` (0 unless told) that fits in 64 bits."""
     if not _is_int(v):
         raise _bad(path, f"must be an integer, got {type(v).__name__}")
     if minimum is not None and v < minimum:
@@ -81,12 +108,34 @@ def opt_int(d: dict[str, Any], key: str, path: str, *, minimum: int | None = 0) 
 
 
 def req_str(d: dict[str, Any], key: str, path: str, *, nonempty: bool = True) -> str:
-    v = req(d, key, path)
+    return text(req(d, key, path), path) if nonempty else string(req(d, key, path), path)
+
+
+def string(v: Any, path: str) -> str:
+    """A string, possibly empty."""
     if not isinstance(v, str):
         raise _bad(path, f"must be a string, got {type(v).__name__}")
-    if nonempty and not v:
-        raise _bad(path, "must not be empty")
     return v
+
+
+def text(v: Any, path: str) -> str:
+    """A non-empty string."""
+    s = string(v, path)
+    if not s:
+        raise _bad(path, "must not be empty")
+    return s
+
+
+def short_text(limit: int) -> Callable[[Any, str], str]:
+    """A validator for a non-empty string of at most ``limit`` characters."""
+
+    def check(v: Any, path: str) -> str:
+        s = text(v, path)
+        if len(s) > limit:
+            raise _bad(path, f"is over {limit} characters")
+        return s
+
+    return check
 
 
 def opt_str(d: dict[str, Any], key: str, path: str) -> str | None:
@@ -97,11 +146,28 @@ def opt_str(d: dict[str, Any], key: str, path: str) -> str | None:
 
 def opt_bool(d: dict[str, Any], key: str, path: str, default: bool = False) -> bool:
     v = d.get(key)
-    if v is None:
-        return default
+    return default if v is None else flag(v, path)
+
+
+def flag(v: Any, path: str) -> bool:
+    """A boolean (an integer 0 or 1 is not one)."""
     if not isinstance(v, bool):
         raise _bad(path, f"must be true or false, got {type(v).__name__}")
     return v
+
+
+def number(v: Any, path: str) -> float:
+    """A number (integer or float, not a boolean), as a float."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise _bad(path, "must be a number")
+    return float(v)
+
+
+def str_list(v: Any, path: str) -> tuple[str, ...]:
+    """A list of strings."""
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise _bad(path, "must be a list of strings")
+    return tuple(v)
 
 
 def int_list(v: Any, path: str) -> tuple[int, ...]:
@@ -150,6 +216,44 @@ def plain(v: Any, path: str) -> Any:
         else:
             scalar(x, p)
     return v
+
+
+def obj(v: Any, path: str) -> dict[str, Any]:
+    """A free-form JSON object (presence state, details, limits)."""
+    if not isinstance(v, dict):
+        raise _bad(path, "must be an object")
+    out: dict[str, Any] = plain(v, path)
+    return out
+
+
+def blob(v: Any, path: str) -> bytes:
+    """Binary field: bytes in msgpack frames, base64 text in JSON frames."""
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v)
+    if isinstance(v, str):
+        try:
+            return base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    raise _bad(path, "must be bytes (base64 text in JSON)")
+
+
+def schema(v: Any, path: str) -> tuple[dict[str, Any], ...]:
+    """A room schema: a list of ``{id, name, dtype}`` (PROTOCOL.md "welcome")."""
+    if not isinstance(v, list):
+        raise _bad(path, "must be a list")
+    out = []
+    for i, c in enumerate(v):
+        if not isinstance(c, dict):
+            raise _bad(f"{path}[{i}]", "must be an object")
+        out.append(
+            {
+                "id": req_int(c, "id", f"{path}[{i}].id"),
+                "name": req_str(c, "name", f"{path}[{i}].name"),
+                "dtype": req_str(c, "dtype", f"{path}[{i}].dtype"),
+            }
+        )
+    return tuple(out)
 
 
 def table_field(v: Any, path: str) -> pa.Table:

@@ -8,11 +8,12 @@ types); the room checks column names and Perspective checks the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 
 from . import _fields as f
+from ._spec import ID, RE, Field, Message, req
 from .errors import ErrorCode, ProtocolError
 
 __all__ = ["Subscribe", "Unsubscribe", "View", "VIEW_KEYS", "VIEW_KINDS", "check_view_config"]
@@ -95,30 +96,35 @@ def check_view_config(v: Any, path: str = "config") -> dict[str, Any]:
     return out
 
 
-def _view_id(d: dict[str, Any]) -> str:
-    view = f.req_str(d, "view", "view")
-    if len(view) > _MAX_VIEW_ID:
-        raise _bad("view", f"is over {_MAX_VIEW_ID} characters")
-    return view
+_view_id = f.short_text(_MAX_VIEW_ID)
 
 
-def _viewport(v: Any) -> tuple[int, int] | None:
-    if v is None:
-        return None
+def _viewport(v: Any, path: str) -> tuple[int, int]:
     if not isinstance(v, dict):
-        raise _bad("viewport", "must be an object {start_row, end_row}")
-    start = f.req_int(v, "start_row", "viewport.start_row")
-    end = f.req_int(v, "end_row", "viewport.end_row")
+        raise _bad(path, "must be an object {start_row, end_row}")
+    start = f.req_int(v, "start_row", f"{path}.start_row")
+    end = f.req_int(v, "end_row", f"{path}.end_row")
     if end <= start:
-        raise _bad("viewport.end_row", f"must be greater than start_row ({start}), got {end}")
+        raise _bad(f"{path}.end_row", f"must be greater than start_row ({start}), got {end}")
     return start, end
+
+
+def _viewport_out(v: tuple[int, int]) -> dict[str, int]:
+    return {"start_row": v[0], "end_row": v[1]}
+
+
+def _view_kind(v: Any, path: str) -> str:
+    kind = f.text(v, path)
+    if kind not in VIEW_KINDS:
+        raise _bad(path, f"is {kind!r}; expected one of {', '.join(VIEW_KINDS)}")
+    return kind
 
 
 # --------------------------------------------------------------- client → server
 
 
 @dataclass(frozen=True, slots=True)
-class Subscribe:
+class Subscribe(Message):
     """Open a live view over the room's table (PROTOCOL.md "subscribe").
 
     ``view`` is the client's name for it, unique on its connection.
@@ -129,40 +135,30 @@ class Subscribe:
     config: dict[str, Any]
     viewport: tuple[int, int] | None = None
     id: int | str | None = None
-    type: ClassVar[str] = "subscribe"
-
-    @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> Subscribe:
-        return cls(
-            _view_id(d), check_view_config(d.get("config") or {}), _viewport(d.get("viewport")), f.req_id(d)
-        )
-
-    def to_wire(self) -> dict[str, Any]:
-        vp = None if self.viewport is None else {"start_row": self.viewport[0], "end_row": self.viewport[1]}
-        return {"type": self.type, "id": self.id, "view": self.view, "config": self.config, "viewport": vp}
+    type: ClassVar[Literal["subscribe"]] = "subscribe"
+    FIELDS: ClassVar[tuple[Field, ...]] = (
+        ID,
+        req("view", _view_id),
+        Field("config", check_view_config, factory=dict, blank=True),
+        Field("viewport", _viewport, dump=_viewport_out),
+    )
 
 
 @dataclass(frozen=True, slots=True)
-class Unsubscribe:
+class Unsubscribe(Message):
     """Close a view (PROTOCOL.md "unsubscribe"); answered by a ``view`` of kind ``closed``."""
 
     view: str
     id: int | str | None = None
-    type: ClassVar[str] = "unsubscribe"
-
-    @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> Unsubscribe:
-        return cls(_view_id(d), f.req_id(d))
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"type": self.type, "id": self.id, "view": self.view}
+    type: ClassVar[Literal["unsubscribe"]] = "unsubscribe"
+    FIELDS: ClassVar[tuple[Field, ...]] = (ID, req("view", _view_id))
 
 
 # --------------------------------------------------------------- server → client
 
 
 @dataclass(frozen=True, slots=True)
-class View:
+class View(Message):
     """A view's content (PROTOCOL.md "view").
 
     ``kind`` is ``snapshot`` (the reply to ``subscribe``, and again after a
@@ -183,34 +179,14 @@ class View:
     reason: str | None = None
     re: int | str | None = None
     config: dict[str, Any] | None = None  # on snapshots: the config as the server now holds it
-    type: ClassVar[str] = "view"
-
-    @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> View:
-        kind = f.req_str(d, "kind", "kind")
-        if kind not in VIEW_KINDS:
-            raise _bad("kind", f"is {kind!r}; expected one of {', '.join(VIEW_KINDS)}")
-        data = d.get("data")
-        return cls(
-            _view_id(d),
-            kind,
-            f.req_int(d, "seq", "seq"),
-            None if data is None else f.table_field(data, "data"),
-            f.opt_int(d, "rows", "rows") or 0,
-            f.opt_str(d, "reason", "reason"),
-            f.req_id(d, "re"),
-            None if d.get("config") is None else check_view_config(d["config"]),
-        )
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "re": self.re,
-            "view": self.view,
-            "kind": self.kind,
-            "seq": self.seq,
-            "rows": self.rows,
-            "data": self.data,
-            "reason": self.reason,
-            "config": self.config,
-        }
+    type: ClassVar[Literal["view"]] = "view"
+    FIELDS: ClassVar[tuple[Field, ...]] = (
+        RE,
+        req("view", _view_id),
+        req("kind", _view_kind),
+        req("seq", f.uint),
+        Field("rows", f.uint, default=0),
+        Field("data", f.table_field),
+        Field("reason", f.text),
+        Field("config", check_view_config),
+    )
