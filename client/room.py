@@ -190,7 +190,7 @@ class Room(RoomLink):
         """Commit the room's current state as a new version; return its commit id.
 
         Raises:
-            OpRejected: ``read_only`` (a time-travel room, or a server without storage).
+            OpRejected: ``read_only`` (a time-travel room: create a branch from its version).
         """
         done: Committed = await self._request("commit", lambda cs: Commit(message, id=cs))
         return done.commit

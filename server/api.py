@@ -162,16 +162,6 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
-def _storage(registry: Registry, what: str) -> Storage:
-    if registry.storage is None:
-        raise ApiError(
-            400,
-            "no_storage",
-            f"{what} needs versioned storage; start the server with --data-dir (not --memory)",
-        )
-    return registry.storage
-
-
 async def _dataset(request: Request) -> tuple[Registry, str]:
     registry = _registry(request)
     name = check_ref_name(request.path_params["name"])
@@ -200,12 +190,9 @@ def _str_field(body: dict[str, Any], key: str, default: str | None = None) -> st
 async def _state_at(registry: Registry, name: str, side: str) -> tuple[State, dict[str, Any]]:
     live, ref = side_label(side)
     if live:
-        try:
-            state = await registry.live_state(name, ref)
-        except KeyError:
-            raise NotFound(f"branch '{ref}' not found in dataset '{name}'") from None
+        state = await registry.live_state(name, ref)
         return state, {"ref": side, "live": True, "branch": ref, "commit": None}
-    storage = _storage(registry, "reading a past version")
+    storage = registry.storage
     m = await resolve(storage, name, ref)
     return await storage.state_of(m), {"ref": side, "live": False, "commit": m.id, "seq": m.seq}
 
@@ -256,16 +243,8 @@ async def upload(request: Request) -> Response:
         spool.close()
     author = q.get("author") or "http"
     message = q.get("message") or f"import of {filename or 'an upload'}"
-    try:
-        await registry.create(name, frame, author=author, message=message)
-    except OpError as e:
-        if e.code == "column_exists":  # the in-memory registry's "name taken"
-            raise ApiError(409, "already_exists", e.message) from None
-        raise
-    commit = None
-    if registry.storage is not None:
-        commit = (await registry.storage.catalog.get_ref(name, "main", "branch")).commit
-    body = {"name": name, "rows": frame.height, "columns": frame.width, "commit": commit}
+    manifest = await registry.create(name, frame, author=author, message=message)
+    body = {"name": name, "rows": frame.height, "columns": frame.width, "commit": manifest.id}
     log.info("uploaded dataset %s: %d rows × %d columns", name, frame.height, frame.width)
     return JSONResponse(body, status_code=201)
 
@@ -278,7 +257,7 @@ async def export(request: Request) -> Response:
     at, branch = q.get("at"), check_ref_name(q.get("branch") or "main", "branch")
     headers: dict[str, str] = {}
     if at:
-        storage = _storage(registry, "export at a version")
+        storage = registry.storage
         m = await resolve(storage, name, at)
         state = await storage.state_of(m)
         headers["X-Coframe-Commit"] = m.id
@@ -295,7 +274,7 @@ async def export(request: Request) -> Response:
 @_api
 async def history(request: Request) -> Response:
     registry, name = await _dataset(request)
-    storage = _storage(registry, "history")
+    storage = registry.storage
     ref = request.query_params.get("ref") or "main"
     raw = request.query_params.get("limit") or "100"
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LIMIT:
@@ -337,7 +316,7 @@ async def diff(request: Request) -> Response:
 @_api
 async def refs(request: Request) -> Response:
     registry, name = await _dataset(request)
-    storage = _storage(registry, "branches and tags")
+    storage = registry.storage
     out: dict[str, list[dict[str, str]]] = {}
     for kind, key in (("branch", "branches"), ("tag", "tags")):
         found = await storage.catalog.list_refs(name, kind)
@@ -348,7 +327,7 @@ async def refs(request: Request) -> Response:
 @_api
 async def create_branch(request: Request) -> Response:
     registry, name = await _dataset(request)
-    storage = _storage(registry, "branches")
+    storage = registry.storage
     body = await _json_body(request)
     new = check_ref_name(_str_field(body, "name"), "branch")
     source = _str_field(body, "from", "main")
@@ -360,7 +339,7 @@ async def create_branch(request: Request) -> Response:
 @_api
 async def create_tag(request: Request) -> Response:
     registry, name = await _dataset(request)
-    storage = _storage(registry, "tags")
+    storage = registry.storage
     body = await _json_body(request)
     tag = check_ref_name(_str_field(body, "name"), "tag")
     at = _str_field(body, "at", "main")
@@ -381,7 +360,7 @@ async def create_tag(request: Request) -> Response:
 @_api
 async def revert(request: Request) -> Response:
     registry, name = await _dataset(request)
-    storage = _storage(registry, "revert")
+    storage = registry.storage
     body = await _json_body(request)
     branch = check_ref_name(_str_field(body, "branch", "main"), "branch")
     to = _str_field(body, "to")

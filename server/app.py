@@ -25,7 +25,7 @@ from .settings import Settings
 from .storage.service import Storage
 from .ws import websocket_endpoint
 
-__all__ = ["create_app", "load_file", "build_registry", "open_registry", "room_config"]
+__all__ = ["create_app", "load_file", "open_registry", "room_config"]
 
 log = logging.getLogger("coframe.app")
 
@@ -44,22 +44,19 @@ def room_config(settings: Settings) -> RoomConfig:
     )
 
 
-def build_registry(settings: Settings) -> Registry:
-    """An in-memory registry (no storage) with the demo and ``--dataset`` files."""
-    registry = Registry(room_config(settings), idle_unload=settings.idle_unload, views=RoomViews)
-    if settings.demo:
-        registry.add_frame("sales", demo_sales(settings.demo_rows))
-    for name, path in settings.datasets:
-        registry.add_frame(name, load_file(path))
-    return registry
-
-
 async def open_registry(settings: Settings) -> Registry:
-    """A registry on durable storage; the demo and ``--dataset`` files are
-    committed on first start (an existing dataset of that name is kept)."""
-    storage = await Storage.open(Path(settings.data_dir or "data"), settings.catalog)
+    """The registry on the storage ``settings`` names: in memory when ``data_dir`` is None
+    (``--memory``), else the chunk files in ``data_dir`` and its SQLite catalog (or
+    ``settings.catalog``). The demo and ``--dataset`` files are committed on first start
+    (an existing dataset of that name is kept).
+
+    Raises:
+        ValueError, OSError, StorageError: the storage cannot be opened.
+        ReadError, OpError: a ``--dataset`` file cannot be read or has a bad name.
+    """
+    storage = await Storage.for_settings(settings.data_dir, settings.catalog)
     registry = Registry(
-        room_config(settings), idle_unload=settings.idle_unload, storage=storage, views=RoomViews
+        room_config(settings), storage=storage, idle_unload=settings.idle_unload, views=RoomViews
     )
     try:
         existing = set(await registry.names())
@@ -81,7 +78,7 @@ async def open_registry(settings: Settings) -> Registry:
 async def healthz(request: Request) -> JSONResponse:
     registry: Registry = request.app.state.registry
     names = await registry.names()
-    storage = "memory" if registry.storage is None else type(registry.storage.catalog).__name__
+    storage = registry.storage.kind
     return JSONResponse(
         {"status": "ok", "datasets": len(names), "rooms": len(registry.rooms), "storage": storage}
     )
@@ -100,7 +97,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         reg = registry
         if reg is None:
-            reg = await open_registry(settings) if settings.data_dir else build_registry(settings)
+            reg = await open_registry(settings)
         app.state.registry = reg
         log.info("coframe ready: datasets %s", ", ".join(await reg.names()) or "(none)")
         try:

@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="postgresql://... to keep the catalog and WAL in PostgreSQL (env COFRAME_CATALOG)",
     )  # fmt: skip
     serve.add_argument(
-        "--memory", action="store_true", help="keep datasets in memory only: no commits, no WAL"
-    )
+        "--memory", action="store_true",
+        help="keep everything in memory: commits, branches, tags and history last until the server stops",
+    )  # fmt: skip
     serve.add_argument("--autocommit-ops", type=int, default=10_000)
     serve.add_argument("--autocommit-seconds", type=float, default=60.0)
     serve.add_argument(
@@ -94,20 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         autocommit_seconds=args.autocommit_seconds,
         max_upload_bytes=args.max_upload_bytes,
     )
-    from .app import build_registry, create_app, load_file
+    from .app import create_app, load_file
     from .rooms.registry import check_name
     from .serve import Server, uvicorn_config
 
     try:  # bad files and names fail here, before the server starts
-        registry = build_registry(settings) if settings.data_dir is None else None
         for name, path in settings.datasets:
             check_name(name)
-            if registry is None:
-                load_file(path)
+            load_file(path)
     except Exception as e:
         print(f"coframe: {e}", file=sys.stderr)
         return 2
-    app = create_app(settings, registry)
+    app = create_app(settings)
     where = "memory" if settings.data_dir is None else (settings.catalog or settings.data_dir)
     print(f"coframe starting (storage: {where})", flush=True)
     Server(uvicorn_config(app, settings, log_level=args.log_level), announce=True).run()

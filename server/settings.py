@@ -16,9 +16,10 @@ class Settings:
     datasets: tuple[tuple[str, str], ...] = ()  # (name, path to .csv or .parquet)
     demo: bool = True
     demo_rows: int = 100_000
-    # Storage: None keeps datasets in memory only (tests); a directory holds
-    # the chunk store and, unless ``catalog`` is a postgresql:// URL, the
-    # SQLite catalog.
+    # Storage: None keeps everything (commits, branches, tags, the WAL) in
+    # memory for the life of the process (``--memory``, tests); a directory
+    # holds the chunk store and, unless ``catalog`` is a postgresql:// URL,
+    # the SQLite catalog.
     data_dir: str | None = None
     catalog: str | None = None
     autocommit_ops: int = 10_000

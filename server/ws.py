@@ -129,7 +129,7 @@ class _Pump:
                 if self.at
                 else self.registry.open(self.dataset, self.branch)
             )
-        except (KeyError, NotFound) as e:
+        except NotFound as e:
             what = f"version '{self.at}'" if self.at else f"branch '{self.branch}'"
             reason = f"no {what} in dataset '{self.dataset}'"
             err = Error(ErrorCode.BAD_FIELD, f"{reason} ({e})", re=hello.id)

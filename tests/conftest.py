@@ -1,26 +1,130 @@
-"""Shared fixtures: a real uvicorn server on a port-0 socket (STYLE.md section 8).
+"""Shared fixtures: the storage backends, and a real uvicorn server on a port-0 socket.
 
 The server runs in the test's own event loop; ``Server.ready`` is an event,
 so nothing waits on wall-clock sleeps.
+
+``backend`` is the one catalog-backend fixture: every test that takes it (or
+a fixture built on it) runs on ``memory``, ``sqlite`` and ``postgres``, the
+way uvicorn's tests run on every protocol implementation. PostgreSQL is the
+per-run schema of tests/pg.py, emptied before each test; without PostgreSQL
+that third run skips (fails under ``CI=true``). A test that needs storage to
+outlive its process (a restart, a subprocess, files on disk) narrows the
+params with ``@persistent_only``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 
-from server.app import build_registry, open_registry
+from server.app import open_registry
 from server.rooms import Registry, Room
 from server.settings import Settings
+from server.storage.catalog import open_catalog
+from server.storage.catalog_memory import MemoryCatalog
+from server.storage.service import Storage
+from server.storage.types import CatalogStore
+from tests.pg import PgUnavailable, fresh_schema_sync, require_service
 from tests.serving import bind_port0, running, timeout
 
-__all__ = ["LiveServer", "small_frame", "timeout"]
+__all__ = [
+    "BACKENDS",
+    "PERSISTENT",
+    "Backend",
+    "LiveServer",
+    "persistent_only",
+    "small_frame",
+    "timeout",
+]
+
+BACKENDS = ("memory", "sqlite", "postgres")
+PERSISTENT = ("sqlite", "postgres")  # storage that outlives the process
+
+persistent_only = pytest.mark.parametrize("backend", PERSISTENT, indirect=True)
+"""Run a ``backend`` test on the backends that keep data across processes only."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One catalog backend and where its data lives.
+
+    ``url`` is the PostgreSQL catalog URL (None otherwise); ``data_dir`` the
+    chunk store and SQLite directory (None for memory).
+    """
+
+    kind: str  # "memory" | "sqlite" | "postgres"
+    url: str | None
+    data_dir: Path | None
+
+    @property
+    def persistent(self) -> bool:
+        return self.kind != "memory"
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Server settings on this backend (no demo unless asked)."""
+        base = Settings(
+            demo=False, data_dir=None if self.data_dir is None else str(self.data_dir), catalog=self.url
+        )
+        return dataclasses.replace(base, **overrides)
+
+    async def open_catalog(self) -> CatalogStore:
+        """A catalog on this backend (for memory: a new, empty one)."""
+        if self.data_dir is None:
+            return MemoryCatalog()
+        return await open_catalog(self.url, self.data_dir)
+
+    async def open_storage(self) -> Storage:
+        """Catalog plus chunk store on this backend (for memory: new, empty ones)."""
+        return await Storage.for_settings(None if self.data_dir is None else str(self.data_dir), self.url)
+
+
+@pytest.fixture(scope="session")
+def pg_run_url() -> Iterator[str]:
+    """One fresh PostgreSQL schema for the whole run, dropped at the end."""
+    try:
+        with fresh_schema_sync() as url:
+            yield url
+    except PgUnavailable as exc:
+        require_service(str(exc))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The catalog backend a test runs on (see the module docstring).
+
+    A plain (sync) fixture: the PostgreSQL schema is set up and emptied on a
+    private loop, never inside the test's running loop.
+    """
+    kind = request.param
+    if kind == "memory":
+        return Backend("memory", None, None)
+    if kind == "sqlite":
+        return Backend("sqlite", None, tmp_path / "data")
+    b = Backend("postgres", request.getfixturevalue("pg_run_url"), tmp_path / "data")
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(_empty(b))
+    finally:
+        loop.close()
+    return b
+
+
+async def _empty(b: Backend) -> None:
+    """Drop every dataset (with its commits, refs and WAL) from ``b``'s catalog."""
+    catalog = await b.open_catalog()
+    try:
+        for name in await catalog.list_datasets():
+            await catalog.drop_dataset(name)
+    finally:
+        await catalog.close()
 
 
 @dataclass
@@ -49,8 +153,9 @@ def small_frame(rows: int = 20) -> pl.DataFrame:
 def make_server() -> Callable[..., Any]:
     """``async with make_server(settings=..., frames={...}) as srv``.
 
-    With ``settings.data_dir`` the registry is durable (SQLite or PostgreSQL
-    catalog + chunk store); otherwise datasets live in memory.
+    With ``settings.data_dir`` the registry is on disk (SQLite or PostgreSQL
+    catalog + chunk files); otherwise on the memory backend. Each frame is
+    created as a dataset (one commit on ``main``).
     """
 
     class _Ctx:
@@ -63,14 +168,13 @@ def make_server() -> Callable[..., Any]:
 
         async def __aenter__(self) -> LiveServer:
             sock = bind_port0()
-            if self.settings.data_dir:
-                registry = await open_registry(self.settings)
+            registry = await open_registry(self.settings)
+            try:
                 for name, frame in self.frames.items():
                     await registry.create(name, frame)
-            else:
-                registry = build_registry(self.settings)
-                for name, frame in self.frames.items():
-                    registry.add_frame(name, frame)
+            except BaseException:
+                await registry.close()
+                raise
             settings = await self.stack.enter_async_context(running(self.settings, registry, sock))
             port = settings.port
             return LiveServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", registry, settings)
@@ -98,8 +202,8 @@ def server_thread() -> Any:
     def run() -> None:
         async def main() -> None:
             settings = Settings(demo=False)
-            registry = build_registry(settings)
-            registry.add_frame("sales", small_frame())
+            registry = await open_registry(settings)
+            await registry.create("sales", small_frame())
             async with running(settings, registry, bind_port0()) as live:
                 stop["event"] = asyncio.Event()
                 stop["loop"] = asyncio.get_running_loop()

@@ -1,10 +1,9 @@
-"""Fixture helpers: a real uvicorn server on durable storage (SQLite or PostgreSQL).
+"""Fixture helpers: a real uvicorn server on a storage backend (memory, SQLite or PostgreSQL).
 
-Usage::
+Usage, with the ``backend`` fixture of tests/conftest.py::
 
-    async with catalog_for("postgres") as url:          # None for SQLite; skips without PostgreSQL
-        async with durable_server(tmp_path, url) as srv:  # srv.url (ws://), srv.http, srv.registry
-            ...
+    async with durable_server(backend) as srv:  # srv.url (ws://), srv.http, srv.registry
+        ...
 
 The server runs in the test's event loop on a port-0 socket and is ready when
 ``Server.ready`` is set (tests/conftest.py's ``make_server``, on storage).
@@ -12,7 +11,6 @@ The server runs in the test's event loop on a port-0 socket and is ready when
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,12 +22,10 @@ import httpx
 from server.app import open_registry
 from server.rooms import Registry, Room
 from server.settings import Settings
-from tests.pg import catalog_url
+from tests.conftest import Backend
 from tests.serving import bind_port0, running, timeout
 
-__all__ = ["BACKENDS", "DurableServer", "durable_server", "catalog_for", "catalog_state"]
-
-BACKENDS = ("sqlite", "postgres")
+__all__ = ["DurableServer", "durable_server", "catalog_state"]
 
 
 @dataclass
@@ -38,7 +34,7 @@ class DurableServer:
     http: str  # http://127.0.0.1:PORT
     registry: Registry
     settings: Settings
-    data_dir: Path
+    data_dir: Path | None  # None on the memory backend
 
     def room(self, dataset: str, branch: str = "main") -> Room:
         return self.registry.rooms[(dataset, branch)]
@@ -47,21 +43,16 @@ class DurableServer:
         return httpx.AsyncClient(base_url=self.http, timeout=timeout(30))
 
 
-catalog_for = catalog_url  # None for SQLite; a fresh PostgreSQL schema URL otherwise
-
-
 @asynccontextmanager
-async def durable_server(
-    tmp_path: Path, catalog_url: str | None = None, **settings: Any
-) -> AsyncIterator[DurableServer]:
-    """A live server whose registry is on storage in ``tmp_path/data`` (and ``catalog_url``)."""
-    data_dir = tmp_path / "data"
-    base = Settings(data_dir=str(data_dir), catalog=catalog_url, demo=False)
-    cfg = dataclasses.replace(base, **settings)
+async def durable_server(backend: Backend, **settings: Any) -> AsyncIterator[DurableServer]:
+    """A live server whose registry is on ``backend`` (``settings`` override the defaults)."""
+    cfg = backend.settings(**settings)
     registry = await open_registry(cfg)
     async with running(cfg, registry, bind_port0()) as live:
         port = live.port
-        yield DurableServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", registry, live, data_dir)
+        yield DurableServer(
+            f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", registry, live, backend.data_dir
+        )
 
 
 async def catalog_state(registry: Registry) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """One contract suite for every catalog backend (STYLE.md section 7).
 
-Every test taking the ``catalog`` or ``backend`` fixture runs twice: against
-the embedded SQLite file and against a real PostgreSQL server, in a schema of
-its own (tests/pg.py). Without PostgreSQL the postgres half skips, and under
-``CI=true`` it fails instead.
+Every test taking the ``catalog`` or ``backend`` fixture (tests/conftest.py)
+runs on each backend: in memory, on the embedded SQLite file and on a real
+PostgreSQL server, in the run's own schema (tests/pg.py). Without PostgreSQL
+the postgres run skips, and under ``CI=true`` it fails instead. Tests about
+what outlives a process (migrations, a second open, kill -9) run on the
+persistent backends only (``@persistent_only``).
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import hashlib
 import inspect
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from server.storage.catalog import open_catalog, split_pg_url
+from server.storage.catalog_memory import MemoryCatalog
 from server.storage.catalog_pg import PostgresCatalog
 from server.storage.catalog_sqlite import SqliteCatalog
 from server.storage.migrations import LATEST, MIGRATIONS
@@ -36,85 +38,60 @@ from server.storage.types import (
     StorageError,
     WalEntry,
 )
-from tests.conftest import timeout
-from tests.pg import PgUnavailable, fresh_schema, fresh_schema_sync, require_service
+from tests.conftest import Backend, persistent_only, timeout
+from tests.pg import fresh_schema
 
 # -- fixtures ------------------------------------------------------------------
 
 
-@dataclass
-class Backend:
-    """Where a backend's data lives, so a test can open more catalogs on it."""
-
-    kind: str  # "sqlite" | "postgres"
-    url: str | None
-    data_dir: Path
-
-    async def open(self) -> CatalogStore:
-        return await open_catalog(self.url, self.data_dir)
-
-    @asynccontextmanager
-    async def fresh(self) -> AsyncIterator[Backend]:
-        """Empty storage of the same kind: a new directory, or a new schema."""
-        if self.kind == "sqlite":
-            n = len(list(self.data_dir.glob("fresh*")))
-            yield Backend("sqlite", None, self.data_dir / f"fresh{n}")
-        else:
-            async with fresh_schema() as url:
-                yield Backend("postgres", url, self.data_dir)
-
-    async def raw_versions(self) -> list[int]:
-        """schema_version rows, read without the catalog."""
-        if self.kind == "sqlite":
-            with sqlite3.connect(self.data_dir / "catalog.sqlite3") as conn:
-                return [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
-        dsn, schema = split_pg_url(self.url or "")
-        conn = await asyncpg.connect(dsn)
-        try:
-            rows = await conn.fetch(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
-        finally:
-            await conn.close()
-        return [r[0] for r in rows]
-
-    async def raw_execute(self, sql: str) -> None:
-        if self.kind == "sqlite":
-            with sqlite3.connect(self.data_dir / "catalog.sqlite3") as conn:
-                conn.execute(sql)
-            return
-        dsn, schema = split_pg_url(self.url or "")
-        conn = await asyncpg.connect(dsn, server_settings={"search_path": f'"{schema}"'})
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-
-@pytest.fixture(scope="session")
-def pg_session_url() -> Iterator[str]:
-    """One fresh schema for the whole run, dropped at the end."""
-    try:
-        with fresh_schema_sync() as url:
-            yield url
-    except PgUnavailable as exc:
-        require_service(str(exc))
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "sqlite":
-        return Backend("sqlite", None, tmp_path)
-    return Backend("postgres", request.getfixturevalue("pg_session_url"), tmp_path)
-
-
 @pytest.fixture
 async def catalog(backend: Backend) -> AsyncIterator[CatalogStore]:
-    store = await backend.open()
-    for name in await store.list_datasets():  # the PostgreSQL schema is shared by the run
-        await store.drop_dataset(name)
+    store = await backend.open_catalog()
     try:
         yield store
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def fresh(backend: Backend) -> AsyncIterator[Backend]:
+    """Empty persistent storage of the same kind: a new directory, or a new schema."""
+    assert backend.data_dir is not None
+    if backend.kind == "sqlite":
+        n = len(list(backend.data_dir.parent.glob("fresh*")))
+        yield Backend("sqlite", None, backend.data_dir.parent / f"fresh{n}")
+    else:
+        async with fresh_schema() as url:
+            yield Backend("postgres", url, backend.data_dir)
+
+
+async def raw_versions(backend: Backend) -> list[int]:
+    """schema_version rows, read without the catalog."""
+    if backend.kind == "sqlite":
+        assert backend.data_dir is not None
+        with sqlite3.connect(backend.data_dir / "catalog.sqlite3") as conn:
+            return [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
+    dsn, schema = split_pg_url(backend.url or "")
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
+    finally:
+        await conn.close()
+    return [r[0] for r in rows]
+
+
+async def raw_execute(backend: Backend, sql: str) -> None:
+    if backend.kind == "sqlite":
+        assert backend.data_dir is not None
+        with sqlite3.connect(backend.data_dir / "catalog.sqlite3") as conn:
+            conn.execute(sql)
+        return
+    dsn, schema = split_pg_url(backend.url or "")
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": f'"{schema}"'})
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 # -- helpers -------------------------------------------------------------------
@@ -161,7 +138,7 @@ def wal(seq: int, client: str = "c1") -> WalEntry:
 # -- the Protocol itself -------------------------------------------------------
 
 
-@pytest.mark.parametrize("impl", [SqliteCatalog, PostgresCatalog])
+@pytest.mark.parametrize("impl", [MemoryCatalog, SqliteCatalog, PostgresCatalog])
 def test_backend_implements_protocol_signatures(impl: type) -> None:
     wanted = {
         name: inspect.signature(fn)
@@ -543,23 +520,25 @@ async def test_concurrent_overlapping_appends_stay_atomic(catalog: CatalogStore)
 # -- migrations and durability -------------------------------------------------
 
 
+@persistent_only
 async def test_open_twice_is_a_noop(backend: Backend, catalog: CatalogStore) -> None:
     await catalog.create_dataset("d")
     await catalog.append_wal("d", "main", [wal(1)])
     await catalog.open()  # again on the same object
-    second = await backend.open()
+    second = await backend.open_catalog()
     try:
         assert await second.schema_version() == LATEST  # type: ignore[attr-defined]
         assert await second.list_datasets() == ["d"]
         assert await second.read_wal("d", "main", 0) == [wal(1)]
     finally:
         await second.close()
-    assert await backend.raw_versions() == [m.version for m in MIGRATIONS]
+    assert await raw_versions(backend) == [m.version for m in MIGRATIONS]
 
 
+@persistent_only
 async def test_concurrent_first_opens_migrate_once(backend: Backend) -> None:
-    async with backend.fresh() as fresh:
-        stores = await asyncio.gather(*(fresh.open() for _ in range(4)))
+    async with fresh(backend) as other:
+        stores = await asyncio.gather(*(other.open_catalog() for _ in range(4)))
         try:
             assert [await s.schema_version() for s in stores] == [LATEST] * 4  # type: ignore[attr-defined]
             await stores[0].create_dataset("d")
@@ -567,19 +546,21 @@ async def test_concurrent_first_opens_migrate_once(backend: Backend) -> None:
         finally:
             for s in stores:
                 await s.close()
-        assert await fresh.raw_versions() == [m.version for m in MIGRATIONS]
+        assert await raw_versions(other) == [m.version for m in MIGRATIONS]
 
 
+@persistent_only
 async def test_newer_schema_is_refused(backend: Backend) -> None:
-    async with backend.fresh() as fresh:
-        store = await fresh.open()
+    async with fresh(backend) as other:
+        store = await other.open_catalog()
         await store.close()
-        await fresh.raw_execute(
+        await raw_execute(
+            other,
             "INSERT INTO schema_version (version, description, applied_at) "
-            f"VALUES ({LATEST + 1}, 'future', 0)"
+            f"VALUES ({LATEST + 1}, 'future', 0)",
         )
         with pytest.raises(StorageError, match=f"schema version {LATEST + 1}, newer than this coframe"):
-            await fresh.open()
+            await other.open_catalog()
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -602,6 +583,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
+@persistent_only
 async def test_acked_appends_survive_kill_9(backend: Backend, catalog: CatalogStore) -> None:
     await catalog.create_dataset("crash")
     proc = await asyncio.create_subprocess_exec(

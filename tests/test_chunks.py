@@ -19,7 +19,7 @@ from polars.testing import assert_frame_equal
 
 from protocol import AddColumn, CastColumn, Delete, DropColumn, Insert, Op, RenameColumn, SetCells
 from server.ops import RID, Effect, OpError, State, apply, normalize_frame
-from server.storage.chunks import ChunkStore, LocalFS
+from server.storage.chunks import ChunkStore, LocalFS, MemoryFS
 from server.storage.commits import (
     CHUNK_RIDS,
     dirty_ranges,
@@ -102,6 +102,13 @@ def files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
+def stored(store: ChunkStore) -> set[str]:
+    """The keys of every stored chunk, on disk or in memory."""
+    if isinstance(store.fs, MemoryFS):
+        return set(store.fs.blobs)
+    return files(Path(store.fs.locate("x")).parent)
+
+
 def assert_same_state(got: State, want: State) -> None:
     assert_frame_equal(got.frame, want.frame, check_exact=True)
     assert got.frame.schema == want.frame.schema
@@ -110,9 +117,10 @@ def assert_same_state(got: State, want: State) -> None:
     assert got.next_rid == want.next_rid
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ChunkStore:
-    return ChunkStore(tmp_path / "chunks")
+@pytest.fixture(params=["files", "memory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ChunkStore:
+    """Both chunk stores run the same tests: files on disk, and bytes in memory (``--memory``)."""
+    return ChunkStore(tmp_path / "chunks") if request.param == "files" else ChunkStore.memory()
 
 
 # --------------------------------------------------------------------------- round trips
@@ -222,7 +230,8 @@ def test_chunk_stored_as_another_type_is_cast_on_load(store: ChunkStore) -> None
 # --------------------------------------------------------------------------- content addressing
 
 
-def test_content_addressed_and_idempotent(store: ChunkStore) -> None:
+def test_content_addressed_and_idempotent(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "chunks")
     root = Path(store.path("ab" * 32)).parents[1]
     state = make_state()
     m1 = commit(store, state)
@@ -291,35 +300,33 @@ def new_chunks(parent: Manifest, child: Manifest) -> list[int]:
 
 
 def test_one_cell_change_rewrites_exactly_one_chunk(store: ChunkStore) -> None:
-    root = Path(store.fs.locate("x")).parent
     state = make_state()
     m1 = commit(store, state)
-    before = files(root)
+    before = stored(store)
     applied = apply(state, SetCells((9,), "s", ("changed",)))
     dirty = dirty_ranges(applied.effect.cells[5], R)
     assert dirty == {2}
     m2 = commit(store, applied.state, parent=m1, dirty=dirty, seq=2)
     assert new_chunks(m1, m2) == [2]
-    assert len(files(root) - before) == 1
+    assert len(stored(store) - before) == 1
     assert_same_state(load_state(store, m2), applied.state)
     # Without dirty tracking: everything is re-encoded, but the same single file is new.
     assert commit(store, applied.state, parent=m1, dirty=None, seq=2) == m2
-    assert len(files(root) - before) == 1
+    assert len(stored(store) - before) == 1
 
 
 def test_rename_and_drop_write_no_chunk(store: ChunkStore) -> None:
-    root = Path(store.fs.locate("x")).parent
     state = make_state()
     m1 = commit(store, state)
-    before = files(root)
+    before = stored(store)
     renamed = apply(state, RenameColumn("s", "label")).state
     m2 = commit(store, renamed, parent=m1, dirty=set(), seq=2)
-    assert m2.chunks == m1.chunks and files(root) == before
+    assert m2.chunks == m1.chunks and stored(store) == before
     assert_same_state(load_state(store, m2), renamed)
 
     dropped = apply(renamed, DropColumn("i32")).state
     m3 = commit(store, dropped, parent=m2, dirty=set(), seq=3)
-    assert m3.chunks == m1.chunks and files(root) == before
+    assert m3.chunks == m1.chunks and stored(store) == before
     assert_same_state(load_state(store, m3), dropped)
 
     # An edit after the drop rewrites that chunk without the dropped column.
@@ -355,14 +362,13 @@ def test_add_restore_and_cast_rewrite_every_chunk(store: ChunkStore) -> None:
 
 
 def test_row_deletes_and_inserts(store: ChunkStore) -> None:
-    root = Path(store.fs.locate("x")).parent
     state = make_state()
     m1 = commit(store, state)
-    before = files(root)
+    before = stored(store)
     gone = apply(state, Delete(rows=(4, 5, 6, 7)))
     m2 = commit(store, gone.state, parent=m1, dirty=dirty_ranges(gone.effect.deleted, R), seq=2)
     assert [c.rid_lo for c in m2.chunks] == [0, 8, 12, 16]
-    assert set(m2.chunks) <= set(m1.chunks) and files(root) == before
+    assert set(m2.chunks) <= set(m1.chunks) and stored(store) == before
     assert_same_state(load_state(store, m2), gone.state)
 
     part = apply(gone.state, Delete(rows=(9,)))
@@ -459,9 +465,8 @@ def test_dirty_ranges() -> None:
 # --------------------------------------------------------------------------- atomic, durable writes
 
 
-def test_writes_are_fsynced_and_leave_no_temp_files(
-    store: ChunkStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_writes_are_fsynced_and_leave_no_temp_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ChunkStore(tmp_path / "chunks")
     root = Path(store.fs.locate("x")).parent
     synced: list[int] = []
     real_fsync = os.fsync
@@ -524,3 +529,13 @@ def test_range_bounds_dense_and_sparse_rids() -> None:
     sparse = np.array([3, 10**9, 10**9 + 1], dtype=np.uint64)
     assert _range_bounds(sparse, 4) == [(0, 0, 1), (250_000_000, 1, 3)]
     assert _range_bounds(np.array([], dtype=np.uint64), 4) == []
+
+
+def test_memory_store_keeps_bytes_and_says_what_is_missing() -> None:
+    store = ChunkStore.memory()
+    m = commit(store, make_state())
+    assert isinstance(store.fs, MemoryFS) and store.fs.nbytes == sum(c.bytes for c in m.chunks)
+    assert store.path(m.chunks[0].hash).startswith("memory:")
+    assert store.read(m.chunks[0].hash).num_rows == m.chunks[0].rows
+    with pytest.raises(FileNotFoundError, match="not in this process's memory store"):
+        store.read("0" * 64)

@@ -12,28 +12,20 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pytest
 from polars.testing import assert_frame_equal
 
 from client import connect
 from server.io import read_frame
 from server.storage.service import Storage
-from tests.conftest import timeout
-from tests.storage_server import BACKENDS, catalog_for, durable_server
+from tests.conftest import Backend, persistent_only, timeout
+from tests.storage_server import durable_server
 from tests.test_http_api import brute_diff, frame
 
 IMPORTED = re.compile(r"^imported (\S+): (\d+) rows × (\d+) columns \(commit ([0-9a-f]{12})\)$", re.M)
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    async with catalog_for(request.param) as url:
-        yield url
 
 
 async def cli(*args: str, data: Path, catalog: str | None = None) -> tuple[int, str, str]:
@@ -84,14 +76,18 @@ async def datasets(data: Path, catalog: str | None) -> list[str]:
         await storage.close()
 
 
-async def test_import_each_format_then_export(tmp_path: Path, backend: str | None) -> None:
+@persistent_only  # the CLI works on the files and catalog a server would use
+async def test_import_each_format_then_export(tmp_path: Path, backend: Backend) -> None:
     """Six imports run at once (concurrent CLI writers on one catalog), then six exports."""
     data, df = tmp_path / "data", frame(40)
     exts = (".csv", ".parquet", ".json", ".ndjson", ".arrow", ".arrows")
     names = ["t" + ext.replace(".", "_") for ext in exts]
     srcs = [write_input(df, tmp_path / f"in{ext}") for ext in exts]
     runs = await asyncio.gather(
-        *(cli("import", str(src), "--dataset", n, data=data, catalog=backend) for n, src in zip(names, srcs))
+        *(
+            cli("import", str(src), "--dataset", n, data=data, catalog=backend.url)
+            for n, src in zip(names, srcs)
+        )
     )
     for name, (code, out, err) in zip(names, runs, strict=True):
         assert code == 0, err
@@ -99,23 +95,27 @@ async def test_import_each_format_then_export(tmp_path: Path, backend: str | Non
         assert m is not None, out
         assert m.groups()[:3] == (name, "40", "4")
     runs = await asyncio.gather(
-        *(cli("export", n, "-o", str(tmp_path / f"{n}.parquet"), data=data, catalog=backend) for n in names)
+        *(
+            cli("export", n, "-o", str(tmp_path / f"{n}.parquet"), data=data, catalog=backend.url)
+            for n in names
+        )
     )
     for name, (code, out, err) in zip(names, runs, strict=True):
         assert code == 0 and f"exported {name}@main (live): 40 rows × 4 columns" in out, err
         got = pl.read_parquet(tmp_path / f"{name}.parquet")
         assert got["_rid"].to_list() == list(range(40))
         assert_frame_equal(got.drop("_rid"), df)
-    assert await datasets(data, backend) == sorted(names)
+    assert await datasets(data, backend.url) == sorted(names)
 
 
-async def test_versions_export_log_diff_branch_tag(tmp_path: Path, backend: str | None) -> None:
+@persistent_only
+async def test_versions_export_log_diff_branch_tag(tmp_path: Path, backend: Backend) -> None:
     data = tmp_path / "data"
     src = write_input(frame(), tmp_path / "t.csv")
-    code, out, err = await cli("import", str(src), "--dataset", "t", data=data, catalog=backend)
+    code, out, err = await cli("import", str(src), "--dataset", "t", data=data, catalog=backend.url)
     assert code == 0, err
     first = IMPORTED.search(out).group(4)  # type: ignore[union-attr]
-    async with durable_server(tmp_path, backend) as srv, connect(srv.url, "t") as room:
+    async with durable_server(backend) as srv, connect(srv.url, "t") as room:
         await room.set_cells([0, 1], "price", [10.0, None])
         await room.insert_rows([{"name": "new", "price": 1.0, "qty": 2, "ok": True}])
         c1 = await room.commit("edits")
@@ -125,7 +125,7 @@ async def test_versions_export_log_diff_branch_tag(tmp_path: Path, backend: str 
         await room.sync()
         live = room.frame.sort("_rid")
 
-        run = functools.partial(cli, data=data, catalog=backend)
+        run = functools.partial(cli, data=data, catalog=backend.url)
         code, out, err = await run("tag", "t", "v1", "--at", c1)
         assert code == 0 and "v1" in out, err
         (code, out, err), (code2, out2, err2) = await asyncio.gather(

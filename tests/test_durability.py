@@ -1,4 +1,4 @@
-"""kill -9 loses no acked op, on both catalog backends (issue 3, "WAL").
+"""kill -9 loses no acked op, on the persistent catalog backends (issue 3, "WAL").
 
 A client pipelines 10k op batches into a server subprocess and records every
 ack. The server is killed with SIGKILL mid-stream, restarted on the same data
@@ -13,7 +13,6 @@ directory (and catalog), and then:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import polars as pl
@@ -22,8 +21,7 @@ import pytest
 from protocol import Insert, OpBatch, SetCells, decode_server, encode
 from server.ops import apply, normalize_frame
 from server.ops.state import State
-from tests.conftest import timeout
-from tests.pg import catalog_url
+from tests.conftest import Backend, persistent_only, timeout
 from tests.procs import start_server
 from tests.wire import RawPeer
 
@@ -49,10 +47,9 @@ def batch(i: int) -> OpBatch:
     return OpBatch(i, 0, ops, id=i)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def catalog_args(request: pytest.FixtureRequest) -> AsyncIterator[list[str]]:
-    async with catalog_url(request.param, "coframe_kill9") as url:
-        yield [] if url is None else ["--catalog", url]
+@pytest.fixture
+def catalog_args(backend: Backend) -> list[str]:
+    return [] if backend.url is None else ["--catalog", backend.url]
 
 
 async def push_until_killed(url: str, kill: asyncio.Event) -> dict[int, int]:
@@ -80,6 +77,7 @@ async def push_until_killed(url: str, kill: asyncio.Event) -> dict[int, int]:
     return acks
 
 
+@persistent_only  # in memory there is nothing to recover after a restart, by design
 async def test_kill9_loses_no_acked_op(tmp_path: Path, catalog_args: list[str]) -> None:
     src = tmp_path / "t.parquet"
     initial_frame().write_parquet(src)

@@ -1,6 +1,7 @@
-"""The HTTP API for datasets and versions (issue 5), on SQLite and on PostgreSQL.
+"""The HTTP API for datasets and versions (issue 5), on every catalog backend.
 
-A real uvicorn server on durable storage (tests/storage_server.py); edits
+A real uvicorn server on the ``backend`` fixture's storage (memory, SQLite or
+PostgreSQL; tests/storage_server.py); edits
 come from the Python client, commits with ``room.commit``. Every check of a
 version compares frames exported over HTTP with frames the client saw.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,18 +21,14 @@ from polars.testing import assert_frame_equal
 
 from client import connect
 from server.io import FORMATS, write_frame
-from tests.storage_server import BACKENDS, DurableServer, catalog_for, catalog_state, durable_server
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    async with catalog_for(request.param) as url:
-        yield url
+from server.storage.chunks import MemoryFS
+from tests.conftest import Backend
+from tests.storage_server import DurableServer, catalog_state, durable_server
 
 
 @pytest.fixture
-async def srv(tmp_path: Path, backend: str | None) -> AsyncIterator[DurableServer]:
-    async with durable_server(tmp_path, backend) as s:
+async def srv(backend: Backend) -> AsyncIterator[DurableServer]:
+    async with durable_server(backend) as s:
         yield s
 
 
@@ -81,6 +77,11 @@ def assert_error(r: httpx.Response, status: int, code: str) -> str:
 
 
 def chunk_files(srv: DurableServer) -> set[str]:
+    """The names of the stored chunks (files on disk, or the memory store's keys)."""
+    fs = srv.registry.storage.chunks.fs
+    if isinstance(fs, MemoryFS):
+        return {key.rsplit("/", 1)[-1] for key in fs.blobs}
+    assert srv.data_dir is not None
     return {p.name for p in (srv.data_dir / "chunks").rglob("*") if p.is_file()}
 
 
@@ -154,8 +155,8 @@ async def test_bad_input_is_rejected_and_nothing_is_written(
     assert_frame_equal((await export(http, "keep")).drop("_rid"), frame())
 
 
-async def test_upload_over_the_size_limit_is_413(tmp_path: Path, backend: str | None) -> None:
-    async with durable_server(tmp_path, backend, max_upload_bytes=2048) as srv, srv.client() as http:
+async def test_upload_over_the_size_limit_is_413(backend: Backend) -> None:
+    async with durable_server(backend, max_upload_bytes=2048) as srv, srv.client() as http:
         big = write_frame(frame(400), "csv")
         assert len(big) > 2048
         r = await http.post("/api/datasets/big", params={"format": "csv"}, content=big)
@@ -361,16 +362,29 @@ async def test_revert_makes_a_new_commit_and_the_live_room_reloads(
     assert_error(await http.post("/api/datasets/t/revert", json={}), 400, "bad_request")
 
 
-# ---------------------------------------------------------------- without storage
+# ---------------------------------------------------------------- in memory
 
 
-async def test_in_memory_server_uploads_and_exports_but_has_no_versions(make_server: Any) -> None:
+async def test_memory_server_keeps_versions_for_its_lifetime(make_server: Any) -> None:
+    """No data_dir (``--memory``): uploads are commits, and log, tags, branches, at= and diff work."""
     async with make_server(frames={}) as s, httpx.AsyncClient(base_url=s.http) as http:
+        assert (await http.get("/healthz")).json()["storage"] == "memory"
         r = await upload(http, "m", frame(), "csv")
-        assert r.status_code == 201 and r.json()["commit"] is None, r.text
-        assert_frame_equal((await export(http, "m")).drop("_rid"), frame())
+        assert r.status_code == 201, r.text
+        first = r.json()["commit"]
+        assert [c["commit"] for c in (await http.get("/api/datasets/m/log")).json()] == [first]
         assert_error(await upload(http, "m", frame()), 409, "already_exists")
-        assert_error(await http.get("/api/datasets/m/log"), 400, "no_storage")
-        assert_error(await http.get("/api/datasets/m/export", params={"at": "x"}), 400, "no_storage")
-        diff = (await http.get("/api/datasets/m/diff", params={"from": "live"})).json()
-        assert diff["summary"]["changed_cells"] == 0
+        async with connect(s.url, "m") as room:
+            await room.set_cells([0], "qty", 99)
+            second = await room.commit("edit")
+        r = await http.post("/api/datasets/m/tags", json={"name": "v1", "at": first})
+        assert r.status_code == 201, r.text
+        r = await http.post("/api/datasets/m/branches", json={"name": "dev", "from": "v1"})
+        assert r.status_code == 201, r.text
+        refs = (await http.get("/api/datasets/m/refs")).json()
+        assert [b["name"] for b in refs["branches"]] == ["dev", "main"] and refs["tags"][0]["name"] == "v1"
+        assert_frame_equal((await export(http, "m", at="v1")).drop("_rid"), frame())
+        assert (await export(http, "m", at=second))["qty"][0] == 99
+        d = (await http.get("/api/datasets/m/diff", params={"from": "v1", "to": second})).json()
+        assert d["changed"] == [{"rid": 0, "column_id": 2, "column": "qty", "old": "0", "new": "99"}]
+        assert_error(await http.get("/api/datasets/m/export", params={"at": "nope"}), 404, "not_found")

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from server.app import build_registry, create_app
+from server.app import create_app, open_registry
 from server.perspective.assets import ASSETS, REQUIRED, WEB_ROOT, missing_assets, resolve
 from server.perspective.pages import parse_config
 from server.settings import Settings
@@ -139,8 +139,8 @@ def test_parse_config() -> None:
 
 async def test_missing_node_modules_page_says_run_make_install(tmp_path: Path) -> None:
     """Without client/web/node_modules the app still serves, and the dashboard says what to do."""
-    registry = build_registry(Settings(demo=False))
-    registry.add_frame("sales", small_frame())
+    registry = await open_registry(Settings(demo=False))
+    await registry.create("sales", small_frame())
     app = create_app(Settings(demo=False), registry)
     app.state.registry = registry  # what the lifespan does; pages need nothing else
     app.state.web_root = tmp_path  # a checkout where `npm ci` has not run

@@ -1,9 +1,11 @@
-"""Commits, time travel and branches over the protocol, on both catalog backends."""
+"""Commits, time travel and branches over the protocol, on every catalog backend.
+
+The memory backend (``--memory``) runs the same tests: history lasts for the
+life of the process. Restarts need a persistent backend (``@persistent_only``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -11,15 +13,13 @@ import pytest
 
 from client import OpRejected, connect
 from server.settings import Settings
-from tests.conftest import small_frame
-from tests.pg import catalog_url
+from tests.conftest import Backend, persistent_only, small_frame
 from tests.wire import RawPeer
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Settings]:
-    async with catalog_url(request.param, "coframe_versions") as url:
-        yield Settings(demo=False, data_dir=str(tmp_path / "data"), catalog=url, autocommit_ops=1_000_000)
+@pytest.fixture
+def settings(backend: Backend) -> Settings:
+    return backend.settings(autocommit_ops=1_000_000)
 
 
 async def test_commit_broadcast_and_time_travel(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
@@ -55,6 +55,7 @@ async def test_commit_broadcast_and_time_travel(make_server, settings: Settings)
             await peer.close()
 
 
+@persistent_only
 async def test_commit_trims_the_wal_and_survives_restart(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     async with make_server(settings) as srv:
         async with connect(srv.url, "sales") as a:
@@ -89,12 +90,33 @@ async def test_branches_are_separate_rooms(make_server, settings: Settings) -> N
                     pass
 
 
-async def test_commit_without_storage_is_read_only(make_server) -> None:  # type: ignore[no-untyped-def]
-    async with make_server(frames={"sales": small_frame()}) as srv:
+async def test_memory_mode_commits_branches_tags_and_time_travel(make_server) -> None:  # type: ignore[no-untyped-def]
+    """``--memory`` (no data_dir) is a storage backend: versions work for the life of the process."""
+    async with make_server(Settings(demo=False)) as srv:
+        storage = srv.registry.storage
+        assert storage.kind == "memory"
         async with connect(srv.url, "sales") as room:
-            with pytest.raises(OpRejected) as e:
-                await room.commit("nope")
-            assert e.value.code == "read_only" and "without storage" in e.value.message
+            v0 = (await room.log())[0]["commit"]
+            await room.set_cells([0], "qty", 42)
+            v1 = await room.commit("in memory")
+            at_v1 = room.frame
+            await room.delete_rows([1])
+            await storage.create_tag("sales", "v1", v1)
+            await storage.create_branch("sales", "dev", "v1")
+            assert [e["commit"] for e in await room.log()][:2] == [v1, v0]
+            d = await room.diff("v1")
+            assert d["deleted"] == [1]
+            async with connect(srv.url, "sales", at="v1") as past:
+                assert past.frame.equals(at_v1) and past.role == "viewer"
+            async with connect(srv.url, "sales", branch="dev") as dev:
+                assert dev.frame.equals(at_v1)
+                await dev.set_cells([2], "qty", 7)
+                assert (await dev.commit("on dev")) != v1
+            # Revert main to v0: a new commit whose data is v0's.
+            m = await srv.registry.revert("sales", "main", v0, author="test")
+        assert (await storage.log("sales"))[0].id == m.id
+        async with connect(srv.url, "sales") as again:
+            assert again.frame["qty"][0] != 42
 
 
 async def test_diff_and_log_over_the_protocol(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
@@ -167,6 +189,7 @@ async def test_autocommit_by_ops_time_and_unload(make_server, settings: Settings
         assert log[0].message == "autocommit (room unload)" and log[0].seq == 1
 
 
+@persistent_only
 async def test_demo_is_a_committed_dataset_on_first_start(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     import dataclasses
 

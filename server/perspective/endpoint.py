@@ -122,7 +122,7 @@ async def perspective_endpoint(ws: WebSocket) -> None:
     await ws.accept()
     try:
         room = await registry.open(dataset, branch)
-    except (KeyError, NotFound):
+    except NotFound:
         reason = f"no dataset '{dataset}' with branch '{branch}'"
         await ws.close(CloseCode.NO_SUCH_DATASET, reason[:120])
         return

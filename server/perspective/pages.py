@@ -101,8 +101,6 @@ def parse_config(raw: str | None) -> dict[str, Any]:
 async def _branch_exists(registry: Registry, dataset: str, branch: str) -> bool:
     if branch == "main" or (dataset, branch) in registry.rooms:
         return True
-    if registry.storage is None:
-        return False
     try:
         await registry.storage.catalog.get_ref(dataset, branch, "branch")
     except NotFound:

@@ -19,7 +19,7 @@ from ..storage.diff import diff_states
 from ..storage.types import NotFound
 
 if TYPE_CHECKING:
-    from ..storage.service import BranchHandle
+    from ..storage.service import Storage
 
 __all__ = ["answer", "Source"]
 
@@ -36,16 +36,27 @@ class Source(Protocol):
     def state(self) -> State: ...
 
     @property
-    def durable(self) -> BranchHandle | None: ...
+    def storage(self) -> Storage | None:
+        """The versions of the dataset (None only for a room made without storage, as in unit tests)."""
+        ...
+
+    @property
+    def log_ref(self) -> str:
+        """Where ``log`` starts by default: the room's branch, or the commit a time-travel room shows."""
+        ...
 
 
 async def _version(room: Source, ref: str) -> State:
     if ref == "live":
         return room.state
-    if room.durable is None:
-        raise NotFound(f"version '{ref}' needs storage; only 'live' exists on this server")
-    storage = room.durable.storage
+    storage = _storage(room)
     return await storage.state_of(await storage.resolve(room.dataset, ref))
+
+
+def _storage(room: Source) -> Storage:
+    if room.storage is None:
+        raise NotFound(f"room of dataset '{room.dataset}' was made without storage; only 'live' exists")
+    return room.storage
 
 
 def _log_rows(manifests: list[Any]) -> list[dict[str, Any]]:
@@ -75,12 +86,8 @@ async def answer(room: Source, q: Query) -> Result | Error:
 async def _answer(room: Source, q: Query) -> Result | Error:
     try:
         if q.kind == "log":
-            if room.durable is None:
-                return Error(
-                    ErrorCode.READ_ONLY, "this server keeps no history (it runs without storage)", re=q.id
-                )
-            ref = q.from_ or room.durable.branch
-            manifests = await room.durable.storage.log(room.dataset, ref, q.limit or 100)
+            ref = q.from_ or room.log_ref
+            manifests = await _storage(room).log(room.dataset, ref, q.limit or 100)
             rows = _log_rows(manifests)
             table = pa.Table.from_pylist(rows) if rows else pa.table({"commit": pa.array([], pa.string())})
             return Result("log", {"log": table}, rows, re=q.id)

@@ -1,8 +1,10 @@
 """The room registry: one live Room per open (dataset, branch).
 
-Until durable storage lands (issue 3), datasets live in memory: a room that
-unloads after its last client left writes its state back here, together
-with its seq, so a reopened room continues where it stopped.
+Every registry has storage (PROTOCOL.md section 13, "Durability and
+versions"): on disk, or in memory with ``--memory``, which runs the same code
+over an in-memory catalog and chunk store. Opening a room is recovery (the
+branch head commit, then a replay of the WAL after it); an idle room commits
+its WAL tail and unloads.
 """
 
 from __future__ import annotations
@@ -10,14 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import polars as pl
 
 from protocol import CloseCode, ErrorCode
 
-from ..ops import normalize_frame
 from ..ops.state import OpError, State
 from .config import RoomConfig
 from .listeners import ViewsFactory
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..storage.service import Storage
     from ..storage.types import Manifest
 
-__all__ = ["Registry", "DatasetEntry", "NAME_RE", "check_name"]
+__all__ = ["Registry", "NAME_RE", "check_name"]
 
 log = logging.getLogger("coframe.registry")
 
@@ -50,13 +50,6 @@ def check_name(name: str) -> str:
     return name
 
 
-@dataclass(slots=True)
-class DatasetEntry:
-    name: str
-    state: State
-    seq: int = 0
-
-
 class Registry:
     """Datasets known to this node and the rooms open on them."""
 
@@ -64,66 +57,43 @@ class Registry:
         self,
         config: RoomConfig | None = None,
         *,
+        storage: Storage,
         idle_unload: float = 300.0,
-        storage: Storage | None = None,
         views: ViewsFactory | None = None,
     ) -> None:
         self.config = config or RoomConfig()
         self.views = views  # each room's live views (server.perspective.live.RoomViews in the app)
         self.idle_unload = idle_unload
         self.storage = storage
-        self.datasets: dict[str, DatasetEntry] = {}  # in-memory datasets (no storage)
         self.rooms: dict[tuple[str, str], Room] = {}
         self._unloaders: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._lock = asyncio.Lock()
 
-    def add_frame(self, name: str, frame: pl.DataFrame) -> DatasetEntry:
-        """Register a dataset from a plain frame (dtypes normalized, rids assigned).
-
-        Raises:
-            OpError: bad name, existing name, or unsupported dtypes.
-        """
-        check_name(name)
-        if name in self.datasets:
-            raise OpError(ErrorCode.COLUMN_EXISTS, f"dataset '{name}' already exists")
-        df, catalog = normalize_frame(frame)
-        entry = DatasetEntry(name, State(df, catalog, df.height))
-        self.datasets[name] = entry
-        return entry
-
     async def exists(self, dataset: str) -> bool:
-        if self.storage is None:
-            return dataset in self.datasets
         return dataset in await self.storage.catalog.list_datasets()
 
     async def names(self) -> list[str]:
-        if self.storage is None:
-            return sorted(self.datasets)
         return sorted(await self.storage.catalog.list_datasets())
 
     async def create(
         self, name: str, frame: pl.DataFrame, *, author: str = "coframe", message: str = "import"
-    ) -> None:
-        """Add a dataset: committed when there is storage, else in memory.
+    ) -> Manifest:
+        """Add a dataset: its first commit, on branch ``main``.
 
         Raises:
             OpError: a bad name or frame. AlreadyExists: the name is taken.
         """
         check_name(name)
-        if self.storage is None:
-            self.add_frame(name, frame)
-        else:
-            await self.storage.create_dataset(name, frame, author=author, message=message)
+        return await self.storage.create_dataset(name, frame, author=author, message=message)
 
     async def open(self, dataset: str, branch: str = "main") -> Room:
         """The live room for (dataset, branch), loading it if needed.
 
-        With storage, loading is recovery: the branch head commit, then a
-        replay of the WAL after it.
+        Loading is recovery: the branch head commit, then a replay of the
+        WAL after it.
 
         Raises:
-            KeyError: no such dataset (or branch, without storage).
-            NotFound: no such branch.
+            NotFound: no such dataset or branch.
         """
         key = (dataset, branch)
         async with self._lock:
@@ -135,27 +105,12 @@ class Registry:
             if room is not None:
                 self._keep(key)
                 return room
-            if self.storage is not None:
-                room = await self._recover(dataset, branch)
-            else:
-                if branch != "main":
-                    raise KeyError(f"dataset '{dataset}' has no branch '{branch}' (branches need storage)")
-                entry = self.datasets[dataset]
-                room = Room(
-                    dataset,
-                    branch,
-                    entry.state,
-                    entry.seq,
-                    config=self.config,
-                    on_empty=self._schedule_unload,
-                    views=self.views,
-                )
+            room = await self._recover(dataset, branch)
             room.start()
             self.rooms[key] = room
             return room
 
     async def _recover(self, dataset: str, branch: str) -> Room:
-        assert self.storage is not None
         handle, core, replayed = await recover(self.storage, dataset, branch)
         room = Room(
             dataset, branch, core.state, core.seq, config=self.config, on_empty=self._schedule_unload,
@@ -172,10 +127,8 @@ class Registry:
         """A read-only room at a past version (a commit id or prefix, a tag or a branch).
 
         Raises:
-            NotFound: no such version. KeyError: no storage.
+            NotFound: no such version.
         """
-        if self.storage is None:
-            raise KeyError("time travel needs storage; start the server with a data directory")
         manifest = await self.storage.resolve(dataset, ref)
         key = (dataset, "@" + manifest.id)
         async with self._lock:
@@ -184,7 +137,7 @@ class Registry:
                 state = await self.storage.state_of(manifest)
                 room = Room(
                     dataset, "@" + manifest.id[:12], state, manifest.seq, config=self.config, read_only=True,
-                    on_empty=self._schedule_unload, views=self.views,
+                    on_empty=self._schedule_unload, views=self.views, storage=self.storage,
                 )  # fmt: skip
                 room.start()
                 self.rooms[key] = room
@@ -218,9 +171,7 @@ class Registry:
             if self.rooms.get(key) is not room or room.sessions or room.views.watchers:
                 return
             del self.rooms[key]
-        state = await room.close()
-        if self.storage is None and not room.read_only:
-            self.datasets[room.dataset] = DatasetEntry(room.dataset, state, room.core.seq)
+        await room.close()
         log.info("unloaded room %s at seq %d", room.name, room.core.seq)
 
     async def close(self) -> None:
@@ -228,34 +179,12 @@ class Registry:
             timer.cancel()
         self._unloaders.clear()
         for room in list(self.rooms.values()):
-            state = await room.close()
-            if self.storage is None and not room.read_only:
-                self.datasets[room.dataset] = DatasetEntry(room.dataset, state, room.core.seq)
+            await room.close()
         self.rooms.clear()
-        if self.storage is not None:
-            await self.storage.close()
+        await self.storage.close()
 
     async def describe(self) -> list[dict[str, object]]:
-        if self.storage is not None:
-            return await self._describe_stored()
-        out = []
-        for name, entry in sorted(self.datasets.items()):
-            room = self.rooms.get((name, "main"))
-            state = room.state if room is not None else entry.state
-            out.append(
-                {
-                    "name": name,
-                    "rows": state.frame.height,
-                    "columns": [c.to_wire() for c in state.catalog.columns],
-                    "seq": room.seq if room is not None else entry.seq,
-                    "live": room is not None,
-                    "clients": len(room.sessions) if room is not None else 0,
-                }
-            )
-        return out
-
-    async def _describe_stored(self) -> list[dict[str, object]]:
-        assert self.storage is not None
+        """Every dataset: rows, columns and seq of ``main`` (live if open), branches and tags."""
         out: list[dict[str, object]] = []
         for name in await self.names():
             room = self.rooms.get((name, "main"))
@@ -285,15 +214,11 @@ class Registry:
         """The branch's current state: the open room's, or recovered (commit + WAL).
 
         Raises:
-            KeyError / NotFound: no such dataset or branch.
+            NotFound: no such dataset or branch.
         """
         room = self.rooms.get((dataset, branch))
         if room is not None:
             return room.state
-        if self.storage is None:
-            if branch != "main":
-                raise KeyError(f"dataset '{dataset}' has no branch '{branch}'")
-            return self.datasets[dataset].state
         _, core, _ = await recover(self.storage, dataset, branch)
         return core.state
 
@@ -306,10 +231,8 @@ class Registry:
         load the branch again, at the reverted commit.
 
         Raises:
-            NotFound: no such branch or version. KeyError: no storage.
+            NotFound: no such branch or version.
         """
-        if self.storage is None:
-            raise KeyError("revert needs storage")
         target = await self.storage.resolve(dataset, to)
         async with self._lock:
             room = self.rooms.pop((dataset, branch), None)

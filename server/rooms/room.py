@@ -48,7 +48,7 @@ from .session import Session, Transport
 from .tick import Batch, apply_batches
 
 if TYPE_CHECKING:
-    from ..storage.service import BranchHandle
+    from ..storage.service import BranchHandle, Storage
 
 __all__ = ["Room", "RoomConfig"]
 
@@ -69,6 +69,7 @@ class Room:
         read_only: bool = False,
         on_empty: Callable[[Room], None] | None = None,
         durable: BranchHandle | None = None,
+        storage: Storage | None = None,
         core: RoomCore | None = None,
         views: ViewsFactory | None = None,
     ) -> None:
@@ -77,6 +78,9 @@ class Room:
         self.name = f"{dataset}/{branch}"
         self.config = config or RoomConfig()
         self.read_only = read_only
+        # The dataset's versions, for queries: a branch room's own, or a time-travel room's.
+        self.storage = durable.storage if durable is not None else storage
+        self.log_ref = durable.branch if durable is not None else branch.removeprefix("@")
         self.core = core or RoomCore(state, seq)
         state, seq = self.core.state, self.core.seq
         self.meta = MetaDoc(state.catalog)
@@ -268,8 +272,6 @@ class Room:
                 f" branch from that version (coframe branch {self.dataset} NAME --from"
                 f" {self.branch.removeprefix('@')}) and join that branch"
             )
-        if isinstance(msg, Commit) and not self.durability.enabled:
-            return "cannot commit: this server runs without storage"
         return None
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -340,9 +342,7 @@ class Room:
         core = self.core
         commits = [b for b in items if b.kind == "commit"]
         batches = [b for b in items if b.kind != "commit"]
-        done = await apply_batches(
-            core, batches, max_rows=self.config.max_rows_per_op, wal=self.durability.enabled
-        )
+        done = await apply_batches(core, batches, max_rows=self.config.max_rows_per_op)
         if done.entries and not await self.durability.append(done.entries):
             self._fail(done.replies)
             return

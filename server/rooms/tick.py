@@ -48,7 +48,7 @@ class TickResult:
     entries: list[WalEntry] = field(default_factory=list)
 
 
-async def apply_batches(core: RoomCore, batches: list[Batch], *, max_rows: int, wal: bool) -> TickResult:
+async def apply_batches(core: RoomCore, batches: list[Batch], *, max_rows: int) -> TickResult:
     """Apply ``batches`` in order; never raises (a bug in one batch fails only that batch)."""
     out = TickResult(core.state, core.seq + 1)
     for b in batches:
@@ -59,10 +59,9 @@ async def apply_batches(core: RoomCore, batches: list[Batch], *, max_rows: int, 
             reply = Error(ErrorCode.INTERNAL, "internal error; this batch was not applied", {})
         out.replies.append((b.sender, with_re(reply, b.msg.id)))
         if isinstance(reply, Ack) and not reply.duplicate:
-            if wal:
-                out.entries.append(
-                    make_entry(reply.seq, b.client, b.msg.client_seq, b.kind, core.last_applied, reply)
-                )
+            out.entries.append(
+                make_entry(reply.seq, b.client, b.msg.client_seq, b.kind, core.last_applied, reply)
+            )
             if b.client not in out.by:
                 out.by.append(b.client)
     return out

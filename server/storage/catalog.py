@@ -1,49 +1,29 @@
-"""Open the catalog named on the command line, and the rules both backends share.
+"""Open the catalog named on the command line.
 
 ``open_catalog(None, data_dir)`` gives the embedded SQLite catalog in
 ``data_dir/catalog.sqlite3``; ``open_catalog("postgresql://...", data_dir)``
-gives the PostgreSQL one (DESIGN.md "Durability and versions", "Catalog
-backends"). The helpers below keep the two backends' behaviour and error
-messages identical, which is what the contract suite
-(tests/test_catalog_contract.py) checks.
+gives the PostgreSQL one (PROTOCOL.md section 13, "Durability and
+versions"). The in-memory catalog (``--memory``) is built by
+:meth:`server.storage.service.Storage.memory`, since it has no address.
+
+This module imports the backends; the backends import only
+:mod:`.catalog_common` and :mod:`.types`, never this module, so there is no
+import cycle.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .types import CatalogStore, Manifest, WalEntry
+from .catalog_common import check_schema
+from .catalog_pg import PostgresCatalog
+from .catalog_sqlite import SqliteCatalog
+from .types import CatalogStore
 
-__all__ = [
-    "BRANCH",
-    "TAG",
-    "KINDS",
-    "SQLITE_FILENAME",
-    "MIN_PREFIX",
-    "open_catalog",
-    "split_pg_url",
-    "check_schema",
-    "check_kind",
-    "encode_manifest",
-    "decode_manifest",
-    "prefix_bounds",
-    "duplicate_seqs",
-    "Messages",
-    "msg",
-]
+__all__ = ["SQLITE_FILENAME", "open_catalog", "split_pg_url"]
 
-BRANCH = "branch"
-TAG = "tag"
-KINDS = (BRANCH, TAG)
 SQLITE_FILENAME = "catalog.sqlite3"
-MIN_PREFIX = 6  # shortest commit id prefix get_commit/log accept
-
-_HEX = re.compile(r"[0-9a-f]+")
-_SCHEMA = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 async def open_catalog(url_or_path: str | None, data_dir: Path) -> CatalogStore:
@@ -63,13 +43,9 @@ async def open_catalog(url_or_path: str | None, data_dir: Path) -> CatalogStore:
     target = (url_or_path or "").strip()
     scheme = urlsplit(target).scheme.lower() if "://" in target else ""
     if scheme in ("postgresql", "postgres"):
-        from .catalog_pg import PostgresCatalog
-
         dsn, schema = split_pg_url(target)
         store = PostgresCatalog(dsn, schema=schema)
     elif scheme in ("", "sqlite"):
-        from .catalog_sqlite import SqliteCatalog
-
         store = SqliteCatalog(_sqlite_path(target, scheme, data_dir))
     else:
         raise ValueError(
@@ -110,129 +86,3 @@ def split_pg_url(url: str) -> tuple[str, str | None]:
     if schema is not None:
         check_schema(schema)
     return urlunsplit(parts._replace(query=urlencode(rest))), schema
-
-
-def check_schema(schema: str) -> None:
-    """Raises ValueError unless ``schema`` is a plain identifier (safe to quote into SQL)."""
-    if not _SCHEMA.fullmatch(schema):
-        raise ValueError(
-            f"PostgreSQL schema {schema!r} is not a plain identifier; "
-            "use letters, digits and '_' (at most 63), starting with a letter or '_'"
-        )
-
-
-def check_kind(kind: str) -> None:
-    """Raises ValueError unless ``kind`` is ``"branch"`` or ``"tag"``."""
-    if kind not in KINDS:
-        raise ValueError(f"ref kind {kind!r} is not 'branch' or 'tag'")
-
-
-def encode_manifest(manifest: Manifest) -> str:
-    """The stored form: compact JSON of ``Manifest.to_json()`` (key order kept)."""
-    return json.dumps(manifest.to_json(), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def decode_manifest(text: str) -> Manifest:
-    return Manifest.from_json(json.loads(text))
-
-
-def prefix_bounds(commit_id: str) -> tuple[str, str] | None:
-    """``(lo, hi)`` with ``lo <= id < hi`` for ids starting with the prefix, or None.
-
-    None when ``commit_id`` is shorter than MIN_PREFIX or not hex, so it can only
-    match exactly. Hex digits sort below ``'g'`` in byte order (SQLite BINARY,
-    PostgreSQL ``COLLATE "C"``), so ``hi`` is the prefix followed by ``'g'``.
-    """
-    prefix = commit_id.lower()
-    if len(prefix) < MIN_PREFIX or not _HEX.fullmatch(prefix):
-        return None
-    return prefix, prefix + "g"
-
-
-def duplicate_seqs(entries: Sequence[WalEntry]) -> list[int]:
-    """Seqs that occur more than once in one batch, sorted."""
-    seen: set[int] = set()
-    dups: set[int] = set()
-    for e in entries:
-        (dups if e.seq in seen else seen).add(e.seq)
-    return sorted(dups)
-
-
-class Messages:
-    """Error messages that say what was wrong and what to do (STYLE.md section 6).
-
-    Both backends raise with these texts, so users see the same words whichever
-    catalog they run on.
-    """
-
-    @staticmethod
-    def dataset_missing(dataset: str) -> str:
-        return f"dataset '{dataset}' does not exist; create it first (or check the name)"
-
-    @staticmethod
-    def dataset_exists(dataset: str) -> str:
-        return f"dataset '{dataset}' already exists; pick another name or drop it first"
-
-    @staticmethod
-    def commit_missing(dataset: str, commit_id: str) -> str:
-        return (
-            f"commit '{commit_id}' not found in dataset '{dataset}'; "
-            f"give a full commit id or a unique prefix of at least {MIN_PREFIX} hex characters"
-        )
-
-    @staticmethod
-    def ref_target_missing(dataset: str, commit_id: str) -> str:
-        return (
-            f"commit '{commit_id}' not found in dataset '{dataset}'; a ref must point at the full id "
-            "of a stored commit: put_commit it first"
-        )
-
-    @staticmethod
-    def commit_ambiguous(dataset: str, prefix: str, matches: Sequence[str]) -> str:
-        shown = ", ".join(m[: len(prefix) + 4] + "…" for m in matches)
-        return (
-            f"commit prefix '{prefix}' is ambiguous in dataset '{dataset}' (matches {shown}); "
-            "give more characters of the id"
-        )
-
-    @staticmethod
-    def ref_missing(dataset: str, name: str, kind: str) -> str:
-        plural = "branches" if kind == "branch" else f"{kind}s"
-        return f"{kind} '{name}' not found in dataset '{dataset}'; list the {plural} to see what exists"
-
-    @staticmethod
-    def ref_exists(dataset: str, name: str, kind: str) -> str:
-        if kind == TAG:
-            return f"tag '{name}' already exists in dataset '{dataset}' and tags never move; create a new tag"
-        return (
-            f"branch '{name}' already exists in dataset '{dataset}'; "
-            "move it with move_branch or pick another name"
-        )
-
-    @staticmethod
-    def branch_missing(dataset: str, name: str, is_tag: bool) -> str:
-        if is_tag:
-            return (
-                f"'{name}' in dataset '{dataset}' is a tag, and tags never move; "
-                "create a branch from it and move that instead"
-            )
-        return f"branch '{name}' not found in dataset '{dataset}'; create it with create_ref first"
-
-    @staticmethod
-    def ref_moved(dataset: str, name: str, current: str, expected: str) -> str:
-        return (
-            f"branch '{name}' in dataset '{dataset}' is at {current[:12]}, not at the expected "
-            f"{expected[:12]}; someone else moved it: reload the branch and retry"
-        )
-
-    @staticmethod
-    def wal_seq_taken(dataset: str, branch: str, seqs: Sequence[int], within_batch: bool) -> str:
-        where = "more than once in the batch" if within_batch else "already in the WAL"
-        shown = ", ".join(str(s) for s in list(seqs)[:5]) + (" …" if len(seqs) > 5 else "")
-        return (
-            f"WAL append to '{dataset}'@{branch} rejected, nothing was written: seq {shown} {where}; "
-            "every entry needs a new seq after the last durable one (read_wal to see it)"
-        )
-
-
-msg = Messages()

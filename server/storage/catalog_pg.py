@@ -15,7 +15,7 @@ import time
 
 import asyncpg
 
-from .catalog import (
+from .catalog_common import (
     BRANCH,
     TAG,
     check_kind,

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from .catalog import (
+from .catalog_common import (
     BRANCH,
     TAG,
     check_kind,

@@ -1,14 +1,17 @@
-"""The content-addressed Parquet chunk store (DESIGN.md "Durability and versions").
+"""The content-addressed Parquet chunk store (PROTOCOL.md section 13, "Durability and versions").
 
 A chunk is one Parquet file (zstd) named by the sha256 of its bytes and kept
 at ``ab/cdef….parquet`` under the store root. The writer options are fixed
 (see :data:`WRITE_OPTIONS`) so the same table always gives the same bytes,
 hence the same name: writing an existing chunk is a no-op.
 
-The byte I/O sits behind :class:`BlobFS`, a tiny interface with a local
-directory backend (:class:`LocalFS`: temp file in the same directory, fsync,
-``os.replace``, fsync of the directory). An object-store backend (e.g. a
-``pyarrow.fs.S3FileSystem``) only needs those four methods.
+The byte I/O sits behind :class:`BlobFS`, a tiny interface with two
+backends: a local directory (:class:`LocalFS`: temp file in the same
+directory, fsync, ``os.replace``, fsync of the directory) and this process's
+memory (:class:`MemoryFS`: the Parquet bytes in a dict, for ``--memory``).
+Everything above the bytes (encoding, hashing, reading, scanning) is the same
+code for both. An object-store backend (e.g. a ``pyarrow.fs.S3FileSystem``)
+only needs those four methods.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import polars as pl
 import pyarrow as pa
@@ -26,7 +29,7 @@ import pyarrow.parquet as pq
 
 from protocol.dtypes import is_arrow_string
 
-__all__ = ["BlobFS", "LocalFS", "ChunkStore", "WRITE_OPTIONS", "column_options", "encode_parquet"]
+__all__ = ["BlobFS", "LocalFS", "MemoryFS", "ChunkStore", "WRITE_OPTIONS", "column_options", "encode_parquet"]
 
 # Fixed writer options: the same table gives the same bytes (no timestamps are
 # written; ``created_by`` names the pyarrow version, so an upgrade may change
@@ -55,8 +58,8 @@ class BlobFS(Protocol):
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` atomically and durably (readers never see a partial file)."""
 
-    def source(self, key: str) -> str | BinaryIO:
-        """Something ``pyarrow.parquet`` and ``polars.read_parquet`` can read: a path or a file."""
+    def source(self, key: str) -> str | bytes:
+        """What the readers take: a local path, or the file's bytes. Raises FileNotFoundError."""
 
     def locate(self, key: str) -> str:
         """A human-readable location (a local path, or a URL)."""
@@ -109,6 +112,36 @@ class LocalFS:
         return n
 
 
+class MemoryFS:
+    """Chunk bytes in a dict, for the life of the process (``coframe serve --memory``).
+
+    ``put`` is atomic (one dict assignment); nothing is durable, by design.
+    """
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def locate(self, key: str) -> str:
+        return f"memory:{key}"
+
+    def exists(self, key: str) -> bool:
+        return key in self.blobs
+
+    def source(self, key: str) -> bytes:
+        try:
+            return self.blobs[key]
+        except KeyError:
+            raise FileNotFoundError(f"chunk {key} is not in this process's memory store") from None
+
+    def put(self, key: str, data: bytes) -> None:
+        self.blobs[key] = bytes(data)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (every chunk of every commit made in this process)."""
+        return sum(len(b) for b in self.blobs.values())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -154,6 +187,11 @@ class ChunkStore:
             raise ValueError("give exactly one of root or fs")
         self.fs: BlobFS = fs if fs is not None else LocalFS(root)  # type: ignore[arg-type]
 
+    @classmethod
+    def memory(cls) -> ChunkStore:
+        """A store whose chunks live in this process's memory (:class:`MemoryFS`)."""
+        return cls(fs=MemoryFS())
+
     @staticmethod
     def key(h: str) -> str:
         h = _check_hash(h)
@@ -180,7 +218,10 @@ class ChunkStore:
 
     def read(self, h: str, columns: list[str] | None = None) -> pa.Table:
         """Chunk ``h`` as an Arrow table (only ``columns`` if given; all must exist)."""
-        return pq.read_table(self.fs.source(self.key(h)), columns=columns, use_threads=False)
+        src = self.fs.source(self.key(h))
+        return pq.read_table(
+            pa.BufferReader(src) if isinstance(src, bytes) else src, columns=columns, use_threads=False
+        )
 
     def read_frame(self, h: str, columns: list[str] | None = None) -> pl.DataFrame:
         """Chunk ``h`` as a Polars frame (faster than :meth:`read` + ``pl.from_arrow``)."""

@@ -1,5 +1,10 @@
 """The storage facade: catalog + chunk store, in the terms rooms and the API use.
 
+Storage is always there: on disk (:meth:`Storage.open`: chunk files plus a
+SQLite or PostgreSQL catalog) or in memory (:meth:`Storage.memory`, for
+``--memory``: the same code over :class:`.catalog_memory.MemoryCatalog` and a
+:class:`.chunks.MemoryFS` chunk store, kept for the life of the process).
+
 A dataset is created with one commit on branch ``main``. A room on a branch
 loads the branch head commit, then replays the WAL after it. A commit
 writes the changed chunks (in a worker thread), stores the manifest, moves
@@ -19,6 +24,7 @@ import polars as pl
 from ..ops import normalize_frame
 from ..ops.state import Catalog, State
 from .catalog import open_catalog
+from .catalog_memory import MemoryCatalog
 from .chunks import ChunkStore
 from .commits import dirty_ranges, load_state, write_commit
 from .types import CatalogStore, Manifest, NotFound, Ref, WalEntry
@@ -62,7 +68,7 @@ class BranchHandle:
 
 
 class Storage:
-    """Catalog (SQLite or PostgreSQL) plus the local chunk store."""
+    """A catalog (SQLite, PostgreSQL or memory) plus a chunk store (files or memory)."""
 
     def __init__(self, catalog: CatalogStore, chunks: ChunkStore) -> None:
         self.catalog = catalog
@@ -70,9 +76,36 @@ class Storage:
 
     @classmethod
     async def open(cls, data_dir: Path, catalog_url: str | None = None) -> Storage:
+        """Chunk files under ``data_dir/chunks``; the catalog ``catalog_url`` names (see ``open_catalog``).
+
+        Raises:
+            ValueError: an unknown catalog URL. StorageError: a catalog newer than this coframe.
+            OSError: the directory or the database cannot be reached.
+        """
         await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
         catalog = await open_catalog(catalog_url, data_dir)
         return cls(catalog, ChunkStore(data_dir / "chunks"))
+
+    @classmethod
+    def memory(cls) -> Storage:
+        """Storage in this process's memory: every feature works, nothing outlives the process."""
+        return cls(MemoryCatalog(), ChunkStore.memory())
+
+    @classmethod
+    async def for_settings(cls, data_dir: str | None, catalog_url: str | None = None) -> Storage:
+        """:meth:`memory` when ``data_dir`` is None (or empty), else :meth:`open` on it.
+
+        Raises:
+            As :meth:`open`.
+        """
+        if not data_dir:
+            return cls.memory()
+        return await cls.open(Path(data_dir), catalog_url)
+
+    @property
+    def kind(self) -> str:
+        """What ``/healthz`` reports: ``memory``, or the catalog's class name."""
+        return "memory" if isinstance(self.catalog, MemoryCatalog) else type(self.catalog).__name__
 
     async def close(self) -> None:
         await self.catalog.close()

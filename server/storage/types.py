@@ -1,8 +1,8 @@
 """Storage records and the catalog interface (DESIGN.md "Durability and versions").
 
-The catalog is one small async Protocol with two backends: embedded SQLite
-(default) and PostgreSQL (asyncpg). One contract test suite runs against
-both (tests/test_catalog_contract.py).
+The catalog is one small async Protocol with three backends: embedded SQLite
+(default), PostgreSQL (asyncpg) and memory (``--memory``). One contract test
+suite runs against all three (tests/test_catalog_contract.py).
 """
 
 from __future__ import annotations
