@@ -135,7 +135,7 @@ def test_too_large_is_an_error_and_the_connection_stays_up(before_hello: bool) -
         (b"\xc1\xff garbage", "bad_frame", None, None),
         ("{not json", "bad_frame", None, None),
         (frame({"type": "launch", "id": 3}), "unknown_type", "type", 3),
-        (frame({"type": "op", "id": 7, "base_seq": 0, "ops": []}), "bad_field", "ops", 7),
+        (frame({"type": "op", "id": 7, "client_seq": 1, "base_seq": 0, "ops": []}), "bad_field", "ops", 7),
     ],
 )
 def test_decode_errors_name_the_field_and_keep_the_connection(
