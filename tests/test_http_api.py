@@ -148,7 +148,7 @@ async def test_bad_input_is_rejected_and_nothing_is_written(
         r = await upload(http, "clash", frame(3).with_columns(pl.lit(1).alias("_rid")), fmt)
         assert "_rid" in assert_error(r, 400, "reserved_name")
     r = await upload(http, "keep", frame(3))
-    assert "already exists" in assert_error(r, 409, "already_exists")
+    assert "already exists" in assert_error(r, 409, "dataset_exists")
     assert await catalog_state(srv.registry) == before
     assert chunk_files(srv) == chunks
     assert_frame_equal((await export(http, "keep")).drop("_rid"), frame())
@@ -369,7 +369,7 @@ async def test_in_memory_server_uploads_and_exports_but_has_no_versions(make_ser
         r = await upload(http, "m", frame(), "csv")
         assert r.status_code == 201 and r.json()["commit"] is None, r.text
         assert_frame_equal((await export(http, "m")).drop("_rid"), frame())
-        assert_error(await upload(http, "m", frame()), 409, "already_exists")
+        assert_error(await upload(http, "m", frame()), 409, "dataset_exists")
         assert_error(await http.get("/api/datasets/m/log"), 400, "no_storage")
         assert_error(await http.get("/api/datasets/m/export", params={"at": "x"}), 400, "no_storage")
         diff = (await http.get("/api/datasets/m/diff", params={"from": "live"})).json()
