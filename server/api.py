@@ -11,9 +11,9 @@ Routes (``routes``, added to the app by :func:`server.app.create_app`):
 
 Every error is ``{"error": {"code", "message", "details"}}`` with the status
 of the :class:`~protocol.CoframeError` raised (PROTOCOL.md section 11), and
-the message says what to do: :data:`exception_handlers`, which
-:func:`server.app.create_app` installs, map errors to replies, so a handler
-just raises. ``{name}`` takes the whole rest of the path so that ``../x``
+the message says what to do: a handler just raises, and
+:data:`server.errors.exception_handlers` (installed by
+:func:`server.app.create_app`) write the reply. ``{name}`` takes the whole rest of the path so that ``../x``
 (sent URL-encoded) gets a 400 naming the rule, not a 404.
 """
 
@@ -28,13 +28,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ExceptionHandler
 
-from protocol import CoframeError, ErrorCode
-from protocol.codec import encode_map
+from protocol import ErrorCode
 
 from .errors import ApiError
 from .io import (
@@ -55,8 +53,6 @@ from .storage.types import AlreadyExists, DatasetExists, Manifest, NotFound
 
 __all__ = [
     "routes",
-    "exception_handlers",
-    "error_response",
     "ApiError",
     "check_ref_name",
     "resolve",
@@ -70,50 +66,6 @@ log = logging.getLogger("coframe.api")
 
 SPOOL_BYTES = 16 * 1024 * 1024  # uploads bigger than this spill from memory to a temp file
 MAX_LOG_LIMIT = 10_000
-_INTERNAL_MESSAGE = "internal error (see the server log); retry or report it"
-
-
-# ---------------------------------------------------------------- errors to replies
-
-
-def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
-    """``{"error": {"code", "message"[, "details"]}}`` with ``status``.
-
-    Encoded like a JSON text frame, so details holding NaN or numpy values
-    still encode.
-    """
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details:
-        body["details"] = details
-    return Response(
-        encode_map({"error": body}, binary=False), status_code=status, media_type="application/json"
-    )
-
-
-async def _coframe_error(conn: HTTPConnection, exc: Exception) -> Response:
-    """Any :class:`CoframeError`: its status, code, message and details.
-
-    A status of 500 or more is a server fault: logged with its traceback, and
-    the reply says only ``internal``. A WebSocket route's error is not ours to
-    answer: it is raised again for the server to log, as before.
-    """
-    if conn.scope["type"] != "http":
-        raise exc
-    assert isinstance(exc, CoframeError)
-    if exc.status >= 500:
-        log.error("%s %s failed", conn.scope.get("method"), conn.url.path, exc_info=exc)
-        return error_response(500, ErrorCode.INTERNAL, _INTERNAL_MESSAGE)
-    return error_response(exc.status, exc.code, exc.message, exc.details)
-
-
-async def _unexpected(conn: HTTPConnection, exc: Exception) -> Response:
-    """Any other exception: a bug. The reply says ``internal``; Starlette then raises
-    the exception again and the server logs its traceback."""
-    return error_response(500, ErrorCode.INTERNAL, _INTERNAL_MESSAGE)
-
-
-exception_handlers: dict[Any, ExceptionHandler] = {CoframeError: _coframe_error, Exception: _unexpected}
-"""Starlette exception handlers: every error of the HTTP API becomes a JSON reply."""
 
 
 # ---------------------------------------------------------------- shared helpers (HTTP and CLI)

@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
-from .api import exception_handlers
 from .api import routes as api_routes
 from .demo import demo_sales
+from .errors import exception_handlers
 from .io import load_file
 from .perspective.web import routes as dashboard_routes
 from .rooms import Registry, RoomConfig, SessionLimits
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     """The coframe ASGI app. Datasets load at start-up (demo and files).
 
     Errors of HTTP routes become ``{"error": {...}}`` replies through
-    :data:`server.api.exception_handlers` (PROTOCOL.md section 11).
+    :data:`server.errors.exception_handlers` (PROTOCOL.md section 11).
     """
     settings = settings or Settings()
 

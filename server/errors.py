@@ -19,7 +19,7 @@ Every error a user can see is a :class:`protocol.CoframeError`: a stable
     └── CliError (here; server.cli_data)  bad_request, exit code 2
 
 The WebSocket sends these as ``error`` messages, the HTTP API maps them with
-the Starlette exception handlers in :mod:`server.api`, and the CLI with
+the Starlette :data:`exception_handlers` here, and the CLI with
 :func:`server.cli.fail`. No code reads an error's message to decide what to
 do: branch on ``code`` and ``details``.
 
@@ -30,7 +30,15 @@ an error does not pull in the layers above them.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+from starlette.types import ExceptionHandler
+
 from protocol import CloseCode, CoframeError, ErrorCode, ProtocolError
+from protocol.codec import encode_map
 
 from .io import ReadError
 from .ops.state import OpError
@@ -54,7 +62,13 @@ __all__ = [
     "RefMoved",
     "ApiError",
     "CliError",
+    "error_response",
+    "exception_handlers",
 ]
+
+log = logging.getLogger("coframe.api")
+
+_INTERNAL_MESSAGE = "internal error (see the server log); retry or report it"
 
 
 class ApiError(CoframeError):
@@ -75,3 +89,45 @@ class CliError(CoframeError):
 
     code = ErrorCode.BAD_REQUEST
     status = 400
+
+
+# ---------------------------------------------------------------- HTTP: errors to replies
+
+
+def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
+    """``{"error": {"code", "message"[, "details"]}}`` with ``status``.
+
+    Encoded like a JSON text frame, so details holding NaN or numpy values
+    still encode.
+    """
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return Response(
+        encode_map({"error": body}, binary=False), status_code=status, media_type="application/json"
+    )
+
+
+async def _coframe_error(conn: HTTPConnection, exc: Exception) -> Response:
+    """Any :class:`CoframeError`: its status, code, message and details.
+
+    A status of 500 or more is a server fault: logged with its traceback, and
+    the reply says only ``internal``. A WebSocket route's error is not ours to
+    answer: it is raised again for the server to log, as before.
+    """
+    if conn.scope["type"] != "http" or not isinstance(exc, CoframeError):
+        raise exc
+    if exc.status >= 500:
+        log.error("%s %s failed", conn.scope.get("method"), conn.url.path, exc_info=exc)
+        return error_response(500, ErrorCode.INTERNAL, _INTERNAL_MESSAGE)
+    return error_response(exc.status, exc.code, exc.message, exc.details)
+
+
+async def _unexpected(conn: HTTPConnection, exc: Exception) -> Response:
+    """Any other exception: a bug. The reply says ``internal``; Starlette then raises
+    the exception again and the server logs its traceback."""
+    return error_response(500, ErrorCode.INTERNAL, _INTERNAL_MESSAGE)
+
+
+exception_handlers: dict[Any, ExceptionHandler] = {CoframeError: _coframe_error, Exception: _unexpected}
+"""Starlette exception handlers: every error of the HTTP API becomes a JSON reply."""
