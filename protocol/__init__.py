@@ -7,7 +7,7 @@ Starlette; both sides share it. The spec is ``PROTOCOL.md`` beside this file.
 from .arrow import table_from_ipc, table_to_ipc, table_to_rows
 from .client_conn import ClientConnection
 from .codec import decode_client, decode_map, decode_server, encode, encode_map
-from .errors import PROTOCOL_VIOLATIONS, CloseCode, ErrorCode, ProtocolError
+from .errors import PROTOCOL_VIOLATIONS, CloseCode, CoframeError, ErrorCode, ProtocolError
 from .lifecycle import IllegalTransition
 from .messages import (
     CLIENT_MESSAGES,
@@ -58,6 +58,7 @@ from .views import VIEW_KEYS, VIEW_KINDS, Subscribe, Unsubscribe, View, check_vi
 __all__ = [
     "PROTOCOL_VERSION",
     "ProtocolError",
+    "CoframeError",
     "ErrorCode",
     "CloseCode",
     "PROTOCOL_VIOLATIONS",

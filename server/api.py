@@ -9,20 +9,21 @@ Routes (``routes``, added to the app by :func:`server.app.create_app`):
 - ``GET /api/datasets/{name}/refs``
 - ``POST /api/datasets/{name}/branches`` | ``/tags`` | ``/revert`` (JSON bodies)
 
-Every error is ``{"error": {"code", "message"}}`` with a fitting status, and
-the message says what to do. ``{name}`` takes the whole rest of the path so
-that ``../x`` (sent URL-encoded) gets a 400 naming the rule, not a 404.
+Every error is ``{"error": {"code", "message", "details"}}`` with the status
+of the :class:`~protocol.CoframeError` raised (PROTOCOL.md section 11), and
+the message says what to do: a handler just raises, and
+:data:`server.errors.exception_handlers` (installed by
+:func:`server.app.create_app`) write the reply. ``{name}`` takes the whole rest of the path so that ``../x``
+(sent URL-encoded) gets a 400 naming the rule, not a 404.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import re
 import tempfile
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyarrow as pa
@@ -31,8 +32,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from protocol import ErrorCode
+
+from .errors import ApiError
 from .io import (
-    ReadError,
     check_format,
     content_type,
     diff_table,
@@ -41,61 +44,28 @@ from .io import (
     read_frame,
     write_frame,
 )
-from .ops.state import OpError, State
+from .ops.state import State
 from .rooms.registry import NAME_RE, Registry
 from .settings import Settings
 from .storage.diff import diff_states
 from .storage.service import Storage
-from .storage.types import AlreadyExists, Manifest, NotFound, RefMoved
+from .storage.types import AlreadyExists, DatasetExists, Manifest, NotFound
 
-__all__ = ["routes", "ApiError", "check_ref_name", "resolve", "commit_json", "side_label", "SPOOL_BYTES"]
+__all__ = [
+    "routes",
+    "ApiError",
+    "check_ref_name",
+    "resolve",
+    "commit_json",
+    "refs_json",
+    "side_label",
+    "SPOOL_BYTES",
+]
 
 log = logging.getLogger("coframe.api")
 
 SPOOL_BYTES = 16 * 1024 * 1024  # uploads bigger than this spill from memory to a temp file
 MAX_LOG_LIMIT = 10_000
-_STATUS = {"bad_format": 400, "unreadable": 400, "too_large": 413}
-
-
-class ApiError(Exception):
-    """An HTTP error reply: ``status``, a stable ``code`` and a message that says what to do."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _api(fn: Handler) -> Handler:
-    """Map the errors of the layers below to JSON replies."""
-
-    @functools.wraps(fn)
-    async def wrapper(request: Request) -> Response:
-        try:
-            return await fn(request)
-        except ApiError as e:
-            return error_response(e.status, e.code, e.message)
-        except ReadError as e:
-            return error_response(_STATUS.get(e.code, 400), e.code, e.message)
-        except OpError as e:
-            return error_response(400, e.code, e.message)
-        except NotFound as e:
-            return error_response(404, "not_found", str(e))
-        except AlreadyExists as e:
-            return error_response(409, "already_exists", str(e))
-        except RefMoved as e:
-            return error_response(409, "conflict", f"{e}; retry")
-        except Exception:
-            log.exception("%s %s failed", request.method, request.url.path)
-            return error_response(500, "internal", "internal error (see the server log); retry or report it")
-
-    return wrapper
 
 
 # ---------------------------------------------------------------- shared helpers (HTTP and CLI)
@@ -110,7 +80,7 @@ def check_ref_name(value: str, what: str = "dataset") -> str:
     if not NAME_RE.match(value) or ".." in value:
         raise ApiError(
             400,
-            "bad_name",
+            ErrorCode.BAD_NAME,
             f"invalid {what} name {value!r}: use 1-128 letters, digits, '_', '.' or '-',"
             " starting with a letter or digit (never a path)",
         )
@@ -121,16 +91,18 @@ async def resolve(storage: Storage, dataset: str, ref: str) -> Manifest:
     """The commit a tag, branch or commit id (prefix) names.
 
     Raises:
-        NotFound: with a message naming all three kinds (or the ambiguity).
+        NotFound: with a message naming all three kinds (or the ambiguity, or the
+            missing dataset).
     """
     try:
         return await storage.resolve(dataset, ref)
     except NotFound as e:
-        if "ambiguous" in str(e) or "does not exist" in str(e):
+        if e.details.get("missing") != "commit" or e.details.get("ambiguous"):
             raise
         raise NotFound(
             f"no branch, tag or commit '{ref}' in dataset '{dataset}'; list the refs and the log to see"
-            " what exists"
+            " what exists",
+            missing="ref",
         ) from None
 
 
@@ -144,6 +116,15 @@ def commit_json(m: Manifest) -> dict[str, Any]:
         "seq": m.seq,
         "rows": m.rows,
     }
+
+
+async def refs_json(storage: Storage, dataset: str) -> dict[str, list[dict[str, str]]]:
+    """``{"branches": [{"name", "commit"}], "tags": [...]}``, each sorted by name."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for kind, key in (("branch", "branches"), ("tag", "tags")):
+        found = await storage.catalog.list_refs(dataset, kind)
+        out[key] = [{"name": r.name, "commit": r.commit} for r in sorted(found, key=lambda r: r.name)]
+    return out
 
 
 def side_label(side: str) -> tuple[bool, str]:
@@ -166,7 +147,7 @@ async def _dataset(request: Request) -> tuple[Registry, str]:
     registry = _registry(request)
     name = check_ref_name(request.path_params["name"])
     if not await registry.exists(name):
-        raise ApiError(404, "not_found", f"no dataset '{name}'; list them with GET /api/datasets")
+        raise NotFound(f"no dataset '{name}'; list them with GET /api/datasets", missing="dataset")
     return registry, name
 
 
@@ -174,16 +155,16 @@ async def _json_body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body() or b"{}")
     except ValueError:
-        raise ApiError(400, "bad_request", "the body is not valid JSON; send a JSON object") from None
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "the body is not valid JSON; send a JSON object") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "the body must be a JSON object")
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "the body must be a JSON object")
     return body
 
 
 def _str_field(body: dict[str, Any], key: str, default: str | None = None) -> str:
     value = body.get(key, default)
     if not isinstance(value, str) or not value:
-        raise ApiError(400, "bad_request", f"give '{key}' as a non-empty string in the JSON body")
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"give '{key}' as a non-empty string in the JSON body")
     return value
 
 
@@ -208,7 +189,9 @@ async def _spool_body(request: Request, limit: int) -> tempfile.SpooledTemporary
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise ApiError(
-            413, "too_large", f"the upload is {length} bytes, over the {limit}-byte limit; split the file"
+            413,
+            ErrorCode.TOO_LARGE,
+            f"the upload is {length} bytes, over the {limit}-byte limit; split the file",
         )
     spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
     size = 0
@@ -216,7 +199,9 @@ async def _spool_body(request: Request, limit: int) -> tempfile.SpooledTemporary
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, "too_large", f"the upload is over the {limit}-byte limit; split the file")
+                raise ApiError(
+                    413, ErrorCode.TOO_LARGE, f"the upload is over the {limit}-byte limit; split the file"
+                )
             spool.write(chunk)
     except BaseException:
         spool.close()
@@ -225,7 +210,6 @@ async def _spool_body(request: Request, limit: int) -> tempfile.SpooledTemporary
     return spool
 
 
-@_api
 async def upload(request: Request) -> Response:
     registry = _registry(request)
     settings: Settings = request.app.state.settings
@@ -235,7 +219,7 @@ async def upload(request: Request) -> Response:
     fmt = q.get("format") or format_from_content_type(request.headers.get("content-type"))
     fmt = check_format(fmt) if fmt else (format_from_name(filename) if filename else None)
     if await registry.exists(name):
-        raise ApiError(409, "already_exists", f"dataset '{name}' already exists; pick another name")
+        raise DatasetExists(f"dataset '{name}' already exists; pick another name")
     spool = await _spool_body(request, settings.max_upload_bytes)
     try:
         frame = await asyncio.to_thread(read_frame, spool, fmt, name=filename or "the upload")
@@ -249,7 +233,6 @@ async def upload(request: Request) -> Response:
     return JSONResponse(body, status_code=201)
 
 
-@_api
 async def export(request: Request) -> Response:
     registry, name = await _dataset(request)
     q = request.query_params
@@ -271,29 +254,29 @@ async def export(request: Request) -> Response:
     return Response(data, media_type=content_type(fmt), headers=headers)
 
 
-@_api
 async def history(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage
     ref = request.query_params.get("ref") or "main"
     raw = request.query_params.get("limit") or "100"
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LOG_LIMIT:
-        raise ApiError(400, "bad_request", f"limit must be a whole number from 1 to {MAX_LOG_LIMIT}")
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"limit must be a whole number from 1 to {MAX_LOG_LIMIT}")
     await resolve(storage, name, ref)
     commits = await storage.log(name, ref, int(raw))
     return JSONResponse([commit_json(m) for m in commits])
 
 
-@_api
 async def diff(request: Request) -> Response:
     registry, name = await _dataset(request)
     q = request.query_params
     a, b = q.get("from"), q.get("to") or "live"
     if not a:
-        raise ApiError(400, "bad_request", "give ?from=REF (a branch, tag, commit, 'live' or 'live:BRANCH')")
+        raise ApiError(
+            400, ErrorCode.BAD_REQUEST, "give ?from=REF (a branch, tag, commit, 'live' or 'live:BRANCH')"
+        )
     fmt = (q.get("format") or "json").lower()
     if fmt not in ("json", "parquet"):
-        raise ApiError(400, "bad_format", f"unknown diff format {fmt!r}; use json or parquet")
+        raise ApiError(400, ErrorCode.BAD_FORMAT, f"unknown diff format {fmt!r}; use json or parquet")
     (sa, da), (sb, db) = await _state_at(registry, name, a), await _state_at(registry, name, b)
     d = await asyncio.to_thread(diff_states, sa, sb)
     if fmt == "json":
@@ -313,18 +296,12 @@ async def diff(request: Request) -> Response:
     )
 
 
-@_api
 async def refs(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage
-    out: dict[str, list[dict[str, str]]] = {}
-    for kind, key in (("branch", "branches"), ("tag", "tags")):
-        found = await storage.catalog.list_refs(name, kind)
-        out[key] = [{"name": r.name, "commit": r.commit} for r in sorted(found, key=lambda r: r.name)]
-    return JSONResponse(out)
+    return JSONResponse(await refs_json(storage, name))
 
 
-@_api
 async def create_branch(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage
@@ -336,7 +313,6 @@ async def create_branch(request: Request) -> Response:
     return JSONResponse({"name": new, "commit": m.id, "from": source}, status_code=201)
 
 
-@_api
 async def create_tag(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage
@@ -348,16 +324,13 @@ async def create_tag(request: Request) -> Response:
         await storage.create_tag(name, tag, m.id)
     except AlreadyExists:
         existing = await storage.catalog.get_ref(name, tag, "tag")
-        raise ApiError(
-            409,
-            "already_exists",
+        raise AlreadyExists(
             f"tag '{tag}' already exists at commit {existing.commit[:12]} and tags never move;"
-            " create a new tag instead",
+            " create a new tag instead"
         ) from None
     return JSONResponse({"name": tag, "commit": m.id, "at": at}, status_code=201)
 
 
-@_api
 async def revert(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage

@@ -17,6 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from .api import routes as api_routes
 from .demo import demo_sales
+from .errors import exception_handlers
 from .io import load_file
 from .perspective.live import RoomViews
 from .perspective.web import routes as dashboard_routes
@@ -90,7 +91,11 @@ async def list_datasets(request: Request) -> JSONResponse:
 
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> Starlette:
-    """The coframe ASGI app. Datasets load at start-up (demo and files)."""
+    """The coframe ASGI app. Datasets load at start-up (demo and files).
+
+    Errors of HTTP routes become ``{"error": {...}}`` replies through
+    :data:`server.errors.exception_handlers` (PROTOCOL.md section 11).
+    """
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
@@ -114,6 +119,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             *dashboard_routes,
         ],
         lifespan=lifespan,
+        exception_handlers=exception_handlers,
     )
     app.state.settings = settings
     return app

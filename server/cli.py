@@ -2,9 +2,10 @@
 
 ``coframe serve`` runs the server. The data commands work directly on
 storage (``--data-dir``, env ``COFRAME_DATA``; ``--catalog``, env
-``COFRAME_CATALOG``): ``import``, ``export``, ``log``, ``diff``, ``branch`` and
-``tag``. A failing command prints one line to stderr, exits with code 2 and
-leaves nothing half-written.
+``COFRAME_CATALOG``): ``import``, ``export``, ``log``, ``diff``, ``refs``,
+``branch`` and ``tag``. A failing command prints one line to stderr, exits
+with code 2 and leaves nothing half-written: :func:`fail` maps every error to
+its exit code and message, in one place.
 """
 
 from __future__ import annotations
@@ -13,10 +14,19 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
+
+from protocol import CoframeError
 
 from .settings import MAX_UPLOAD_BYTES, Settings
 
-__all__ = ["main", "build_parser"]
+if TYPE_CHECKING:
+    from .serve import Server
+
+__all__ = ["main", "build_parser", "fail", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+
+EXIT_USAGE = 2  # a user error: bad input, a name that does not exist, ...
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
 def _dataset(value: str) -> tuple[str, str]:
@@ -75,13 +85,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def fail(e: BaseException) -> int:
+    """Report a failed command on stderr (one line) and return its exit code.
+
+    A :class:`~protocol.CoframeError` is a user error: its message says what to
+    do. ``ValueError`` and ``OSError`` (a bad path, a full disk) are reported the
+    same way. Anything else is a bug and is raised again, with its traceback.
+    """
+    if isinstance(e, KeyboardInterrupt):
+        print("coframe: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(e, CoframeError):
+        print(f"coframe: {e.message}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(e, (ValueError, OSError)):
+        print(f"coframe: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    raise e
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "serve":
-        from .cli_data import run_data_command
+    try:
+        if args.command != "serve":
+            from .cli_data import run_data_command
 
-        return run_data_command(args)
+            return run_data_command(args)
+        server = _server(args)
+    except (Exception, KeyboardInterrupt) as e:
+        return fail(e)
+    server.run()
+    return 0
 
+
+def _server(args: argparse.Namespace) -> Server:
+    """The server ``coframe serve`` runs; bad files and names fail here, before it starts."""
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     settings = Settings(
         host=args.host,
@@ -99,18 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     from .rooms.registry import check_name
     from .serve import Server, uvicorn_config
 
-    try:  # bad files and names fail here, before the server starts
-        for name, path in settings.datasets:
-            check_name(name)
-            load_file(path)
-    except Exception as e:
-        print(f"coframe: {e}", file=sys.stderr)
-        return 2
+    for name, path in settings.datasets:
+        check_name(name)
+        load_file(path)
     app = create_app(settings)
     where = "memory" if settings.data_dir is None else (settings.catalog or settings.data_dir)
     print(f"coframe starting (storage: {where})", flush=True)
-    Server(uvicorn_config(app, settings, log_level=args.log_level), announce=True).run()
-    return 0
+    return Server(uvicorn_config(app, settings, log_level=args.log_level), announce=True)
 
 
 if __name__ == "__main__":

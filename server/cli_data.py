@@ -1,9 +1,12 @@
-"""The CLI's data commands: ``import``, ``export``, ``log``, ``diff``, ``branch``, ``tag``.
+"""The CLI's data commands: ``import``, ``export``, ``log``, ``diff``, ``refs``, ``branch``, ``tag``.
 
 They open storage directly (``Storage.open``), like the server does, so they
 work with or without a server running on the same data directory. The live
 state of a branch is its last commit plus a replay of its WAL
 (:func:`server.rooms.recovery.recover`), which holds every acked op.
+
+A command raises a :class:`~protocol.CoframeError` for a user error;
+:func:`server.cli.fail` turns it into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -22,20 +24,19 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .api import ApiError, check_ref_name, commit_json, resolve, side_label
+from protocol import ErrorCode
+
+from .api import check_ref_name, commit_json, refs_json, resolve, side_label
+from .errors import CliError
 from .io import DEFAULT_MAX_BYTES, FORMATS, ReadError, check_format, format_from_name, load_file, write_file
-from .ops.state import OpError, State
+from .ops.state import State
 from .storage.diff import Diff, diff_states
 from .storage.service import Storage
-from .storage.types import AlreadyExists, StorageError
+from .storage.types import AlreadyExists, DatasetExists, NotFound
 
-__all__ = ["add_data_commands", "run_data_command"]
+__all__ = ["add_data_commands", "run_data_command", "CliError"]
 
 Command = Callable[[argparse.Namespace, Storage], Coroutine[Any, Any, None]]
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
 
 
 def _fmt(value: str) -> str:
@@ -86,6 +87,10 @@ def add_data_commands(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=50, help="changed cells to show (default 50)")
     p.add_argument("--json", action="store_true", help="the whole diff as JSON")
 
+    p = sub.add_parser("refs", parents=[common], help="list the branches and tags with their commits")
+    p.add_argument("dataset")
+    p.add_argument("--json", action="store_true", help="machine-readable output (as GET .../refs)")
+
     p = sub.add_parser("branch", parents=[common], help="create a branch")
     p.add_argument("dataset")
     p.add_argument("name")
@@ -98,18 +103,13 @@ def add_data_commands(sub: Any) -> None:
 
 
 def run_data_command(args: argparse.Namespace) -> int:
-    """Run a parsed data command; 0 on success, 2 (one line on stderr) on a user error."""
-    command = _COMMANDS[args.command]
-    try:
-        _precheck(args)
-        asyncio.run(_with_storage(args, command))
-    except (CliError, ApiError, ReadError, OpError, StorageError, ValueError, OSError) as e:
-        message = getattr(e, "message", None) or str(e)
-        print(f"coframe: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("coframe: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    """Run a parsed data command; 0 on success.
+
+    Raises:
+        CoframeError: a user error (:func:`server.cli.fail` reports it).
+    """
+    _precheck(args)
+    asyncio.run(_with_storage(args, _COMMANDS[args.command]))
     return 0
 
 
@@ -120,11 +120,12 @@ def _precheck(args: argparse.Namespace) -> None:
     if args.command == "import":
         path = Path(args.file)
         if not path.is_file():
-            raise CliError(f"no such file: {path}")
+            raise CliError(f"no such file: {path}", code=ErrorCode.UNREADABLE)
         if path.stat().st_size > args.max_bytes:
             raise CliError(
                 f"{path} is {path.stat().st_size} bytes, over the {args.max_bytes}-byte limit;"
-                " raise --max-bytes or split the file"
+                " raise --max-bytes or split the file",
+                code=ErrorCode.TOO_LARGE,
             )
     if args.command != "import" and not args.catalog and not data_dir.is_dir():
         raise CliError(f"no data directory '{data_dir}'; pass --data-dir (or import a dataset first)")
@@ -137,7 +138,7 @@ async def _with_storage(args: argparse.Namespace, command: Command) -> None:
         if args.command != "import" and args.dataset not in await storage.catalog.list_datasets():
             known = ", ".join(sorted(await storage.catalog.list_datasets())) or "(none)"
             where = "the catalog" if args.catalog else str(data_dir)
-            raise CliError(f"no dataset '{args.dataset}' in {where}; known: {known}")
+            raise NotFound(f"no dataset '{args.dataset}' in {where}; known: {known}", missing="dataset")
         await command(args, storage)
     finally:
         await storage.close()
@@ -153,7 +154,7 @@ def _out(text: str = "") -> None:
 async def _import(args: argparse.Namespace, storage: Storage) -> None:
     name = args.dataset
     if name in await storage.catalog.list_datasets():
-        raise CliError(f"dataset '{name}' already exists; pick another name")
+        raise DatasetExists(f"dataset '{name}' already exists; pick another name")
     path = Path(args.file)
     console = Console(stderr=True)
     progress = Progress(
@@ -190,7 +191,10 @@ async def _state(storage: Storage, dataset: str, side: str) -> State:
 
 async def _export(args: argparse.Namespace, storage: Storage) -> None:
     if not args.format and format_from_name(args.output) is None:
-        raise CliError(f"cannot tell the format of {args.output}; use {', '.join(FORMATS)} as the extension")
+        raise CliError(
+            f"cannot tell the format of {args.output}; use {', '.join(FORMATS)} as the extension",
+            code=ErrorCode.BAD_FORMAT,
+        )
     if args.at:
         state, what = await _state(storage, args.dataset, args.at), args.at
     else:
@@ -257,6 +261,17 @@ def _print_diff(d: Diff, title: str, limit: int) -> None:
         _out(f"  … and {d.changed.num_rows - limit} more changed cells (use --limit or --json)")
 
 
+async def _refs(args: argparse.Namespace, storage: Storage) -> None:
+    refs = await refs_json(storage, args.dataset)
+    if args.json:
+        _out(json.dumps(refs, indent=2))
+        return
+    width = max((len(r["name"]) for rs in refs.values() for r in rs), default=0)
+    for kind, key in (("branch", "branches"), ("tag", "tags")):
+        for r in refs[key]:
+            _out(f"{kind:<6}  {r['name']:<{width}}  {r['commit']}")
+
+
 async def _branch(args: argparse.Namespace, storage: Storage) -> None:
     name = check_ref_name(args.name, "branch")
     m = await resolve(storage, args.dataset, args.source)
@@ -271,7 +286,7 @@ async def _tag(args: argparse.Namespace, storage: Storage) -> None:
         await storage.create_tag(args.dataset, name, m.id)
     except AlreadyExists:
         existing = await storage.catalog.get_ref(args.dataset, name, "tag")
-        raise CliError(
+        raise AlreadyExists(
             f"tag '{name}' already exists at {existing.commit[:12]} and tags never move; create a new tag"
         ) from None
     _out(f"tagged {args.dataset}@{m.id[:12]} as {name}")
@@ -282,6 +297,7 @@ _COMMANDS: dict[str, Command] = {
     "export": _export,
     "log": _log,
     "diff": _diff,
+    "refs": _refs,
     "branch": _branch,
     "tag": _tag,
 }

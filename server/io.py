@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from protocol import CoframeError, ErrorCode
 from protocol.dtypes import RID_ARROW, WIRE_COMPAT
 
 from .settings import MAX_UPLOAD_BYTES
@@ -93,13 +94,17 @@ _ARROW_FILE_MAGIC = b"ARROW1"
 _TEXT_FORMATS = ("csv", "json", "ndjson")
 
 
-class ReadError(ValueError):
-    """Input that cannot become a frame. ``code``: ``bad_format``, ``unreadable`` or ``too_large``."""
+class ReadError(CoframeError, ValueError):
+    """Input that cannot become a frame. ``code``: ``bad_format``, ``unreadable`` or ``too_large``.
+
+    A 400 over HTTP, or 413 for ``too_large``. Still a ValueError, as it always was.
+    """
+
+    code = ErrorCode.UNREADABLE
+    status = 400
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(message, code=code, status=413 if code == ErrorCode.TOO_LARGE else None)
 
 
 def check_format(fmt: str) -> str:
@@ -111,7 +116,7 @@ def check_format(fmt: str) -> str:
     f = fmt.strip().lower()
     f = {"ipc": "arrow", "feather": "arrow", "jsonl": "ndjson", "pq": "parquet"}.get(f, f)
     if f not in FORMATS:
-        raise ReadError("bad_format", f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise ReadError(ErrorCode.BAD_FORMAT, f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     return f
 
 
@@ -252,18 +257,20 @@ def read_frame(
     """
     head = _head(source)
     if not head:
-        raise ReadError("unreadable", f"{name} is empty; send a file with a header row or some records")
+        raise ReadError(
+            ErrorCode.UNREADABLE, f"{name} is empty; send a file with a header row or some records"
+        )
     if fmt is None:
         fmt = sniff_format(head)
         if fmt is None:
             raise ReadError(
-                "bad_format",
+                ErrorCode.BAD_FORMAT,
                 f"cannot tell the format of {name}; name it ({', '.join(FORMATS)}) or use a known extension",
             )
     fmt = check_format(fmt)
     if fmt in _TEXT_FORMATS and b"\x00" in head:
         raise ReadError(
-            "unreadable", f"{name} looks binary, not {fmt.upper()}; check the file and its format"
+            ErrorCode.UNREADABLE, f"{name} looks binary, not {fmt.upper()}; check the file and its format"
         )
     try:
         src = _rewind(source)
@@ -281,7 +288,7 @@ def read_frame(
         raise
     except Exception as e:  # every parser has its own error types
         detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ReadError("unreadable", f"cannot read {name} as {fmt.upper()}: {detail}") from None
+        raise ReadError(ErrorCode.UNREADABLE, f"cannot read {name} as {fmt.upper()}: {detail}") from None
     if fmt in ("json", "ndjson") and on_progress is not None:
         on_progress(df.height, df.height)
     return df
@@ -301,11 +308,11 @@ def load_file(
     """
     p = Path(path)
     if not p.is_file():
-        raise ReadError("unreadable", f"no such file: {path}")
+        raise ReadError(ErrorCode.UNREADABLE, f"no such file: {path}")
     size = p.stat().st_size
     if max_bytes is not None and size > max_bytes:
         raise ReadError(
-            "too_large",
+            ErrorCode.TOO_LARGE,
             f"{path} is {size} bytes, over the {max_bytes}-byte limit; raise the limit or split the file",
         )
     if fmt is None:
@@ -357,7 +364,8 @@ def write_file(df: pl.DataFrame, path: str | os.PathLike[str], fmt: str | None =
     fmt = check_format(fmt) if fmt else format_from_name(p)
     if fmt is None:
         raise ReadError(
-            "bad_format", f"cannot tell the format of {path}; use .parquet, .csv, .arrow, .json or .ndjson"
+            ErrorCode.BAD_FORMAT,
+            f"cannot tell the format of {path}; use .parquet, .csv, .arrow, .json or .ndjson",
         )
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
     try:

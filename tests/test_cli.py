@@ -1,4 +1,4 @@
-"""The ``coframe`` data commands as subprocesses (issue 5): import, export, log, diff, branch, tag.
+"""The ``coframe`` data commands as subprocesses (issue 5): import, export, log, diff, refs, branch, tag.
 
 The version test runs a live server on the same data directory (and catalog)
 so the CLI reads what a client committed and what is only in the WAL.
@@ -144,6 +144,8 @@ async def test_versions_export_log_diff_branch_tag(tmp_path: Path, backend: Back
             diff_json,
             diff_text,
             diff_bad,
+            refs_text,
+            refs_json,
         ) = await asyncio.gather(
             run("log", "t"),
             run("log", "t", "--json", "--ref", "old"),
@@ -154,9 +156,21 @@ async def test_versions_export_log_diff_branch_tag(tmp_path: Path, backend: Back
             run("diff", "t", "v1", "live", "--json"),
             run("diff", "t", first, "v1", "--limit", "1"),
             run("diff", "t", "v1", "nope"),
+            run("refs", "t"),
+            run("refs", "t", "--json"),
         )
-    for code, out, err in (log, log_old, at_tag, at_prefix, at_live, at_old, diff_json, diff_text):
+    for code, out, err in (log, log_old, at_tag, at_prefix, at_live, at_old, diff_json, diff_text, refs_text):
         assert code == 0, err
+    refs = json.loads(refs_json[1])  # the shape of GET /api/datasets/t/refs
+    assert refs["tags"] == [{"name": "v1", "commit": c1}]
+    assert [b["name"] for b in refs["branches"]] == ["main", "old"]
+    heads = {b["name"]: b["commit"] for b in refs["branches"]}
+    assert heads["main"] == c1 and heads["old"].startswith(first) and len(heads["old"]) == len(c1)
+    assert refs_text[1].splitlines() == [
+        f"branch  main  {c1}",
+        f"branch  old   {heads['old']}",
+        f"tag     v1    {c1}",
+    ]
     lines = log[1].strip().splitlines()
     assert [ln[:12] for ln in lines] == [c1[:12], first] and "edits" in lines[0]
     assert [c["commit"][:12] for c in json.loads(log_old[1])] == [first]
@@ -191,6 +205,7 @@ async def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path) -> None:
         (("import", str(tmp_path / "missing.csv"), "--dataset", "m"), "no such file"),
         (("import", str(good), "--dataset", "big", "--max-bytes", "10"), "limit"),
         (("export", "nope", "-o", str(tmp_path / "x.csv")), "no dataset 'nope'"),
+        (("refs", "nope"), "no dataset 'nope'"),
         (("export", "ok", "-o", str(tmp_path / "x.txt")), "cannot tell the format"),
         (("export", "ok", "--at", "zzz", "-o", str(tmp_path / "x.csv")), "no branch, tag or commit"),
         (("log", "ok", "--ref", "nope"), "no branch, tag or commit"),

@@ -149,7 +149,7 @@ async def test_bad_input_is_rejected_and_nothing_is_written(
         r = await upload(http, "clash", frame(3).with_columns(pl.lit(1).alias("_rid")), fmt)
         assert "_rid" in assert_error(r, 400, "reserved_name")
     r = await upload(http, "keep", frame(3))
-    assert "already exists" in assert_error(r, 409, "already_exists")
+    assert "already exists" in assert_error(r, 409, "dataset_exists")
     assert await catalog_state(srv.registry) == before
     assert chunk_files(srv) == chunks
     assert_frame_equal((await export(http, "keep")).drop("_rid"), frame())
@@ -373,7 +373,7 @@ async def test_memory_server_keeps_versions_for_its_lifetime(make_server: Any) -
         assert r.status_code == 201, r.text
         first = r.json()["commit"]
         assert [c["commit"] for c in (await http.get("/api/datasets/m/log")).json()] == [first]
-        assert_error(await upload(http, "m", frame()), 409, "already_exists")
+        assert_error(await upload(http, "m", frame()), 409, "dataset_exists")
         async with connect(s.url, "m") as room:
             await room.set_cells([0], "qty", 99)
             second = await room.commit("edit")

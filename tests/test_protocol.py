@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import enum
 import json
 import re
 from typing import Any
@@ -261,6 +262,8 @@ def assert_same(got: Any, want: Any, *, binary: bool, path: str = "msg") -> None
             assert got.to_pylist() == table_to_rows(want), path
             assert got.column_names == want.column_names, path
         return
+    if isinstance(want, enum.Enum):  # an ErrorCode goes on the wire as its plain string
+        want = want.value
     assert type(got) is type(want), f"{path}: {type(got).__name__} != {type(want).__name__}"
     if dataclasses.is_dataclass(want):
         for fld in dataclasses.fields(want):

@@ -8,24 +8,24 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from protocol import ColRef, ErrorCode, Op
+from protocol import CoframeError, ColRef, ErrorCode, Op
 from protocol.dtypes import RID
 
 __all__ = ["Column", "Catalog", "State", "Effect", "Applied", "OpError", "RID"]
 
 
-class OpError(Exception):
+class OpError(CoframeError):
     """An op cannot apply; the state is unchanged.
 
     ``code`` is a :class:`protocol.ErrorCode`; ``message`` says what was wrong
-    and what to do; ``details`` is JSON-friendly.
+    and what to do; ``details`` is JSON-friendly. Over HTTP it is a 400.
     """
 
+    code = ErrorCode.BAD_OP
+    status = 400
+
     def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
+        super().__init__(message, code=code, details=details)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from protocol import ErrorCode
+from protocol import CoframeError, ErrorCode
 
 __all__ = ["ViewConfigError", "check_columns", "referenced", "remap", "for_perspective"]
 
 
-class ViewConfigError(Exception):
-    """A config that names a column the room does not have, or that Perspective rejects."""
+class ViewConfigError(CoframeError):
+    """A config that names a column the room does not have (``no_such_column``), or that
+    Perspective rejects (``bad_view``)."""
+
+    code = ErrorCode.BAD_VIEW
+    status = 400
 
     def __init__(self, code: str, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
+        super().__init__(message, code=code, details=details)
 
 
 def referenced(config: dict[str, Any]) -> list[tuple[str, str]]:

@@ -47,8 +47,6 @@ __all__ = ["perspective_endpoint", "ReplyQueue"]
 
 log = logging.getLogger("coframe.dashboard")
 
-UNSUPPORTED_DATA = 1003  # RFC 6455: a text frame on a binary-only socket
-
 
 class ReplyQueue:
     """Perspective's replies for one connection: bounded in messages and bytes, one writer.
@@ -163,7 +161,7 @@ async def _serve(
                 return
             data = message.get("bytes")
             if data is None:
-                await ws.close(UNSUPPORTED_DATA, "send Perspective's binary protocol messages")
+                await ws.close(CloseCode.UNSUPPORTED_DATA, "send Perspective's binary protocol messages")
                 return
             if len(data) > settings.max_message_bytes:
                 await ws.close(CloseCode.TOO_BIG, f"request over {settings.max_message_bytes} bytes")

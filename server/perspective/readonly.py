@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocol import CoframeError, ErrorCode
+
 __all__ = [
     "ALLOWED",
     "DENIED",
@@ -102,8 +104,11 @@ _MSG_ID, _ENTITY_ID, _SERVER_ERROR = 1, 2, 50
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
 
-class WireError(ValueError):
-    """The bytes are not a well-formed protobuf message."""
+class WireError(CoframeError, ValueError):
+    """The bytes are not a well-formed protobuf message (``bad_frame``; the socket is closed 1008)."""
+
+    code = ErrorCode.BAD_FRAME
+    status = 400
 
 
 @dataclass(frozen=True, slots=True)

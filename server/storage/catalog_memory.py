@@ -35,7 +35,7 @@ from .catalog_common import (
     msg,
     prefix_bounds,
 )
-from .types import AlreadyExists, Manifest, NotFound, Ref, RefMoved, WalEntry
+from .types import AlreadyExists, DatasetExists, Manifest, NotFound, Ref, RefMoved, WalEntry
 
 __all__ = ["MemoryCatalog"]
 
@@ -90,7 +90,7 @@ class MemoryCatalog:
 
     async def create_dataset(self, name: str) -> None:
         if name in self._datasets:
-            raise AlreadyExists(msg.dataset_exists(name))
+            raise DatasetExists(msg.dataset_exists(name))
         self._datasets[name] = _Dataset()
 
     async def list_datasets(self) -> list[str]:

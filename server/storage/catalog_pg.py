@@ -27,7 +27,7 @@ from .catalog_common import (
     prefix_bounds,
 )
 from .migrations import apply_postgres
-from .types import AlreadyExists, Manifest, NotFound, Ref, RefMoved, StorageError, WalEntry
+from .types import AlreadyExists, DatasetExists, Manifest, NotFound, Ref, RefMoved, StorageError, WalEntry
 
 __all__ = ["PostgresCatalog"]
 
@@ -102,7 +102,7 @@ class PostgresCatalog:
     @staticmethod
     async def _require_dataset(conn: asyncpg.Connection, dataset: str) -> None:
         if await conn.fetchval("SELECT 1 FROM datasets WHERE name = $1", dataset) is None:
-            raise NotFound(msg.dataset_missing(dataset))
+            raise NotFound(msg.dataset_missing(dataset), missing="dataset")
 
     @staticmethod
     async def _require_commit(conn: asyncpg.Connection, dataset: str, commit_id: str) -> None:
@@ -111,7 +111,7 @@ class PostgresCatalog:
             is None
         ):
             await PostgresCatalog._require_dataset(conn, dataset)
-            raise NotFound(msg.ref_target_missing(dataset, commit_id))
+            raise NotFound(msg.ref_target_missing(dataset, commit_id), missing="commit")
 
     @staticmethod
     async def _resolve(conn: asyncpg.Connection, dataset: str, commit_id: str) -> tuple[str, str]:
@@ -134,8 +134,12 @@ class PostgresCatalog:
             return rows[0][0], rows[0][1]
         await PostgresCatalog._require_dataset(conn, dataset)
         if rows:
-            raise NotFound(msg.commit_ambiguous(dataset, commit_id, [r[0] for r in rows]))
-        raise NotFound(msg.commit_missing(dataset, commit_id))
+            raise NotFound(
+                msg.commit_ambiguous(dataset, commit_id, [r[0] for r in rows]),
+                missing="commit",
+                ambiguous=True,
+            )
+        raise NotFound(msg.commit_missing(dataset, commit_id), missing="commit")
 
     # -- datasets ------------------------------------------------------------
 
@@ -146,7 +150,7 @@ class PostgresCatalog:
             time.time(),
         )
         if status.endswith(" 0"):
-            raise AlreadyExists(msg.dataset_exists(name))
+            raise DatasetExists(msg.dataset_exists(name))
 
     async def list_datasets(self) -> list[str]:
         return [r[0] for r in await self.pool.fetch("SELECT name FROM datasets ORDER BY name")]
@@ -154,7 +158,7 @@ class PostgresCatalog:
     async def drop_dataset(self, name: str) -> None:
         status = await self.pool.execute("DELETE FROM datasets WHERE name = $1", name)
         if status.endswith(" 0"):
-            raise NotFound(msg.dataset_missing(name))
+            raise NotFound(msg.dataset_missing(name), missing="dataset")
 
     # -- commits -------------------------------------------------------------
 
@@ -171,7 +175,7 @@ class PostgresCatalog:
                 encode_manifest(manifest),
             )
         except asyncpg.ForeignKeyViolationError:
-            raise NotFound(msg.dataset_missing(manifest.dataset)) from None
+            raise NotFound(msg.dataset_missing(manifest.dataset), missing="dataset") from None
 
     async def get_commit(self, dataset: str, commit_id: str) -> Manifest:
         async with self.pool.acquire() as conn:
@@ -207,7 +211,7 @@ class PostgresCatalog:
             "SELECT commit_id FROM refs WHERE dataset = $1 AND kind = $2 AND name = $3", dataset, kind, name
         )
         if commit is None:
-            raise NotFound(msg.ref_missing(dataset, name, kind))
+            raise NotFound(msg.ref_missing(dataset, name, kind), missing=kind)
         return Ref(dataset, name, commit, kind)
 
     async def list_refs(self, dataset: str, kind: str) -> list[Ref]:
@@ -230,7 +234,7 @@ class PostgresCatalog:
                 is_tag = await conn.fetchval(
                     "SELECT 1 FROM refs WHERE dataset = $1 AND kind = $2 AND name = $3", dataset, TAG, name
                 )
-                raise NotFound(msg.branch_missing(dataset, name, is_tag is not None))
+                raise NotFound(msg.branch_missing(dataset, name, is_tag is not None), missing="branch")
             if expected is not None and current != expected:
                 raise RefMoved(msg.ref_moved(dataset, name, current, expected))
             await self._require_commit(conn, dataset, commit)
@@ -250,7 +254,7 @@ class PostgresCatalog:
                 "DELETE FROM refs WHERE dataset = $1 AND kind = $2 AND name = $3", dataset, kind, name
             )
             if status.endswith(" 0"):
-                raise NotFound(msg.ref_missing(dataset, name, kind))
+                raise NotFound(msg.ref_missing(dataset, name, kind), missing=kind)
             if kind == BRANCH:
                 await conn.execute("DELETE FROM wal WHERE dataset = $1 AND branch = $2", dataset, name)
 
@@ -276,7 +280,7 @@ class PostgresCatalog:
                         rows,
                     )
             except asyncpg.ForeignKeyViolationError:
-                raise NotFound(msg.dataset_missing(dataset)) from None
+                raise NotFound(msg.dataset_missing(dataset), missing="dataset") from None
             except asyncpg.UniqueViolationError:
                 seqs = [e.seq for e in entries]
                 stored = await conn.fetch(

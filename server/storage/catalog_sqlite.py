@@ -30,7 +30,7 @@ from .catalog_common import (
     prefix_bounds,
 )
 from .migrations import apply_sqlite
-from .types import AlreadyExists, Manifest, NotFound, Ref, RefMoved, StorageError, WalEntry
+from .types import AlreadyExists, DatasetExists, Manifest, NotFound, Ref, RefMoved, StorageError, WalEntry
 
 __all__ = ["SqliteCatalog"]
 
@@ -46,6 +46,12 @@ WITH RECURSIVE chain(id, parent, manifest, depth) AS (
 )
 SELECT manifest FROM chain ORDER BY depth
 """
+
+
+def _busy(e: sqlite3.OperationalError) -> bool:
+    """Whether ``e`` is "database is locked" (SQLITE_BUSY or SQLITE_LOCKED, any extended code)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 class SqliteCatalog:
@@ -116,7 +122,7 @@ class SqliteCatalog:
             try:
                 return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
             except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() + delay > deadline:
+                if not _busy(e) or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)  # backoff between retries (runtime behaviour, in the catalog's own thread)
             delay = min(delay * 2, 0.2)
@@ -164,7 +170,7 @@ class SqliteCatalog:
     @staticmethod
     def _require_dataset(conn: sqlite3.Connection, dataset: str) -> None:
         if conn.execute("SELECT 1 FROM datasets WHERE name = ?", (dataset,)).fetchone() is None:
-            raise NotFound(msg.dataset_missing(dataset))
+            raise NotFound(msg.dataset_missing(dataset), missing="dataset")
 
     @staticmethod
     def _resolve(conn: sqlite3.Connection, dataset: str, commit_id: str) -> tuple[str, str]:
@@ -186,8 +192,12 @@ class SqliteCatalog:
             return rows[0][0], rows[0][1]
         SqliteCatalog._require_dataset(conn, dataset)
         if rows:
-            raise NotFound(msg.commit_ambiguous(dataset, commit_id, [r[0] for r in rows]))
-        raise NotFound(msg.commit_missing(dataset, commit_id))
+            raise NotFound(
+                msg.commit_ambiguous(dataset, commit_id, [r[0] for r in rows]),
+                missing="commit",
+                ambiguous=True,
+            )
+        raise NotFound(msg.commit_missing(dataset, commit_id), missing="commit")
 
     # -- datasets ------------------------------------------------------------
 
@@ -196,7 +206,7 @@ class SqliteCatalog:
             try:
                 conn.execute("INSERT INTO datasets (name, created) VALUES (?, ?)", (name, time.time()))
             except sqlite3.IntegrityError:
-                raise AlreadyExists(msg.dataset_exists(name)) from None
+                raise DatasetExists(msg.dataset_exists(name)) from None
 
         await self._tx(fn)
 
@@ -209,7 +219,7 @@ class SqliteCatalog:
     async def drop_dataset(self, name: str) -> None:
         def fn(conn: sqlite3.Connection) -> None:
             if conn.execute("DELETE FROM datasets WHERE name = ?", (name,)).rowcount == 0:
-                raise NotFound(msg.dataset_missing(name))
+                raise NotFound(msg.dataset_missing(name), missing="dataset")
 
         await self._tx(fn)
 
@@ -273,7 +283,7 @@ class SqliteCatalog:
             "SELECT 1 FROM commits WHERE dataset = ? AND id = ?", (dataset, commit_id)
         ).fetchone()
         if row is None:
-            raise NotFound(msg.ref_target_missing(dataset, commit_id))
+            raise NotFound(msg.ref_target_missing(dataset, commit_id), missing="commit")
 
     async def get_ref(self, dataset: str, name: str, kind: str) -> Ref:
         check_kind(kind)
@@ -284,7 +294,7 @@ class SqliteCatalog:
                 (dataset, kind, name),
             ).fetchone()
             if row is None:
-                raise NotFound(msg.ref_missing(dataset, name, kind))
+                raise NotFound(msg.ref_missing(dataset, name, kind), missing=kind)
             return Ref(dataset, name, row[0], kind)
 
         return await self._tx(fn, write=False)
@@ -311,7 +321,7 @@ class SqliteCatalog:
                 is_tag = conn.execute(
                     "SELECT 1 FROM refs WHERE dataset = ? AND kind = ? AND name = ?", (dataset, TAG, name)
                 ).fetchone()
-                raise NotFound(msg.branch_missing(dataset, name, is_tag is not None))
+                raise NotFound(msg.branch_missing(dataset, name, is_tag is not None), missing="branch")
             if expected is not None and row[0] != expected:
                 raise RefMoved(msg.ref_moved(dataset, name, row[0], expected))
             self._require_commit(conn, dataset, commit)
@@ -331,7 +341,7 @@ class SqliteCatalog:
                 "DELETE FROM refs WHERE dataset = ? AND kind = ? AND name = ?", (dataset, kind, name)
             ).rowcount
             if gone == 0:
-                raise NotFound(msg.ref_missing(dataset, name, kind))
+                raise NotFound(msg.ref_missing(dataset, name, kind), missing=kind)
             if kind == BRANCH:
                 conn.execute("DELETE FROM wal WHERE dataset = ? AND branch = ?", (dataset, name))
 

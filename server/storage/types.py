@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from protocol import CoframeError, ErrorCode
+
 __all__ = [
     "ChunkRef",
     "Manifest",
@@ -19,28 +21,55 @@ __all__ = [
     "StorageError",
     "NotFound",
     "AlreadyExists",
+    "DatasetExists",
     "RefMoved",
 ]
 
 
-class StorageError(Exception):
-    """Base class; ``code`` is a protocol ErrorCode-style string."""
+class StorageError(CoframeError):
+    """Storage failed (a closed catalog, a schema newer than this coframe, a corrupt commit).
 
-    code = "storage"
+    The base of the storage errors. Keyword arguments become ``details``, so a
+    caller can tell cases apart without reading the message.
+    """
+
+    code = ErrorCode.INTERNAL
+    status = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message, details=details)
 
 
 class NotFound(StorageError):
-    code = "not_found"
+    """No such dataset, commit, branch or tag.
+
+    ``details["missing"]`` says which: ``dataset``, ``commit``, ``branch``,
+    ``tag`` or ``ref``; ``details["ambiguous"]`` is true when a commit
+    prefix matched several commits.
+    """
+
+    code = ErrorCode.NOT_FOUND
+    status = 404
 
 
 class AlreadyExists(StorageError):
-    code = "already_exists"
+    """A branch or tag (or a WAL seq) that is already taken."""
+
+    code = ErrorCode.ALREADY_EXISTS
+    status = 409
+
+
+class DatasetExists(AlreadyExists):
+    """A dataset name that is already taken."""
+
+    code = ErrorCode.DATASET_EXISTS
 
 
 class RefMoved(StorageError):
     """A compare-and-set on a branch lost: the branch is no longer at the expected commit."""
 
-    code = "conflict"
+    code = ErrorCode.CONFLICT
+    status = 409
 
 
 @dataclass(frozen=True, slots=True)
