@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from protocol import CoframeError
+
 __all__ = ["OpRejected", "ConnectionClosed"]
 
 
-class OpRejected(Exception):
-    """The server rejected a request: ``code`` is stable, ``message`` says what to do."""
+class OpRejected(CoframeError):
+    """The server rejected a request: ``code`` is stable, ``message`` says what to do.
+
+    Part of the one error tree (``protocol.CoframeError``), so a caller can
+    catch client and server errors alike.
+    """
+
+    status = 400
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.details = details or {}
+        super().__init__(message, code=code, details=details)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
 
 
 class ConnectionClosed(Exception):

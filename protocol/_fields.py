@@ -1,4 +1,4 @@
-"""Field readers and validators that name the bad field in their error (STYLE.md section 2).
+"""Field readers and validators that name the bad field in their error.
 
 Two shapes: readers take the map, the key and the path (``req_int(d, "seq", "seq")``);
 validators take a present value and its path (``uint(v, "seq")``) and are what the

@@ -1,4 +1,4 @@
-"""The HTTP API for datasets and their versions (DESIGN.md "Durability and versions").
+"""The HTTP API for datasets and their versions (PROTOCOL.md §13).
 
 Routes (``routes``, added to the app by :func:`server.app.create_app`):
 

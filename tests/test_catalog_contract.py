@@ -1,4 +1,4 @@
-"""One contract suite for every catalog backend (STYLE.md section 7).
+"""One contract suite for every catalog backend.
 
 Every test taking the ``catalog`` or ``backend`` fixture (tests/conftest.py)
 runs on each backend: in memory, on the embedded SQLite file and on a real

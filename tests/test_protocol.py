@@ -1,4 +1,4 @@
-"""The wire protocol, fed bytes and text with no I/O (STYLE.md sections 1, 2, 6 and 8).
+"""The wire protocol, fed bytes and text with no I/O.
 
 Every message and every op round-trips through both envelopes: binary frames
 (msgpack, tables as Arrow IPC) and text frames (JSON, tables as row objects,

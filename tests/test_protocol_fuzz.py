@@ -1,6 +1,6 @@
 """Fuzz the decoders: whatever arrives, they return a message or raise ProtocolError.
 
-STYLE.md section 6: the parser never raises out of the core with anything but a
+The parser never raises out of the core with anything but a
 coded error. Anything a decoder accepts must also encode again, in both
 envelopes, and decode back to the same message (the server re-broadcasts).
 """

@@ -1,4 +1,4 @@
-"""protocol/ is sans-I/O and shared (STYLE.md section 1).
+"""protocol/ is sans-I/O and shared.
 
 It must not pull in an event loop, a web framework, or either side of the
 connection. Checked twice: at run time in a fresh interpreter, and in the source.

@@ -1,4 +1,4 @@
-"""Pure operations on a room's frame (DESIGN.md "Operations (v1)").
+"""Pure operations on a room's frame (PROTOCOL.md §4 "Ops").
 
 Frame, catalog and op in; new state, inverse ops and effect out. No I/O and
 no room. The room's hot path coalesces many small ``set`` ops with

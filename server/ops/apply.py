@@ -3,7 +3,7 @@
 Pure: the input frame is never mutated. The result carries the new state,
 the inverse ops (which, applied in order to the new state, restore the old
 frame and catalog exactly; they name columns by id) and the effect the room
-turns into a delta (DESIGN.md "Operations (v1)").
+turns into a delta (PROTOCOL.md §4 "Ops").
 """
 
 from __future__ import annotations

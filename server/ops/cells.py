@@ -2,7 +2,7 @@
 
 The room drains its queue once per tick; it validates each ``set`` with
 :func:`plan_set` and writes every touched column with one clone + scatter in
-:func:`apply_set_plans` (DESIGN.md "Operations (v1)": one scatter of 1,000
+:func:`apply_set_plans` (PROTOCOL.md §4 "Ops": one scatter of 1,000
 cells costs about what one single-cell write does).
 """
 

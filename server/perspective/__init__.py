@@ -1,4 +1,4 @@
-"""Live views: one Perspective table per room (DESIGN.md "Views (Perspective)").
+"""Live views: one Perspective table per room (PROTOCOL.md §14).
 
 :mod:`.types` maps Arrow data to Perspective-safe types; :mod:`.tables`
 keeps the per-room tables in step with the room's deltas.

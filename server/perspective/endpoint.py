@@ -8,7 +8,7 @@ differences:
 - Replies go through a bounded per-connection queue drained by one writer
   task, so order is kept and a slow browser costs a bounded amount of
   memory. A browser that lets it overflow is closed with 4008 and a reason
-  (STYLE.md section 5); the room never waits for it.
+ ; the room never waits for it.
 - Every request passes a :class:`.readonly.Gate` first: reads, views and
   subscriptions on this room's table and this connection's own views are
   forwarded; anything that would change a table, or names another table

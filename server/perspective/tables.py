@@ -1,4 +1,4 @@
-"""One Perspective table per room, updated once per tick (DESIGN.md "Views (Perspective)").
+"""One Perspective table per room, updated once per tick (PROTOCOL.md §14).
 
 :class:`RoomTables` owns one Perspective ``Server`` (created with
 ``on_poll_request``) and a local client. Updates and removes are queued by

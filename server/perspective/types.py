@@ -1,4 +1,4 @@
-"""Explicit Arrow type mapping before Perspective sees any data (DESIGN.md "Types").
+"""Explicit Arrow type mapping before Perspective sees any data (PROTOCOL.md §14, "Types").
 
 Perspective 5.5.1 (measured on this machine) rejects ``string_view``
 ("Could not load arrow column of type `utf8_view`"), durations, time64 and

@@ -1,6 +1,6 @@
 """Per-cell CRDT metadata: a sparse LWW register per cell, plus tombstones.
 
-DESIGN.md "Order and conflicts". Each written cell remembers its last write
+PROTOCOL.md §6 "Order and conflicts". Each written cell remembers its last write
 as ``(seq, client)``, but only while that write is newer than the room's
 low-water mark (the oldest ``base_seq`` a connected client may still send).
 Older entries are pruned and count as "before the mark": an op whose

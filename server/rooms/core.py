@@ -7,8 +7,8 @@ tombstones, the exactly-once reply and the undo entry.
 
 Hot path: a message made only of ``set`` ops is *planned* (validated, old
 values read) and parked in an overlay; the overlay is flushed as one scatter
-per column before anything else reads the frame (DESIGN.md "Apply ops in
-batches"). Every other message flushes the overlay and goes through
+per column before anything else reads the frame (docs/architecture.md,
+"One op, end to end"). Every other message flushes the overlay and goes through
 ``server.ops.apply``; heavy ones run in a worker thread (Polars releases the
 GIL), computed by :func:`run_general`, which never mutates the core.
 """
@@ -49,7 +49,7 @@ HEAVY_INSERT_ROWS = 10_000
 
 
 def is_heavy(ops: tuple[Op, ...]) -> bool:
-    """Ops that should run off the event loop (DESIGN.md "Run heavy ops ...")."""
+    """Ops that should run off the event loop (docs/architecture.md, "One op, end to end")."""
     for op in ops:
         if isinstance(op, (CastColumn, FillNull, RestoreColumn)):
             return True
@@ -81,7 +81,7 @@ class GeneralResult:
 
 
 def with_ids(catalog: Catalog, op: Op) -> Op:
-    """``op`` naming its column by id, resolved against ``catalog`` (DESIGN.md "Column identity")."""
+    """``op`` naming its column by id, resolved against ``catalog`` (PROTOCOL.md §4)."""
     col = getattr(op, "col", None)
     if col is None or isinstance(col, int):
         return op

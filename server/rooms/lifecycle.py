@@ -1,4 +1,4 @@
-"""The room's lifecycle, written down once as data (STYLE.md section 3).
+"""The room's lifecycle, written down once as data (docs/architecture.md "Lifecycles").
 
 A room: ``loading`` --> ``live`` --> ``unloading`` --> ``closed``.
 Any event not in the table is a violation of that machine. The connection

@@ -1,6 +1,6 @@
 """The room's small shared metadata as a pycrdt doc, plus presence (Awareness).
 
-DESIGN.md "pycrdt". The doc holds:
+PROTOCOL.md §9. The doc holds:
 
 - ``order``: Array of column ids (as strings: Yjs hands small ints back as floats);
 - ``columns``: Map id → Map {name, dtype, description}.

@@ -7,7 +7,7 @@ subscribers; each subscriber carries an :class:`Audience`, what it may see.
 
 ``deliver`` groups subscribers by audience and envelope (msgpack or JSON),
 renders the payload once per audience and encodes it once per group, then
-writes the same bytes to every subscriber of the group (STYLE.md section 5:
+writes the same bytes to every subscriber of the group (PROTOCOL.md §10:
 encode once, never wait for the slowest reader).
 
 Today there is one audience, :data:`EVERYONE`, and rendering is the

@@ -1,6 +1,6 @@
 """A connected client: its identity, encoding and bounded send queue.
 
-STYLE.md section 5: slow consumers are a policy. Each session owns one
+Slow consumers are a policy (PROTOCOL.md §10). Each session owns one
 writer task and a queue bounded by message count and bytes. Broadcast
 payloads (deltas, presence) are *droppable*: when the queue overflows they
 are discarded and the session is marked for **resync**; as soon as the

@@ -1,6 +1,6 @@
 """WAL records for a room: encode applied batches, replay them on recovery.
 
-DESIGN.md "WAL": an op batch is acked only once its entry is durable in the
+PROTOCOL.md §13: an op batch is acked only once its entry is durable in the
 catalog. Entries hold the ops as applied, with column ids resolved, so a
 replay from the same commit reproduces the same frame; and the ack, so a
 resend after a crash is re-acked instead of applied twice.

@@ -5,8 +5,8 @@ shared across threads), so calls are serialized in submission order and the
 event loop never blocks on disk. Each method is one transaction; writes take
 ``BEGIN IMMEDIATE`` so other processes on the same file queue up instead of
 failing half-way. ``journal_mode=WAL`` plus ``synchronous=FULL`` make a
-committed ``append_wal`` survive kill -9 and power loss (DESIGN.md
-"Durability and versions": an op is acked only once durable).
+committed ``append_wal`` survive kill -9 and power loss (PROTOCOL.md
+§13: an op is acked only once durable).
 """
 
 from __future__ import annotations

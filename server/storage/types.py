@@ -1,4 +1,4 @@
-"""Storage records and the catalog interface (DESIGN.md "Durability and versions").
+"""Storage records and the catalog interface (PROTOCOL.md §13).
 
 The catalog is one small async Protocol with three backends: embedded SQLite
 (default), PostgreSQL (asyncpg) and memory (``--memory``). One contract test
