@@ -38,7 +38,7 @@ def test_no_test_module_imports_another() -> None:
         for path in sorted(TESTS.glob("test_*.py"))
     }
     offenders = {name: mods for name, mods in offenders.items() if mods}
-    assert not offenders, f"test modules import other test modules (move the shared code to a helper): {offenders}"
+    assert not offenders, f"test modules import test modules (move shared code to a helper): {offenders}"
 
 
 def test_the_checker_sees_every_form_of_import(tmp_path: Path) -> None:
