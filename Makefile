@@ -56,4 +56,4 @@ bench: install-test
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis $(WEB)/node_modules tests/artifacts
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .import_linter_cache $(WEB)/node_modules tests/artifacts
