@@ -39,8 +39,10 @@ browser:
 serve: install
 	$(BIN)/coframe serve --host $(HOST) --port $(PORT) --demo
 
+# ruff, then the import contracts of pyproject.toml [tool.importlinter] (layers, no cycles).
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # PostgreSQL and Redis for the service tests (they skip without them, fail under CI=true).
 services:
@@ -54,4 +56,4 @@ bench: install-test
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis $(WEB)/node_modules tests/artifacts
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .import_linter_cache $(WEB)/node_modules tests/artifacts

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import http
 import signal
 from typing import Any
@@ -33,8 +34,6 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 __all__ = ["main", "padded_delta"]
-
-_subscribers: set[ServerConnection] = set()
 
 
 def padded_delta(seq: int, by: str, size: int) -> bytes:
@@ -68,18 +67,18 @@ def _ack(d: dict[str, Any]) -> bytes:
     )
 
 
-async def _fanout(ws: ServerConnection) -> None:
-    _subscribers.add(ws)
+async def _fanout(ws: ServerConnection, subscribers: set[ServerConnection]) -> None:
+    subscribers.add(ws)
     try:
         async for data in ws:
             d = msgpack.unpackb(data, raw=False)
             if d.get("type") != "op":
                 continue
             seq = int(d["client_seq"])
-            broadcast(_subscribers, padded_delta(seq, str(d.get("client", "w")), int(d.get("pad_to", 0))))
+            broadcast(subscribers, padded_delta(seq, str(d.get("client", "w")), int(d.get("pad_to", 0))))
             await ws.send(_ack(d))
     finally:
-        _subscribers.discard(ws)
+        subscribers.discard(ws)
 
 
 async def _echo(ws: ServerConnection) -> None:
@@ -88,11 +87,11 @@ async def _echo(ws: ServerConnection) -> None:
         await ws.send(_ack(d))
 
 
-async def _handler(ws: ServerConnection) -> None:
+async def _handler(ws: ServerConnection, subscribers: set[ServerConnection]) -> None:
     path = ws.request.path if ws.request is not None else ""
     try:
         if path.startswith("/ws/fanout"):
-            await _fanout(ws)
+            await _fanout(ws, subscribers)
         elif path.startswith("/ws/echo"):
             await _echo(ws)
         else:
@@ -113,8 +112,9 @@ async def _serve(port: int) -> None:
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
+    subscribers: set[ServerConnection] = set()  # the fan-out connections of this server
     async with serve(
-        _handler,
+        functools.partial(_handler, subscribers=subscribers),
         "127.0.0.1",
         port,
         compression=None,

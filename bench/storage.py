@@ -476,7 +476,7 @@ class StorageBench:
         from server.ops import normalize_frame
         from server.ops.state import State
         from server.storage.chunks import ChunkStore
-        from server.storage.commits import CHUNK_RIDS, dirty_ranges, write_commit
+        from server.storage.commits import CHUNK_RIDS, ChunkPool, dirty_ranges, write_commit
 
         cfg, r = self.cfg, self.result.commit
         df = demo_sales(cfg.rows)
@@ -486,11 +486,13 @@ class StorageBench:
         state = State(ndf, catalog, ndf.height)
         store_dir = self.tmp / "layer-chunks"
         store = ChunkStore(store_dir)
+        pool = ChunkPool()  # as the server's Storage has
+        self._stack.callback(pool.close)
 
         def commit(st: State, parent: Any, dirty: set[int] | None, seq: int) -> Any:
             return write_commit(
                 store, st, dataset=DATASET, parent=parent, dirty=dirty, author="bench", message="bench",
-                seq=seq, time=time.time(),
+                seq=seq, time=time.time(), pool=pool,
             )  # fmt: skip
 
         t = time.perf_counter()

@@ -30,7 +30,11 @@ class SyncRoom:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="coframe-sync", daemon=True)
         self._thread.start()
-        self._room = self._call(self._make(url, dataset, kw))
+        try:
+            self._room = self._call(self._make(url, dataset, kw))
+        except BaseException:
+            self._stop()
+            raise
 
     async def _make(self, url: str, dataset: str, kw: dict[str, Any]) -> Room:
         return await Room(url, dataset, **kw).open()
@@ -98,8 +102,14 @@ class SyncRoom:
         try:
             self._call(self._room.close())
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+            self._stop()
+
+    def _stop(self) -> None:
+        """Stop the loop's thread, then close the loop (its selector and self-pipe sockets)."""
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> SyncRoom:
         return self

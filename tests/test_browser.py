@@ -170,3 +170,18 @@ async def test_unknown_dataset_page_and_index_in_the_browser(browser: Any, demo:
     await page.goto(f"{demo.http}/")
     link = page.locator("a.dataset", has_text="sales")
     assert await link.get_attribute("href") == "/d/sales"
+
+
+async def test_rid_shows_as_an_integer_in_the_datagrid(browser: Any, demo: LiveServer) -> None:
+    """_rid is float64 in the Perspective table; the dashboard shows 0, 1, 2, not 0.00, 1.00."""
+    from playwright.async_api import expect
+
+    page, errors = await _page(browser)
+    await page.goto(f"{demo.http}/d/sales?config={quote(json.dumps({'columns': ['_rid', 'price']}))}")
+    await expect(page.locator("body")).to_have_attribute("data-state", "live", timeout=30 * MS)
+    first = page.locator("perspective-viewer regular-table tbody tr").first.locator("td")
+    await expect(first.first).to_have_text(re.compile(r"\d"), timeout=10 * MS)
+    rid, price = (await first.nth(0).inner_text()).strip(), (await first.nth(1).inner_text()).strip()
+    assert re.fullmatch(r"\d+", rid), f"_rid shows as {rid!r}"
+    assert re.fullmatch(r"-?[\d,]+\.\d\d", price), f"other float columns keep two decimals: {price!r}"
+    assert not errors, errors

@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import os
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from server.ops import RID, Effect, OpError, State, apply, normalize_frame
 from server.storage.chunks import ChunkStore, LocalFS, MemoryFS
 from server.storage.commits import (
     CHUNK_RIDS,
+    ChunkPool,
     dirty_ranges,
     load_state,
     manifest_id,
@@ -539,3 +541,30 @@ def test_memory_store_keeps_bytes_and_says_what_is_missing() -> None:
     assert store.read(m.chunks[0].hash).num_rows == m.chunks[0].rows
     with pytest.raises(FileNotFoundError, match="not in this process's memory store"):
         store.read("0" * 64)
+
+
+def _chunk_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("chunks")]
+
+
+def test_a_chunk_pool_gives_the_same_commit_and_its_threads_end_on_close(tmp_path: Path) -> None:
+    """Chunks encode and decode on a pool that its owner closes; no thread outlives it."""
+    state = make_state(40)
+    alone = commit(ChunkStore(tmp_path / "alone"), state)
+    store, pool = ChunkStore(tmp_path / "pooled"), ChunkPool(workers=3)
+    before = set(_chunk_threads())
+    try:
+        pooled = write_commit(
+            store, state, dataset="ds", parent=None, dirty=None, author="tester", message="seq 1", seq=1,
+            time=1_700_000_000.5, clients={"c1": 1}, chunk_rids=R, pool=pool,
+        )  # fmt: skip
+        assert pooled == alone and len(pooled.chunks) > 1
+        assert set(_chunk_threads()) - before, "a commit of several chunks runs on the pool's threads"
+        assert_same_state(load_state(store, pooled, pool=pool), state)
+    finally:
+        pool.close()
+    assert not set(_chunk_threads()) - before, "close() joins the pool's threads"
+    pool.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.map(str, [1, 2])
+    assert pool.map(str, [1]) == ["1"]  # one item never needs a thread

@@ -22,8 +22,8 @@ from client import connect
 from server.io import read_frame
 from server.storage.service import Storage
 from tests.conftest import Backend, persistent_only, timeout
+from tests.helpers import brute_diff, frame
 from tests.storage_server import durable_server
-from tests.test_http_api import brute_diff, frame
 
 IMPORTED = re.compile(r"^imported (\S+): (\d+) rows × (\d+) columns \(commit ([0-9a-f]{12})\)$", re.M)
 

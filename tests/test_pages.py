@@ -16,7 +16,7 @@ import pytest
 
 from server.app import create_app, open_registry
 from server.perspective.assets import ASSETS, REQUIRED, WEB_ROOT, missing_assets, resolve
-from server.perspective.pages import parse_config
+from server.perspective.pages import RID_COLUMN_CONFIG, parse_config, with_defaults
 from server.settings import Settings
 from tests.conftest import LiveServer, small_frame
 from tests.pg import require_service
@@ -79,7 +79,7 @@ async def test_dashboard_page_embeds_config_and_socket(http: httpx.AsyncClient) 
         "dataset": "sales",
         "branch": "main",
         "socket": "/perspective/sales?branch=main",
-        "config": config,
+        "config": {**config, "columns_config": {"_rid": RID_COLUMN_CONFIG}},
     }
 
 
@@ -125,6 +125,22 @@ def test_resolve_stays_inside_whitelisted_directories(tmp_path: Path) -> None:
     assert resolve(tmp_path, "@perspective-dev/client/dist/cdn/missing.js") is None
     assert resolve(tmp_path, "@perspective-dev/client/dist/perspective.js") is None
     assert all(not d.startswith("/") and ".." not in d for d in ASSETS)
+
+
+def test_the_default_config_shows_rid_as_an_integer_under_the_users_config() -> None:
+    """_rid is float64 in the Perspective table; the datagrid shows it with no decimals."""
+    fmt = RID_COLUMN_CONFIG["number_format"]
+    assert fmt["maximumFractionDigits"] == 0 and fmt["useGrouping"] is False
+    assert with_defaults({}) == {"columns_config": {"_rid": RID_COLUMN_CONFIG}}
+    mine = {"columns_config": {"price": {"fixed": 1}, "_rid": {"bold": True, "number_format": {"a": 1}}}}
+    assert with_defaults(mine) == {
+        "columns_config": {"price": {"fixed": 1}, "_rid": {"bold": True, "number_format": {"a": 1}}}
+    }
+    assert with_defaults({"columns_config": {"_rid": {"bold": True}}})["columns_config"]["_rid"] == {
+        **RID_COLUMN_CONFIG,
+        "bold": True,
+    }
+    assert with_defaults({"columns_config": 3}) == {"columns_config": 3}  # for the viewer to reject
 
 
 def test_parse_config() -> None:

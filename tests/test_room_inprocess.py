@@ -4,37 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from protocol import Hello, OpBatch, SetCells, decode_server
+from protocol import Hello, OpBatch, SetCells
 from server.ops import normalize_frame
 from server.ops.state import State
 from server.rooms import Room
 from tests.conftest import small_frame
-
-
-class FakeTransport:
-    """Records every payload object it is asked to send."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes | str] = []
-        self.arrived = asyncio.Event()
-
-    async def send(self, data: bytes | str) -> None:
-        self.sent.append(data)
-        self.arrived.set()
-
-    async def close(self, code: int, reason: str) -> None:
-        self.closed = (code, reason)
-
-    async def next_of(self, kind: str) -> tuple[bytes | str, object]:
-        seen = 0
-        while True:
-            for data in self.sent[seen:]:
-                seen += 1
-                msg = decode_server(data)
-                if msg.type == kind:
-                    return data, msg
-            self.arrived.clear()
-            await self.arrived.wait()
+from tests.helpers import FakeTransport
 
 
 def make_room() -> Room:

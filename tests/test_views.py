@@ -21,7 +21,7 @@ from server.ops.state import State
 from server.perspective.live import RoomViews
 from server.rooms import Room, RoomConfig, SessionLimits
 from tests.conftest import small_frame, timeout
-from tests.test_room_inprocess import FakeTransport
+from tests.helpers import FakeTransport
 from tests.wire import RawPeer
 
 SUM = {"group_by": ["region"], "columns": ["price", "qty"], "aggregates": {"price": "sum", "qty": "sum"}}

@@ -185,8 +185,9 @@ async def _serve(
     finally:
         if replies.session is not None:
             closing, replies.session = replies.session, None
-            # Deletes this session's views and callbacks; shielded, so it happens even on cancel.
-            await asyncio.shield(views.call(closing.close))
+            # Deletes this session's views and callbacks; shielded, so it happens even on cancel
+            # (a task the views own, so it is still awaited if the room closes first).
+            await asyncio.shield(views.spawn(views.call(closing.close)))
         writer.cancel()
         try:
             await writer

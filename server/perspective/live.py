@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -108,10 +108,12 @@ class RoomViews:
         async with self._lock:
             return await asyncio.to_thread(fn, *args)
 
-    def _spawn(self, work: Any) -> None:
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``work`` as a task these views own: :meth:`close` cancels it and waits for it."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @property
     def _has_table(self) -> bool:
@@ -285,13 +287,13 @@ class RoomViews:
     def drop_session(self, session: Session) -> None:
         """Delete every view of a session that left."""
         for sub in [s for s in self.subs.values() if s.session is session]:
-            self._spawn(self._forget(sub))
+            self.spawn(self._forget(sub))
 
     def resend(self, session: Session) -> None:
         """Queue a fresh snapshot of each of ``session``'s views (after a resync dropped updates)."""
         subs = [s for s in self.subs.values() if s.session is session and s.view is not None]
         if subs:
-            self._spawn(self._resend(subs))
+            self.spawn(self._resend(subs))
 
     async def _resend(self, subs: list[Subscription]) -> None:
         async with self._lock:
@@ -337,7 +339,7 @@ class RoomViews:
         self._send(sub.session, msg, kind == "update")
 
     def _close_sub(self, sub: Subscription, reason: str) -> None:
-        self._spawn(self._forget(sub))
+        self.spawn(self._forget(sub))
         self._reply(sub.session, View(sub.name, "closed", self.seq, reason=reason))
 
     async def _forget(self, sub: Subscription) -> None:
@@ -388,7 +390,12 @@ class RoomViews:
     # ---------------------------------------------------------------- lifecycle
 
     async def close(self) -> None:
-        """Delete every view and the table (the room is unloading)."""
+        """Delete every view and the table (the room is unloading), then end the views' tasks.
+
+        The pump and other jobs wait for the lock that this holds while the
+        table goes, so they are cancelled after, and awaited: none outlives
+        the views.
+        """
         self._closed = True
         closers = [
             c for c in (reset("the room is unloading") for reset in list(self._resets)) if c is not None
@@ -398,8 +405,10 @@ class RoomViews:
             self.subs.clear()
             if self.tables is not None:
                 await asyncio.to_thread(_close_all, self.tables, views, closers)
-        for task in list(self._tasks):
+        tasks = [t for t in (self._pump, *self._tasks) if t is not None and t is not asyncio.current_task()]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ---------------------------------------------------------------- worker-thread jobs

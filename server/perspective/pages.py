@@ -20,11 +20,19 @@ from starlette.responses import HTMLResponse
 
 from ..storage.types import NotFound
 from .assets import missing_assets, web_root
+from .types import RID
 
 if TYPE_CHECKING:
     from ..rooms import Registry
 
-__all__ = ["index_page", "dashboard_page", "parse_config"]
+__all__ = ["index_page", "dashboard_page", "parse_config", "with_defaults", "RID_COLUMN_CONFIG"]
+
+#: How the datagrid shows ``_rid``: a whole number without separators. The
+#: Perspective table stores it as float64 (see :mod:`.types`: int32 is too
+#: small), which the datagrid would otherwise show as 0.00, 1.00, ...
+RID_COLUMN_CONFIG: dict[str, Any] = {
+    "number_format": {"minimumFractionDigits": 0, "maximumFractionDigits": 0, "useGrouping": False}
+}
 
 
 def _page(title: str, body: str, *, status: int = 200, body_class: str = "", head: str = "") -> HTMLResponse:
@@ -98,6 +106,21 @@ def parse_config(raw: str | None) -> dict[str, Any]:
     return value
 
 
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A viewer config with coframe's defaults under it: ``_rid`` shown as an integer.
+
+    What the config says about ``_rid`` wins, key by key; a ``columns_config``
+    that is not an object is left for the viewer to reject.
+    """
+    columns = config.get("columns_config", {})
+    if not isinstance(columns, dict):
+        return config
+    rid = columns.get(RID, {})
+    if not isinstance(rid, dict):
+        return config
+    return {**config, "columns_config": {**columns, RID: {**RID_COLUMN_CONFIG, **rid}}}
+
+
 async def _branch_exists(registry: Registry, dataset: str, branch: str) -> bool:
     if branch == "main" or (dataset, branch) in registry.rooms:
         return True
@@ -151,7 +174,7 @@ async def dashboard_page(request: Request) -> HTMLResponse:
             503,
         )
     socket = f"/perspective/{quote(dataset, safe='')}?{urlencode({'branch': branch})}"
-    page = {"dataset": dataset, "branch": branch, "socket": socket, "config": config}
+    page = {"dataset": dataset, "branch": branch, "socket": socket, "config": with_defaults(config)}
     head = (
         '<link rel="stylesheet" href="/assets/@perspective-dev/viewer/dist/css/themes.css">'
         '<link rel="stylesheet" href="/assets/coframe/d3fc-compat.css">'

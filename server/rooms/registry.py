@@ -67,6 +67,7 @@ class Registry:
         self.storage = storage
         self.rooms: dict[tuple[str, str], Room] = {}
         self._unloaders: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._unloading: set[asyncio.Task[None]] = set()  # idle unloads under way; close() awaits them
         self._lock = asyncio.Lock()
 
     async def exists(self, dataset: str) -> bool:
@@ -162,7 +163,18 @@ class Registry:
         if key in self._unloaders or self.rooms.get(key) is not room:
             return
         loop = asyncio.get_running_loop()
-        self._unloaders[key] = loop.call_later(self.idle_unload, lambda: loop.create_task(self.unload(room)))
+        self._unloaders[key] = loop.call_later(self.idle_unload, self._unload_idle, room)
+
+    def _unload_idle(self, room: Room) -> None:
+        """Start the idle unload of ``room`` as a task the registry owns."""
+        task = asyncio.get_running_loop().create_task(self.unload(room), name=f"unload:{room.name}")
+        self._unloading.add(task)
+        task.add_done_callback(self._unloaded)
+
+    def _unloaded(self, task: asyncio.Task[None]) -> None:
+        self._unloading.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("idle unload failed", exc_info=task.exception())
 
     async def unload(self, room: Room) -> None:
         key = self._key(room)
@@ -178,6 +190,8 @@ class Registry:
         for timer in self._unloaders.values():
             timer.cancel()
         self._unloaders.clear()
+        # An unload under way is flushing its room: let it finish (_unloaded logged any failure).
+        await asyncio.gather(*self._unloading, return_exceptions=True)
         for room in list(self.rooms.values()):
             await room.close()
         self.rooms.clear()

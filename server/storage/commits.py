@@ -40,6 +40,7 @@ from .types import ChunkRef, Manifest, StorageError
 
 __all__ = [
     "CHUNK_RIDS",
+    "ChunkPool",
     "write_commit",
     "load_state",
     "dirty_ranges",
@@ -53,22 +54,50 @@ CHUNK_RIDS = 32768
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
+class ChunkPool:
+    """Worker threads that encode and decode the chunks of one commit in parallel.
 
-def _map(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
-    """``list(map(fn, items))``, on a shared thread pool when there is more than one item.
-
-    Parquet encoding/decoding and zstd release the GIL, so chunks go in parallel.
+    Parquet encoding/decoding and zstd release the GIL, so chunks go in
+    parallel. The threads start on first use; whoever makes a pool closes it
+    (the :class:`~server.storage.service.Storage` that owns it, on close), so
+    no thread outlives the service that used it.
     """
-    global _pool
-    if len(items) <= 1:
-        return [fn(x) for x in items]
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="chunks")
-    return list(_pool.map(fn, items))
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers or min(8, os.cpu_count() or 2)
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # write_commit and load_state run in worker threads
+        self._closed = False
+
+    def map(self, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+        """``list(map(fn, items))``, on the pool's threads when there is more than one item.
+
+        Raises:
+            RuntimeError: the pool is closed.
+        """
+        if len(items) <= 1:
+            return [fn(x) for x in items]
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the chunk pool is closed")
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="chunks")
+            executor = self._executor
+        return list(executor.map(fn, items))
+
+    def close(self) -> None:
+        """Stop the threads once the chunks under way are done (blocking; idempotent)."""
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
+def _map(pool: ChunkPool | None, fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """``list(map(fn, items))``: on ``pool`` if there is one, else in this thread."""
+    return pool.map(fn, items) if pool is not None else [fn(x) for x in items]
 
 
 def col_key(col_id: int) -> str:
@@ -131,6 +160,7 @@ def write_commit(
     clients: Mapping[str, int] | None = None,
     extra_parents: Sequence[str] = (),
     chunk_rids: int = CHUNK_RIDS,
+    pool: ChunkPool | None = None,
 ) -> Manifest:
     """Write the chunks ``state`` needs and return its manifest (not yet in the catalog).
 
@@ -138,6 +168,7 @@ def write_commit(
     rows changed since ``parent`` (cells set, rows inserted or deleted);
     ``None`` means "unknown": every range is encoded, and only chunks whose
     hash is new are written. ``parents`` is ``(parent.id, *extra_parents)``.
+    Chunks are encoded on ``pool`` (in this thread without one).
     Blocking (file I/O, fsync): call it off the event loop.
     """
     R = int(chunk_rids)
@@ -174,7 +205,7 @@ def write_commit(
         h, nbytes = store.put_bytes(data)
         return ChunkRef(h, k * R, (k + 1) * R, stop - start, nbytes, sorted_ids)
 
-    for job, ref in zip(jobs, _map(encode, jobs), strict=True):
+    for job, ref in zip(jobs, _map(pool, encode, jobs), strict=True):
         refs[job[0]] = ref
 
     chunks = tuple(r for r in refs if r is not None)
@@ -196,13 +227,16 @@ def write_commit(
     return replace(m, id=manifest_id(m))
 
 
-def load_state(store: ChunkStore, manifest: Manifest, *, rechunk: bool = False) -> State:
+def load_state(
+    store: ChunkStore, manifest: Manifest, *, rechunk: bool = False, pool: ChunkPool | None = None
+) -> State:
     """The :class:`State` a manifest describes, dtypes exactly as its schema says.
 
     A column id missing from an (older) chunk reads as nulls of its dtype;
     extra columns in a chunk are ignored. The ``_rid`` column is contiguous;
     the others keep one piece per chunk unless ``rechunk`` (a full copy:
     about as long again as the load), which the ops compact on their own.
+    Chunks that need a cast are read on ``pool`` (in this thread without one).
 
     Raises:
         StorageError: the chunks do not add up to the manifest's row count.
@@ -217,7 +251,8 @@ def load_state(store: ChunkStore, manifest: Manifest, *, rechunk: bool = False) 
             renames = [pl.col(RID), *(pl.col(col_key(c.id)).alias(c.name) for c in cols)]
             frame = store.scan([r.hash for r in chunks], schema).select(renames).collect()
         except pl.exceptions.PolarsError:  # a chunk stores a column as another type: cast chunk by chunk
-            frame = pl.concat(_map(lambda r: _load_chunk(store, r, cols, targets), chunks), how="vertical")
+            parts = _map(pool, lambda r: _load_chunk(store, r, cols, targets), chunks)
+            frame = pl.concat(parts, how="vertical")
         if rechunk:
             frame = frame.rechunk()
         elif frame.get_column(RID).n_chunks() > 1:

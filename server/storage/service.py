@@ -26,7 +26,7 @@ from ..ops.state import Catalog, State
 from .catalog import open_catalog
 from .catalog_memory import MemoryCatalog
 from .chunks import ChunkStore
-from .commits import dirty_ranges, load_state, write_commit
+from .commits import ChunkPool, dirty_ranges, load_state, write_commit
 from .types import CatalogStore, Manifest, NotFound, Ref, WalEntry
 
 __all__ = ["Storage", "BranchHandle", "WAL_REPLY_TAIL"]
@@ -73,6 +73,7 @@ class Storage:
     def __init__(self, catalog: CatalogStore, chunks: ChunkStore) -> None:
         self.catalog = catalog
         self.chunks = chunks
+        self.pool = ChunkPool()  # chunk encode/decode threads, stopped by close()
 
     @classmethod
     async def open(cls, data_dir: Path, catalog_url: str | None = None) -> Storage:
@@ -108,7 +109,10 @@ class Storage:
         return "memory" if isinstance(self.catalog, MemoryCatalog) else type(self.catalog).__name__
 
     async def close(self) -> None:
-        await self.catalog.close()
+        try:
+            await self.catalog.close()
+        finally:
+            await asyncio.to_thread(self.pool.close)
 
     async def write(
         self,
@@ -136,6 +140,7 @@ class Storage:
             seq=seq,
             time=time.time(),
             clients=dict(clients or {}),
+            pool=self.pool,
         )
         await self.catalog.put_commit(manifest)
         return manifest
@@ -161,7 +166,7 @@ class Storage:
         return manifest
 
     async def state_of(self, manifest: Manifest) -> State:
-        return await asyncio.to_thread(load_state, self.chunks, manifest)
+        return await asyncio.to_thread(load_state, self.chunks, manifest, pool=self.pool)
 
     async def open_branch(
         self, dataset: str, branch: str

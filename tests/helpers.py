@@ -1,0 +1,82 @@
+"""Helpers that more than one test module uses.
+
+Test modules never import each other (tests/test_test_layout.py checks it):
+whatever two suites share lives here, in tests/wire.py (a raw protocol peer)
+or in tests/storage_server.py (a server on durable storage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import polars as pl
+
+from protocol import decode_server
+
+__all__ = ["FakeTransport", "brute_diff", "frame"]
+
+
+class FakeTransport:
+    """A transport for a Room in-process: records every payload it is asked to send.
+
+    ``arrived`` is set on each send, so a test waits on sends, never on sleeps.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[bytes | str] = []
+        self.arrived = asyncio.Event()
+        self.closed: tuple[int, str] | None = None
+
+    async def send(self, data: bytes | str) -> None:
+        self.sent.append(data)
+        self.arrived.set()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+    async def next_of(self, kind: str) -> tuple[bytes | str, object]:
+        """The first sent payload (raw and decoded) whose message type is ``kind``; waits for it."""
+        seen = 0
+        while True:
+            for data in self.sent[seen:]:
+                seen += 1
+                msg = decode_server(data)
+                if msg.type == kind:
+                    return data, msg
+            self.arrived.clear()
+            await self.arrived.wait()
+
+
+def frame(rows: int = 30) -> pl.DataFrame:
+    """A frame of the types every file format keeps (JSON has no dates), with some nulls."""
+    return pl.DataFrame(
+        {
+            "name": [f"item{i}" for i in range(rows)],
+            "price": [float(i) * 1.5 if i % 7 else None for i in range(rows)],
+            "qty": pl.Series([i % 5 for i in range(rows)], dtype=pl.Int64),
+            "ok": [i % 2 == 0 for i in range(rows)],
+        }
+    )
+
+
+def brute_diff(a: pl.DataFrame, b: pl.DataFrame, renames: dict[str, str]) -> dict[str, Any]:
+    """Added/deleted rids and changed cells by plain iteration; ``renames``: old name → new name.
+
+    The reference that the server's diff (JSON and Parquet) is checked against.
+    """
+    ra, rb = set(a["_rid"].to_list()), set(b["_rid"].to_list())
+    ta = {c: a[c].cast(pl.String).to_list() for c in a.columns}
+    tb = {c: b[c].cast(pl.String).to_list() for c in b.columns}
+    ia = {r: i for i, r in enumerate(a["_rid"].to_list())}
+    ib = {r: i for i, r in enumerate(b["_rid"].to_list())}
+    changed = set()
+    for old_name in a.columns[1:]:
+        new_name = renames.get(old_name, old_name)
+        if new_name not in b.columns:
+            continue
+        for rid in sorted(ra & rb):
+            va, vb = a[old_name][ia[rid]], b[new_name][ib[rid]]
+            if va != vb and not (va is None and vb is None):
+                changed.add((rid, new_name, ta[old_name][ia[rid]], tb[new_name][ib[rid]]))
+    return {"added": sorted(rb - ra), "deleted": sorted(ra - rb), "changed": changed}
