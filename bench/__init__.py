@@ -1,4 +1,4 @@
-"""coframe benchmarks (DESIGN.md "Performance targets"); run with ``python -m bench.run``.
+"""coframe benchmarks (the performance targets of the issues); run with ``python -m bench.run``.
 
 Benchmarks are never timed tests: they measure, compare against a baseline
 run in the same process tree, and write ``bench/RESULTS.md``.

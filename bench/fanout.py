@@ -16,7 +16,7 @@ Baseline, in the same run: :mod:`bench.baseline_server` (``websockets``
 ``broadcast``) relays a delta-shaped msgpack map of the **same byte size** as
 coframe's delta (measured from the writer's copy) to the same peers, which
 run the same code. Optionally, :mod:`bench.pycrdt_server` (pycrdt-websocket,
-DESIGN.md's other reference) is measured the same way with a 1-key Y.Map
+the other reference) is measured the same way with a 1-key Y.Map
 update per edit. Runs are interleaved, and the order rotates every run, to
 spread machine noise over all systems.
 

@@ -1,4 +1,4 @@
-"""The pycrdt-websocket baseline server (optional; DESIGN.md's reference "pycrdt-websocket").
+"""The pycrdt-websocket baseline server (optional; the pycrdt-websocket reference).
 
 Run as ``python -m bench.pycrdt_server --port P``; it listens on 127.0.0.1
 only, under uvicorn with the same WebSocket implementation as coframe

@@ -283,7 +283,7 @@ def _fanout_md(r: FanoutResult) -> str:
     if py is not None and py.p99_ms:
         lines += [
             "",
-            "Optional second reference, pycrdt-websocket (DESIGN.md's other reference), same peers and"
+            "Optional second reference, pycrdt-websocket (the other reference implementation), same peers and"
             f" method; each edit is a 1-key `Y.Map` update ({r.yjs_update_bytes} bytes as broadcast),"
             " and readers read the y-protocol type bytes instead of a msgpack map:",
             "",

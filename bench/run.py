@@ -1,6 +1,6 @@
 """Entry point: ``python -m bench.run [--quick] [--only fanout|sustained|storage|views] [--no-profile]``.
 
-Runs the benchmarks of DESIGN.md "Performance targets", in four groups:
+Runs the benchmarks of the issues' performance targets, in four groups:
 
 * ``fanout`` (issue 2): 1. fan-out latency, 1 writer → N readers, and
   3. server CPU per delivered message (:mod:`bench.fanout`);

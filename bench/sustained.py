@@ -23,8 +23,8 @@ Baselines, in the same run:
   ``/ws/echo``) with the same bots and the same messages: the rate at which
   this load generator and the transport alone can exchange ops and acks;
 * Polars ``Series.scatter`` in-process: clone + scatter of 1,000 random
-  cells into a 1M-row Float64 column (the room's per-tick write, DESIGN.md
-  "Apply ops in batches"), as cells/s.
+  cells into a 1M-row Float64 column (the room's per-tick write, docs/architecture.md
+  "One op, end to end"), as cells/s.
 """
 
 from __future__ import annotations

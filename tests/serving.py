@@ -1,4 +1,4 @@
-"""Run the coframe app under uvicorn on a port-0 socket, for tests (STYLE.md section 8)."""
+"""Run the coframe app under uvicorn on a port-0 socket, for tests."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from protocol import Hello
 from server.rooms import Registry, Room
+from server.storage.service import Storage
 from tests.conftest import small_frame, timeout
 from tests.helpers import FakeTransport
 
@@ -31,8 +32,8 @@ def _unload_tasks() -> list[asyncio.Task[object]]:
 
 
 async def test_registry_close_waits_for_an_idle_unload_under_way() -> None:
-    registry = WatchedRegistry(idle_unload=0)
-    registry.add_frame("t", small_frame())
+    registry = WatchedRegistry(idle_unload=0, storage=Storage.memory())
+    await registry.create("t", small_frame())
     room = await registry.open("t")
     session = room.join(Hello("c"), FakeTransport(), binary=True)
     await room.leave(session)  # the room is empty: it unloads after idle_unload (0 s)
@@ -41,4 +42,4 @@ async def test_registry_close_waits_for_an_idle_unload_under_way() -> None:
     assert ("t", "main") not in registry.rooms and _unload_tasks()  # the unload is under way
     await registry.close()
     assert not _unload_tasks(), "close() returned while an idle unload was still running"
-    assert registry.datasets["t"].state.frame.height == small_frame().height
+    assert room.lifecycle == "closed"
