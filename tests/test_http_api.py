@@ -23,6 +23,7 @@ from client import connect
 from server.io import FORMATS, write_frame
 from server.storage.chunks import MemoryFS
 from tests.conftest import Backend
+from tests.helpers import brute_diff, frame
 from tests.storage_server import DurableServer, catalog_state, durable_server
 
 
@@ -36,18 +37,6 @@ async def srv(backend: Backend) -> AsyncIterator[DurableServer]:
 async def http(srv: DurableServer) -> AsyncIterator[httpx.AsyncClient]:
     async with srv.client() as c:
         yield c
-
-
-def frame(rows: int = 30) -> pl.DataFrame:
-    """Types every format keeps (JSON has no dates)."""
-    return pl.DataFrame(
-        {
-            "name": [f"item{i}" for i in range(rows)],
-            "price": [float(i) * 1.5 if i % 7 else None for i in range(rows)],
-            "qty": pl.Series([i % 5 for i in range(rows)], dtype=pl.Int64),
-            "ok": [i % 2 == 0 for i in range(rows)],
-        }
-    )
 
 
 def read(content: bytes, fmt: str = "parquet") -> pl.DataFrame:
@@ -228,25 +217,6 @@ async def test_log_order_and_fields(srv: DurableServer, http: httpx.AsyncClient)
 
 
 # ---------------------------------------------------------------- diff
-
-
-def brute_diff(a: pl.DataFrame, b: pl.DataFrame, renames: dict[str, str]) -> dict[str, Any]:
-    """Added/deleted rids and changed cells by plain iteration; ``renames``: old name → new name."""
-    ra, rb = set(a["_rid"].to_list()), set(b["_rid"].to_list())
-    ta = {c: a[c].cast(pl.String).to_list() for c in a.columns}
-    tb = {c: b[c].cast(pl.String).to_list() for c in b.columns}
-    ia = {r: i for i, r in enumerate(a["_rid"].to_list())}
-    ib = {r: i for i, r in enumerate(b["_rid"].to_list())}
-    changed = set()
-    for old_name in a.columns[1:]:
-        new_name = renames.get(old_name, old_name)
-        if new_name not in b.columns:
-            continue
-        for rid in sorted(ra & rb):
-            va, vb = a[old_name][ia[rid]], b[new_name][ib[rid]]
-            if va != vb and not (va is None and vb is None):
-                changed.add((rid, new_name, ta[old_name][ia[rid]], tb[new_name][ib[rid]]))
-    return {"added": sorted(rb - ra), "deleted": sorted(ra - rb), "changed": changed}
 
 
 async def test_diff_json_and_parquet_match_a_brute_force_comparison(
