@@ -5,6 +5,11 @@ Series of the column dtype and rejects what does not fit instead of
 guessing (PROTOCOL.md "Values"); ``coerce_series`` does the same for typed
 (Arrow) input; ``to_scalars`` turns a Series back into JSON-friendly scalars
 that ``coerce`` reads back exactly.
+
+Temporal parsing (ISO 8601 text and date/datetime objects) lives in
+:mod:`.temporal`, and the ``bad_value`` error every coercion raises in
+:mod:`.bad_value`; :func:`parse_temporal`, :func:`bad_value_error`,
+:func:`jsonable` and :func:`sample_value` are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from protocol import ErrorCode
 from protocol.dtypes import INT_RANGE, dtype_family, time_zone
 
 from ._names import polars_dtype
+from .bad_value import bad_value_error, jsonable, sample_value
 from .state import OpError
+from .temporal import coerce_temporal_objects, parse_temporal
 
 __all__ = [
     "coerce",
@@ -36,16 +43,6 @@ __all__ = [
     "null_series",
 ]
 
-_BAD: Any = object()  # sentinel for a value that did not parse
-_HINTS = {
-    "int": "send whole numbers from {lo} to {hi}",
-    "float": "send numbers",
-    "bool": "send true or false",
-    "str": "send text",
-    "date": "send dates as 'YYYY-MM-DD'",
-    "datetime": "send ISO 8601 times without an offset, like '2024-05-01T12:30:00'",
-    "datetime_tz": "send ISO 8601 times, like '2024-05-01T12:30:00+02:00' (no offset means UTC)",
-}
 # Python value kinds each dtype family accepts (besides None).
 _ACCEPTS = {
     "int": {"int", "float"},
@@ -75,126 +72,8 @@ def _kind(t: type) -> str:
     return "other"
 
 
-def jsonable(v: Any) -> Any:
-    """A JSON- and msgpack-friendly form of one value (for error details and inverse ops)."""
-    if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
-        return str(v)  # msgpack carries at most 64-bit integers
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (dt.date, dt.datetime)):
-        return v.isoformat()
-    if isinstance(v, np.generic):
-        return v.item()
-    return repr(v)
-
-
-def sample_value(v: Any) -> Any:
-    """:func:`jsonable`, with long text cut to 100 characters (for error samples)."""
-    j = jsonable(v)
-    return j[:100] + "…" if isinstance(j, str) and len(j) > 100 else j
-
-
-def _show(v: Any) -> str:
-    text = repr(jsonable(v))
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _hint(dtype: str) -> str:
-    fam = dtype_family(dtype)
-    if dtype in ("Int64", "UInt64"):
-        return "send whole numbers" if dtype == "Int64" else "send whole numbers from 0 up"
-    if fam == "int":
-        lo, hi = INT_RANGE[dtype]
-        return _HINTS["int"].format(lo=lo, hi=hi)
-    if fam == "datetime" and dtype != "Datetime":
-        return _HINTS["datetime_tz"]
-    return _HINTS[fam]
-
-
-def bad_value_error(
-    what: str, dtype: str, positions: Sequence[int], value_at: Callable[[int], Any]
-) -> OpError:
-    """The ``bad_value`` error for the given bad positions (up to 5 samples)."""
-    n = len(positions)
-    first = int(positions[0])
-    more = f" and {n - 1} more bad value{'s' if n > 2 else ''}" if n > 1 else ""
-    samples = [{"position": int(p), "value": sample_value(value_at(int(p)))} for p in positions[:5]]
-    return OpError(
-        ErrorCode.BAD_VALUE,
-        f"{what} is {dtype}; {_hint(dtype)}: got {_show(value_at(first))} at position {first}{more}",
-        dtype=dtype,
-        count=n,
-        samples=samples,
-    )
-
-
 def _bad_positions(vals: list[Any], pred: Callable[[Any], bool]) -> list[int]:
     return [i for i, v in enumerate(vals) if v is not None and pred(v)]
-
-
-def _parse_one(v: str, fam: str, tz: str | None) -> Any:
-    try:
-        if fam == "date":
-            return dt.date.fromisoformat(v)
-        d = dt.datetime.fromisoformat(v)
-    except ValueError:
-        return _BAD
-    if tz is None:
-        return _BAD if d.tzinfo is not None else d
-    return d if d.tzinfo is not None else d.replace(tzinfo=dt.UTC)
-
-
-def parse_temporal(strs: pl.Series, dtype: str) -> tuple[pl.Series, np.ndarray]:
-    """Parse ISO 8601 strings into a Date/Datetime dtype: (values, positions that failed).
-
-    A vectorized ``str.strptime`` takes the common layout; the rest go through
-    ``date.fromisoformat``/``datetime.fromisoformat``. A string with an offset
-    fails for a zone-less Datetime; a string without one, for a zoned
-    Datetime, is read as UTC. Failed positions hold null.
-    """
-    target = polars_dtype(dtype)
-    fam = dtype_family(dtype)
-    tz = time_zone(target)
-    strs = strs.cast(pl.String)
-    if fam == "date":
-        out = strs.str.strptime(pl.Date, "%Y-%m-%d", strict=False)
-    else:
-        out = strs.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S%.f", strict=False)
-        if tz is not None:
-            out = out.dt.replace_time_zone("UTC").dt.convert_time_zone(tz)
-    left = np.flatnonzero((out.is_null() & strs.is_not_null()).to_numpy())
-    if not len(left):
-        return out.rename(""), np.empty(0, dtype=np.int64)
-    parsed = [_parse_one(v, fam, tz) for v in strs.gather(left).to_list()]
-    ok = np.array([p is not _BAD for p in parsed], dtype=bool)
-    if ok.any():
-        good = pl.Series([p for p in parsed if p is not _BAD], dtype=target)
-        out = out.clone()
-        out.scatter(left[ok], good)
-    return out.rename(""), left[~ok]
-
-
-def _coerce_temporal_objects(vals: list[Any], dtype: str, target: pl.DataType, what: str) -> pl.Series:
-    fam = dtype_family(dtype)
-    tz = time_zone(target)
-
-    def conv(v: Any) -> Any:
-        if v is None:
-            return None
-        if isinstance(v, str):
-            return _parse_one(v, fam, tz)
-        if fam == "date":
-            return _BAD if isinstance(v, dt.datetime) else v
-        d = v if isinstance(v, dt.datetime) else dt.datetime(v.year, v.month, v.day)
-        if tz is None:
-            return _BAD if d.tzinfo is not None else d
-        return d if d.tzinfo is not None else d.replace(tzinfo=dt.UTC)
-
-    objs = [conv(v) for v in vals]
-    bad = [i for i, o in enumerate(objs) if o is _BAD]
-    if bad:
-        raise bad_value_error(what, dtype, bad, vals.__getitem__)
-    return pl.Series("", objs, dtype=target)
 
 
 def coerce(values: Sequence[Any], dtype_name: str, *, what: str) -> pl.Series:
@@ -232,7 +111,7 @@ def coerce(values: Sequence[Any], dtype_name: str, *, what: str) -> pl.Series:
         if len(bad_pos):
             raise bad_value_error(what, dtype_name, bad_pos, vals.__getitem__)
         return out
-    return _coerce_temporal_objects(vals, dtype_name, target, what)
+    return coerce_temporal_objects(vals, dtype_name, target, what)
 
 
 def _coerce_ints(vals: list[Any], kinds: set[str], dtype: str, target: pl.DataType, what: str) -> pl.Series:

@@ -13,16 +13,19 @@ content changed gets **one** ``view`` message. Deltas that arrive while the
 table is being built are queued and applied when it is ready. A schema
 change (add, drop, rename, cast) rebuilds the table from the room's state;
 subscriptions are rewritten (renamed columns follow, dropped ones leave
-``columns``) and get a fresh snapshot, or a ``closed`` view naming the
-reason when they cannot be kept.
+``columns``, :mod:`.subscription`) and get a fresh snapshot, or a
+``closed`` view naming the reason when they cannot be kept.
 
-**Threads.** Perspective releases the GIL, and at 1M rows its work is slow:
-a build takes about 4 s, opening a sorted view 1-4 s, and an update of a
-table with a sorted view over every row 240-380 ms. So every Perspective
-call runs in a worker thread, one at a time per room (``_lock``), and the
-event loop stays free: acks and deltas never wait for views. Deltas queue
+**Threads.** Every Perspective call runs in a worker thread, one at a time
+per room (``_lock``), so the event loop stays free: acks and deltas never
+wait for views (why, and the jobs themselves: :mod:`.jobs`). Deltas queue
 up while Perspective is busy and are applied together (one poll), so a slow
 view makes its updates less frequent, never the room slower.
+
+**Where things are.** Here: the table's life, following deltas, and
+subscribe/unsubscribe. :mod:`.subscription`: one subscription's state and
+messages. :mod:`.jobs`: the worker-thread jobs. :mod:`.watchers`: the
+dashboards attached, and what ``reset`` must do.
 """
 
 from __future__ import annotations
@@ -30,18 +33,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
 from protocol import Delta, Error, ErrorCode, Subscribe, Unsubscribe, View
-from protocol.dtypes import parse_dtype
 
 from ..ops.state import State
-from .config import ViewConfigError, check_columns, for_perspective, remap
-from .payload import read_view
-from .tables import RoomTables, RoomView, release_memory
+from .config import ViewConfigError, check_columns
+from .jobs import apply_and_read, close_all, drop, open_and_read, read_all, rebuild, zones_of
+from .subscription import Subscription, no_such_view, view_exists
+from .tables import RoomTables
+from .watchers import Reset, Watchers
 
 if TYPE_CHECKING:
     from ..rooms.session import Session
@@ -51,24 +54,6 @@ __all__ = ["RoomViews", "Subscription"]
 log = logging.getLogger("coframe.views")
 
 T = TypeVar("T")
-
-
-@dataclass(eq=False, slots=True)
-class Subscription:
-    """One ``subscribe`` of one session: its config, viewport and Perspective view."""
-
-    session: Session
-    name: str
-    config: dict[str, Any]
-    viewport: tuple[int, int] | None
-    view: RoomView | None = None
-    last: pa.Table | None = None  # the content last sent, to skip unchanged updates
-    closing: str | None = None  # why the view cannot survive the last schema change
-    sent: int = 0  # messages sent for it; 0 while its first subscribe is still waiting
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.session.client, self.name)
 
 
 class RoomViews:
@@ -84,13 +69,12 @@ class RoomViews:
         self.name = name  # also the Perspective table's name, e.g. "sales/main"
         self._send = send  # the room's outbound choke point: (session, message, droppable)
         self._current = current  # the room's published (state, seq)
-        self._on_idle = on_idle
         self.tables: RoomTables | None = None  # one Perspective Server per room, made on first need
         self.seq = 0  # the room seq the table reflects
         self.subs: dict[tuple[str, str], Subscription] = {}
         self.builds = 0  # tables built so far (first load and rebuilds)
         self.caught_up = 0  # deltas that arrived while a table was being built
-        self._resets: list[Callable[[str], Callable[[], None] | None]] = []  # one per dashboard
+        self._watchers = Watchers(on_idle)  # the dashboards attached
         self._lock = asyncio.Lock()  # one Perspective job at a time, in a worker thread
         self._incoming: list[Delta] = []
         self._pump: asyncio.Task[None] | None = None
@@ -99,7 +83,7 @@ class RoomViews:
         self._closed = False
         state, _ = current()
         self._columns = {c["id"]: c["name"] for c in state.catalog.to_wire()}
-        self._zones = _zones(state.catalog.to_wire())
+        self._zones = zones_of(state.catalog.to_wire())
 
     # ---------------------------------------------------------------- jobs
 
@@ -147,7 +131,7 @@ class RoomViews:
             sub.view = None  # RoomTables.close deletes the old views
         self._building = True
         try:
-            await asyncio.to_thread(_rebuild, tables, self.name, state, closers)
+            await asyncio.to_thread(rebuild, tables, self.name, state, closers)
         except BaseException as e:
             self._fail_subs(f"the room's Perspective table could not be built: {e}")
             raise
@@ -196,16 +180,16 @@ class RoomViews:
             # Dashboards hold views on the old table (and a table with views cannot
             # be deleted): their sessions are closed first, and they reconnect.
             reason = f"the schema changed at seq {batch[-1].seq_to}; reconnect to see the new columns"
-            closers = [c for c in (reset(reason) for reset in list(self._resets)) if c is not None]
-            if not (self.subs or self._resets):
-                await asyncio.to_thread(_drop, self.tables, self.name, closers)  # rebuilt on next need
+            closers = self._watchers.reset_all(reason)
+            if not (self.subs or self._watchers):
+                await asyncio.to_thread(drop, self.tables, self.name, closers)  # rebuilt on next need
                 return
             await self._build_locked(closers)
             await self._reopen_locked()
             return
         subs = [s for s in self.subs.values() if s.view is not None]
         assert self.tables is not None
-        out = await asyncio.to_thread(_apply_and_read, self.tables, self.name, batch, subs, self._zones)
+        out = await asyncio.to_thread(apply_and_read, self.tables, self.name, batch, subs, self._zones)
         self.seq = batch[-1].seq_to
         for sub, result in zip(subs, out, strict=True):
             if self.subs.get(sub.key) is sub:
@@ -217,12 +201,9 @@ class RoomViews:
         renamed = {old: new[i] for i, old in self._columns.items() if i in new and new[i] != old}
         dropped = {old for i, old in self._columns.items() if i not in new}
         self._columns = new
-        self._zones = _zones(delta.schema)
+        self._zones = zones_of(delta.schema)
         for sub in self.subs.values():
-            if sub.closing is None:
-                sub.config, why = remap(sub.config, renamed, dropped)
-                if why is not None:
-                    sub.closing = f"{why} at seq {delta.seq_to}"
+            sub.follow_schema(renamed, dropped, delta.seq_to)
 
     # ---------------------------------------------------------------- subscriptions
 
@@ -230,15 +211,7 @@ class RoomViews:
         """Open a view for ``session`` and reply with its snapshot (or an ``error``)."""
         key = (session.client, msg.view)
         if key in self.subs:
-            self._reply(
-                session,
-                Error(
-                    ErrorCode.VIEW_EXISTS,
-                    f"view '{msg.view}' is already open here; unsubscribe it or use another name",
-                    {"field": "view"},
-                    re=msg.id,
-                ),
-            )
+            self._reply(session, view_exists(msg))
             return
         sub = Subscription(session, msg.view, msg.config, msg.viewport)
         self.subs[key] = sub  # reserved while the table builds
@@ -261,7 +234,7 @@ class RoomViews:
                     ErrorCode.NO_SUCH_COLUMN, f"cannot open the view: {sub.closing}", field="config"
                 )
             check_columns(sub.config, ["_rid", *self._columns.values()])
-            sub.view, result = await asyncio.to_thread(_open_and_read, tables, self.name, sub, self._zones)
+            sub.view, result = await asyncio.to_thread(open_and_read, tables, self.name, sub, self._zones)
         except ViewConfigError as e:
             del self.subs[sub.key]
             self._reply(sub.session, Error(e.code, e.message, e.details, re=msg.id))
@@ -271,15 +244,7 @@ class RoomViews:
     async def unsubscribe(self, session: Session, msg: Unsubscribe) -> None:
         sub = self.subs.get((session.client, msg.view))
         if sub is None or sub.session is not session:
-            self._reply(
-                session,
-                Error(
-                    ErrorCode.NO_SUCH_VIEW,
-                    f"no view '{msg.view}' is open on this connection",
-                    {"field": "view"},
-                    re=msg.id,
-                ),
-            )
+            self._reply(session, no_such_view(msg))
             return
         await self._forget(sub)
         self._reply(session, View(msg.view, "closed", self.seq, reason="unsubscribed", re=msg.id))
@@ -298,7 +263,7 @@ class RoomViews:
     async def _resend(self, subs: list[Subscription]) -> None:
         async with self._lock:
             live = [s for s in subs if s.view is not None and self.subs.get(s.key) is s]
-            out = await asyncio.to_thread(_read_all, live, self._zones)
+            out = await asyncio.to_thread(read_all, live, self._zones)
             for sub, result in zip(live, out, strict=True):
                 sub.last = None
                 self._deliver(sub, result, "snapshot")
@@ -313,7 +278,7 @@ class RoomViews:
                 try:
                     check_columns(sub.config, ["_rid", *self._columns.values()])
                     sub.view, result = await asyncio.to_thread(
-                        _open_and_read, self.tables, self.name, sub, self._zones
+                        open_and_read, self.tables, self.name, sub, self._zones
                     )
                 except ViewConfigError as e:
                     sub.closing = e.message
@@ -330,13 +295,9 @@ class RoomViews:
             self._close_sub(sub, f"the view could not be read ({type(result).__name__}: {result})")
             return
         table, rows = result
-        if kind == "update" and sub.last is not None and table.equals(sub.last):
-            return
-        sub.last = table
-        sub.sent += 1
-        config = sub.config if kind == "snapshot" else None
-        msg = View(sub.name, kind, self.seq, table, rows, re=re, config=config)
-        self._send(sub.session, msg, kind == "update")
+        msg = sub.message(kind, self.seq, table, rows, re)
+        if msg is not None:
+            self._send(sub.session, msg, kind == "update")
 
     def _close_sub(self, sub: Subscription, reason: str) -> None:
         self.spawn(self._forget(sub))
@@ -362,30 +323,26 @@ class RoomViews:
     @property
     def watchers(self) -> int:
         """Dashboards attached (they keep the room loaded)."""
-        return len(self._resets)
+        return len(self._watchers)
 
-    async def attach(self, reset: Callable[[str], Callable[[], None] | None]) -> RoomTables:
+    async def attach(self, reset: Reset) -> RoomTables:
         """Pin the room for a dashboard and return its tables (built if needed).
 
-        Before the table is rebuilt after a schema change, ``reset(reason)``
-        is called on the loop: it must tell the dashboard to reconnect and
-        return the function that closes its Perspective session (deleting
-        its views), which then runs in the Perspective thread. Every other
-        Perspective call for the dashboard goes through :meth:`call`. Call
-        :meth:`detach` with the same ``reset`` once the dashboard is gone.
+        Before the table is rebuilt after a schema change or closed,
+        ``reset(reason)`` is called on the loop (see :mod:`.watchers` for what
+        it must do). Every other Perspective call for the dashboard goes
+        through :meth:`call`. Call :meth:`detach` with the same ``reset`` once
+        the dashboard is gone.
         """
-        self._resets.append(reset)
+        self._watchers.add(reset)
         try:
             return await self.ensure()
         except BaseException:
             self.detach(reset)
             raise
 
-    def detach(self, reset: Callable[[str], Callable[[], None] | None]) -> None:
-        if reset in self._resets:
-            self._resets.remove(reset)
-        if not self._resets and self._on_idle is not None:
-            self._on_idle()
+    def detach(self, reset: Reset) -> None:
+        self._watchers.remove(reset)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -397,85 +354,13 @@ class RoomViews:
         the views.
         """
         self._closed = True
-        closers = [
-            c for c in (reset("the room is unloading") for reset in list(self._resets)) if c is not None
-        ]
+        closers = self._watchers.reset_all("the room is unloading")
         async with self._lock:
             views = [s.view for s in self.subs.values() if s.view is not None]
             self.subs.clear()
             if self.tables is not None:
-                await asyncio.to_thread(_close_all, self.tables, views, closers)
+                await asyncio.to_thread(close_all, self.tables, views, closers)
         tasks = [t for t in (self._pump, *self._tasks) if t is not None and t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-# ---------------------------------------------------------------- worker-thread jobs
-
-
-def _rebuild(tables: RoomTables, name: str, state: State, closers: list[Callable[[], None]]) -> None:
-    for close in closers:
-        close()
-    tables.rebuild(name, state)
-    release_memory()
-
-
-def _drop(tables: RoomTables, name: str, closers: list[Callable[[], None]]) -> None:
-    for close in closers:
-        close()
-    tables.close(name)
-
-
-def _close_all(tables: RoomTables, views: list[RoomView], closers: list[Callable[[], None]]) -> None:
-    for close in closers:
-        close()
-    for view in views:
-        view.delete()
-    tables.close_all()
-    release_memory()
-
-
-def _read(sub: Subscription, zones: dict[str, str]) -> tuple[pa.Table, int] | Exception:
-    try:
-        assert sub.view is not None
-        return read_view(sub.view.handle, sub.config, sub.viewport, zones)
-    except Exception as e:  # reported on the loop, which closes the view
-        return e
-
-
-def _read_all(subs: list[Subscription], zones: dict[str, str]) -> list[tuple[pa.Table, int] | Exception]:
-    return [_read(sub, zones) for sub in subs]
-
-
-def _apply_and_read(
-    tables: RoomTables, name: str, batch: list[Delta], subs: list[Subscription], zones: dict[str, str]
-) -> list[tuple[pa.Table, int] | Exception]:
-    """Apply the deltas (one poll for all), then read every subscribed view."""
-    for delta in batch:
-        tables.apply_delta(name, delta, poll=False)
-    tables.poll()
-    return _read_all(subs, zones)
-
-
-def _open_and_read(
-    tables: RoomTables, name: str, sub: Subscription, zones: dict[str, str]
-) -> tuple[RoomView, tuple[pa.Table, int]]:
-    try:
-        view = tables.view(name, **for_perspective(sub.config))
-    except Exception as e:  # PyPerspectiveError, or a serde error for a bad value
-        text = str(e).removeprefix("Abort(): ").strip()
-        raise ViewConfigError(
-            ErrorCode.BAD_VIEW, f"Perspective rejected the view config: {text}", field="config"
-        ) from None
-    try:
-        return view, read_view(view.handle, sub.config, sub.viewport, zones)
-    except BaseException:
-        view.delete()
-        raise
-
-
-def _zones(schema: Any) -> dict[str, str]:
-    """Zoned timestamp columns of a wire schema: name -> zone (dtype ``Datetime[Europe/Paris]``)."""
-    zones = {c["name"]: parse_dtype(c["dtype"])[1] for c in schema}
-    return {name: tz for name, tz in zones.items() if tz is not None}
