@@ -1,6 +1,6 @@
 """The Starlette app: HTTP API, the WebSocket route and start-up loading.
 
-``load_file`` lives in :mod:`server.io` and is re-exported here.
+``load_file`` lives in :mod:`server.io_read` and is re-exported here.
 """
 
 from __future__ import annotations
