@@ -13,7 +13,7 @@ from protocol import Ack, PresenceUpdate, decode_server
 from server.ops import normalize_frame
 from server.ops.state import State
 from server.rooms import outbound as outbound_module
-from server.rooms.deltas import DeltaBuilder, EncodedDelta
+from server.rooms.deltas import DeltaBuilder, DeltaLog, EncodedDelta
 from server.rooms.outbound import EVERYONE, Audience, DeltaOut, Message, Outbound, WelcomeOut
 from tests.conftest import small_frame
 
@@ -119,3 +119,18 @@ def test_only_the_choke_point_pushes_to_sessions() -> None:
             ):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
+
+
+def test_the_resume_log_is_bounded_by_bytes() -> None:
+    state = _state()
+    log = DeltaLog(max_entries=1000, max_bytes=2000)
+    for seq in range(1, 50):
+        b = DeltaBuilder()
+        b.add_cells(state.catalog.columns[0].id, state.rids())
+        encoded = EncodedDelta(b.build(state, state, seq, seq, ("w",), None))
+        encoded.payload(True)
+        log.append(encoded)
+    assert 0 < log.bytes <= 2000
+    assert log.since(0, 49) is None  # the oldest deltas were dropped to stay under the bound
+    kept = log.since(48, 49)
+    assert kept is not None and [d.seq_to for d in kept] == [49]

@@ -135,7 +135,10 @@ class EncodedDelta:
         return self._text  # type: ignore[return-value]
 
     def size(self) -> int:
-        return len(self._binary or b"") + len(self._text or "")
+        """Bytes this entry holds: its Arrow rows, or its encodings once they are bigger."""
+        upserts = self.delta.upserts
+        rows = 0 if upserts is None else upserts.nbytes
+        return max(rows + 8 * len(self.delta.deleted), len(self._binary or b"") + len(self._text or ""))
 
 
 class DeltaLog:
@@ -145,13 +148,22 @@ class DeltaLog:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._entries: deque[EncodedDelta] = deque()
+        self._sizes: deque[int] = deque()  # each entry's size when it was appended
         self._bytes = 0
 
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
     def append(self, d: EncodedDelta) -> None:
+        """Keep ``d`` (call after it was delivered, so its encodings count); drop the oldest over a bound."""
+        size = d.size()
         self._entries.append(d)
-        self._bytes += d.size()
+        self._sizes.append(size)
+        self._bytes += size
         while self._entries and (len(self._entries) > self.max_entries or self._bytes > self.max_bytes):
-            self._bytes -= self._entries.popleft().size()
+            self._entries.popleft()
+            self._bytes -= self._sizes.popleft()
 
     def since(self, seq: int, current: int) -> list[EncodedDelta] | None:
         """Deltas after ``seq`` up to ``current``; None if the log no longer reaches back."""

@@ -356,8 +356,8 @@ class Room:
         for session, reply in done.replies:
             self.reply(session, reply)
         if delta is not None:
-            self.log.append(delta)
             self.outbound.deliver(DeltaOut(delta, core.state), self.sessions.values())
+            self.log.append(delta)
             try:
                 self.views.on_delta(delta.delta)  # the Perspective table, then one update per view
             except Exception:
