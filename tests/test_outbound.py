@@ -62,6 +62,9 @@ def test_a_delta_reuses_its_encoding_for_every_subscriber_and_the_resume_log() -
     b = DeltaBuilder()
     b.add_cells(state.catalog.columns[0].id, state.rids()[:2])
     encoded = EncodedDelta(b.build(state, state, 1, 1, ("w",), None))
+    structured = DeltaOut(encoded, state)
+    assert structured.rids == [0, 1] and structured.columns == [state.catalog.columns[0].name]
+    assert structured.deleted == () and structured.after is state
     out = Outbound()
     subs = [Sub(str(i)) for i in range(5)] + [Sub("j", binary=False)]
     out.deliver(DeltaOut(encoded, state), subs)

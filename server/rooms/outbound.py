@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from protocol import Delta, Welcome, encode, table_to_ipc
+from protocol.dtypes import RID
 
 from ..ops.state import State
 from .deltas import EncodedDelta, frame_to_arrow
@@ -102,6 +103,22 @@ class DeltaOut:
     @property
     def delta(self) -> Delta:
         return self.encoded.delta
+
+    @property
+    def rids(self) -> list[int]:
+        """Rows upserted by the tick (inserted or changed), by rid."""
+        upserts = self.delta.upserts
+        return [] if upserts is None else upserts.column(RID).to_pylist()
+
+    @property
+    def columns(self) -> list[str]:
+        """Columns whose values the tick changed (all of them for inserted rows)."""
+        upserts = self.delta.upserts
+        return [] if upserts is None else [n for n in upserts.column_names if n != RID]
+
+    @property
+    def deleted(self) -> tuple[int, ...]:
+        return self.delta.deleted
 
 
 @dataclass(frozen=True, slots=True)
