@@ -60,6 +60,8 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
     # HTTP API and CLI.
     BAD_REQUEST = "bad_request"  # a missing or malformed parameter or JSON body
+    NO_ROUTE = "no_route"  # HTTP: no such path under /api
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # HTTP: the path exists, not with this method
     BAD_NAME = "bad_name"  # a dataset, branch or tag name that breaks the naming rule
     BAD_FORMAT = "bad_format"  # an unknown file format, or one that cannot be told
     UNREADABLE = "unreadable"  # a file that cannot be read as its format

@@ -77,7 +77,7 @@ def check_ref_name(value: str, what: str = "dataset") -> str:
     Raises:
         ApiError: 400 ``bad_name``.
     """
-    if not NAME_RE.match(value) or ".." in value:
+    if not NAME_RE.fullmatch(value) or ".." in value:
         raise ApiError(
             400,
             ErrorCode.BAD_NAME,
@@ -143,9 +143,21 @@ def _registry(request: Request) -> Registry:
     return request.app.state.registry  # type: ignore[no-any-return]
 
 
+def _path_name(request: Request) -> str:
+    """The ``{name}`` of the path, checked whole.
+
+    Starlette's route pattern ends in ``$``, which matches before a final
+    newline, so ``/api/datasets/x%0A`` would route as ``x``: check the raw path.
+    """
+    name = request.path_params["name"]
+    if request.scope["path"].endswith("\n"):
+        name += "\n"  # refused below, naming it as sent
+    return check_ref_name(name)
+
+
 async def _dataset(request: Request) -> tuple[Registry, str]:
     registry = _registry(request)
-    name = check_ref_name(request.path_params["name"])
+    name = _path_name(request)
     if not await registry.exists(name):
         raise NotFound(f"no dataset '{name}'; list them with GET /api/datasets", missing="dataset")
     return registry, name
@@ -213,7 +225,7 @@ async def _spool_body(request: Request, limit: int) -> tempfile.SpooledTemporary
 async def upload(request: Request) -> Response:
     registry = _registry(request)
     settings: Settings = request.app.state.settings
-    name = check_ref_name(request.path_params["name"])
+    name = _path_name(request)
     q = request.query_params
     filename = q.get("filename")
     fmt = q.get("format") or format_from_content_type(request.headers.get("content-type"))

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from protocol import ErrorCode
 
-from .api import check_ref_name, commit_json, refs_json, resolve, side_label
+from .api import MAX_LOG_LIMIT, check_ref_name, commit_json, refs_json, resolve, side_label
 from .errors import CliError
 from .io import DEFAULT_MAX_BYTES, FORMATS, ReadError, check_format, format_from_name, load_file, write_file
 from .ops.state import State
@@ -200,14 +200,17 @@ async def _export(args: argparse.Namespace, storage: Storage) -> None:
     else:
         branch = check_ref_name(args.branch, "branch")
         state, what = await _state(storage, args.dataset, f"live:{branch}"), f"{branch} (live)"
+    parent = Path(args.output).parent
+    if not parent.is_dir():
+        raise CliError(f"cannot write {args.output}: the directory {parent} does not exist; create it first")
     fmt = await asyncio.to_thread(write_file, state.frame, args.output, args.format)
     rows, cols = state.frame.height, len(state.catalog.columns)
     _out(f"exported {args.dataset}@{what}: {rows} rows × {cols} columns (+ _rid) to {args.output} ({fmt})")
 
 
 async def _log(args: argparse.Namespace, storage: Storage) -> None:
-    if args.limit < 1:
-        raise CliError("--limit must be at least 1")
+    if not 1 <= args.limit <= MAX_LOG_LIMIT:
+        raise CliError(f"--limit must be from 1 to {MAX_LOG_LIMIT}")
     await resolve(storage, args.dataset, args.ref)
     commits = await storage.log(args.dataset, args.ref, args.limit)
     if args.json:

@@ -33,8 +33,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.types import ExceptionHandler
 
 from protocol import CloseCode, CoframeError, ErrorCode, ProtocolError
@@ -94,7 +95,13 @@ class CliError(CoframeError):
 # ---------------------------------------------------------------- HTTP: errors to replies
 
 
-def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     """``{"error": {"code", "message"[, "details"]}}`` with ``status``.
 
     Encoded like a JSON text frame, so details holding NaN or numpy values
@@ -104,7 +111,10 @@ def error_response(status: int, code: str, message: str, details: dict[str, Any]
     if details:
         body["details"] = details
     return Response(
-        encode_map({"error": body}, binary=False), status_code=status, media_type="application/json"
+        encode_map({"error": body}, binary=False),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
 
 
@@ -129,5 +139,25 @@ async def _unexpected(conn: HTTPConnection, exc: Exception) -> Response:
     return error_response(500, ErrorCode.INTERNAL, _INTERNAL_MESSAGE)
 
 
-exception_handlers: dict[Any, ExceptionHandler] = {CoframeError: _coframe_error, Exception: _unexpected}
+async def _http_exception(conn: HTTPConnection, exc: Exception) -> Response:
+    """Starlette's own 404 and 405: JSON errors with codes under ``/api``, plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    path, method = conn.url.path, conn.scope.get("method", "GET")
+    if not path.startswith("/api/"):
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{method} is not allowed on {path}; use {allowed or 'another method'}"
+        return error_response(405, ErrorCode.METHOD_NOT_ALLOWED, message, headers=exc.headers)
+    if exc.status_code == 404:
+        message = f"no route {method} {path}; the HTTP API is listed in the README"
+        return error_response(404, ErrorCode.NO_ROUTE, message)
+    return error_response(exc.status_code, ErrorCode.BAD_REQUEST, str(exc.detail), headers=exc.headers)
+
+
+exception_handlers: dict[Any, ExceptionHandler] = {
+    HTTPException: _http_exception,
+    CoframeError: _coframe_error,
+    Exception: _unexpected,
+}
 """Starlette exception handlers: every error of the HTTP API becomes a JSON reply."""

@@ -132,7 +132,8 @@ class _Pump:
         except NotFound as e:
             what = f"version '{self.at}'" if self.at else f"branch '{self.branch}'"
             reason = f"no {what} in dataset '{self.dataset}'"
-            err = Error(ErrorCode.BAD_FIELD, f"{reason} ({e})", re=hello.id)
+            what_param = {"at": self.at} if self.at else {"branch": self.branch}
+            err = Error(ErrorCode.BAD_FIELD, e.message, {**e.details, **what_param}, re=hello.id)
             self.conn.fail(CloseCode.NO_SUCH_DATASET, reason, err)
             return
         self.room, self.session = room, room.join(hello, self.transport, binary=ev.binary)
@@ -150,7 +151,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     await ws.accept()
     if not await registry.exists(dataset):
         known = ", ".join(await registry.names()) or "(none)"
-        await ws.close(CloseCode.NO_SUCH_DATASET, f"no dataset '{dataset}'; known: {known}"[:120])
+        await ws.close(CloseCode.NO_SUCH_DATASET, f"no dataset {dataset!r}; known: {known}"[:120])
         return
     pump = _Pump(ws, registry, settings)
     try:

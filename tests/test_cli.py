@@ -209,6 +209,9 @@ async def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path) -> None:
         (("export", "ok", "-o", str(tmp_path / "x.txt")), "cannot tell the format"),
         (("export", "ok", "--at", "zzz", "-o", str(tmp_path / "x.csv")), "no branch, tag or commit"),
         (("log", "ok", "--ref", "nope"), "no branch, tag or commit"),
+        (("log", "ok", "--limit", "99999999999999999999"), "--limit must be from 1 to 10000"),
+        (("export", "ok", "-o", str(tmp_path / "nodir" / "x.csv")), "does not exist; create it first"),
+        (("tag", "ok", "v1\n", "--at", "main"), "invalid tag name"),
         (("branch", "ok", "a/b"), "invalid branch name"),
         (("tag", "ok", "v1", "--at", "nope"), "no branch, tag or commit"),
     ]

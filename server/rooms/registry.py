@@ -32,7 +32,8 @@ __all__ = ["Registry", "NAME_RE", "check_name"]
 
 log = logging.getLogger("coframe.registry")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Always used with fullmatch: ``$`` would let a name end in a newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def check_name(name: str) -> str:
@@ -41,7 +42,7 @@ def check_name(name: str) -> str:
     Raises:
         OpError: ``bad_field``.
     """
-    if not NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name:
         raise OpError(
             ErrorCode.BAD_FIELD,
             f"invalid dataset name {name!r}: use 1-128 letters, digits, '_', '.' or '-',"

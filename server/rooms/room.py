@@ -267,10 +267,12 @@ class Room:
         """Why this room refuses a write (None: it accepts it)."""
         if self.read_only:
             what = "commit" if isinstance(msg, Commit) else "edit"
+            version = self.branch.removeprefix("@")
             return (
                 f"room {self.name} is a read-only view of a past version; to {what} from it, create a"
-                f" branch from that version (coframe branch {self.dataset} NAME --from"
-                f" {self.branch.removeprefix('@')}) and join that branch"
+                f" branch from that version (POST /api/datasets/{self.dataset}/branches with"
+                f' {{"name": NAME, "from": "{version}"}}, or coframe branch {self.dataset} NAME'
+                f" --from {version}) and join that branch"
             )
         return None
 

@@ -133,8 +133,8 @@ class Messages:
         if kind == TAG:
             return f"tag '{name}' already exists in dataset '{dataset}' and tags never move; create a new tag"
         return (
-            f"branch '{name}' already exists in dataset '{dataset}'; "
-            "move it with move_branch or pick another name"
+            f"branch '{name}' already exists in dataset '{dataset}'; pick another name"
+            f" (list them with GET /api/datasets/{dataset}/refs or coframe refs {dataset})"
         )
 
     @staticmethod
