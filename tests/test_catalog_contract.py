@@ -379,7 +379,7 @@ async def test_branch_create_twice_is_refused(catalog: CatalogStore) -> None:
     await catalog.create_dataset("d")
     (c0,) = await make_chain(catalog, "d", 1)
     await catalog.create_ref(Ref("d", "main", c0.id, "branch"))
-    with pytest.raises(AlreadyExists, match="branch 'main' already exists .* move it with move_branch"):
+    with pytest.raises(AlreadyExists, match="branch 'main' already exists .* pick another name"):
         await catalog.create_ref(Ref("d", "main", c0.id, "branch"))
 
 
