@@ -8,13 +8,16 @@ import socket
 import uvicorn
 
 from .settings import Settings
+from .ws import expose_send
 
 __all__ = ["Server", "uvicorn_config"]
 
 
 def uvicorn_config(app: object, settings: Settings, **kw: object) -> uvicorn.Config:
     return uvicorn.Config(
-        app,
+        # The WebSocket endpoint finds uvicorn's connection through the raw
+        # ASGI send (server.ws.DirectWriter, the fast delivery path).
+        expose_send(app),  # type: ignore[arg-type]
         host=settings.host,
         port=settings.port,
         ws="websockets-sansio",

@@ -6,6 +6,12 @@ time, and acts on the events it gets back. On ``hello`` it opens the room and
 joins; messages go to ``room.submit``; replies the core makes itself (decode
 errors, rate limits, pong) go out through ``room.reply`` once joined, and
 straight onto the socket before; closes happen as the core decides.
+
+Delivery to a joined session has a fast path, :class:`DirectWriter`: when
+uvicorn serves the socket with its websockets-sansio protocol, a session whose
+queue is empty writes each frame synchronously onto the connection's asyncio
+transport, as ``websockets.broadcast`` does, with no task wake-up and no
+coroutine per reader (docs/architecture.md "Delivery").
 """
 
 from __future__ import annotations
@@ -13,8 +19,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State as WsState
 
 from protocol import CloseCode, Error, ErrorCode, encode
 from protocol.server_conn import (
@@ -30,14 +41,98 @@ from .rooms import Registry, Room, Session
 from .settings import Settings
 from .storage.types import NotFound
 
-__all__ = ["websocket_endpoint"]
+__all__ = ["websocket_endpoint", "DirectWriter", "expose_send", "RAW_SEND"]
 
 log = logging.getLogger("coframe.ws")
+
+
+# The scope key under which :func:`expose_send` keeps the server's own ASGI
+# ``send`` callable (Starlette wraps the one it hands the endpoint).
+RAW_SEND = "coframe.raw_send"
+
+ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
+
+
+def expose_send(app: ASGIApp) -> ASGIApp:
+    """Wrap ``app`` so a WebSocket scope carries the server's raw ``send`` under :data:`RAW_SEND`.
+
+    :mod:`server.serve` wraps the app with it, outermost, so the endpoint can
+    find uvicorn's connection for :class:`DirectWriter`. Everything else
+    (handshake, routing, TLS) is unchanged: the request still goes through
+    the one Starlette app.
+    """
+
+    async def asgi(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            scope[RAW_SEND] = send
+        await app(scope, receive, send)
+
+    return asgi
+
+
+# One frame per payload: deliver() hands the same bytes object to every
+# reader in turn, so the frame built for the first is reused by the others.
+_last_frame: tuple[object, bytes] = (None, b"")
+_CACHE_MAX = 1 << 20  # payloads above this are framed per write (no big object kept alive)
+
+
+def frame_of(data: bytes | str) -> bytes:
+    """The unmasked server frame of ``data`` (binary for bytes, text for str), built once per payload."""
+    global _last_frame
+    last = _last_frame
+    if last[0] is data:
+        return last[1]
+    if isinstance(data, str):
+        frame = Frame(Opcode.TEXT, data.encode()).serialize(mask=False, extensions=[])
+    else:
+        frame = Frame(Opcode.BINARY, data).serialize(mask=False, extensions=[])
+    if len(data) <= _CACHE_MAX:
+        _last_frame = (data, frame)
+    return frame
+
+
+class DirectWriter:
+    """Writes a data frame synchronously onto a uvicorn websockets-sansio connection's transport.
+
+    This is what uvicorn's own ``send`` does once its ``writable`` event is
+    set (``conn.send_binary`` then ``transport.write``), without the
+    coroutines around it; the frame bytes are built once per payload
+    (:func:`frame_of`), as uvicorn's ``ServerProtocol`` would build them (no
+    mask; no extension, which :meth:`of` requires). A call returns False and
+    writes nothing when the connection is not open or its transport has
+    paused writing (the write buffer is over its high-water mark): the
+    session then queues, and its writer task waits for the buffer to drain.
+    """
+
+    __slots__ = ("_proto",)
+
+    def __init__(self, proto: WebSocketsSansIOProtocol) -> None:
+        self._proto = proto
+
+    @classmethod
+    def of(cls, send: object) -> DirectWriter | None:
+        """The writer for ``send`` if it is uvicorn's websockets-sansio connection, else None."""
+        proto = getattr(send, "__self__", None)
+        if not isinstance(proto, WebSocketsSansIOProtocol) or proto.conn.extensions:
+            return None
+        return cls(proto)
+
+    def __call__(self, data: bytes | str) -> bool:
+        p = self._proto
+        if not p.writable.is_set() or p.close_sent or p.conn.state is not WsState.OPEN:
+            return False
+        transport = p.transport
+        if transport.is_closing():
+            return False
+        transport.write(frame_of(data))
+        return True
 
 
 class _StarletteTransport:
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
+        # The synchronous fast path, when the server is uvicorn's websockets-sansio.
+        self.direct = DirectWriter.of(ws.scope.get(RAW_SEND))
 
     async def send(self, data: bytes | str) -> None:
         if isinstance(data, bytes):

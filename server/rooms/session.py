@@ -9,6 +9,16 @@ of the missed deltas. Replies (ack, error, welcome) are never dropped; a
 client whose replies alone overflow twice the bound, or that stays in resync
 longer than ``stall_timeout``, is closed with ``CloseCode.SLOW_CONSUMER``.
 The room never awaits a session, so it never waits for its slowest client.
+
+Fast path: a transport may offer ``direct``, a synchronous writer (for
+uvicorn, :class:`server.ws.DirectWriter`). While the queue is empty and the
+writer task is not mid-send, :meth:`Session.push` hands each payload to it,
+which writes the frame onto the socket's buffer at once, unless that buffer
+is over its high-water mark (then it declines and the payload is queued as
+above). So a reader that keeps up costs no task wake-up and no coroutine per
+message, and a reader that does not falls back to the bounded queue; per
+reader, order is kept because nothing is written directly while anything is
+queued or being sent.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from protocol import CloseCode
 
 from .outbound import EVERYONE, Audience
 
-__all__ = ["Transport", "Session", "SessionLimits"]
+__all__ = ["Transport", "DirectWrite", "Session", "SessionLimits"]
 
 log = logging.getLogger("coframe.session")
 
@@ -33,10 +43,17 @@ Payload = bytes | str
 # A payload, or a welcome whose big snapshot is encoded (in a worker thread)
 # only when the writer reaches it.
 Item = Payload | Callable[[], Awaitable[Payload]]
+# A transport's synchronous writer: True if it wrote the frame, False if it
+# cannot take it now (buffer over its high-water mark, or closing).
+DirectWrite = Callable[[Payload], bool]
 
 
 class Transport(Protocol):
-    """What a session needs from a WebSocket (Starlette's, or a test double)."""
+    """What a session needs from a WebSocket (Starlette's, or a test double).
+
+    It may also have a ``direct`` attribute, a :data:`DirectWrite` or None:
+    the synchronous fast path (module docstring).
+    """
 
     async def send(self, data: Payload) -> None: ...
 
@@ -73,6 +90,9 @@ class Session:
         self.awareness_id = 0
         self.awareness_clock = 0
         self._resync = resync
+        self._direct: DirectWrite | None = getattr(transport, "direct", None)
+        self._sending = False  # the writer task popped an item and has not finished sending it
+        self.direct_writes = 0
         self._queue: deque[tuple[Item, bool]] = deque()
         self._queued_bytes = 0
         self._wake = asyncio.Event()
@@ -113,6 +133,23 @@ class Session:
         """
         if self._closed:
             return
+        direct = self._direct
+        if (
+            direct is not None
+            and not self._queue
+            and not self._sending
+            and not self.resync_pending
+            and isinstance(data, (bytes, str))
+        ):
+            try:
+                if direct(data):
+                    self.direct_writes += 1
+                    return
+            except Exception as e:  # the peer went away mid-write; the reader sees it too
+                log.debug("direct write to %s failed: %r", self.client, e)
+                self._closed = True
+                self._wake.set()
+                return
         if droppable and self.resync_pending:
             self.dropped += 1
             self._check_stall()
@@ -168,8 +205,12 @@ class Session:
                     continue
                 item, _ = self._queue.popleft()
                 self._queued_bytes -= _size(item)
-                data = item if isinstance(item, (bytes, str)) else await item()
-                await self.transport.send(data)
+                self._sending = True
+                try:
+                    data = item if isinstance(item, (bytes, str)) else await item()
+                    await self.transport.send(data)
+                finally:
+                    self._sending = False
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the peer went away mid-send; the reader sees it too
