@@ -182,7 +182,8 @@ class _Pump:
             deadline = self.conn.hello_deadline
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                data = await asyncio.wait_for(_receive(self.ws), timeout)
+                receiving = _receive(self.ws)
+                data = await (receiving if timeout is None else asyncio.wait_for(receiving, timeout))
             except TimeoutError:
                 self.conn.tick(time.monotonic())
             else:

@@ -321,11 +321,15 @@ class Room:
 
     async def _run(self) -> None:
         while True:
-            try:
-                first = await asyncio.wait_for(self._queue.get(), self.durability.wait())
-            except TimeoutError:
-                await self._autocommit("autocommit (time)")
-                continue
+            if self._queue.empty():
+                try:  # no task per tick: asyncio.timeout only arms a timer (none when nothing is pending)
+                    async with asyncio.timeout(self.durability.wait()):
+                        first = await self._queue.get()
+                except TimeoutError:
+                    await self._autocommit("autocommit (time)")
+                    continue
+            else:
+                first = self._queue.get_nowait()
             items = [first]
             while len(items) < self.config.max_batch and not self._queue.empty():
                 items.append(self._queue.get_nowait())
