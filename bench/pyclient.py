@@ -83,6 +83,7 @@ class ApplyResult:
     decode_us: Stats = field(default_factory=Stats)  # per-run median µs of decode_server
     scatter_us: Stats = field(default_factory=Stats)  # baseline: clone + scatter of 1 cell
     check: str = ""  # "" when the mirrors hold every written value, else what differed
+    profile: str = ""  # cProfile top functions of one pass of applies, when the target was missed
 
 
 @dataclass(slots=True)
@@ -250,6 +251,30 @@ def _apply_run(res: ApplyResult, welcome: bytes, deltas: list[bytes], written: d
         res.check = _check(lone.frame, written) or _check(reading.frame, written)
 
 
+def _profile_applies(welcome: bytes, deltas: list[bytes], top: int = 12) -> str:
+    """cProfile of ``Mirror.apply`` over the decoded deltas: where a missed target's time goes."""
+    import cProfile
+    import io
+    import pstats
+
+    from client.mirror import Mirror
+    from protocol import decode_server
+
+    m = Mirror()
+    m.load(decode_server(welcome))
+    decoded = [decode_server(raw) for raw in deltas]
+    prof = cProfile.Profile()
+    prof.enable()
+    for d in decoded:
+        m.apply(d)
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    lines = [ln.rstrip() for ln in out.getvalue().splitlines() if ln.strip()]
+    start = next((i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls")), 0)
+    return "\n".join(lines[start:])
+
+
 async def _apply_bench(r: ClientResult, cfg: ClientConfig, log: Log) -> None:
     for rows in cfg.apply_rows:
         res = r.apply[rows] = ApplyResult(rows)
@@ -265,6 +290,8 @@ async def _apply_bench(r: ClientResult, cfg: ClientConfig, log: Log) -> None:
                 f" {res.apply_us.runs[-1]:.1f} µs, apply + frame {res.read_us.runs[-1]:.1f} µs, decode"
                 f" {res.decode_us.runs[-1]:.1f} µs; clone + scatter {res.scatter_us.runs[-1]:.1f} µs"
             )
+        if res.apply_us.median > TARGET_APPLY_US:
+            res.profile = _profile_applies(welcome, deltas)
         if res.check:
             r.notes.append(f"mirror at {rows:,} rows: {res.check}")
         for line in srv.problems():

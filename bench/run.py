@@ -25,8 +25,8 @@ baselines of the same run (:mod:`bench.targets`). For every missed target a py-s
 profile of the server is taken under the same load. Each group writes its
 section file ``bench/results/<group>.md``, and ``bench/RESULTS.md`` is
 assembled from all of them, so ``--only storage`` keeps the issue-2 figures.
-The full run takes about 30 minutes on 2 cores; ``--quick`` is a shorter
-smoke run (about 8 minutes).
+The full run takes about 25 minutes on 2 cores; ``--quick`` is a shorter
+smoke run (about 6 minutes).
 """
 
 from __future__ import annotations
