@@ -50,6 +50,10 @@ __all__ = [
     "free_port",
     "free_ports",
     "coframe_argv",
+    "coframe_running",
+    "MODES",
+    "MEMORY",
+    "DURABLE",
     "baseline_argv",
     "pycrdt_argv",
     "median",
@@ -129,6 +133,32 @@ def coframe_argv(port: int, demo_rows: int | None) -> list[str]:
     head = [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
     demo = ["--no-demo"] if demo_rows is None else ["--demo-rows", str(demo_rows)]
     return [*head, "serve", "--host", HOST, "--port", str(port), *demo, "--log-level", "warning"]
+
+
+MEMORY, DURABLE = "memory", "durable"
+MODES = (MEMORY, DURABLE)  # ``--memory`` (no WAL), and the default: a data directory with a SQLite catalog
+
+
+@contextlib.contextmanager
+def coframe_running(name: str, port: int, rows: int, mode: str) -> Iterator[ServerProcess]:
+    """``coframe serve`` in ``mode``: ``--memory``, or durable on a fresh temporary ``--data-dir``.
+
+    The durable server is the default configuration (SQLite catalog, WAL
+    fsynced before every ack, autocommit defaults); its data directory is
+    removed when the block ends, so no run reuses another's dataset.
+    """
+    if mode == MEMORY:
+        with running(name, [*coframe_argv(port, rows), "--memory"], port) as srv:
+            yield srv
+        return
+    if mode != DURABLE:
+        raise ValueError(f"unknown mode {mode!r}: expected one of {MODES}")
+    data = Path(tempfile.mkdtemp(prefix=f"bench-{name}-data-"))
+    try:
+        with running(name, [*coframe_argv(port, rows), "--data-dir", str(data)], port) as srv:
+            yield srv
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def baseline_argv(port: int) -> list[str]:

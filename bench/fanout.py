@@ -20,6 +20,12 @@ the other reference) is measured the same way with a 1-key Y.Map
 update per edit. Runs are interleaved, and the order rotates every run, to
 spread machine noise over all systems.
 
+coframe runs twice when both modes are asked for: with ``--memory`` (the
+latency targets) and in the default durable configuration (a temporary
+data directory, SQLite catalog: every ack waits for the WAL's fsync), as
+one more interleaved system. The difference between the two is the
+fsync's share of the latency.
+
 CPU per delivered message (benchmark 3): the server process's CPU time (all
 threads, user+sys, from ``/proc/PID/task/*/schedstat``) over the timed edits
 of each N=50 run, divided by edits × N readers.
@@ -36,7 +42,7 @@ from typing import Any
 
 import msgpack
 
-from .common import Peer, ServerProcess, Stats, connect_peer, median, percentile
+from .common import MODES, Peer, ServerProcess, Stats, connect_peer, median, percentile
 
 __all__ = [
     "FanoutConfig",
@@ -46,6 +52,7 @@ __all__ = [
     "run_fanout",
     "edit_loop",
     "COFRAME",
+    "COFRAME_DURABLE",
     "BROADCAST",
     "PYCRDT",
 ]
@@ -60,6 +67,7 @@ class FanoutConfig:
     rows: int = 100_000  # demo room size (rids 0..rows-1)
     cpu_readers: int = 50  # N at which CPU per delivered message is measured
     pycrdt: bool = True  # also measure the optional pycrdt-websocket baseline (if installed)
+    modes: tuple[str, ...] = MODES  # coframe with ``--memory`` (the targets), and durable (reported beside)
 
 
 @dataclass(slots=True)
@@ -182,16 +190,24 @@ class _Writer:
 
 
 COFRAME, BROADCAST, PYCRDT = "coframe", "websockets.broadcast", "pycrdt-websocket"
+COFRAME_DURABLE = "coframe (durable)"  # the default configuration: every ack waits for the WAL's fsync
+
+
+def kind_of(name: str) -> str:
+    """The protocol a system named ``name`` speaks (both coframe modes speak coframe's)."""
+    return COFRAME if name.startswith(COFRAME) else name
 
 
 class System:
     """One server under test: how to connect, join, and shape an edit.
 
-    ``kind`` is :data:`COFRAME`, :data:`BROADCAST` or :data:`PYCRDT`.
+    ``name`` is :data:`COFRAME`, :data:`COFRAME_DURABLE`, :data:`BROADCAST` or
+    :data:`PYCRDT`; ``kind`` is the protocol it speaks (:func:`kind_of`).
     """
 
-    def __init__(self, kind: str, server: ServerProcess, path: str, *, rows: int) -> None:
-        self.name = kind
+    def __init__(self, name: str, server: ServerProcess, path: str, *, rows: int) -> None:
+        kind = kind_of(name)
+        self.name = name
         self.kind = kind
         self.server = server
         self.path = path
@@ -337,13 +353,14 @@ async def run_fanout(
     """Run benchmark 1 (and 3 at ``cfg.cpu_readers``) against ``servers`` (keyed by kind).
 
     ``servers`` holds :data:`COFRAME` and :data:`BROADCAST`, and optionally
-    :data:`PYCRDT`. Returns the result and the open systems; the caller closes
-    them (``System.close``) after any profiling.
+    :data:`COFRAME_DURABLE` and :data:`PYCRDT`. Returns the result and the
+    open systems; the caller closes them (``System.close``) after any profiling.
     """
     paths = {COFRAME: "/ws/sales", BROADCAST: "/ws/fanout", PYCRDT: "/ws/sales"}
-    systems = {k: System(k, srv, paths[k], rows=cfg.rows) for k, srv in servers.items()}
+    systems = {k: System(k, srv, paths[kind_of(k)], rows=cfg.rows) for k, srv in servers.items()}
     result = FanoutResult(cfg, systems={k: SystemResult() for k in systems})
-    cf, bl = systems[COFRAME], systems[BROADCAST]
+    cf = systems[COFRAME] if COFRAME in systems else systems[COFRAME_DURABLE]
+    bl = systems[BROADCAST]
     for s in systems.values():
         await s.open_writer()
     # Size coframe's delta first: the baseline relays payloads of that size.

@@ -1,6 +1,6 @@
-"""Entry point: ``python -m bench.run [--quick] [--only fanout|sustained|storage|views] [--no-profile]``.
+"""Entry point: ``python -m bench.run [--quick] [--only GROUP] [--modes memory,durable] [--no-profile]``.
 
-Runs the benchmarks of the issues' performance targets, in four groups:
+Runs the benchmarks of the issues' performance targets, in five groups:
 
 * ``fanout`` (issue 2): 1. fan-out latency, 1 writer → N readers, and
   3. server CPU per delivered message (:mod:`bench.fanout`);
@@ -11,17 +11,22 @@ Runs the benchmarks of the issues' performance targets, in four groups:
   (:mod:`bench.storage`);
 * ``views`` (issue 4): live Perspective views of a 1M-row room under 1k
   edits/s (latency to the subscriber), and the server's memory with the
-  room's table and 10 views (:mod:`bench.views`).
+  room's table and 10 views (:mod:`bench.views`);
+* ``client`` (issue 9): the Python client's mirror applying a 1-cell delta
+  at 10k and 1M rows, and its ``set_cells`` round trip against a lean
+  protocol peer's (:mod:`bench.pyclient`).
 
 Each server runs in its own subprocess on 127.0.0.1 and is killed on exit;
-the load generator runs here. The issue-2 groups run coframe with
-``--memory`` (no WAL: what they were specified and measured on); the storage
-group measures the WAL's cost itself. For every missed target a py-spy
+the load generator runs here. The fan-out and sustained groups run coframe
+in both modes (``--modes``): with ``--memory`` (the latency targets) and in
+the default durable configuration (a temporary data directory, SQLite
+catalog), reported side by side; the issue-9 targets are ratios to
+baselines of the same run (:mod:`bench.targets`). For every missed target a py-spy
 profile of the server is taken under the same load. Each group writes its
 section file ``bench/results/<group>.md``, and ``bench/RESULTS.md`` is
 assembled from all of them, so ``--only storage`` keeps the issue-2 figures.
-The full run takes about 19 minutes on 2 cores; ``--quick`` is a shorter
-smoke run.
+The full run takes about 25 minutes on 2 cores; ``--quick`` is a shorter
+smoke run (about 6 minutes).
 """
 
 from __future__ import annotations
@@ -40,16 +45,20 @@ from types import FrameType
 
 from .common import (
     BENCH_DIR,
+    DURABLE,
+    MEMORY,
+    MODES,
     PROFILE_DIR,
     ServerProcess,
     baseline_argv,
-    coframe_argv,
+    coframe_running,
     free_ports,
     pycrdt_argv,
     running,
 )
-from .fanout import BROADCAST, COFRAME, PYCRDT, FanoutConfig, System, run_fanout
+from .fanout import BROADCAST, COFRAME, COFRAME_DURABLE, PYCRDT, FanoutConfig, System, run_fanout
 from .profiling import profile_while
+from .pyclient import ClientConfig, run_client
 from .report import (
     GROUPS,
     Report,
@@ -84,17 +93,18 @@ def _configs(quick: bool) -> tuple[FanoutConfig, SustainedConfig, StorageConfig,
     return FanoutConfig(), SustainedConfig(), StorageConfig(), 8
 
 
+def _client_config(quick: bool) -> ClientConfig:
+    if quick:
+        return ClientConfig(runs=3, deltas=200, rt_edits=150, rt_warmup=20)
+    return ClientConfig()
+
+
 def _views_config(quick: bool) -> ViewsConfig:
     if quick:
         return ViewsConfig(
             runs=1, rows=200_000, warmup=0.5, measure=3.0, mem_runs=1, mem_rows=200_000, profile_s=3
         )
     return ViewsConfig()
-
-
-def _memory_argv(port: int, rows: int) -> list[str]:
-    """coframe for the issue-2 groups: in memory (no data directory, no WAL)."""
-    return [*coframe_argv(port, rows), "--memory"]
 
 
 # ---------------------------------------------------------------- benchmarks
@@ -121,29 +131,32 @@ def _have_pycrdt_websocket() -> bool:
 
 
 async def _fanout(rep: Report, cfg: FanoutConfig, profile_s: int) -> None:
-    p_cf, p_bl, p_py = free_ports(3)
+    p_cf, p_dur, p_bl, p_py = free_ports(4)
     servers: dict[str, ServerProcess] = {}
     with contextlib.ExitStack() as stack:
-        servers = {
-            COFRAME: stack.enter_context(running("coframe", _memory_argv(p_cf, cfg.rows), p_cf)),
-            BROADCAST: stack.enter_context(running("broadcast", baseline_argv(p_bl), p_bl)),
-        }
+        if MEMORY in cfg.modes:
+            servers[COFRAME] = stack.enter_context(coframe_running("coframe", p_cf, cfg.rows, MEMORY))
+        if DURABLE in cfg.modes:
+            servers[COFRAME_DURABLE] = stack.enter_context(
+                coframe_running("coframe-durable", p_dur, cfg.rows, DURABLE)
+            )
+        servers[BROADCAST] = stack.enter_context(running("broadcast", baseline_argv(p_bl), p_bl))
         if cfg.pycrdt and _have_pycrdt_websocket():
             servers[PYCRDT] = stack.enter_context(running("pycrdt", pycrdt_argv(p_py), p_py))
         elif cfg.pycrdt:
             rep.note("fanout", "pycrdt-websocket is not installed: its optional fan-out baseline was skipped")
-        cf = servers[COFRAME]
         log("fan-out: " + ", ".join(f"{k} pid {v.pid}" for k, v in servers.items()) + f"; {cfg.rows:,} rows")
         result, systems = await run_fanout(servers, cfg, log)
         rep.fanout = result
         try:
             missed = [v for v in fanout_verdicts(result) if not v.met]
+            target = COFRAME if COFRAME in systems else COFRAME_DURABLE
             if missed and profile_s:
                 n = cfg.readers[-1]
-                log(f"fan-out: {len(missed)} target(s) missed; profiling coframe at N={n}")
-                system = systems[COFRAME]
+                log(f"fan-out: {len(missed)} target(s) missed; profiling {target} at N={n}")
+                system = systems[target]
                 rep.profiles["fanout"] = await profile_while(
-                    f"fanout_n{n}_coframe", cf.pid, _edit_until(system), profile_s
+                    f"fanout_n{n}_coframe", servers[target].pid, _edit_until(system), profile_s
                 )
         finally:
             for s in systems.values():
@@ -163,27 +176,45 @@ def _edit_until(system: System):  # -> Workload
 
 
 async def _sustained(rep: Report, cfg: SustainedConfig, profile_s: int) -> None:
-    p_cf, p_bl = free_ports(2)
-    cf = ServerProcess("coframe", _memory_argv(p_cf, cfg.rows), p_cf)
-    bl = ServerProcess("echo", baseline_argv(p_bl), p_bl)
-    with cf, bl:
-        log(f"sustained: coframe pid {cf.pid} ({cfg.rows:,} rows), baseline pid {bl.pid}")
-        result, swarms = await run_sustained(cf, bl, cfg, log)
+    ports = free_ports(len(cfg.modes) + 1)
+    with contextlib.ExitStack() as stack:
+        coframes = {
+            mode: stack.enter_context(
+                coframe_running("coframe" if mode == MEMORY else f"coframe-{mode}", port, cfg.rows, mode)
+            )
+            for mode, port in zip(cfg.modes, ports, strict=False)
+        }
+        bl = stack.enter_context(running("echo", baseline_argv(ports[-1]), ports[-1]))
+        log(
+            "sustained: "
+            + ", ".join(f"coframe {m} pid {s.pid}" for m, s in coframes.items())
+            + f" ({cfg.rows:,} rows), baseline pid {bl.pid}"
+        )
+        result, swarms = await run_sustained(coframes, bl, cfg, log)
         rep.sustained = result
         try:
-            swarm = swarms["coframe"]
             for v in sustained_verdicts(result):
-                if v.met or not profile_s:
+                if v.met or not profile_s or ("batched" not in v.what and "single-op" not in v.what):
                     continue
+                durable = "durable" in v.what
+                key = f"coframe-{DURABLE}" if durable else "coframe"
+                if key not in swarms:
+                    continue
+                swarm = swarms[key]
                 batched = "batched" in v.what
-                name = "sustained_batched_coframe" if batched else "sustained_single_op_coframe"
-                log(f"sustained: missed '{v.what}'; profiling coframe")
+                name = (
+                    "sustained_" + ("batched" if batched else "single_op") + ("_durable" if durable else "")
+                )
+                if name in rep.profiles:
+                    continue
+                log(f"sustained: missed '{v.what}'; profiling {key}")
                 swarm.use(cfg.batch_cells if batched else 1)
-                rep.profiles[name] = await profile_while(name, cf.pid, _churn(swarm), profile_s)
+                rep.profiles[name] = await profile_while(name, swarm.server.pid, _churn(swarm), profile_s)
         finally:
             for s in swarms.values():
                 s.close()
-    _check_logs(rep, "sustained", [cf, bl])
+        servers = [*coframes.values(), bl]
+    _check_logs(rep, "sustained", servers)
 
 
 def _churn(swarm: Swarm):  # -> Workload
@@ -327,6 +358,14 @@ async def _views(rep: Report, cfg: ViewsConfig, profile_s: int) -> None:
         raise RuntimeError(f"{len(failures)} views part(s) failed: {'; '.join(failures)}")
 
 
+async def _client(rep: Report, cfg: ClientConfig, profile_s: int) -> None:
+    """The client group: in-process mirror applies, then the ``set_cells`` round trip."""
+    result = await run_client(cfg, log)
+    rep.client = result
+    for n in result.notes:
+        rep.note("client", n)
+
+
 def _view_churn(load: ViewLoad, plain: str):  # -> Workload
     async def work(stop: asyncio.Event) -> None:
         await load.churn(stop, plain)
@@ -349,16 +388,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=None, help="override the number of runs per figure")
     parser.add_argument("--no-pycrdt", action="store_true", help="skip the pycrdt-websocket baseline")
     parser.add_argument("--no-pg", action="store_true", help="skip the PostgreSQL row of the storage group")
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="coframe modes of the fan-out and sustained groups: memory, durable or both (default"
+        " memory,durable; the latency targets need memory)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "RESULTS.md")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
 
     fan_cfg, sus_cfg, sto_cfg, profile_s = _configs(args.quick)
     view_cfg = _views_config(args.quick)
+    cli_cfg = _client_config(args.quick)
+    modes = tuple(m for m in MODES if m in {x.strip() for x in args.modes.split(",")})
+    if not modes:
+        parser.error(f"--modes: expected a comma-separated subset of {', '.join(MODES)}")
+    fan_cfg, sus_cfg = replace(fan_cfg, modes=modes), replace(sus_cfg, modes=modes)
     if args.runs is not None:
         fan_cfg, sus_cfg = replace(fan_cfg, runs=args.runs), replace(sus_cfg, runs=args.runs)
         sto_cfg = replace(sto_cfg, runs=args.runs)
         view_cfg = replace(view_cfg, runs=args.runs, mem_runs=args.runs)
+        cli_cfg = replace(cli_cfg, runs=args.runs)
     if args.no_profile:
         profile_s = 0
     if args.no_pycrdt:
@@ -379,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         ("sustained", _sustained, sus_cfg),
         ("storage", _storage, sto_cfg),
         ("views", _views, view_cfg),
+        ("client", _client, cli_cfg),
     ]
     for name, fn, cfg in steps:
         if name not in only:

@@ -17,6 +17,12 @@ Each run warms up, then counts acks over a fixed window, then stops sending
 and drains the window (bounded). Bots read and msgpack-decode every frame,
 deltas included, as a real client must (else the server would resync them).
 
+Both workloads run against coframe with ``--memory`` and in the default
+durable mode (a temporary data directory, SQLite catalog: a tick's batches
+are acked once their WAL entries are fsynced), interleaved with the echo
+baseline run by run. The echo targets hold in both modes, and the durable
+figures are also compared with the ``--memory`` ones of the same run.
+
 Baselines, in the same run:
 
 * the raw ``websockets`` echo server (:mod:`bench.baseline_server`,
@@ -41,9 +47,17 @@ import msgpack
 import numpy as np
 import polars as pl
 
-from .common import ServerProcess, Stats, connect_peer
+from .common import MEMORY, MODES, ServerProcess, Stats, connect_peer
 
-__all__ = ["SustainedConfig", "Workload", "SustainedResult", "Swarm", "run_sustained", "scatter_baseline"]
+__all__ = [
+    "SustainedConfig",
+    "Workload",
+    "SustainedResult",
+    "Swarm",
+    "run_sustained",
+    "scatter_baseline",
+    "workload_name",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +72,7 @@ class SustainedConfig:
     scatter_cells: int = 1_000  # cells per scatter in the Polars baseline
     scatter_reps: int = 200
     disjoint_case: bool = True  # also run batched with disjoint rids (no concurrent overwrites)
+    modes: tuple[str, ...] = MODES  # coframe with ``--memory`` and in the default durable mode
 
 
 @dataclass(slots=True)
@@ -278,32 +293,51 @@ def scatter_baseline(cfg: SustainedConfig, out: Stats, seed: int = 5) -> None:
     out.add(float(np.median(times)) * 1e6 / cfg.scatter_cells)
 
 
+def workload_name(mode: str, what: str) -> str:
+    """``coframe batched`` (``--memory``) or ``coframe batched (durable)``."""
+    return f"coframe {what}" if mode == MEMORY else f"coframe {what} ({mode})"
+
+
 async def run_sustained(
-    coframe: ServerProcess,
+    coframes: dict[str, ServerProcess],
     baseline: ServerProcess,
     cfg: SustainedConfig,
     log: Callable[[str], None] = print,
 ) -> tuple[SustainedResult, dict[str, Swarm]]:
-    """Run benchmark 2; returns the result and the open swarms (the caller closes them)."""
+    """Run benchmark 2; returns the result and the open swarms (the caller closes them).
+
+    ``coframes`` maps a mode (:data:`bench.common.MEMORY`, :data:`bench.common.DURABLE`)
+    to its server; each mode gets the batched and single-op workloads, and the
+    echo baseline runs beside them in every run. The swarms are keyed
+    ``coframe`` (``--memory``), ``coframe-durable`` and ``echo``.
+    """
     result = SustainedResult(cfg)
-    cf = Swarm(coframe, "/ws/sales", cfg, coframe=True)
+    swarms: dict[str, Swarm] = {}
+    for mode, srv in coframes.items():
+        sw = Swarm(srv, "/ws/sales", cfg, coframe=True)
+        await sw.open(since=0)
+        swarms["coframe" if mode == MEMORY else f"coframe-{mode}"] = sw
     echo = Swarm(baseline, "/ws/echo", cfg, coframe=False)
-    await cf.open(since=0)
     await echo.open()
-    # (name, swarm, cells per message, disjoint rids); pairs alternate coframe/echo.
-    pairs = [
-        [("coframe batched", cf, cfg.batch_cells, False), ("echo batched", echo, cfg.batch_cells, False)],
-        [("coframe single-op", cf, 1, False), ("echo single-op", echo, 1, False)],
-    ]
-    if cfg.disjoint_case:
-        pairs.append([("coframe batched, disjoint rids", cf, cfg.batch_cells, True)])
+    swarms["echo"] = echo
+    # (name, swarm, cells per message, disjoint rids); each group rotates its order every run.
+    batched: list[tuple[str, Swarm, int, bool]] = [("echo batched", echo, cfg.batch_cells, False)]
+    single: list[tuple[str, Swarm, int, bool]] = [("echo single-op", echo, 1, False)]
+    for mode in coframes:
+        sw = swarms["coframe" if mode == MEMORY else f"coframe-{mode}"]
+        batched.insert(0, (workload_name(mode, "batched"), sw, cfg.batch_cells, False))
+        single.insert(0, (workload_name(mode, "single-op"), sw, 1, False))
+    pairs = [batched, single]
+    if cfg.disjoint_case and MEMORY in coframes:
+        pairs.append([("coframe batched, disjoint rids", swarms["coframe"], cfg.batch_cells, True)])
     for pair in pairs:
         for name, *_ in pair:
             result.workloads[name] = Workload()
     for run in range(cfg.runs):
-        # Swap the coframe/echo order on every other run to spread machine noise.
+        # Rotate the order every run to spread machine noise over the systems.
         for pair in pairs:
-            for name, swarm, cells, disjoint in pair if run % 2 == 0 else reversed(pair):
+            k = run % len(pair)
+            for name, swarm, cells, disjoint in pair[k:] + pair[:k]:
                 swarm.use(cells, disjoint=disjoint, seed=run)
                 await swarm.run(result.workloads[name])
         scatter_baseline(cfg, result.scatter_us_per_cell, seed=run)
@@ -316,4 +350,4 @@ async def run_sustained(
             )
             + f"; scatter {result.scatter_us_per_cell.runs[-1]:.3f} µs/cell"
         )
-    return result, {"coframe": cf, "echo": echo}
+    return result, swarms
