@@ -118,7 +118,7 @@ class Registry:
             dataset, branch, core.state, core.seq, config=self.config, on_empty=self._schedule_unload,
             durable=handle, core=core, views=self.views,
         )  # fmt: skip
-        room.uncommitted = replayed
+        room.durability.uncommitted = replayed
         log.info(
             "recovered %s/%s: commit %s (seq %d) + %d WAL entries",
             dataset, branch, handle.head.id[:12], handle.head.seq, replayed,

@@ -157,14 +157,6 @@ class Room:
     def broken(self) -> str | None:
         return self.durability.broken
 
-    @property
-    def uncommitted(self) -> int:
-        return self.durability.uncommitted
-
-    @uncommitted.setter
-    def uncommitted(self, n: int) -> None:
-        self.durability.uncommitted = n
-
     # ------------------------------------------------------------ joining
 
     def join(self, hello: Hello, transport: Transport, *, binary: bool) -> Session:
