@@ -27,6 +27,7 @@ __all__ = [
     "plan_set",
     "apply_set_plans",
     "read_cells",
+    "prior_values",
     "apply_set",
     "apply_fill_null",
 ]
@@ -163,6 +164,40 @@ def apply_set_plans(state: State, plans: Sequence[SetPlan]) -> State:
         s.scatter(pos, vals)
         written.append(s)
     return State(state.frame.with_columns(written), state.catalog, state.next_rid)
+
+
+def prior_values(state: State, plans: Sequence[SetPlan]) -> list[pl.Series]:
+    """The value each cell of each plan held just before that plan, per plan, in order.
+
+    That is the frame's value, unless an earlier plan in ``plans`` wrote the
+    same cell: then that write's value. So writing these back plan by plan, in
+    reverse order, undoes ``apply_set_plans(state, plans)``. Whole columns:
+    one gather per touched column, no Python work per cell.
+    """
+    out: list[pl.Series | None] = [None] * len(plans)
+    by_col: dict[int, list[int]] = {}
+    for i, p in enumerate(plans):
+        by_col.setdefault(p.col.id, []).append(i)
+    for idxs in by_col.values():
+        ps = [plans[i] for i in idxs]
+        pos = np.concatenate([p.positions for p in ps]) if len(ps) > 1 else ps[0].positions
+        s = state.frame.get_column(ps[0].col.name)
+        old = gather(s, pos)
+        if len(ps) > 1 and len(pos) > 1:
+            # An earlier write of the same cell in this run: its value, not the frame's.
+            order = np.argsort(pos, kind="stable")
+            same = pos[order[1:]] == pos[order[:-1]]
+            if same.any():
+                vals = pl.concat([p.values for p in ps])
+                later, earlier = order[1:][same], order[:-1][same]
+                old = old.clone()
+                old.scatter(later, gather(vals, earlier))
+        off = 0
+        for i, p in zip(idxs, ps, strict=True):
+            n = len(p.positions)
+            out[i] = old.slice(off, n)
+            off += n
+    return out  # type: ignore[return-value]
 
 
 SMALL_GATHER = 128

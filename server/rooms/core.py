@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 
 from protocol import (
     Ack,
@@ -38,8 +40,9 @@ from protocol import (
     SetCells,
 )
 
-from ..ops import apply, apply_set_plans, plan_set, read_cells, to_scalars
-from ..ops.state import Catalog, Effect, OpError, State
+from ..ops import SetPlan, apply, apply_set_plans, plan_set, prior_values, read_cells, to_scalars
+from ..ops.cells import gather
+from ..ops.state import Catalog, Column, Effect, OpError, State
 from .clock import CellClock, ColumnFate
 from .deltas import DeltaBuilder
 
@@ -104,7 +107,7 @@ def run_general(
     for i, op in enumerate(ops):
         try:
             if isinstance(op, SetCells):
-                overwritten += _conflicts(state, clock, client, base_seq, op, None)
+                overwritten += _conflicts(state, clock, client, base_seq, op)
             a = apply(state, op)
         except OpError as e:
             e.details.setdefault("op_index", i)
@@ -119,35 +122,45 @@ def run_general(
     return GeneralResult(state, inverse, effects, overwritten, rids, tuple(applied))
 
 
-def _conflicts(
-    state: State,
+def _conflicts(state: State, clock: CellClock, client: str, base_seq: int, op: SetCells) -> list[Overwrite]:
+    """The concurrent overwrites of ``op`` against the frame (the general path: no overlay)."""
+    col = state.catalog.resolve(op.col)
+    rids = np.asarray(op.rows, dtype=np.uint64)
+    found = clock.concurrent_at(col.id, rids, base_seq, client)
+    if not len(found[0]):
+        return []
+    pos = np.searchsorted(state.rids(), rids[found[0]])
+    return _overwrites(clock, col, base_seq, op, rids, found, lambda: read_cells(state, col, pos))
+
+
+def _overwrites(
     clock: CellClock,
-    client: str,
+    col: Column,
     base_seq: int,
     op: SetCells,
-    pending: dict[tuple[int, int], Any] | None,
+    rids: np.ndarray,
+    found: tuple[np.ndarray, np.ndarray, np.ndarray],
+    values: Callable[[], list[Any]],
 ) -> list[Overwrite]:
-    col = state.catalog.resolve(op.col)
-    found = clock.concurrent(col.id, op.rows, base_seq, client)
-    if not found:
-        return []
+    """``found`` (from :meth:`CellClock.concurrent_at`) as overwrite reports with the cells' ``values``.
+
+    Raises:
+        OpError: ``conflict`` for a compare-and-set ``op``, naming the first writes.
+    """
+    idx, seqs, wids = found
+    name = clock.writers.name
+    cells = [
+        (r, name(w), s) for r, w, s in zip(rids[idx].tolist(), wids.tolist(), seqs.tolist(), strict=True)
+    ]
     if op.if_unchanged:
-        rid, w = found[0]
+        rid, by, seq = cells[0]
         raise OpError(
             ErrorCode.CONFLICT,
-            f"cell (row {rid}, column '{col.name}') was changed by {w.client} at seq {w.seq},"
+            f"cell (row {rid}, column '{col.name}') was changed by {by} at seq {seq},"
             f" after your base_seq {base_seq}; re-read it and retry",
-            cells=[{"rid": r, "column": col.name, "by": x.client, "seq": x.seq} for r, x in found[:5]],
+            cells=[{"rid": r, "column": col.name, "by": b, "seq": q} for r, b, q in cells[:5]],
         )
-    rids = np.asarray([r for r, _ in found], dtype=np.uint64)
-    pos = np.searchsorted(state.rids(), rids)
-    values = read_cells(state, col, pos)
-    out = []
-    for (rid, w), v in zip(found, values, strict=True):
-        if pending is not None and (col.id, rid) in pending:
-            v = pending[(col.id, rid)]
-        out.append(Overwrite(rid, col.name, v, w.client, w.seq))
-    return out
+    return [Overwrite(r, col.name, v, b, q) for (r, b, q), v in zip(cells, values(), strict=True)]
 
 
 def describe_error(e: OpError, clock: CellClock, seq: int) -> Error:
@@ -219,10 +232,54 @@ class _Replies:
             seen.popitem(last=False)
 
 
+_MISSING = object()
+
+
+def _written(plans: Sequence[SetPlan], col_id: int, rid: int) -> Any:
+    """The value the last of ``plans`` that wrote cell (``rid``, ``col_id``) wrote, or ``_MISSING``."""
+    for p in reversed(plans):
+        if p.col.id == col_id:
+            hit = np.flatnonzero(p.rids == rid)
+            if len(hit):
+                return to_scalars(gather(p.values, hit[-1:]))[0]
+    return _MISSING
+
+
 @dataclass(slots=True)
 class _Stacks:
-    undo: list[tuple[Op, ...]] = field(default_factory=list)
-    redo: list[tuple[Op, ...]] = field(default_factory=list)
+    """A client's undo and redo entries (a set-only batch's entry is a :class:`_Lazy`)."""
+
+    undo: list[Any] = field(default_factory=list)
+    redo: list[Any] = field(default_factory=list)
+
+
+class _Lazy:
+    """The undo entry of a set-only batch: its prior values are read at the next flush.
+
+    Reading them per batch would cost a gather per message; at the flush they
+    come from one gather per column for the whole tick (:func:`prior_values`).
+    """
+
+    __slots__ = ("plans", "prior")
+
+    def __init__(self, plans: tuple[SetPlan, ...]) -> None:
+        self.plans = plans
+        self.prior: list[pl.Series] | None = None
+
+    def ops(self) -> tuple[Op, ...]:
+        """The inverse batch: each set written back with its prior values, last op first."""
+        assert self.prior is not None, "an undo entry read before the overlay was flushed"
+        return tuple(
+            SetCells(tuple(p.rids.tolist()), p.col.id, tuple(to_scalars(old)))
+            for p, old in zip(reversed(self.plans), reversed(self.prior), strict=True)
+        )
+
+
+_Entry = tuple[Op, ...] | _Lazy
+
+
+def _ops(entry: _Entry) -> tuple[Op, ...]:
+    return entry.ops() if isinstance(entry, _Lazy) else entry
 
 
 class RoomCore:
@@ -235,9 +292,12 @@ class RoomCore:
         self.replies = _Replies()
         self.undo_depth = undo_depth
         self._stacks: dict[str, _Stacks] = {}
-        # Pending set plans (flushed as one scatter per column) and their values.
-        self._plans: list[Any] = []
-        self._pending: dict[tuple[int, int], Any] = {}
+        # The overlay: set plans parked since the last flush (one scatter per
+        # column at the flush), the undo entries waiting for their prior
+        # values, and each parked batch's plans by seq (for overwrite reports).
+        self._plans: list[SetPlan] = []
+        self._lazy: list[_Lazy] = []
+        self._parked: dict[int, tuple[SetPlan, ...]] = {}
         # The ops of the last applied batch, column ids resolved (for the WAL).
         self.last_applied: tuple[Op, ...] = ()
         # Rid ranges touched since the last commit; None = every range.
@@ -248,9 +308,16 @@ class RoomCore:
     def flush(self) -> None:
         """Write parked set plans into the frame: one scatter per column."""
         if self._plans:
+            prior = prior_values(self.state, self._plans)
+            at = 0
+            for lazy in self._lazy:
+                n = len(lazy.plans)
+                lazy.prior = prior[at : at + n]
+                at += n
             self.state = apply_set_plans(self.state, self._plans)
             self._plans = []
-            self._pending = {}
+            self._lazy = []
+            self._parked = {}
 
     def stacks(self, client: str) -> _Stacks:
         return self._stacks.setdefault(client, _Stacks())
@@ -266,45 +333,65 @@ class RoomCore:
             OpError: with ``details['op_index']``; nothing was applied.
         """
         state = self.state
-        local: dict[tuple[int, int], Any] = {}
-        plans = []
-        inverse: list[Op] = []
+        plans: list[SetPlan] = []
         applied: list[Op] = []
         overwritten: list[Overwrite] = []
         for i, op in enumerate(ops):
             try:
                 plan = plan_set(state, op)
-                merged = {**self._pending, **local} if local else self._pending
-                overwritten += _conflicts(state, self.clock, client, base_seq, op, merged)
+                found = self.clock.concurrent_at(plan.col.id, plan.rids, base_seq, client)
+                if len(found[0]):
+                    overwritten += _overwrites(
+                        self.clock,
+                        plan.col,
+                        base_seq,
+                        op,
+                        plan.rids,
+                        found,
+                        lambda p=plan, f=found: self._current(p, f, plans),  # type: ignore[misc]
+                    )
             except OpError as e:
                 e.details.setdefault("op_index", i)
                 raise
-            cid = plan.col.id
-            old = read_cells(state, plan.col, plan.positions)
-            rids = plan.rids.tolist()
-            for j, rid in enumerate(rids):
-                key = (cid, rid)
-                if key in local:
-                    old[j] = local[key]
-                elif key in self._pending:
-                    old[j] = self._pending[key]
-            inverse.append(SetCells(tuple(rids), cid, tuple(old)))
-            applied.append(SetCells(op.rows, cid, op.values, op.if_unchanged))
-            local.update(zip(((cid, r) for r in rids), to_scalars(plan.values), strict=True))
+            applied.append(SetCells(op.rows, plan.col.id, op.values, op.if_unchanged))
             plans.append(plan)
         seq = self._next_seq()
         self._plans += plans
-        self._pending.update(local)
+        lazy = _Lazy(tuple(plans))
+        self._lazy.append(lazy)
+        self._parked[seq] = lazy.plans
         for plan in plans:
-            self.clock.record(seq, client, plan.col.id, plan.rids.tolist())
+            self.clock.record(seq, client, plan.col.id, plan.rids)
             builder.add_cells(plan.col.id, plan.rids)
             if self.dirty_rids is not None:
                 self.dirty_rids.append(plan.rids)
         self.last_applied = tuple(applied)
-        self._push_undo(client, tuple(reversed(inverse)), "op")
+        self._push_undo(client, lazy, "op")
         ack = Ack(seq, client_seq, (), tuple(overwritten))
         self.replies.put(client, client_seq, ack)
         return ack
+
+    def _current(
+        self, plan: SetPlan, found: tuple[np.ndarray, np.ndarray, np.ndarray], earlier: list[SetPlan]
+    ) -> list[Any]:
+        """The current values of ``plan``'s cells at ``found``: overlay first, then the frame.
+
+        A concurrent cell's value is that of its last write (the clock's seq):
+        a parked batch's plan if it is in the overlay, else the frame's; an
+        earlier op of the same batch that wrote it wins over both.
+        """
+        idx, seqs, _ = found
+        cid = plan.col.id
+        out: list[Any] = []
+        for j, rid, seq in zip(idx.tolist(), plan.rids[idx].tolist(), seqs.tolist(), strict=True):
+            for source in (earlier, self._parked.get(seq, ())):
+                v = _written(source, cid, rid)
+                if v is not _MISSING:
+                    out.append(v)
+                    break
+            else:
+                out.append(read_cells(self.state, plan.col, plan.positions[j : j + 1])[0])
+        return out
 
     # ------------------------------------------------------------ general path
 
@@ -376,14 +463,16 @@ class RoomCore:
         if not stack:
             code = ErrorCode.NOTHING_TO_UNDO if kind == "undo" else ErrorCode.NOTHING_TO_REDO
             raise OpError(code, f"nothing to {kind} for client '{client}'")
-        return stack.pop()
+        if isinstance(stack[-1], _Lazy) and stack[-1].prior is None:
+            self.flush()  # its prior values are read at the flush
+        return _ops(stack.pop())
 
     def restore_undo(self, client: str, kind: str, ops: tuple[Op, ...]) -> None:
         """Put back an undo/redo entry whose application failed."""
         stacks = self.stacks(client)
         (stacks.undo if kind == "undo" else stacks.redo).append(ops)
 
-    def _push_undo(self, client: str, inverse: tuple[Op, ...], kind: str) -> None:
+    def _push_undo(self, client: str, inverse: _Entry, kind: str) -> None:
         stacks = self.stacks(client)
         if kind == "undo":
             stacks.redo.append(inverse)
