@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ops.arrays import unique_sorted
+
 __all__ = ["CellClock", "Write", "ColumnFate", "Writers"]
 
 _NO_RIDS = np.empty(0, dtype=np.int64)
@@ -141,19 +143,21 @@ class CellClock:
         reg = self._cells.get(col_id)
         if reg is None or not len(rids):
             return _NO_RIDS, _NO_RIDS, _NO_RIDS
-        arr = rids.astype(np.int64, copy=False)
-        inside = arr < len(reg.seq)
-        if not inside.all():
-            arr = np.where(inside, arr, 0)
-        w = reg.writer[arr]
-        s = reg.seq[arr]
-        hit = (w != 0) & (w != self.writers.known(client)) & (s > base_seq)
-        if not inside.all():
-            hit &= inside
+        if int(rids.max()) >= len(reg.seq):  # rids never written in this column (yet)
+            inside = np.flatnonzero(rids < len(reg.seq))
+            idx, s, w = self.concurrent_at(col_id, rids[inside], base_seq, client)
+            return inside[idx], s, w
+        s = reg.seq[rids]
+        # seq 0 is "no write": every write has a seq >= 1.
+        hit = s > max(base_seq, 0)
         if not hit.any():
             return _NO_RIDS, _NO_RIDS, _NO_RIDS
         idx = np.flatnonzero(hit)
-        return idx, s[idx], w[idx]
+        w = reg.writer[rids[idx]]
+        mine = w == self.writers.known(client)
+        if mine.any():
+            idx, w = idx[~mine], w[~mine]
+        return idx, s[idx], w
 
     def concurrent(
         self, col_id: int, rids: Iterable[int], base_seq: int, client: str
@@ -192,7 +196,7 @@ class CellClock:
             # Still this write (no later one)? A rid written twice in the range
             # matches only its latest write, so each cell is dropped once.
             gone = rids[(reg.seq[rids] == at) & (reg.writer[rids] != 0)]
-            gone = np.unique(gone)
+            gone = unique_sorted(gone)
             reg.seq[gone] = 0
             reg.writer[gone] = 0
             reg.live -= len(gone)

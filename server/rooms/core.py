@@ -320,7 +320,10 @@ class RoomCore:
             self._parked = {}
 
     def stacks(self, client: str) -> _Stacks:
-        return self._stacks.setdefault(client, _Stacks())
+        stacks = self._stacks.get(client)
+        if stacks is None:
+            stacks = self._stacks[client] = _Stacks()
+        return stacks
 
     # ------------------------------------------------------------ fast path
 
@@ -353,7 +356,8 @@ class RoomCore:
             except OpError as e:
                 e.details.setdefault("op_index", i)
                 raise
-            applied.append(SetCells(op.rows, plan.col.id, op.values, op.if_unchanged))
+            cid = plan.col.id
+            applied.append(op if op.col == cid else SetCells(op.rows, cid, op.values, op.if_unchanged))
             plans.append(plan)
         seq = self._next_seq()
         self._plans += plans
