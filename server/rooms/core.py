@@ -16,13 +16,11 @@ GIL), computed by :func:`run_general`, which never mutates the core.
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from protocol import (
     Ack,
@@ -45,6 +43,8 @@ from ..ops.cells import gather
 from ..ops.state import Catalog, Column, Effect, OpError, State
 from .clock import CellClock, ColumnFate
 from .deltas import DeltaBuilder
+from .replies import Replies
+from .undo import LazyInverse, Stacks, UndoEntry, entry_ops
 
 __all__ = ["RoomCore", "Outcome", "GeneralResult", "run_general", "is_heavy", "describe_error"]
 
@@ -192,46 +192,6 @@ def describe_error(e: OpError, clock: CellClock, seq: int) -> Error:
     return Error(e.code, message, details)
 
 
-class _Replies:
-    """Exactly-once memory: (client, client_seq) → the reply sent the first time."""
-
-    def __init__(self, per_client: int = 8192) -> None:
-        self.per_client = per_client
-        self._by_client: dict[str, OrderedDict[int, Ack | Error]] = {}
-        self._max: dict[str, int] = {}
-
-    def get(self, client: str, client_seq: int) -> Ack | Error | None:
-        seen = self._by_client.get(client)
-        if seen is not None and client_seq in seen:
-            return seen[client_seq]
-        if client_seq <= self._max.get(client, -1):
-            return Error(
-                ErrorCode.DUPLICATE_EXPIRED,
-                f"client_seq {client_seq} was used before and its reply is no longer kept;"
-                " use increasing client_seq values and resend unacked ops promptly",
-                {"client_seq": client_seq},
-            )
-        return None
-
-    def high_water(self) -> dict[str, int]:
-        """Highest client_seq seen per client (stored in each commit's manifest)."""
-        return dict(self._max)
-
-    def seed(self, high_water: dict[str, int]) -> None:
-        """Resends at or below these (from a commit) get ``duplicate_expired``, never re-applied."""
-        for client, cs in high_water.items():
-            if cs > self._max.get(client, -1):
-                self._max[client] = cs
-
-    def put(self, client: str, client_seq: int, reply: Ack | Error) -> None:
-        seen = self._by_client.setdefault(client, OrderedDict())
-        seen[client_seq] = reply
-        if client_seq > self._max.get(client, -1):
-            self._max[client] = client_seq
-        while len(seen) > self.per_client:
-            seen.popitem(last=False)
-
-
 _MISSING = object()
 
 
@@ -245,43 +205,6 @@ def _written(plans: Sequence[SetPlan], col_id: int, rid: int) -> Any:
     return _MISSING
 
 
-@dataclass(slots=True)
-class _Stacks:
-    """A client's undo and redo entries (a set-only batch's entry is a :class:`_Lazy`)."""
-
-    undo: list[Any] = field(default_factory=list)
-    redo: list[Any] = field(default_factory=list)
-
-
-class _Lazy:
-    """The undo entry of a set-only batch: its prior values are read at the next flush.
-
-    Reading them per batch would cost a gather per message; at the flush they
-    come from one gather per column for the whole tick (:func:`prior_values`).
-    """
-
-    __slots__ = ("plans", "prior")
-
-    def __init__(self, plans: tuple[SetPlan, ...]) -> None:
-        self.plans = plans
-        self.prior: list[pl.Series] | None = None
-
-    def ops(self) -> tuple[Op, ...]:
-        """The inverse batch: each set written back with its prior values, last op first."""
-        assert self.prior is not None, "an undo entry read before the overlay was flushed"
-        return tuple(
-            SetCells(tuple(p.rids.tolist()), p.col.id, tuple(to_scalars(old)))
-            for p, old in zip(reversed(self.plans), reversed(self.prior), strict=True)
-        )
-
-
-_Entry = tuple[Op, ...] | _Lazy
-
-
-def _ops(entry: _Entry) -> tuple[Op, ...]:
-    return entry.ops() if isinstance(entry, _Lazy) else entry
-
-
 class RoomCore:
     """State, seq and conflict metadata of one room; the only writer of its frame."""
 
@@ -289,14 +212,14 @@ class RoomCore:
         self.state = state
         self.seq = seq
         self.clock = CellClock()
-        self.replies = _Replies()
+        self.replies = Replies()
         self.undo_depth = undo_depth
-        self._stacks: dict[str, _Stacks] = {}
+        self._stacks: dict[str, Stacks] = {}
         # The overlay: set plans parked since the last flush (one scatter per
         # column at the flush), the undo entries waiting for their prior
         # values, and each parked batch's plans by seq (for overwrite reports).
         self._plans: list[SetPlan] = []
-        self._lazy: list[_Lazy] = []
+        self._lazy: list[LazyInverse] = []
         self._parked: dict[int, tuple[SetPlan, ...]] = {}
         # The ops of the last applied batch, column ids resolved (for the WAL).
         self.last_applied: tuple[Op, ...] = ()
@@ -319,10 +242,10 @@ class RoomCore:
             self._lazy = []
             self._parked = {}
 
-    def stacks(self, client: str) -> _Stacks:
+    def stacks(self, client: str) -> Stacks:
         stacks = self._stacks.get(client)
         if stacks is None:
-            stacks = self._stacks[client] = _Stacks()
+            stacks = self._stacks[client] = Stacks()
         return stacks
 
     # ------------------------------------------------------------ fast path
@@ -361,7 +284,7 @@ class RoomCore:
             plans.append(plan)
         seq = self._next_seq()
         self._plans += plans
-        lazy = _Lazy(tuple(plans))
+        lazy = LazyInverse(tuple(plans))
         self._lazy.append(lazy)
         self._parked[seq] = lazy.plans
         for plan in plans:
@@ -467,16 +390,16 @@ class RoomCore:
         if not stack:
             code = ErrorCode.NOTHING_TO_UNDO if kind == "undo" else ErrorCode.NOTHING_TO_REDO
             raise OpError(code, f"nothing to {kind} for client '{client}'")
-        if isinstance(stack[-1], _Lazy) and stack[-1].prior is None:
+        if isinstance(stack[-1], LazyInverse) and stack[-1].prior is None:
             self.flush()  # its prior values are read at the flush
-        return _ops(stack.pop())
+        return entry_ops(stack.pop())
 
     def restore_undo(self, client: str, kind: str, ops: tuple[Op, ...]) -> None:
         """Put back an undo/redo entry whose application failed."""
         stacks = self.stacks(client)
         (stacks.undo if kind == "undo" else stacks.redo).append(ops)
 
-    def _push_undo(self, client: str, inverse: _Entry, kind: str) -> None:
+    def _push_undo(self, client: str, inverse: UndoEntry, kind: str) -> None:
         stacks = self.stacks(client)
         if kind == "undo":
             stacks.redo.append(inverse)
