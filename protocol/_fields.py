@@ -40,6 +40,7 @@ __all__ = [
     "col_ref",
     "table_field",
     "scalar",
+    "scalar_list",
     "plain",
     "MISSING",
 ]
@@ -47,6 +48,9 @@ __all__ = [
 MISSING: Any = object()
 
 _JSON_SCALARS = (type(None), bool, int, float, str)
+# Exact types (no subclasses) that need no check beyond their type, but ints' range.
+_PLAIN_SCALARS = frozenset(_JSON_SCALARS)
+_INT_ONLY = {int}
 
 # Integers must survive both envelopes: msgpack carries -2**63 .. 2**64-1, and
 # seqs, rids and ids are int64 on the server.
@@ -173,6 +177,9 @@ def str_list(v: Any, path: str) -> tuple[str, ...]:
 def int_list(v: Any, path: str) -> tuple[int, ...]:
     if not isinstance(v, (list, tuple)):
         raise _bad(path, f"must be a list of integers, got {type(v).__name__}")
+    # Fast path (a decoded frame): only plain ints, all in range; checked in C, not per element.
+    if not v or (set(map(type, v)) == _INT_ONLY and min(v) >= 0 and max(v) <= INT64_MAX):
+        return tuple(v)
     for i, x in enumerate(v):
         if not _is_int(x) or not 0 <= x <= INT64_MAX:
             raise _bad(f"{path}[{i}]", f"must be a non-negative 64-bit integer, got {x!r}")
@@ -195,6 +202,20 @@ def scalar(v: Any, path: str) -> Any:
     if _is_int(v) and not _WIRE_INT_MIN <= v <= _WIRE_INT_MAX:
         raise _bad(path, f"is an integer out of the 64-bit range, got {v}")
     return v
+
+
+def scalar_list(v: list[Any] | tuple[Any, ...], path: str) -> tuple[Any, ...]:
+    """Each item a :func:`scalar` (paths ``path[i]``), as a tuple."""
+    kinds = set(map(type, v))
+    if kinds <= _PLAIN_SCALARS and (int not in kinds or _ints_fit(v, kinds)):
+        return tuple(v)  # checked in C, not per element (a decoded frame's values)
+    return tuple(scalar(x, f"{path}[{i}]") for i, x in enumerate(v))
+
+
+def _ints_fit(v: list[Any] | tuple[Any, ...], kinds: set[type]) -> bool:
+    if kinds != _INT_ONLY:
+        return False  # mixed with other kinds: checked per element
+    return _WIRE_INT_MIN <= min(v) and max(v) <= _WIRE_INT_MAX
 
 
 def plain(v: Any, path: str) -> Any:

@@ -63,7 +63,7 @@ class SetCells:
                     " send one value per row, or a single scalar",
                     field=f"{path}.values",
                 )
-            values = tuple(f.scalar(v, f"{path}.values[{i}]") for i, v in enumerate(raw))
+            values = f.scalar_list(raw, f"{path}.values")
         else:
             values = (f.scalar(raw, f"{path}.values"),) * len(rows)
         return cls(rows, col, values, f.opt_bool(d, "if_unchanged", f"{path}.if_unchanged"))

@@ -6,7 +6,7 @@ no room. The room's hot path coalesces many small ``set`` ops with
 """
 
 from .apply import apply, apply_all
-from .cells import SetPlan, apply_set_plans, locate, plan_set, read_cells
+from .cells import SetPlan, apply_set_plans, locate, plan_set, prior_values, read_cells
 from .columns import cast_values
 from .dtypes import (
     DTYPE_NAMES,
@@ -35,6 +35,7 @@ __all__ = [
     "plan_set",
     "apply_set_plans",
     "read_cells",
+    "prior_values",
     "locate",
     "cast_values",
     "DTYPE_NAMES",

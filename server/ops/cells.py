@@ -17,6 +17,7 @@ import polars as pl
 
 from protocol import FILL_STRATEGIES, ErrorCode, FillNull, SetCells
 
+from .arrays import last_of_each
 from .coerce import json_values
 from .dtypes import coerce, dtype_family
 from .state import Applied, Column, Effect, OpError, State
@@ -27,6 +28,7 @@ __all__ = [
     "plan_set",
     "apply_set_plans",
     "read_cells",
+    "prior_values",
     "apply_set",
     "apply_fill_null",
 ]
@@ -43,7 +45,38 @@ class SetPlan:
     col: Column
     rids: np.ndarray  # uint64
     positions: np.ndarray  # int64 row positions
-    values: pl.Series  # the column dtype, one per rid
+    data: pl.Series | np.ndarray  # one value per rid: a Series of the column dtype, or float64s
+
+    @property
+    def values(self) -> pl.Series:
+        """The values as a Series of the column dtype (named like the column)."""
+        if isinstance(self.data, np.ndarray):
+            return pl.Series(self.col.name, self.data, dtype=pl.Float64)
+        return self.data
+
+
+def _plain_floats(values: Sequence[Any], dtype_name: str) -> np.ndarray | None:
+    """Values for a Float64 column that are all Python floats, as a float64 array; else None.
+
+    They need no check and no Polars Series per op: the flush builds one
+    Series per column for every parked plan (:func:`apply_set_plans`).
+    """
+    if dtype_name == "Float64" and values and set(map(type, values)) == _FLOAT_ONLY:
+        return np.array(values, dtype=np.float64)
+    return None
+
+
+_FLOAT_ONLY = {float}
+
+
+def _concat_values(plans: Sequence[SetPlan]) -> pl.Series:
+    """The values of ``plans`` (one column) end to end, built once when all are float arrays."""
+    if len(plans) == 1:
+        return plans[0].values
+    if all(isinstance(p.data, np.ndarray) for p in plans):
+        arr = np.concatenate([p.data for p in plans])  # type: ignore[misc]
+        return pl.Series(plans[0].col.name, arr, dtype=pl.Float64)
+    return pl.concat([p.values for p in plans])
 
 
 def _rid_array(rows: Sequence[int]) -> np.ndarray:
@@ -65,7 +98,12 @@ def locate(state: State, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         OpError: ``no_such_row`` listing up to 5 rids that are not in the frame.
     """
     req = _rid_array(rows)
-    rids = np.asarray(state.rids(), dtype=np.uint64)
+    rids = state.rids()
+    base = state.dense_base()
+    if base is not None and len(req):
+        pos = req - base  # a rid below the first wraps around to a huge position
+        if int(pos.max()) < len(rids):
+            return req, pos.astype(np.int64)
     pos = np.searchsorted(rids, req)
     n = len(rids)
     found = pos < n
@@ -100,14 +138,18 @@ def plan_set(state: State, op: SetCells) -> SetPlan:
         )
     rids, pos = locate(state, op.rows)
     if len(rids) > 1:
-        uniq, counts = np.unique(rids, return_counts=True)
-        if len(uniq) != len(rids):
+        ordered = np.sort(rids)
+        if (ordered[1:] == ordered[:-1]).any():
+            uniq, counts = np.unique(rids, return_counts=True)
             dups = [int(r) for r in uniq[counts > 1][:5]]
             raise OpError(
                 ErrorCode.BAD_OP,
                 f"rid {dups[0]} appears more than once in one set; send each row once",
                 rids=dups,
             )
+    fast = _plain_floats(op.values, col.dtype)
+    if fast is not None:
+        return SetPlan(col, rids, pos, fast)
     try:
         values = coerce(op.values, col.dtype, what=f"column '{col.name}'")
     except OpError as e:
@@ -119,15 +161,6 @@ def plan_set(state: State, op: SetCells) -> SetPlan:
             e.args = (e.message,)
         raise
     return SetPlan(col, rids, pos, values.rename(col.name))
-
-
-def _last_wins(pos: np.ndarray) -> np.ndarray:
-    """Indices into ``pos`` keeping only the last write of each position, in order."""
-    rev = pos[::-1]
-    _, first_in_rev = np.unique(rev, return_index=True)
-    keep = len(pos) - 1 - first_in_rev
-    keep.sort()
-    return keep
 
 
 def apply_set_plans(state: State, plans: Sequence[SetPlan]) -> State:
@@ -152,9 +185,9 @@ def apply_set_plans(state: State, plans: Sequence[SetPlan]) -> State:
         if current != col:
             raise ValueError(f"stale set plan: column {col} is now {current}")
         pos = np.concatenate([p.positions for p in ps]) if len(ps) > 1 else ps[0].positions
-        vals = pl.concat([p.values for p in ps]) if len(ps) > 1 else ps[0].values
+        vals = _concat_values(ps)
         if len(ps) > 1:
-            keep = _last_wins(pos)
+            keep = last_of_each(pos)
             if len(keep) != len(pos):
                 pos, vals = pos[keep], vals.gather(keep)
         if int(pos.max()) >= height:
@@ -163,6 +196,40 @@ def apply_set_plans(state: State, plans: Sequence[SetPlan]) -> State:
         s.scatter(pos, vals)
         written.append(s)
     return State(state.frame.with_columns(written), state.catalog, state.next_rid)
+
+
+def prior_values(state: State, plans: Sequence[SetPlan]) -> list[pl.Series]:
+    """The value each cell of each plan held just before that plan, per plan, in order.
+
+    That is the frame's value, unless an earlier plan in ``plans`` wrote the
+    same cell: then that write's value. So writing these back plan by plan, in
+    reverse order, undoes ``apply_set_plans(state, plans)``. Whole columns:
+    one gather per touched column, no Python work per cell.
+    """
+    out: list[pl.Series | None] = [None] * len(plans)
+    by_col: dict[int, list[int]] = {}
+    for i, p in enumerate(plans):
+        by_col.setdefault(p.col.id, []).append(i)
+    for idxs in by_col.values():
+        ps = [plans[i] for i in idxs]
+        pos = np.concatenate([p.positions for p in ps]) if len(ps) > 1 else ps[0].positions
+        s = state.frame.get_column(ps[0].col.name)
+        old = gather(s, pos)
+        if len(ps) > 1 and len(pos) > 1:
+            # An earlier write of the same cell in this run: its value, not the frame's.
+            order = np.argsort(pos, kind="stable")
+            same = pos[order[1:]] == pos[order[:-1]]
+            if same.any():
+                vals = _concat_values(ps)
+                later, earlier = order[1:][same], order[:-1][same]
+                old = old.clone()
+                old.scatter(later, gather(vals, earlier))
+        off = 0
+        for i, p in zip(idxs, ps, strict=True):
+            n = len(p.positions)
+            out[i] = old.slice(off, n)
+            off += n
+    return out  # type: ignore[return-value]
 
 
 SMALL_GATHER = 128

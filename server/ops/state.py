@@ -94,8 +94,19 @@ class State:
         if not self._rid_cache:
             arr = np.asarray(self.frame.get_column(RID).to_numpy(), dtype=np.uint64)
             arr.flags.writeable = False
-            self._rid_cache.append(arr)
+            dense = len(arr) > 0 and int(arr[-1]) - int(arr[0]) == len(arr) - 1
+            self._rid_cache.extend([arr, np.uint64(arr[0]) if dense else None])
         return self._rid_cache[0]
+
+    def dense_base(self) -> np.uint64 | None:
+        """The first rid if the rids are exactly ``first .. first + height - 1`` (no gaps), else None.
+
+        Then a rid's row position is ``rid - first``: no search (the common case,
+        a frame with no deletes yet).
+        """
+        self.rids()
+        base: np.uint64 | None = self._rid_cache[1]
+        return base
 
 
 @dataclass(slots=True)

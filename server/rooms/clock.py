@@ -1,12 +1,18 @@
-"""Per-cell CRDT metadata: a sparse LWW register per cell, plus tombstones.
+"""Per-cell CRDT metadata: a last-writer register per cell, plus tombstones.
 
 PROTOCOL.md §6 "Order and conflicts". Each written cell remembers its last write
-as ``(seq, client)``, but only while that write is newer than the room's
+as ``(seq, writer)``, but only while that write is newer than the room's
 low-water mark (the oldest ``base_seq`` a connected client may still send).
 Older entries are pruned and count as "before the mark": an op whose
 ``base_seq`` is below the mark cannot see a conflict with a pruned write.
-That is the documented trade-off for memory that stays proportional to
-recent writes instead of to the frame (PROTOCOL.md "Conflicts").
+
+The registers are whole numpy arrays per column, indexed by rid: ``seq``
+(int64, 0 = no write remembered) and ``writer`` (int32, 0 = none), where a
+writer id is a small integer mapped to the client id in a side table. So
+recording, checking and pruning a batch of cells is a few vectorised array
+operations, never Python work per cell (issue 9, the tick's hot path). A
+column's arrays exist only while it has remembered writes: a prune that
+leaves a column empty frees them, so an idle room holds none.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CellClock", "Write", "ColumnFate"]
+from ..ops.arrays import unique_sorted
+
+__all__ = ["CellClock", "Write", "ColumnFate", "Writers"]
+
+_NO_RIDS = np.empty(0, dtype=np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,42 +47,129 @@ class ColumnFate:
     client: str
 
 
+class Writers:
+    """The side table of writer ids: a small integer per client (later: per user), from 1."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._names: list[str] = [""]  # id 0 = no writer
+
+    def id(self, client: str) -> int:
+        """The writer id of ``client``, assigned on first use."""
+        wid = self._ids.get(client)
+        if wid is None:
+            wid = self._ids[client] = len(self._names)
+            self._names.append(client)
+        return wid
+
+    def known(self, client: str) -> int:
+        """The writer id of ``client``, or 0 if it never wrote."""
+        return self._ids.get(client, 0)
+
+    def name(self, wid: int) -> str:
+        return self._names[wid]
+
+
+class _Registers:
+    """One column's registers: ``seq`` and ``writer`` per rid, grown on demand."""
+
+    __slots__ = ("seq", "writer", "live")
+
+    def __init__(self, size: int) -> None:
+        self.seq = np.zeros(size, dtype=np.int64)
+        self.writer = np.zeros(size, dtype=np.int32)
+        self.live = 0  # cells with a remembered write
+
+    def reserve(self, top: int) -> None:
+        """Make room for rids below ``top``."""
+        size = len(self.seq)
+        if top <= size:
+            return
+        new = max(top, 2 * size)
+        self.seq = np.concatenate([self.seq, np.zeros(new - size, dtype=np.int64)])
+        self.writer = np.concatenate([self.writer, np.zeros(new - size, dtype=np.int32)])
+
+
+def _as_rids(rids: Iterable[int] | np.ndarray) -> np.ndarray:
+    if isinstance(rids, np.ndarray):
+        return rids.astype(np.int64, copy=False)
+    return np.fromiter((int(r) for r in rids), dtype=np.int64)
+
+
 class CellClock:
-    """Sparse last-write metadata, row tombstones and column history."""
+    """Last-write registers, row tombstones and column history."""
 
     def __init__(self, *, max_row_tombstones: int = 1000, max_column_fates: int = 1000) -> None:
-        self._cells: dict[int, dict[int, Write]] = {}
+        self.writers = Writers()
+        self._cells: dict[int, _Registers] = {}
         # (seq, col_id, rids) in seq order, for pruning below the mark.
-        self._log: deque[tuple[int, int, list[int]]] = deque()
+        self._log: deque[tuple[int, int, np.ndarray]] = deque()
         self._rows: deque[tuple[int, str, np.ndarray]] = deque(maxlen=max_row_tombstones)
         self._columns: deque[ColumnFate] = deque(maxlen=max_column_fates)
         self.mark = 0
 
     # ------------------------------------------------------------ cell writes
 
-    def record(self, seq: int, client: str, col_id: int, rids: Iterable[int]) -> None:
-        rid_list = [int(r) for r in rids]
-        w = Write(seq, client)
-        self._cells.setdefault(col_id, {}).update(dict.fromkeys(rid_list, w))
-        self._log.append((seq, col_id, rid_list))
+    def record(self, seq: int, client: str, col_id: int, rids: Iterable[int] | np.ndarray) -> None:
+        """``client`` wrote these cells (distinct rids) of ``col_id`` at ``seq``."""
+        arr = _as_rids(rids)
+        if not len(arr):
+            self._log.append((seq, col_id, _NO_RIDS))
+            return
+        reg = self._cells.get(col_id)
+        top = int(arr.max()) + 1
+        if reg is None:
+            reg = self._cells[col_id] = _Registers(top)
+        reg.reserve(top)
+        reg.live += len(arr) - int(np.count_nonzero(reg.writer[arr]))
+        reg.seq[arr] = seq
+        reg.writer[arr] = self.writers.id(client)
+        self._log.append((seq, col_id, arr))
 
     def last_write(self, col_id: int, rid: int) -> Write | None:
-        col = self._cells.get(col_id)
-        return None if col is None else col.get(rid)
+        reg = self._cells.get(col_id)
+        if reg is None or not 0 <= rid < len(reg.seq) or not reg.writer[rid]:
+            return None
+        return Write(int(reg.seq[rid]), self.writers.name(int(reg.writer[rid])))
+
+    def concurrent_at(
+        self, col_id: int, rids: np.ndarray, base_seq: int, client: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Writes to these cells by another client after ``base_seq``, vectorised.
+
+        Returns ``(index, seq, writer)``: the indices into ``rids`` (in order)
+        of the concurrent cells, and the seq and writer id of each one's write.
+        """
+        reg = self._cells.get(col_id)
+        if reg is None or not len(rids):
+            return _NO_RIDS, _NO_RIDS, _NO_RIDS
+        if int(rids.max()) >= len(reg.seq):  # rids never written in this column (yet)
+            inside = np.flatnonzero(rids < len(reg.seq))
+            idx, s, w = self.concurrent_at(col_id, rids[inside], base_seq, client)
+            return inside[idx], s, w
+        s = reg.seq[rids]
+        # seq 0 is "no write": every write has a seq >= 1.
+        hit = s > max(base_seq, 0)
+        if not hit.any():
+            return _NO_RIDS, _NO_RIDS, _NO_RIDS
+        idx = np.flatnonzero(hit)
+        w = reg.writer[rids[idx]]
+        mine = w == self.writers.known(client)
+        if mine.any():
+            idx, w = idx[~mine], w[~mine]
+        return idx, s[idx], w
 
     def concurrent(
         self, col_id: int, rids: Iterable[int], base_seq: int, client: str
     ) -> list[tuple[int, Write]]:
-        """Writes to these cells by another client after ``base_seq``."""
-        col = self._cells.get(col_id)
-        if not col:
-            return []
-        out = []
-        for rid in rids:
-            w = col.get(int(rid))
-            if w is not None and w.seq > base_seq and w.client != client:
-                out.append((int(rid), w))
-        return out
+        """Writes to these cells by another client after ``base_seq``, as ``(rid, Write)``."""
+        arr = _as_rids(rids)
+        idx, seqs, wids = self.concurrent_at(col_id, arr, base_seq, client)
+        name = self.writers.name
+        return [
+            (r, Write(s, name(w)))
+            for r, s, w in zip(arr[idx].tolist(), seqs.tolist(), wids.tolist(), strict=True)
+        ]
 
     def forget_column(self, col_id: int) -> None:
         self._cells.pop(col_id, None)
@@ -80,23 +177,36 @@ class CellClock:
     def prune(self, mark: int) -> int:
         """Drop writes at or below ``mark``; return how many cells were dropped."""
         self.mark = max(self.mark, mark)
+        by_col: dict[int, tuple[list[np.ndarray], list[int], list[int]]] = {}
+        log = self._log
+        while log and log[0][0] <= self.mark:
+            seq, col_id, rids = log.popleft()
+            if len(rids):
+                parts, seqs, counts = by_col.setdefault(col_id, ([], [], []))
+                parts.append(rids)
+                seqs.append(seq)
+                counts.append(len(rids))
         dropped = 0
-        while self._log and self._log[0][0] <= self.mark:
-            seq, col_id, rids = self._log.popleft()
-            col = self._cells.get(col_id)
-            if col is None:
+        for col_id, (parts, seqs, counts) in by_col.items():
+            reg = self._cells.get(col_id)
+            if reg is None:
                 continue
-            for rid in rids:
-                w = col.get(rid)
-                if w is not None and w.seq == seq:
-                    del col[rid]
-                    dropped += 1
-            if not col:
+            rids = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            at = np.repeat(np.asarray(seqs, dtype=np.int64), counts)
+            # Still this write (no later one)? A rid written twice in the range
+            # matches only its latest write, so each cell is dropped once.
+            gone = rids[(reg.seq[rids] == at) & (reg.writer[rids] != 0)]
+            gone = unique_sorted(gone)
+            reg.seq[gone] = 0
+            reg.writer[gone] = 0
+            reg.live -= len(gone)
+            dropped += len(gone)
+            if reg.live <= 0:
                 del self._cells[col_id]
         return dropped
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self._cells.values())
+        return sum(reg.live for reg in self._cells.values())
 
     # ------------------------------------------------------------ tombstones
 

@@ -16,8 +16,8 @@ GIL), computed by :func:`run_general`, which never mutates the core.
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,10 +38,13 @@ from protocol import (
     SetCells,
 )
 
-from ..ops import apply, apply_set_plans, plan_set, read_cells, to_scalars
-from ..ops.state import Catalog, Effect, OpError, State
+from ..ops import SetPlan, apply, apply_set_plans, plan_set, prior_values, read_cells, to_scalars
+from ..ops.cells import gather
+from ..ops.state import Catalog, Column, Effect, OpError, State
 from .clock import CellClock, ColumnFate
 from .deltas import DeltaBuilder
+from .replies import Replies
+from .undo import LazyInverse, Stacks, UndoEntry, entry_ops
 
 __all__ = ["RoomCore", "Outcome", "GeneralResult", "run_general", "is_heavy", "describe_error"]
 
@@ -104,7 +107,7 @@ def run_general(
     for i, op in enumerate(ops):
         try:
             if isinstance(op, SetCells):
-                overwritten += _conflicts(state, clock, client, base_seq, op, None)
+                overwritten += _conflicts(state, clock, client, base_seq, op)
             a = apply(state, op)
         except OpError as e:
             e.details.setdefault("op_index", i)
@@ -119,35 +122,45 @@ def run_general(
     return GeneralResult(state, inverse, effects, overwritten, rids, tuple(applied))
 
 
-def _conflicts(
-    state: State,
+def _conflicts(state: State, clock: CellClock, client: str, base_seq: int, op: SetCells) -> list[Overwrite]:
+    """The concurrent overwrites of ``op`` against the frame (the general path: no overlay)."""
+    col = state.catalog.resolve(op.col)
+    rids = np.asarray(op.rows, dtype=np.uint64)
+    found = clock.concurrent_at(col.id, rids, base_seq, client)
+    if not len(found[0]):
+        return []
+    pos = np.searchsorted(state.rids(), rids[found[0]])
+    return _overwrites(clock, col, base_seq, op, rids, found, lambda: read_cells(state, col, pos))
+
+
+def _overwrites(
     clock: CellClock,
-    client: str,
+    col: Column,
     base_seq: int,
     op: SetCells,
-    pending: dict[tuple[int, int], Any] | None,
+    rids: np.ndarray,
+    found: tuple[np.ndarray, np.ndarray, np.ndarray],
+    values: Callable[[], list[Any]],
 ) -> list[Overwrite]:
-    col = state.catalog.resolve(op.col)
-    found = clock.concurrent(col.id, op.rows, base_seq, client)
-    if not found:
-        return []
+    """``found`` (from :meth:`CellClock.concurrent_at`) as overwrite reports with the cells' ``values``.
+
+    Raises:
+        OpError: ``conflict`` for a compare-and-set ``op``, naming the first writes.
+    """
+    idx, seqs, wids = found
+    name = clock.writers.name
+    cells = [
+        (r, name(w), s) for r, w, s in zip(rids[idx].tolist(), wids.tolist(), seqs.tolist(), strict=True)
+    ]
     if op.if_unchanged:
-        rid, w = found[0]
+        rid, by, seq = cells[0]
         raise OpError(
             ErrorCode.CONFLICT,
-            f"cell (row {rid}, column '{col.name}') was changed by {w.client} at seq {w.seq},"
+            f"cell (row {rid}, column '{col.name}') was changed by {by} at seq {seq},"
             f" after your base_seq {base_seq}; re-read it and retry",
-            cells=[{"rid": r, "column": col.name, "by": x.client, "seq": x.seq} for r, x in found[:5]],
+            cells=[{"rid": r, "column": col.name, "by": b, "seq": q} for r, b, q in cells[:5]],
         )
-    rids = np.asarray([r for r, _ in found], dtype=np.uint64)
-    pos = np.searchsorted(state.rids(), rids)
-    values = read_cells(state, col, pos)
-    out = []
-    for (rid, w), v in zip(found, values, strict=True):
-        if pending is not None and (col.id, rid) in pending:
-            v = pending[(col.id, rid)]
-        out.append(Overwrite(rid, col.name, v, w.client, w.seq))
-    return out
+    return [Overwrite(r, col.name, v, b, q) for (r, b, q), v in zip(cells, values(), strict=True)]
 
 
 def describe_error(e: OpError, clock: CellClock, seq: int) -> Error:
@@ -179,50 +192,17 @@ def describe_error(e: OpError, clock: CellClock, seq: int) -> Error:
     return Error(e.code, message, details)
 
 
-class _Replies:
-    """Exactly-once memory: (client, client_seq) → the reply sent the first time."""
-
-    def __init__(self, per_client: int = 8192) -> None:
-        self.per_client = per_client
-        self._by_client: dict[str, OrderedDict[int, Ack | Error]] = {}
-        self._max: dict[str, int] = {}
-
-    def get(self, client: str, client_seq: int) -> Ack | Error | None:
-        seen = self._by_client.get(client)
-        if seen is not None and client_seq in seen:
-            return seen[client_seq]
-        if client_seq <= self._max.get(client, -1):
-            return Error(
-                ErrorCode.DUPLICATE_EXPIRED,
-                f"client_seq {client_seq} was used before and its reply is no longer kept;"
-                " use increasing client_seq values and resend unacked ops promptly",
-                {"client_seq": client_seq},
-            )
-        return None
-
-    def high_water(self) -> dict[str, int]:
-        """Highest client_seq seen per client (stored in each commit's manifest)."""
-        return dict(self._max)
-
-    def seed(self, high_water: dict[str, int]) -> None:
-        """Resends at or below these (from a commit) get ``duplicate_expired``, never re-applied."""
-        for client, cs in high_water.items():
-            if cs > self._max.get(client, -1):
-                self._max[client] = cs
-
-    def put(self, client: str, client_seq: int, reply: Ack | Error) -> None:
-        seen = self._by_client.setdefault(client, OrderedDict())
-        seen[client_seq] = reply
-        if client_seq > self._max.get(client, -1):
-            self._max[client] = client_seq
-        while len(seen) > self.per_client:
-            seen.popitem(last=False)
+_MISSING = object()
 
 
-@dataclass(slots=True)
-class _Stacks:
-    undo: list[tuple[Op, ...]] = field(default_factory=list)
-    redo: list[tuple[Op, ...]] = field(default_factory=list)
+def _written(plans: Sequence[SetPlan], col_id: int, rid: int) -> Any:
+    """The value the last of ``plans`` that wrote cell (``rid``, ``col_id``) wrote, or ``_MISSING``."""
+    for p in reversed(plans):
+        if p.col.id == col_id:
+            hit = np.flatnonzero(p.rids == rid)
+            if len(hit):
+                return to_scalars(gather(p.values, hit[-1:]))[0]
+    return _MISSING
 
 
 class RoomCore:
@@ -232,12 +212,15 @@ class RoomCore:
         self.state = state
         self.seq = seq
         self.clock = CellClock()
-        self.replies = _Replies()
+        self.replies = Replies()
         self.undo_depth = undo_depth
-        self._stacks: dict[str, _Stacks] = {}
-        # Pending set plans (flushed as one scatter per column) and their values.
-        self._plans: list[Any] = []
-        self._pending: dict[tuple[int, int], Any] = {}
+        self._stacks: dict[str, Stacks] = {}
+        # The overlay: set plans parked since the last flush (one scatter per
+        # column at the flush), the undo entries waiting for their prior
+        # values, and each parked batch's plans by seq (for overwrite reports).
+        self._plans: list[SetPlan] = []
+        self._lazy: list[LazyInverse] = []
+        self._parked: dict[int, tuple[SetPlan, ...]] = {}
         # The ops of the last applied batch, column ids resolved (for the WAL).
         self.last_applied: tuple[Op, ...] = ()
         # Rid ranges touched since the last commit; None = every range.
@@ -248,12 +231,22 @@ class RoomCore:
     def flush(self) -> None:
         """Write parked set plans into the frame: one scatter per column."""
         if self._plans:
+            prior = prior_values(self.state, self._plans)
+            at = 0
+            for lazy in self._lazy:
+                n = len(lazy.plans)
+                lazy.prior = prior[at : at + n]
+                at += n
             self.state = apply_set_plans(self.state, self._plans)
             self._plans = []
-            self._pending = {}
+            self._lazy = []
+            self._parked = {}
 
-    def stacks(self, client: str) -> _Stacks:
-        return self._stacks.setdefault(client, _Stacks())
+    def stacks(self, client: str) -> Stacks:
+        stacks = self._stacks.get(client)
+        if stacks is None:
+            stacks = self._stacks[client] = Stacks()
+        return stacks
 
     # ------------------------------------------------------------ fast path
 
@@ -266,45 +259,66 @@ class RoomCore:
             OpError: with ``details['op_index']``; nothing was applied.
         """
         state = self.state
-        local: dict[tuple[int, int], Any] = {}
-        plans = []
-        inverse: list[Op] = []
+        plans: list[SetPlan] = []
         applied: list[Op] = []
         overwritten: list[Overwrite] = []
         for i, op in enumerate(ops):
             try:
                 plan = plan_set(state, op)
-                merged = {**self._pending, **local} if local else self._pending
-                overwritten += _conflicts(state, self.clock, client, base_seq, op, merged)
+                found = self.clock.concurrent_at(plan.col.id, plan.rids, base_seq, client)
+                if len(found[0]):
+                    overwritten += _overwrites(
+                        self.clock,
+                        plan.col,
+                        base_seq,
+                        op,
+                        plan.rids,
+                        found,
+                        lambda p=plan, f=found: self._current(p, f, plans),  # type: ignore[misc]
+                    )
             except OpError as e:
                 e.details.setdefault("op_index", i)
                 raise
             cid = plan.col.id
-            old = read_cells(state, plan.col, plan.positions)
-            rids = plan.rids.tolist()
-            for j, rid in enumerate(rids):
-                key = (cid, rid)
-                if key in local:
-                    old[j] = local[key]
-                elif key in self._pending:
-                    old[j] = self._pending[key]
-            inverse.append(SetCells(tuple(rids), cid, tuple(old)))
-            applied.append(SetCells(op.rows, cid, op.values, op.if_unchanged))
-            local.update(zip(((cid, r) for r in rids), to_scalars(plan.values), strict=True))
+            applied.append(op if op.col == cid else SetCells(op.rows, cid, op.values, op.if_unchanged))
             plans.append(plan)
         seq = self._next_seq()
         self._plans += plans
-        self._pending.update(local)
+        lazy = LazyInverse(tuple(plans))
+        self._lazy.append(lazy)
+        self._parked[seq] = lazy.plans
         for plan in plans:
-            self.clock.record(seq, client, plan.col.id, plan.rids.tolist())
+            self.clock.record(seq, client, plan.col.id, plan.rids)
             builder.add_cells(plan.col.id, plan.rids)
             if self.dirty_rids is not None:
                 self.dirty_rids.append(plan.rids)
         self.last_applied = tuple(applied)
-        self._push_undo(client, tuple(reversed(inverse)), "op")
+        self._push_undo(client, lazy, "op")
         ack = Ack(seq, client_seq, (), tuple(overwritten))
         self.replies.put(client, client_seq, ack)
         return ack
+
+    def _current(
+        self, plan: SetPlan, found: tuple[np.ndarray, np.ndarray, np.ndarray], earlier: list[SetPlan]
+    ) -> list[Any]:
+        """The current values of ``plan``'s cells at ``found``: overlay first, then the frame.
+
+        A concurrent cell's value is that of its last write (the clock's seq):
+        a parked batch's plan if it is in the overlay, else the frame's; an
+        earlier op of the same batch that wrote it wins over both.
+        """
+        idx, seqs, _ = found
+        cid = plan.col.id
+        out: list[Any] = []
+        for j, rid, seq in zip(idx.tolist(), plan.rids[idx].tolist(), seqs.tolist(), strict=True):
+            for source in (earlier, self._parked.get(seq, ())):
+                v = _written(source, cid, rid)
+                if v is not _MISSING:
+                    out.append(v)
+                    break
+            else:
+                out.append(read_cells(self.state, plan.col, plan.positions[j : j + 1])[0])
+        return out
 
     # ------------------------------------------------------------ general path
 
@@ -376,14 +390,16 @@ class RoomCore:
         if not stack:
             code = ErrorCode.NOTHING_TO_UNDO if kind == "undo" else ErrorCode.NOTHING_TO_REDO
             raise OpError(code, f"nothing to {kind} for client '{client}'")
-        return stack.pop()
+        if isinstance(stack[-1], LazyInverse) and stack[-1].prior is None:
+            self.flush()  # its prior values are read at the flush
+        return entry_ops(stack.pop())
 
     def restore_undo(self, client: str, kind: str, ops: tuple[Op, ...]) -> None:
         """Put back an undo/redo entry whose application failed."""
         stacks = self.stacks(client)
         (stacks.undo if kind == "undo" else stacks.redo).append(ops)
 
-    def _push_undo(self, client: str, inverse: tuple[Op, ...], kind: str) -> None:
+    def _push_undo(self, client: str, inverse: UndoEntry, kind: str) -> None:
         stacks = self.stacks(client)
         if kind == "undo":
             stacks.redo.append(inverse)

@@ -17,6 +17,7 @@ import polars as pl
 from protocol import Delta, encode
 from protocol.dtypes import frame_to_arrow
 
+from ..ops.arrays import unique_sorted
 from ..ops.cells import gather
 from ..ops.state import RID, Effect, State
 
@@ -42,7 +43,18 @@ def _member(values: np.ndarray, sorted_rids: np.ndarray) -> np.ndarray:
 def _cat(parts: list[np.ndarray]) -> np.ndarray:
     if not parts:
         return _EMPTY
-    return np.unique(np.concatenate([np.asarray(p, dtype=np.uint64) for p in parts]))
+    return unique_sorted(np.concatenate([np.asarray(p, dtype=np.uint64) for p in parts]))
+
+
+def _positions(state: State, rids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mask, positions)``: which ``rids`` are in ``state`` and the row positions of those."""
+    base = state.dense_base()
+    if base is not None:
+        pos = rids - base  # a rid below the first wraps around to a huge position
+        found = pos < state.frame.height
+        return found, pos[found].astype(np.int64)
+    found = _member(rids, state.rids())
+    return found, np.searchsorted(state.rids(), rids[found]).astype(np.int64)
 
 
 @dataclass(slots=True)
@@ -92,9 +104,8 @@ class DeltaBuilder:
             upserts = after.frame.select([RID, *(c.name for c in cols)])
         elif cols:
             rids = _cat([inserted, *(r for parts in self.cells.values() for r in parts)])
-            rids = rids[_member(rids, after_rids)]  # drop rows deleted later in the tick
-            if len(rids):
-                pos = np.searchsorted(after_rids, rids).astype(np.int64)
+            _, pos = _positions(after, rids)  # without rows deleted later in the tick
+            if len(pos):
                 frame = after.frame
                 upserts = pl.DataFrame(
                     [gather(frame.get_column(n), pos) for n in (RID, *(c.name for c in cols))]
