@@ -6,10 +6,11 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from .core import RoomCore
-from .wal import decode_ack, replay
+from .wal import put_replies, replay
 
 if TYPE_CHECKING:
     from ..storage.service import BranchHandle, Storage
+    from ..storage.types import WalEntry
 
 __all__ = ["recover"]
 
@@ -26,8 +27,11 @@ async def recover(storage: Storage, dataset: str, branch: str) -> tuple[BranchHa
     handle, state, entries, tail = await storage.open_branch(dataset, branch)
     core = RoomCore(state, handle.head.seq)
     core.replies.seed(handle.head.clients)
-    for e in tail:
-        core.replies.put(e.client, e.client_seq, decode_ack(e))
-    replayed = await asyncio.to_thread(replay, core, entries)
-    core.flush()
+    replayed = await asyncio.to_thread(_restore, core, tail, entries)
     return handle, core, replayed
+
+
+def _restore(core: RoomCore, tail: list[WalEntry], entries: list[WalEntry]) -> int:
+    """The tail's replies, then the replay (in a worker thread: both are pure CPU)."""
+    put_replies(core, tail)
+    return replay(core, entries)
