@@ -146,10 +146,12 @@ class EncodedDelta:
         return self._text  # type: ignore[return-value]
 
     def size(self) -> int:
-        """Bytes this entry holds: its Arrow rows, or its encodings once they are bigger."""
+        """Bytes this entry holds: its encodings once made, else an estimate of its Arrow rows."""
+        encoded = len(self._binary or b"") + len(self._text or "")
+        if encoded:
+            return encoded
         upserts = self.delta.upserts
-        rows = 0 if upserts is None else upserts.nbytes
-        return max(rows + 8 * len(self.delta.deleted), len(self._binary or b"") + len(self._text or ""))
+        return (0 if upserts is None else upserts.nbytes) + 8 * len(self.delta.deleted)
 
 
 class DeltaLog:
