@@ -4,8 +4,15 @@ It drives the sans-I/O :class:`protocol.client_conn.ClientConnection` over a
 websockets asyncio socket: it opens sockets (reconnecting with backoff),
 feeds the core every server message, applies the core's events (the mirror,
 delta streams, live views, the futures of waiting calls) and writes the
-frames the core decides to send, in order, under one lock. It owns one task,
-the socket loop, and cancels it on :meth:`RoomLink.close`.
+frames the core decides to send, in order. It owns one task, the socket
+loop, and cancels it on :meth:`RoomLink.close`.
+
+The round trip of a call is on the hot path, so no message waits for a task:
+:class:`_Socket` hands each data message to the link straight from the
+socket's ``data_received`` (websockets' queue and the socket loop's wake-up
+are skipped), and frames are written synchronously to the transport, in the
+order the core gives them, so no lock is needed; a caller waits only when the
+transport's buffer is over its high-water mark (flow control).
 """
 
 from __future__ import annotations
@@ -14,12 +21,15 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
 import websockets
 from websockets.asyncio.client import ClientConnection as Socket
 from websockets.asyncio.client import connect as ws_connect
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 from protocol import (
     CloseCode,
@@ -50,6 +60,46 @@ RESUBSCRIBE = "resubscribe:"  # request id prefix of the subscribes sent again a
 _FATAL_CLOSE = {CloseCode.POLICY, CloseCode.NO_SUCH_DATASET, CloseCode.REPLACED}
 
 
+class _Socket(Socket):
+    """A websockets client connection that hands each data message to ``on_message`` at once.
+
+    Messages are assembled from their frames here, in ``data_received``,
+    instead of being queued for a reader task; control frames (ping, pong,
+    close) are websockets' own. An exception from ``on_message`` is kept in
+    :attr:`failure` and aborts the connection (the socket loop raises it).
+    """
+
+    on_message: Callable[[bytes | str], None] | None = None
+    failure: BaseException | None = None
+    _parts: list[bytes] | None = None
+    _text = False
+
+    def process_event(self, event: Any) -> None:
+        handler = self.on_message
+        if handler is None or not isinstance(event, Frame) or self.failure is not None:
+            super().process_event(event)
+            return
+        op = event.opcode
+        if op is Opcode.TEXT or op is Opcode.BINARY:
+            if not event.fin:
+                self._parts, self._text = [bytes(event.data)], op is Opcode.TEXT
+                return
+            data, text = event.data, op is Opcode.TEXT
+        elif op is Opcode.CONT and self._parts is not None:
+            self._parts.append(bytes(event.data))
+            if not event.fin:
+                return
+            data, text, self._parts = b"".join(self._parts), self._text, None
+        else:
+            super().process_event(event)
+            return
+        try:
+            handler(bytes(data).decode() if text else bytes(data))
+        except BaseException as e:  # surfaced by the socket loop, as when it read the message itself
+            self.failure = e
+            self.transport.abort()
+
+
 class RoomLink:
     """One room's socket, kept open across drops, and the state the socket feeds."""
 
@@ -69,8 +119,7 @@ class RoomLink:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._subscribers: list[DeltaStream] = []
         self._views: dict[str, LiveView] = {}
-        self._ws: Socket | None = None
-        self._send_lock = asyncio.Lock()
+        self._ws: _Socket | None = None
         self._settled = asyncio.Event()  # the first welcome came, or the socket loop ended
         self._welcomed = False
         self._closed = False
@@ -132,17 +181,26 @@ class RoomLink:
         while not self._closed:
             try:
                 async with ws_connect(
-                    self.url, max_size=None, open_timeout=self.open_timeout, compression=None
+                    self.url,
+                    max_size=None,
+                    open_timeout=self.open_timeout,
+                    compression=None,
+                    create_connection=_Socket,
                 ) as ws:
+                    assert isinstance(ws, _Socket)
                     self._ws = ws
+                    ws.on_message = self._on_message
                     self._conn.connect()
-                    await self._flush()
+                    self._write()
                     attempt = 0
-                    async for data in ws:
-                        self._dispatch(decode_server(data))
-                        if self._conn.has_data_to_send():
-                            await self._flush()
-                    code, reason = ws.close_code, ws.close_reason
+                    await ws.wait_closed()
+                    if ws.failure is not None:
+                        raise ws.failure
+                    rcvd = ws.protocol.close_rcvd
+                    if rcvd is None:  # no close frame: as when reading raised ConnectionClosed
+                        code, reason = None, str(ws.close_exc)
+                    else:
+                        code, reason = rcvd.code, rcvd.reason
             except (OSError, websockets.ConnectionClosed, websockets.InvalidHandshake, TimeoutError) as e:
                 if not self._welcomed and attempt >= 2:
                     raise ConnectionError(f"cannot connect to {self.url}: {e}") from e
@@ -161,18 +219,38 @@ class RoomLink:
             # Backoff between reconnect attempts (runtime behaviour, not a test wait).
             await asyncio.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
 
+    def _write(self) -> None:
+        """Write the core's frames to the socket now, in order.
+
+        On a socket that is closing they are dropped: the socket loop sees the
+        close, and batches are resent after the next welcome.
+        """
+        frames = self._conn.data_to_send()
+        ws = self._ws
+        if ws is None or not frames or ws.protocol.state is not State.OPEN:
+            return
+        for frame in frames:
+            if isinstance(frame, str):
+                ws.protocol.send_text(frame.encode())
+            else:
+                ws.protocol.send_binary(frame)
+        try:
+            ws.send_data()
+        except Exception:  # the transport failed: its connection_lost ends the socket loop
+            ws.transport.abort()
+
     async def _flush(self) -> None:
-        """Write the core's frames to the socket, in order (one writer at a time)."""
-        async with self._send_lock:
-            frames = self._conn.data_to_send()
-            ws = self._ws
-            if ws is None:
-                return
-            try:
-                for frame in frames:
-                    await ws.send(frame)
-            except websockets.ConnectionClosed:
-                pass  # the socket loop sees the close; batches are resent after the next welcome
+        """:meth:`_write`, then wait while the transport's buffer is over its high-water mark."""
+        self._write()
+        ws = self._ws
+        if ws is not None and ws.paused:
+            await ws.drain()
+
+    def _on_message(self, data: bytes | str) -> None:
+        """One server message, straight from the socket: decode, take, answer."""
+        self._dispatch(decode_server(data))
+        if self._conn.has_data_to_send():
+            self._write()
 
     def _dispatch(self, msg: Any) -> None:
         """Take one server message: the core turns it into events, applied here."""
