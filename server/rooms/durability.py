@@ -6,29 +6,53 @@ Commits write the frame's dirty chunks and a manifest; autocommit runs after
 ``autocommit_ops`` batches or ``autocommit_seconds`` after the first
 uncommitted one, and when the room unloads.
 
+**Commits never stall the room.** A commit is taken in two steps:
+:meth:`Durability.prepare` captures, synchronously and in tick order, the
+state, seq and dirty rows to write (states are immutable, so the capture is
+free); :meth:`Durability.write` then writes it while the room keeps ticking.
+Writes run one at a time, in the order they were prepared. If one fails, the
+writes after it rewrite every chunk, since their dirty rows were counted from
+a state that never became a commit.
+
 The storage backend sits behind :class:`~server.storage.service.BranchHandle`
 (SQLite, PostgreSQL or in memory); this module never knows which.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from protocol import Commit, Committed, Error, ErrorCode
 
+from ..ops.state import State
 from ..storage.types import WalEntry
 from .core import RoomCore
 
 if TYPE_CHECKING:
     from ..storage.service import BranchHandle
 
-__all__ = ["Durability"]
+__all__ = ["Durability", "Prepared"]
 
 log = logging.getLogger("coframe.room")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What one commit writes, captured in tick order."""
+
+    state: State
+    seq: int
+    dirty: np.ndarray | None  # rids touched since the previous prepare; None: every chunk
+    clients: dict[str, int]  # highest client_seq per client (exactly-once after a restart)
+    appended: int  # batches appended to the WAL when it was captured
 
 
 class Durability:
@@ -53,9 +77,30 @@ class Durability:
         self.handle = handle
         self.autocommit_ops = autocommit_ops
         self.autocommit_seconds = autocommit_seconds
-        self.uncommitted = 0  # batches since the last commit
         self.broken: str | None = None  # set when the WAL failed: the room must reload
+        self._appended = 0  # batches appended to the WAL (or replayed from it) ...
+        self._committed = 0  # ... and how many of them a commit covers
+        self._prepared_seq = -1 if handle is None else handle.head.seq  # the last seq prepared
         self._first_uncommitted: float | None = None
+        self._writing = asyncio.Lock()  # one write at a time, in prepare order
+        self._rewrite_all = False  # a write failed: the next ones rewrite every chunk
+
+    @property
+    def uncommitted(self) -> int:
+        """Batches in the WAL that no commit covers yet."""
+        return self._appended - self._committed
+
+    @uncommitted.setter
+    def uncommitted(self, n: int) -> None:
+        """Seed the count (the registry, after replaying ``n`` WAL entries)."""
+        self._appended = self._committed + n
+        if n and self._first_uncommitted is None:
+            self._first_uncommitted = time.monotonic()
+
+    @property
+    def busy(self) -> bool:
+        """A commit is being written."""
+        return self._writing.locked()
 
     async def append(self, entries: list[WalEntry]) -> bool:
         """Append one tick's WAL entries in one transaction; False (and ``broken`` set) on failure.
@@ -72,66 +117,88 @@ class Durability:
             log.exception("WAL append failed in room %s", self.name)
             self.broken = f"could not make batches durable ({type(e).__name__}); reconnect and resend"
             return False
-        self.uncommitted += len(entries)
+        self._appended += len(entries)
         if self._first_uncommitted is None:
             self._first_uncommitted = time.monotonic()
         return True
 
     def wait(self) -> float | None:
-        """Seconds until the time-based autocommit is due (None: nothing pending)."""
-        if self.handle is None or self._first_uncommitted is None or self.broken:
+        """Seconds until the time-based autocommit is due (None: nothing pending, or a write running)."""
+        if self.handle is None or self._first_uncommitted is None or self.broken or self.busy:
             return None
         return max(0.0, self._first_uncommitted + self.autocommit_seconds - time.monotonic())
 
     @property
     def due(self) -> bool:
-        """Enough batches for an op-count autocommit."""
-        return self.uncommitted >= self.autocommit_ops
+        """Enough batches for an op-count autocommit, and no write running."""
+        return self.uncommitted >= self.autocommit_ops and not self.busy
 
-    async def autocommit(self, core: RoomCore, message: str) -> Committed | None:
-        """Commit if anything is uncommitted; a failure is logged, never raised."""
-        if self.handle is None or not self.uncommitted or self.broken:
-            return None
-        try:
-            return await self.commit(core, "coframe", message)
-        except Exception:  # the batches stay in the WAL; the next commit takes them
-            log.exception("autocommit failed in room %s", self.name)
-            return None
+    def prepare(self, core: RoomCore) -> Prepared | None:
+        """Capture the core's state for a commit (synchronous: call it in tick order).
 
-    async def commit(self, core: RoomCore, author: str, message: str) -> Committed:
-        """Commit the core's current state (from the tick loop, or while it is idle).
-
-        Raises:
-            StorageError: the commit could not be written; the next commit rewrites every chunk.
+        None when nothing changed since the last prepare.
         """
         assert self.handle is not None
         core.flush()
-        if self.handle.head.seq == core.seq:
-            head = self.handle.head
-        else:
-            dirty = core.take_dirty()
-            try:
-                head = await self.handle.commit(
-                    core.state,
-                    core.seq,
-                    dirty,
-                    author=author,
-                    message=message,
-                    clients=core.replies.high_water(),
-                )
-            except BaseException:
-                core.dirty_rids = None  # unknown what was written: rewrite every chunk next time
-                raise
-        self.uncommitted = 0
-        self._first_uncommitted = None
+        if core.seq == self._prepared_seq:
+            return None
+        self._prepared_seq = core.seq
+        return Prepared(core.state, core.seq, core.take_dirty(), core.replies.high_water(), self._appended)
+
+    async def write(self, prepared: Prepared | None, author: str, message: str) -> Committed:
+        """Write a prepared commit (after any written before it) and announce it.
+
+        With nothing new (``prepared`` None), the answer names the head once
+        the writes before it are done.
+
+        Raises:
+            StorageError: the commit could not be written; the next ones rewrite every chunk.
+        """
+        assert self.handle is not None
+        async with self._writing:
+            if prepared is None or prepared.seq <= self.handle.head.seq:
+                head = self.handle.head
+            else:
+                dirty = None if self._rewrite_all else prepared.dirty
+                try:
+                    head = await self.handle.commit(
+                        prepared.state,
+                        prepared.seq,
+                        dirty,
+                        author=author,
+                        message=message,
+                        clients=prepared.clients,
+                    )
+                except BaseException:
+                    self._rewrite_all = True
+                    raise
+                self._rewrite_all = False
+                self._committed = max(self._committed, prepared.appended)
+                self._first_uncommitted = time.monotonic() if self.uncommitted else None
         done = Committed(head.id, head.seq, head.rows, head.message, head.author, head.time, head.parents)
         self._announce(done)
         return done
 
-    async def answer(self, core: RoomCore, client: str, msg: Commit) -> Committed | Error:
+    async def commit(self, core: RoomCore, author: str, message: str) -> Committed:
+        """Prepare and write a commit of the core's current state.
+
+        Raises:
+            StorageError: the commit could not be written.
+        """
+        return await self.write(self.prepare(core), author, message)
+
+    async def autocommit(self, prepared: Prepared | None, message: str) -> Committed | None:
+        """Write an automatic commit; a failure is logged, never raised (the WAL keeps the batches)."""
+        try:
+            return await self.write(prepared, "coframe", message)
+        except Exception:
+            log.exception("autocommit failed in room %s", self.name)
+            return None
+
+    async def answer(self, prepared: Prepared | None, client: str, msg: Commit) -> Committed | Error:
         """The reply to a client's ``commit`` (PROTOCOL.md "commit")."""
         try:
-            done = await self.commit(core, client, msg.message)
+            done = await self.write(prepared, client, msg.message)
         except Exception as e:
             log.exception("commit failed in room %s", self.name)
             return Error(ErrorCode.INTERNAL, f"commit failed ({type(e).__name__}: {e})", re=msg.id)

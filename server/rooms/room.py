@@ -47,6 +47,8 @@ from .queries import answer
 from .session import Session, Transport
 from .tick import Batch, apply_batches
 
+WAKE = Batch("wake", "", None, None)  # queued to make the loop look at its autocommit timer again
+
 if TYPE_CHECKING:
     from ..storage.service import BranchHandle, Storage
 
@@ -131,7 +133,8 @@ class Room:
         # Queries and view requests in flight finish first (a Perspective call
         # in a worker thread cannot be cancelled halfway).
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._autocommit("autocommit (room unload)")
+        if self.durability.handle is not None and self.durability.uncommitted and not self.broken:
+            await self.durability.autocommit(self.durability.prepare(self.core), "autocommit (room unload)")
         await self.views.close()
         for s in list(self.sessions.values()):
             s.abort(code, reason)
@@ -318,7 +321,7 @@ class Room:
                     async with asyncio.timeout(self.durability.wait()):
                         first = await self._queue.get()
                 except TimeoutError:
-                    await self._autocommit("autocommit (time)")
+                    self._autocommit("autocommit (time)")
                     continue
             else:
                 first = self._queue.get_nowait()
@@ -339,7 +342,7 @@ class Room:
     async def _tick(self, items: list[Batch]) -> None:
         core = self.core
         commits = [b for b in items if b.kind == "commit"]
-        batches = [b for b in items if b.kind != "commit"]
+        batches = [b for b in items if b.kind not in ("commit", "wake")]
         done = await apply_batches(core, batches, max_rows=self.config.max_rows_per_op)
         if done.entries and not await self.durability.append(done.entries):
             self._fail(done.replies)
@@ -363,10 +366,10 @@ class Room:
         if self.ticks % self.config.prune_every == 0:
             mark = min((s.base_seq for s in self.sessions.values()), default=core.seq)
             core.clock.prune(mark)
-        for b in commits:
-            self.reply(b.sender, await self.durability.answer(core, b.client, b.msg))
+        for b in commits:  # captured now, in order; written while the room goes on
+            self._spawn(self._answer_commit(b, self.durability.prepare(core)))
         if self.durability.due:
-            await self._autocommit("autocommit (ops)")
+            self._autocommit("autocommit (ops)")
 
     def _fail(self, replies: list[tuple[Session, Any]]) -> None:
         """The WAL failed: nothing is acked; close every session so clients resend to a reloaded room."""
@@ -378,8 +381,19 @@ class Room:
 
     # ------------------------------------------------------------ commits
 
-    async def _autocommit(self, message: str) -> None:
-        await self.durability.autocommit(self.core, message)
+    def _autocommit(self, message: str) -> None:
+        """Capture a commit now and write it in the background (the room never waits for it)."""
+        if self.durability.handle is None or not self.durability.uncommitted or self.durability.busy:
+            return
+        prepared = self.durability.prepare(self.core)
+        self._spawn(self._write_autocommit(prepared, message))
+
+    async def _write_autocommit(self, prepared: Any, message: str) -> None:
+        await self.durability.autocommit(prepared, message)
+        self._queue.put_nowait(WAKE)  # re-arm the time-based autocommit for batches that came meanwhile
+
+    async def _answer_commit(self, b: Batch, prepared: Any) -> None:
+        self.reply(b.sender, await self.durability.answer(prepared, b.client, b.msg))
 
     async def commit_now(self, author: str, message: str) -> Committed:
         """Commit the current state (call from the tick loop, or when it is idle).
