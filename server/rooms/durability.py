@@ -71,9 +71,11 @@ class Durability:
         autocommit_ops: int,
         autocommit_seconds: float,
         announce: Callable[[Committed], None],
+        written: Callable[[], None] = lambda: None,
     ) -> None:
         self.name = name
         self._announce = announce  # broadcast a ``committed`` to the room
+        self._written = written  # called after each write, done or failed
         self.handle = handle
         self.autocommit_ops = autocommit_ops
         self.autocommit_seconds = autocommit_seconds
@@ -154,6 +156,13 @@ class Durability:
         Raises:
             StorageError: the commit could not be written; the next ones rewrite every chunk.
         """
+        assert self.handle is not None
+        try:
+            return await self._write(prepared, author, message)
+        finally:
+            self._written()
+
+    async def _write(self, prepared: Prepared | None, author: str, message: str) -> Committed:
         assert self.handle is not None
         async with self._writing:
             if prepared is None or prepared.seq <= self.handle.head.seq:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from protocol import (
     CloseCode,
     Commit,
-    Committed,
     Error,
     ErrorCode,
     Hello,
@@ -102,6 +101,7 @@ class Room:
             autocommit_ops=self.config.autocommit_ops,
             autocommit_seconds=self.config.autocommit_seconds,
             announce=self._broadcast,
+            written=lambda: self._queue.put_nowait(WAKE),  # the loop re-arms its autocommit timer
         )
         self._tasks: set[asyncio.Task[None]] = set()  # queries and view requests in flight
         self.views: RoomListener = (
@@ -271,7 +271,7 @@ class Room:
             )
         return None
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Awaitable[Any]) -> None:
         task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -386,22 +386,10 @@ class Room:
         if self.durability.handle is None or not self.durability.uncommitted or self.durability.busy:
             return
         prepared = self.durability.prepare(self.core)
-        self._spawn(self._write_autocommit(prepared, message))
-
-    async def _write_autocommit(self, prepared: Any, message: str) -> None:
-        await self.durability.autocommit(prepared, message)
-        self._queue.put_nowait(WAKE)  # re-arm the time-based autocommit for batches that came meanwhile
+        self._spawn(self.durability.autocommit(prepared, message))
 
     async def _answer_commit(self, b: Batch, prepared: Any) -> None:
         self.reply(b.sender, await self.durability.answer(prepared, b.client, b.msg))
-
-    async def commit_now(self, author: str, message: str) -> Committed:
-        """Commit the current state (call from the tick loop, or when it is idle).
-
-        Raises:
-            StorageError: the commit could not be written.
-        """
-        return await self.durability.commit(self.core, author, message)
 
     # ------------------------------------------------------------ waiting
 
