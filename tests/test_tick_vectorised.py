@@ -310,3 +310,25 @@ def _same(fast: object, slow: object) -> None:
             return ("error", e.message, e.details)
 
     assert run(fast) == run(slow)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_clock_run_leaves_what_one_record_per_write_leaves(seed: int) -> None:
+    """``record_run`` (WAL replay) against ``record`` write by write: same registers, same prunes."""
+    rng = random.Random(seed)
+    one, run = CellClock(), CellClock()
+    seqs, clients, rids = [], [], []
+    for seq in range(1, 400):
+        client = rng.choice(["ann", "bob", "cy"])
+        rows = np.array(sorted(rng.sample(range(60), rng.randint(0, 4))), dtype=np.int64)
+        one.record(seq, client, 3, rows)
+        seqs.append(seq)
+        clients.append(client)
+        rids.append(rows)
+    run.record_run(3, seqs, clients, rids)
+    for rid in range(70):
+        assert one.last_write(3, rid) == run.last_write(3, rid), rid
+    for mark in (50, 200, 399):
+        assert one.prune(mark) == run.prune(mark)
+        for rid in range(70):
+            assert one.last_write(3, rid) == run.last_write(3, rid), (mark, rid)

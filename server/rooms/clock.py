@@ -126,6 +126,37 @@ class CellClock:
         reg.writer[arr] = self.writers.id(client)
         self._log.append((seq, col_id, arr))
 
+    def record_run(self, col_id: int, seqs: list[int], clients: list[str], rids: list[np.ndarray]) -> None:
+        """Many writes to ``col_id`` in seq order, as :meth:`record` one by one would leave them.
+
+        ``seqs[i]``, ``clients[i]`` and ``rids[i]`` (distinct rids) describe one
+        write. The registers are updated with one scatter for the whole run
+        (a rid written several times keeps its last write).
+        """
+        if not seqs:
+            return
+        for seq, arr in zip(seqs, rids, strict=True):
+            self._log.append((seq, col_id, arr))
+        lengths = np.fromiter((len(a) for a in rids), dtype=np.int64, count=len(rids))
+        flat = np.concatenate(rids).astype(np.int64, copy=False) if len(rids) > 1 else rids[0]
+        if not len(flat):
+            return
+        wid = self.writers.id
+        seq_of = np.repeat(np.asarray(seqs, dtype=np.int64), lengths)
+        wids = np.fromiter((wid(c) for c in clients), dtype=np.int32, count=len(clients))
+        wid_of = np.repeat(wids, lengths)
+        # The last write of each rid: unique over the reversed run.
+        uniq, first_in_reversed = np.unique(flat[::-1], return_index=True)
+        last = len(flat) - 1 - first_in_reversed
+        top = int(uniq[-1]) + 1
+        reg = self._cells.get(col_id)
+        if reg is None:
+            reg = self._cells[col_id] = _Registers(top)
+        reg.reserve(top)
+        reg.live += len(uniq) - int(np.count_nonzero(reg.writer[uniq]))
+        reg.seq[uniq] = seq_of[last]
+        reg.writer[uniq] = wid_of[last]
+
     def last_write(self, col_id: int, rid: int) -> Write | None:
         reg = self._cells.get(col_id)
         if reg is None or not 0 <= rid < len(reg.seq) or not reg.writer[rid]:

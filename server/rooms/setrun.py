@@ -186,11 +186,17 @@ class SetRun:
         core.state = new_state
         clock, replies = core.clock, core.replies
         seq = core.seq
+        runs: dict[int, tuple[list[int], list[str], list[np.ndarray]]] = {}
         for entry, sets, ack in zip(self.entries, self.sets, self.acks, strict=True):
             seq += 1
             for cid, rows, _, _ in sets:
-                clock.record(seq, entry.client, cid, rows)
+                seqs, clients, rids = runs.setdefault(cid, ([], [], []))
+                seqs.append(seq)
+                clients.append(entry.client)
+                rids.append(np.asarray(rows, dtype=np.int64))
             replies.put(entry.client, entry.client_seq, ack)
+        for cid, (seqs, clients, rids) in runs.items():  # one scatter per column (same as record())
+            clock.record_run(cid, seqs, clients, rids)
         core.seq = seq
         if core.dirty_rids is not None:
             core.dirty_rids += [p.rids for p in prepared.values()]
