@@ -23,7 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protocol import Error, ErrorCode
+
 from ..ops.arrays import unique_sorted
+from ..ops.state import OpError
 
 __all__ = ["CellClock", "Write", "ColumnFate", "Writers"]
 
@@ -238,6 +241,36 @@ class CellClock:
 
     def __len__(self) -> int:
         return sum(reg.live for reg in self._cells.values())
+
+    # ------------------------------------------------------------ explaining errors
+
+    def explain(self, e: OpError) -> Error:
+        """``e`` as an ``error`` reply that names what happened: the rename, drop or delete behind it."""
+        message = e.message
+        details = dict(e.details)
+        if e.code == ErrorCode.NO_SUCH_COLUMN and "column" in details:
+            fate = self.column_fate(details["column"])
+            if fate is not None:
+                ref = details["column"]
+                what = f"'{ref}'" if isinstance(ref, str) else f"id {ref}"
+                if fate.new_name is not None:
+                    message = (
+                        f"column {what} was renamed to '{fate.new_name}' at seq {fate.seq} by {fate.client};"
+                        f" use its new name or its id {fate.col_id}"
+                    )
+                    details.update(renamed_to=fate.new_name, at_seq=fate.seq, by=fate.client, id=fate.col_id)
+                else:
+                    message = f"column {what} was dropped at seq {fate.seq} by {fate.client}"
+                    details.update(dropped_at_seq=fate.seq, by=fate.client)
+        elif e.code == ErrorCode.NO_SUCH_ROW and details.get("rids"):
+            rid = int(details["rids"][0])
+            fate_row = self.row_fate(rid)
+            if fate_row is not None:
+                message = f"row {rid} was deleted at seq {fate_row[0]} by {fate_row[1]}; it cannot be edited"
+                details.update(deleted_at_seq=fate_row[0], by=fate_row[1])
+        if "op_index" in details:
+            message = f"ops[{details['op_index']}]: {message}"
+        return Error(e.code, message, details)
 
     # ------------------------------------------------------------ tombstones
 

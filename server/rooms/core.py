@@ -27,7 +27,6 @@ from protocol import (
     AddColumn,
     CastColumn,
     Delete,
-    Error,
     ErrorCode,
     FillNull,
     Insert,
@@ -46,7 +45,7 @@ from .deltas import DeltaBuilder
 from .replies import Replies
 from .undo import LazyInverse, Stacks, UndoEntry, entry_ops
 
-__all__ = ["RoomCore", "Outcome", "GeneralResult", "run_general", "is_heavy", "describe_error"]
+__all__ = ["RoomCore", "GeneralResult", "run_general", "is_heavy"]
 
 HEAVY_INSERT_ROWS = 10_000
 
@@ -63,14 +62,6 @@ def is_heavy(ops: tuple[Op, ...]) -> bool:
         if isinstance(op, (Insert, RestoreRows)) and op.rows.num_rows > HEAVY_INSERT_ROWS:
             return True
     return False
-
-
-@dataclass(slots=True)
-class Outcome:
-    """The reply to one message: an ack or an error."""
-
-    reply: Ack | Error
-    applied: bool
 
 
 @dataclass(slots=True)
@@ -161,35 +152,6 @@ def _overwrites(
             cells=[{"rid": r, "column": col.name, "by": b, "seq": q} for r, b, q in cells[:5]],
         )
     return [Overwrite(r, col.name, v, b, q) for (r, b, q), v in zip(cells, values(), strict=True)]
-
-
-def describe_error(e: OpError, clock: CellClock, seq: int) -> Error:
-    """Turn an OpError into an ``error`` reply that names what happened."""
-    message = e.message
-    details = dict(e.details)
-    if e.code == ErrorCode.NO_SUCH_COLUMN and "column" in details:
-        fate = clock.column_fate(details["column"])
-        if fate is not None:
-            ref = details["column"]
-            what = f"'{ref}'" if isinstance(ref, str) else f"id {ref}"
-            if fate.new_name is not None:
-                message = (
-                    f"column {what} was renamed to '{fate.new_name}' at seq {fate.seq} by {fate.client};"
-                    f" use its new name or its id {fate.col_id}"
-                )
-                details.update(renamed_to=fate.new_name, at_seq=fate.seq, by=fate.client, id=fate.col_id)
-            else:
-                message = f"column {what} was dropped at seq {fate.seq} by {fate.client}"
-                details.update(dropped_at_seq=fate.seq, by=fate.client)
-    elif e.code == ErrorCode.NO_SUCH_ROW and details.get("rids"):
-        rid = int(details["rids"][0])
-        fate_row = clock.row_fate(rid)
-        if fate_row is not None:
-            message = f"row {rid} was deleted at seq {fate_row[0]} by {fate_row[1]}; it cannot be edited"
-            details.update(deleted_at_seq=fate_row[0], by=fate_row[1])
-    if "op_index" in details:
-        message = f"ops[{details['op_index']}]: {message}"
-    return Error(e.code, message, details)
 
 
 _MISSING = object()

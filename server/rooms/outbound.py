@@ -167,8 +167,13 @@ class Outbound:
                 s.push(self._welcome(payload, s))
             return
         droppable = payload.droppable if isinstance(payload, Message) else True
+        subs = subscribers if isinstance(subscribers, list) else list(subscribers)
+        if len(subs) == 1:  # a reply: one subscriber, one group (the tick sends one per batch)
+            s = subs[0]
+            s.push(self._encode(payload, s.audience, s.binary), droppable=droppable)
+            return
         groups: dict[tuple[Audience, bool], list[Subscriber]] = {}
-        for s in subscribers:
+        for s in subs:
             groups.setdefault((s.audience, s.binary), []).append(s)
         for (audience, binary), subs in groups.items():
             data = self._encode(payload, audience, binary)

@@ -19,7 +19,7 @@ from protocol import Ack, Error, ErrorCode, SetCells
 
 from ..ops.state import OpError, State
 from ..storage.types import WalEntry
-from .core import RoomCore, describe_error, is_heavy, run_general
+from .core import RoomCore, is_heavy, run_general
 from .deltas import DeltaBuilder
 from .wal import make_entry
 
@@ -82,7 +82,7 @@ async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: 
         else:
             ops = core.pop_undo(client, kind)
     except OpError as e:
-        err = describe_error(e, core.clock, core.seq)
+        err = core.clock.explain(e)
         core.replies.put(client, msg.client_seq, err)
         return err
     try:
@@ -98,7 +98,7 @@ async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: 
     except OpError as e:
         if kind != "op":
             core.restore_undo(client, kind, ops)
-        err = describe_error(e, core.clock, core.seq)
+        err = core.clock.explain(e)
         core.replies.put(client, msg.client_seq, err)
         return err
 
