@@ -42,6 +42,7 @@ def room_config(settings: Settings) -> RoomConfig:
         max_rows_per_op=settings.max_rows_per_op,
         autocommit_ops=settings.autocommit_ops,
         autocommit_seconds=settings.autocommit_seconds,
+        autocommit_share=settings.autocommit_share,
     )
 
 

@@ -36,6 +36,16 @@ def _dataset(value: str) -> tuple[str, str]:
     return name, path
 
 
+def _share(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        share = float("nan")
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share of the time in (0, 1], like 0.1, got {value!r}")
+    return share
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``coframe`` argument parser: ``serve`` and the data commands."""
     from .cli_data import add_data_commands
@@ -76,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.add_argument("--autocommit-ops", type=int, default=10_000)
     serve.add_argument("--autocommit-seconds", type=float, default=60.0)
+    serve.add_argument(
+        "--autocommit-share", type=_share, default=0.1,
+        help="at most this share of the time (0 to 1] goes to writing autocommits: after a commit"
+        " that took t seconds, the next autocommit waits at least t * (1/share - 1) (default 0.1)",
+    )  # fmt: skip
     serve.add_argument(
         "--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES,
         help="largest dataset upload over HTTP, in bytes (default 512 MiB)",
@@ -131,6 +146,7 @@ def _server(args: argparse.Namespace) -> Server:
         catalog=args.catalog,
         autocommit_ops=args.autocommit_ops,
         autocommit_seconds=args.autocommit_seconds,
+        autocommit_share=args.autocommit_share,
         max_upload_bytes=args.max_upload_bytes,
     )
     from .app import create_app, load_file

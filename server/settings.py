@@ -24,6 +24,7 @@ class Settings:
     catalog: str | None = None
     autocommit_ops: int = 10_000
     autocommit_seconds: float = 60.0
+    autocommit_share: float = 0.1  # at most this share of the time goes to writing commits
     # Limits (PROTOCOL.md "Limits").
     max_message_bytes: int = 8 * 1024 * 1024  # soft: bigger → error too_large, socket stays up
     transport_max_bytes: int = 32 * 1024 * 1024  # hard: bigger → close 1009

@@ -117,14 +117,26 @@ class DirectWriter:
             return None
         return cls(proto)
 
-    def __call__(self, data: bytes | str) -> bool:
+    def _transport(self) -> asyncio.Transport | None:
         p = self._proto
         if not p.writable.is_set() or p.close_sent or p.conn.state is not WsState.OPEN:
-            return False
+            return None
         transport = p.transport
-        if transport.is_closing():
+        return None if transport.is_closing() else transport
+
+    def __call__(self, data: bytes | str) -> bool:
+        transport = self._transport()
+        if transport is None:
             return False
         transport.write(frame_of(data))
+        return True
+
+    def many(self, payloads: list[bytes | str]) -> bool:
+        """Write the frames of ``payloads`` with one write (one syscall), or none of them."""
+        transport = self._transport()
+        if transport is None:
+            return False
+        transport.write(b"".join([frame_of(d) for d in payloads]))
         return True
 
 

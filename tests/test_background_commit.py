@@ -126,3 +126,43 @@ async def test_a_failed_write_makes_the_next_commit_rewrite_every_chunk() -> Non
     loaded = await registry.storage.state_of(handle.head)
     assert loaded.frame["qty"].to_list()[1:3] == [7, 8]
     await registry.close()
+
+
+async def test_autocommits_take_at_most_their_share_of_the_time(monkeypatch: Any) -> None:
+    """After a commit that took t seconds, the next autocommit waits t * (1/share - 1)."""
+    from types import SimpleNamespace
+
+    from server.rooms import durability
+
+    clock = [1000.0]
+    monkeypatch.setattr(durability, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    registry, room = await _room(autocommit_ops=2, autocommit_share=0.25)
+    handle = room.durability.handle
+    real = handle.commit
+
+    async def two_seconds(*args: Any, **kwargs: Any) -> Any:
+        clock[0] += 2.0  # the write "takes" 2 s of the room's clock
+        return await real(*args, **kwargs)
+
+    room.durability.handle = _Handle(handle, two_seconds)
+    t = FakeTransport()
+    s = room.join(Hello("c"), t, binary=True)
+    committed = lambda seq: lambda ms: any(m.type == "committed" and m.seq == seq for m in ms)  # noqa: E731
+    async with asyncio.timeout(timeout(10)):
+        for i in (1, 2):
+            room.submit(s, OpBatch(i, 0, (SetCells((i,), "qty", (i,)),), id=i))
+        await _until(t, committed(2))
+        for i in (3, 4):  # due by count, but the last commit took 2 s: wait 2 * (1/0.25 - 1) = 6 s
+            room.submit(s, OpBatch(i, 0, (SetCells((i,), "qty", (i,)),), id=i))
+        await room.wait_seq(4)
+        assert not room.durability.due and room.durability.uncommitted == 2
+        assert room.durability.wait() == 6.0
+        clock[0] += 5.9
+        room.submit(s, OpBatch(5, 0, (SetCells((5,), "qty", (5,)),), id=5))
+        await room.wait_seq(5)
+        assert not room.durability.due and room.durability.handle.head.seq == 2
+        clock[0] += 0.1  # now the share allows it: the next tick commits everything
+        room.submit(s, OpBatch(6, 0, (SetCells((6,), "qty", (6,)),), id=6))
+        await _until(t, committed(6))
+    assert room.durability.uncommitted == 0
+    await registry.close()

@@ -13,9 +13,11 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pytest
 from polars.testing import assert_frame_equal
 
 from client import connect
@@ -222,3 +224,15 @@ async def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     assert await datasets(data, None) == ["ok"]
     assert not (tmp_path / "x.csv").exists() and not (tmp_path / "x.txt").exists()
     assert not leftovers(tmp_path)
+
+
+def test_autocommit_share_must_be_a_share_of_the_time(capsys: Any) -> None:
+    from server.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--autocommit-share", "0.25"]).autocommit_share == 0.25
+    for bad in ("0", "1.5", "-0.1", "nan", "often"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["serve", "--autocommit-share", bad])
+        assert exc.value.code == 2
+        assert "expected a share of the time in (0, 1]" in capsys.readouterr().err

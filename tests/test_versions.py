@@ -146,6 +146,22 @@ async def test_diff_and_log_over_the_protocol(make_server, settings: Settings) -
             assert e.value.code == "not_found"
 
 
+def _committed_spy(room: Any) -> Any:
+    """An event set when ``room`` receives a ``committed`` message."""
+    import asyncio
+
+    got = asyncio.Event()
+    real = room._dispatch
+
+    def spy(msg: Any) -> None:
+        real(msg)
+        if msg.type == "committed":
+            got.set()
+
+    room._dispatch = spy
+    return got
+
+
 async def test_autocommit_by_ops_time_and_unload(make_server, settings: Settings) -> None:  # type: ignore[no-untyped-def]
     import asyncio
     import dataclasses
@@ -154,11 +170,13 @@ async def test_autocommit_by_ops_time_and_unload(make_server, settings: Settings
     async with make_server(quick) as srv:
         storage = srv.registry.storage
         async with connect(srv.url, "sales") as room:
+            committed = _committed_spy(room)
             for i in range(3):
                 await room.set_cells([i], "qty", i)
-            await room.sync()
+            # Autocommits are written in the background: wait for the room's announcement.
+            await asyncio.wait_for(committed.wait(), 30)
             log = await room.log()
-            assert log[0]["message"] == "autocommit (ops)" and log[0]["seq"] == 3
+            assert log[0]["message"] == "autocommit (ops)" and log[0]["seq"] == 3, log
             assert log[0]["author"] == "coframe"
     # By time: the first uncommitted batch starts a short timer.
     timed = dataclasses.replace(settings, autocommit_ops=1_000_000, autocommit_seconds=0.05)

@@ -98,6 +98,13 @@ class State:
             self._rid_cache.extend([arr, np.uint64(arr[0]) if dense else None])
         return self._rid_cache[0]
 
+    def with_frame(self, frame: pl.DataFrame) -> State:
+        """This state with ``frame`` in place of its own: same rows and ``_rid``, other values.
+
+        The rid cache is shared, so the next state need not rebuild it.
+        """
+        return State(frame, self.catalog, self.next_rid, self._rid_cache)
+
     def dense_base(self) -> np.uint64 | None:
         """The first rid if the rids are exactly ``first .. first + height - 1`` (no gaps), else None.
 

@@ -19,4 +19,5 @@ class RoomConfig:
     max_message_bytes: int = 8 * 1024 * 1024
     max_rows_per_op: int = 1_000_000
     autocommit_ops: int = 10_000  # commit after this many batches...
-    autocommit_seconds: float = 60.0  # ...or this long after the first uncommitted one
+    autocommit_seconds: float = 60.0  # ...or this long after the first uncommitted one,
+    autocommit_share: float = 0.1  # ...but commits take at most this share of the time (durability.py)

@@ -37,8 +37,7 @@ from protocol import (
     SetCells,
 )
 
-from ..ops import SetPlan, apply, apply_set_plans, plan_set, prior_values, read_cells, to_scalars
-from ..ops.cells import gather
+from ..ops import SetPlan, apply, apply_set_plans, plan_set, prior_values, read_cells
 from ..ops.state import Catalog, Column, Effect, OpError, State
 from .clock import CellClock, ColumnFate
 from .deltas import DeltaBuilder
@@ -163,7 +162,7 @@ def _written(plans: Sequence[SetPlan], col_id: int, rid: int) -> Any:
         if p.col.id == col_id:
             hit = np.flatnonzero(p.rids == rid)
             if len(hit):
-                return to_scalars(gather(p.values, hit[-1:]))[0]
+                return p.value_at(int(hit[-1]))
     return _MISSING
 
 
@@ -251,7 +250,7 @@ class RoomCore:
         self._parked[seq] = lazy.plans
         for plan in plans:
             self.clock.record(seq, client, plan.col.id, plan.rids)
-            builder.add_cells(plan.col.id, plan.rids)
+            builder.add_plan(plan)
             if self.dirty_rids is not None:
                 self.dirty_rids.append(plan.rids)
         self.last_applied = tuple(applied)
@@ -271,15 +270,18 @@ class RoomCore:
         """
         idx, seqs, _ = found
         cid = plan.col.id
-        out: list[Any] = []
-        for j, rid, seq in zip(idx.tolist(), plan.rids[idx].tolist(), seqs.tolist(), strict=True):
-            for source in (earlier, self._parked.get(seq, ())):
+        out = read_cells(self.state, plan.col, plan.positions[idx])  # the frame's, in one read
+        mine = [p for p in earlier if p.col.id == cid]
+        if not mine and not self._parked:
+            return out
+        for k, (rid, seq) in enumerate(zip(plan.rids[idx].tolist(), seqs.tolist(), strict=True)):
+            for source in (mine, self._parked.get(seq)):
+                if not source:
+                    continue
                 v = _written(source, cid, rid)
                 if v is not _MISSING:
-                    out.append(v)
+                    out[k] = v
                     break
-            else:
-                out.append(read_cells(self.state, plan.col, plan.positions[j : j + 1])[0])
         return out
 
     # ------------------------------------------------------------ general path

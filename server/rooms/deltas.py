@@ -12,13 +12,13 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import polars as pl
+import pyarrow as pa
 
 from protocol import Delta, encode
 from protocol.dtypes import frame_to_arrow
 
 from ..ops.arrays import unique_sorted
-from ..ops.cells import gather
+from ..ops.cells import SetPlan, take_wire, written_wire
 from ..ops.state import RID, Effect, State
 
 # frame_to_arrow is the dtype vocabulary's (protocol.dtypes), re-exported for its callers here.
@@ -66,8 +66,12 @@ class DeltaBuilder:
     inserted: list[np.ndarray] = field(default_factory=list)
     deleted: list[np.ndarray] = field(default_factory=list)
     schema_changed: bool = False
+    # The tick's set plans by column, while every change came from one (then
+    # the delta is read from them, not the frame); None once another op ran.
+    plans: dict[int, list[SetPlan]] | None = field(default_factory=dict)
 
     def add(self, effect: Effect) -> None:
+        self.plans = None
         for col_id, rids in effect.cells.items():
             self.cells.setdefault(col_id, []).append(rids)
         self.full |= effect.full
@@ -78,7 +82,25 @@ class DeltaBuilder:
         self.schema_changed |= effect.schema_changed
 
     def add_cells(self, col_id: int, rids: np.ndarray) -> None:
+        self.plans = None
         self.cells.setdefault(col_id, []).append(rids)
+
+    def add_plan(self, plan: SetPlan) -> None:
+        """A planned ``set`` (the room's fast path)."""
+        self.cells.setdefault(plan.col.id, []).append(plan.rids)
+        if self.plans is not None:
+            self.plans.setdefault(plan.col.id, []).append(plan)
+
+    def _from_plans(self, after: State) -> pa.Table | None:
+        """The upserts of a tick of ``set`` plans to one column, from the plans (None: not that case)."""
+        if self.plans is None or len(self.plans) != 1 or self.full or self.inserted or self.deleted:
+            return None
+        ((col_id, plans),) = self.plans.items()
+        col = plans[0].col
+        if after.catalog.columns[after.catalog.position(col_id)] != col:
+            return None  # the column changed since it was planned
+        rids, values = written_wire(plans)
+        return pa.Table.from_arrays([pa.array(rids), values], [RID, col.name]) if len(rids) else None
 
     def empty(self) -> bool:
         return not (self.cells or self.full or self.inserted or self.deleted or self.schema_changed)
@@ -86,6 +108,10 @@ class DeltaBuilder:
     def build(
         self, before: State, after: State, seq_from: int, seq_to: int, by: tuple[str, ...], meta: bytes | None
     ) -> Delta:
+        if not self.schema_changed and before.catalog is after.catalog:
+            upserts = self._from_plans(after)
+            if upserts is not None:
+                return Delta(seq_from, seq_to, by, upserts, (), None, meta)
         after_rids = after.rids()
         deleted = _cat(self.deleted)
         if len(deleted):
@@ -99,17 +125,18 @@ class DeltaBuilder:
         else:
             touched = (set(self.cells) | full) & ids
             cols = [c for c in after.catalog.columns if c.id in touched]
-        upserts = None
+        upserts: pa.Table | None = None
+        names = [RID, *(c.name for c in cols)]
         if full:
-            upserts = after.frame.select([RID, *(c.name for c in cols)])
+            upserts = frame_to_arrow(after.frame.select(names))
         elif cols:
             rids = _cat([inserted, *(r for parts in self.cells.values() for r in parts)])
-            _, pos = _positions(after, rids)  # without rows deleted later in the tick
+            found, pos = _positions(after, rids)  # without rows deleted later in the tick
             if len(pos):
+                # Arrow takes, not a Polars frame: no query plan per tick (issue 9).
                 frame = after.frame
-                upserts = pl.DataFrame(
-                    [gather(frame.get_column(n), pos) for n in (RID, *(c.name for c in cols))]
-                )
+                columns = [pa.array(rids[found]), *(take_wire(frame.get_column(n), pos) for n in names[1:])]
+                upserts = pa.Table.from_arrays(columns, names)
         schema = None
         if self.schema_changed or before.catalog.columns != after.catalog.columns:
             schema = tuple(after.catalog.to_wire())
@@ -117,7 +144,7 @@ class DeltaBuilder:
             seq_from,
             seq_to,
             by,
-            None if upserts is None or upserts.height == 0 else frame_to_arrow(upserts),
+            None if upserts is None or upserts.num_rows == 0 else upserts,
             tuple(int(r) for r in deleted),
             schema,
             meta,

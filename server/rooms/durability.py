@@ -6,6 +6,15 @@ Commits write the frame's dirty chunks and a manifest; autocommit runs after
 ``autocommit_ops`` batches or ``autocommit_seconds`` after the first
 uncommitted one, and when the room unloads.
 
+**Autocommits take a bounded share of the time.** Under random edits every
+chunk is dirty, so a commit rewrites the whole frame (about 0.3 s for 1M x
+10 here): committing every 10,000 batches of a fast stream spent about 40 %
+of the server's CPU on it (issue 9's profile). After a commit that took
+``t`` seconds, the next autocommit waits at least ``t * (1/share - 1)``
+(``autocommit_share``, 0.1 by default: at most a tenth of the time). The WAL
+keeps every batch meanwhile, and recovery replays over 100,000 entries/s, so
+a longer WAL costs little. Explicit commits and the unload commit never wait.
+
 **Commits never stall the room.** A commit is taken in two steps:
 :meth:`Durability.prepare` captures, synchronously and in tick order, the
 state, seq and dirty rows to write (states are immutable, so the capture is
@@ -70,6 +79,7 @@ class Durability:
         *,
         autocommit_ops: int,
         autocommit_seconds: float,
+        autocommit_share: float = 1.0,
         announce: Callable[[Committed], None],
         written: Callable[[], None] = lambda: None,
     ) -> None:
@@ -79,6 +89,8 @@ class Durability:
         self.handle = handle
         self.autocommit_ops = autocommit_ops
         self.autocommit_seconds = autocommit_seconds
+        self.autocommit_share = autocommit_share
+        self._not_before = 0.0  # monotonic time before which no autocommit starts (the share)
         self.broken: str | None = None  # set when the WAL failed: the room must reload
         self._appended = 0  # batches appended to the WAL (or replayed from it) ...
         self._committed = 0  # ... and how many of them a commit covers
@@ -125,15 +137,26 @@ class Durability:
         return True
 
     def wait(self) -> float | None:
-        """Seconds until the time-based autocommit is due (None: nothing pending, or a write running)."""
+        """Seconds until an autocommit is due (None: nothing pending, or a write running).
+
+        The time-based one, or an op-count one that the share deferred.
+        """
         if self.handle is None or self._first_uncommitted is None or self.broken or self.busy:
             return None
-        return max(0.0, self._first_uncommitted + self.autocommit_seconds - time.monotonic())
+        now = time.monotonic()
+        due_at = self._first_uncommitted + self.autocommit_seconds
+        if self.uncommitted >= self.autocommit_ops and now < self._not_before:
+            due_at = min(due_at, self._not_before)  # an op-count autocommit the share deferred
+        return max(0.0, max(due_at, self._not_before) - now)
 
     @property
     def due(self) -> bool:
-        """Enough batches for an op-count autocommit, and no write running."""
-        return self.uncommitted >= self.autocommit_ops and not self.busy
+        """Enough batches for an op-count autocommit, no write running, and the share allows one."""
+        return (
+            self.uncommitted >= self.autocommit_ops
+            and not self.busy
+            and time.monotonic() >= self._not_before
+        )
 
     def prepare(self, core: RoomCore) -> Prepared | None:
         """Capture the core's state for a commit (synchronous: call it in tick order).
@@ -169,6 +192,7 @@ class Durability:
                 head = self.handle.head
             else:
                 dirty = None if self._rewrite_all else prepared.dirty
+                started = time.monotonic()
                 try:
                     head = await self.handle.commit(
                         prepared.state,
@@ -182,6 +206,8 @@ class Durability:
                     self._rewrite_all = True
                     raise
                 self._rewrite_all = False
+                now = time.monotonic()
+                self._not_before = now + (now - started) * (1 / self.autocommit_share - 1)
                 self._committed = max(self._committed, prepared.appended)
                 self._first_uncommitted = time.monotonic() if self.uncommitted else None
         done = Committed(head.id, head.seq, head.rows, head.message, head.author, head.time, head.parents)

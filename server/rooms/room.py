@@ -100,6 +100,7 @@ class Room:
             durable,
             autocommit_ops=self.config.autocommit_ops,
             autocommit_seconds=self.config.autocommit_seconds,
+            autocommit_share=self.config.autocommit_share,
             announce=self._broadcast,
             written=lambda: self._queue.put_nowait(WAKE),  # the loop re-arms its autocommit timer
         )
@@ -321,7 +322,8 @@ class Room:
                     async with asyncio.timeout(self.durability.wait()):
                         first = await self._queue.get()
                 except TimeoutError:
-                    self._autocommit("autocommit (time)")
+                    ops = self.durability.uncommitted >= self.durability.autocommit_ops
+                    self._autocommit("autocommit (ops)" if ops else "autocommit (time)")
                     continue
             else:
                 first = self._queue.get_nowait()
@@ -354,10 +356,18 @@ class Room:
             built = done.builder.build(done.before, core.state, done.seq_from, core.seq, tuple(done.by), meta)
             delta = EncodedDelta(built)
         self._published = (core.state, core.seq)
-        for session, reply in done.replies:
-            self.reply(session, reply)
+        sessions = list(self.sessions.values())
+        for s in sessions:  # each client's acks and the delta go out in one write
+            s.hold()
+        try:
+            for session, reply in done.replies:
+                self.reply(session, reply)
+            if delta is not None:
+                self.outbound.deliver(DeltaOut(delta, core.state), sessions)
+        finally:
+            for s in sessions:
+                s.release()
         if delta is not None:
-            self.outbound.deliver(DeltaOut(delta, core.state), self.sessions.values())
             self.log.append(delta)
             try:
                 self.views.on_delta(delta.delta)  # the Perspective table, then one update per view

@@ -44,7 +44,9 @@ Payload = bytes | str
 # only when the writer reaches it.
 Item = Payload | Callable[[], Awaitable[Payload]]
 # A transport's synchronous writer: True if it wrote the frame, False if it
-# cannot take it now (buffer over its high-water mark, or closing).
+# cannot take it now (buffer over its high-water mark, or closing). It may
+# also have ``many(payloads) -> bool``, which writes their frames with one
+# write (all or nothing), for a session's held payloads (Session.hold).
 DirectWrite = Callable[[Payload], bool]
 
 
@@ -91,6 +93,7 @@ class Session:
         self.awareness_clock = 0
         self._resync = resync
         self._direct: DirectWrite | None = getattr(transport, "direct", None)
+        self._held: list[tuple[Payload, bool]] | None = None  # direct writes held for one write
         self._sending = False  # the writer task popped an item and has not finished sending it
         self.direct_writes = 0
         self._queue: deque[tuple[Item, bool]] = deque()
@@ -141,15 +144,58 @@ class Session:
             and not self.resync_pending
             and isinstance(data, (bytes, str))
         ):
+            if self._held is not None:
+                self._held.append((data, droppable))
+                return
             try:
                 if direct(data):
                     self.direct_writes += 1
                     return
             except Exception as e:  # the peer went away mid-write; the reader sees it too
-                log.debug("direct write to %s failed: %r", self.client, e)
-                self._closed = True
-                self._wake.set()
+                self._direct_failed(e)
                 return
+        self._enqueue(data, droppable)
+
+    def hold(self) -> None:
+        """Hold direct writes until :meth:`release`, which writes them with one write.
+
+        The room holds every session around a tick's replies and delta, so a
+        client gets its acks and the delta in one write (one syscall), not
+        one each. Call both in one synchronous stretch: nothing else may
+        write to the session in between.
+        """
+        if self._direct is not None and self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        """Write what :meth:`hold` kept: directly if the transport takes it, else queued in order."""
+        items, self._held = self._held, None
+        if not items or self._direct is None:
+            return
+        direct = self._direct
+        many = getattr(direct, "many", None)
+        try:
+            if many is not None and len(items) > 1:
+                done = len(items) if many([d for d, _ in items]) else 0
+            else:
+                done = 0
+                for d, _ in items:
+                    if not direct(d):
+                        break
+                    done += 1
+        except Exception as e:  # the peer went away mid-write; the reader sees it too
+            self._direct_failed(e)
+            return
+        self.direct_writes += done
+        for d, droppable in items[done:]:
+            self._enqueue(d, droppable)
+
+    def _direct_failed(self, e: Exception) -> None:
+        log.debug("direct write to %s failed: %r", self.client, e)
+        self._closed = True
+        self._wake.set()
+
+    def _enqueue(self, data: Item, droppable: bool) -> None:
         if droppable and self.resync_pending:
             self.dropped += 1
             self._check_stall()

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
+import pyarrow as pa
 
 from protocol import Op, SetCells
 
-from ..ops import SetPlan, to_scalars
+from ..ops import SetPlan
+from ..ops.cells import arrow_scalars
 
 __all__ = ["Stacks", "LazyInverse", "UndoEntry", "entry_ops"]
 
@@ -38,13 +39,13 @@ class LazyInverse:
 
     def __init__(self, plans: tuple[SetPlan, ...]) -> None:
         self.plans = plans
-        self.prior: list[pl.Series] | None = None
+        self.prior: list[pa.Array] | None = None
 
     def ops(self) -> tuple[Op, ...]:
         """The inverse batch: each set written back with its prior values, last op first."""
         assert self.prior is not None, "an undo entry read before the overlay was flushed"
         return tuple(
-            SetCells(tuple(p.rids.tolist()), p.col.id, tuple(to_scalars(old)))
+            SetCells(tuple(p.rids.tolist()), p.col.id, tuple(arrow_scalars(old)))
             for p, old in zip(reversed(self.plans), reversed(self.prior), strict=True)
         )
 
