@@ -114,7 +114,9 @@ class RoomLink:
         self.reconnects = 0
         self.last_commit: Committed | None = None  # the latest ``committed`` seen
         # client_seq grows across process restarts too (exactly-once per client id).
-        self._conn = ClientConnection(client_id, first_id=time.time_ns() // 1000, codecs=("zstd", "lz4"))
+        # Big snapshots as Parquet: a quarter of the bytes, read by Polars directly (PROTOCOL.md §1).
+        codecs = ("parquet", "zstd", "lz4")
+        self._conn = ClientConnection(client_id, first_id=time.time_ns() // 1000, codecs=codecs)
         self._futures: dict[int | str, asyncio.Future[Any]] = {}  # by request id (a batch's: its client_seq)
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._subscribers: list[DeltaStream] = []

@@ -66,7 +66,8 @@ class Mirror:
         if w.snapshot is not None:
             self.snapshots += 1
             self._clear()
-            df = pl.from_arrow(w.snapshot)
+            # Parquet (hello.codecs) comes as a Polars frame; Arrow IPC as a table.
+            df = w.snapshot if isinstance(w.snapshot, pl.DataFrame) else pl.from_arrow(w.snapshot)
             assert isinstance(df, pl.DataFrame)
             self._frame = df.select(
                 [pl.col(RID)] + [pl.col(c["name"]).cast(polars_dtype(c["dtype"])) for c in schema]

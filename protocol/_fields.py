@@ -39,6 +39,7 @@ __all__ = [
     "int_list",
     "col_ref",
     "table_field",
+    "snapshot_field",
     "scalar",
     "scalar_list",
     "plain",
@@ -275,6 +276,19 @@ def schema(v: Any, path: str) -> tuple[dict[str, Any], ...]:
             }
         )
     return tuple(out)
+
+
+def snapshot_field(v: Any, path: str) -> Any:
+    """A welcome snapshot: like :func:`table_field`, or Parquet bytes (a Polars frame).
+
+    Only a welcome's snapshot may be Parquet, sent to a client that listed
+    "parquet" in ``hello.codecs``; tables a client sends are never Parquet.
+    """
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        from .arrow import snapshot_from_bytes
+
+        return snapshot_from_bytes(bytes(v), path)
+    return table_field(v, path)
 
 
 def table_field(v: Any, path: str) -> pa.Table:

@@ -5,18 +5,33 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import io
 import math
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import ErrorCode, ProtocolError
 
-__all__ = ["IPC_CODECS", "table_to_ipc", "table_from_ipc", "table_to_rows", "json_value"]
+__all__ = [
+    "IPC_CODECS",
+    "SNAPSHOT_CODECS",
+    "table_to_ipc",
+    "table_from_ipc",
+    "frame_to_parquet",
+    "snapshot_from_bytes",
+    "table_to_rows",
+    "json_value",
+]
 
 
 IPC_CODECS = ("zstd", "lz4")
+# What a client may list in hello.codecs: "parquet" (a big welcome snapshot as
+# one Parquet file) or an Arrow IPC buffer compression.
+SNAPSHOT_CODECS = ("parquet", *IPC_CODECS)
+PARQUET_MAGIC = b"PAR1"
 
 
 def table_to_ipc(table: pa.Table, compression: str | None = None) -> bytes:
@@ -47,6 +62,33 @@ def table_from_ipc(data: bytes, path: str = "table") -> pa.Table:
     except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: names not UTF-8
         raise ProtocolError(
             ErrorCode.BAD_FIELD, f"field '{path}' is not an Arrow IPC stream ({e})", field=path
+        ) from None
+
+
+def frame_to_parquet(df: pl.DataFrame) -> bytes:
+    """``df`` as one Parquet file (lz4 pages): a welcome snapshot for a client that listed "parquet".
+
+    A quarter of the Arrow IPC bytes, and Polars reads it straight into its
+    own string layout, with no Arrow conversion and no separate validation.
+    """
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="lz4", statistics=False)
+    return buf.getvalue()
+
+
+def snapshot_from_bytes(data: bytes, path: str = "snapshot") -> pa.Table | pl.DataFrame:
+    """A welcome snapshot: a Parquet file (a Polars frame) or an Arrow IPC stream (a table).
+
+    Raises:
+        ProtocolError: ``bad_field`` naming ``path`` if it is neither.
+    """
+    if data[:4] != PARQUET_MAGIC:
+        return table_from_ipc(data, path)
+    try:
+        return pl.read_parquet(data)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as e:
+        raise ProtocolError(
+            ErrorCode.BAD_FIELD, f"field '{path}' is not a Parquet file ({e})", field=path
         ) from None
 
 

@@ -102,6 +102,25 @@ def test_a_welcome_is_built_per_subscriber_and_big_snapshots_are_cached_per_stat
     assert a.got[0][1] is False  # a welcome is never dropped
 
 
+async def test_a_big_snapshot_goes_in_the_first_codec_the_client_reads(monkeypatch: Any) -> None:
+    """Parquet or compressed Arrow IPC per hello.codecs, encoded once per state, equal to the frame."""
+    import polars as pl
+    import pyarrow as pa
+
+    monkeypatch.setattr(outbound_module, "BIG_SNAPSHOT_ROWS", 5)
+    state = _state()
+    w = WelcomeOut("sales/main", state, 0, "join", b"", "editor", {})
+    out = Outbound()
+    subs = [Sub("p1", codecs=("parquet", "zstd")), Sub("p2", codecs=("parquet",)), Sub("z", codecs=("zstd",))]
+    for s in subs:
+        out.deliver(w, [s])
+    payloads = [await s.got[0][0]() for s in subs]  # big snapshots are encoded when sent
+    p1, p2, z = (decode_server(p).snapshot for p in payloads)
+    assert isinstance(p1, pl.DataFrame) and p1.equals(state.frame) and p2.equals(p1)
+    assert isinstance(z, pa.Table) and pl.from_arrow(z).equals(state.frame)
+    assert len(out._snapshots) == 2  # one Parquet file and one IPC stream for this state
+
+
 # Dashboards speak Perspective's own wire protocol through the read-only gate,
 # not coframe messages; their reply queue is theirs (docs/architecture.md).
 NOT_COFRAME_SUBSCRIBERS = {"server/perspective/endpoint.py"}

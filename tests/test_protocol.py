@@ -929,3 +929,20 @@ def test_compressed_ipc_snapshot_round_trips() -> None:
         assert back.snapshot.equals(table)
     # Unknown codecs in hello are ignored, not errors: the server only uses what both know.
     assert decode_client(encode(Hello("c", codecs=("brotli", "zstd")), binary=True)).codecs == ("zstd",)
+    hello = Hello("c", codecs=("brotli", "parquet", "lz4"))
+    assert decode_client(encode(hello, binary=True)).codecs == ("parquet", "lz4")
+
+
+def test_a_parquet_snapshot_reads_as_a_polars_frame_and_garbage_is_a_bad_field() -> None:
+    import polars as pl
+
+    from protocol.arrow import frame_to_parquet
+
+    df = pl.DataFrame({"_rid": pl.Series([0, 1], dtype=pl.UInt64), "s": ["x", None]})
+    schema = ({"id": 0, "name": "s", "dtype": "String"},)
+    back = decode_server(encode(Welcome("r/main", 3, "c", schema, frame_to_parquet(df), b""), binary=True))
+    assert isinstance(back.snapshot, pl.DataFrame) and back.snapshot.equals(df)
+    bad = Welcome("r/main", 3, "c", schema, b"PAR1 but not a parquet file", b"")
+    with pytest.raises(ProtocolError) as e:
+        decode_server(encode(bad, binary=True))
+    assert e.value.code == ErrorCode.BAD_FIELD and "field 'snapshot' is not a Parquet file" in e.value.message

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from .. import _fields as f
 from .._spec import ID, Field, Message, req, wire_list
-from ..arrow import IPC_CODECS
+from ..arrow import SNAPSHOT_CODECS
 from ..errors import ErrorCode, ProtocolError
 from ..ops import Op, op_from_wire
 
@@ -38,8 +38,8 @@ def _bad(path: str, what: str) -> ProtocolError:
 
 
 def _codecs(v: Any, path: str) -> tuple[str, ...]:
-    """The Arrow IPC compressions a client reads; ones this side does not know are dropped."""
-    return tuple(c for c in f.str_list(v, path) if c in IPC_CODECS)
+    """The snapshot codecs a client reads, in its order; ones this side does not know are dropped."""
+    return tuple(c for c in f.str_list(v, path) if c in SNAPSHOT_CODECS)
 
 
 def _ops(v: Any, path: str) -> tuple[Op, ...]:
@@ -75,7 +75,7 @@ class Hello(Message):
     version: int = PROTOCOL_VERSION
     since: int | None = None
     id: int | str | None = None
-    codecs: tuple[str, ...] = ()  # Arrow IPC compressions this client reads ("zstd", "lz4")
+    codecs: tuple[str, ...] = ()  # snapshot codecs this client reads ("parquet", "zstd", "lz4")
     type: ClassVar[Literal["hello"]] = "hello"
     FIELDS: ClassVar[tuple[Field, ...]] = (
         ID,

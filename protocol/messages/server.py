@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+import polars as pl
 import pyarrow as pa
 
 from .. import _fields as f
@@ -31,7 +32,9 @@ class Welcome(Message):
     seq: int
     client: str
     schema: tuple[dict[str, Any], ...]
-    snapshot: pa.Table | None  # None when resumed: deltas follow instead
+    # An Arrow table, or a Polars frame when it came as Parquet (hello.codecs);
+    # None when resumed: deltas follow instead.
+    snapshot: pa.Table | pl.DataFrame | None
     meta: bytes
     role: str = "editor"
     resumed: bool = False
@@ -45,7 +48,7 @@ class Welcome(Message):
         req("seq", f.uint),
         req("client", f.text),
         req("schema", f.schema, dump=list),
-        Field("snapshot", f.table_field),
+        Field("snapshot", f.snapshot_field),
         req("meta", f.blob),
         req("role", f.text),
         Field("resumed", f.flag, default=False),

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from protocol import Delta, Welcome, encode, table_to_ipc
+from protocol.arrow import frame_to_parquet
 from protocol.dtypes import RID
 
 from ..ops.state import State
@@ -201,11 +202,15 @@ class Outbound:
         codec = s.codecs[0] if s.binary and s.codecs else None
         snapshot: Any = None
         if codec is not None and state.frame.height >= BIG_SNAPSHOT_ROWS:
-            # Compressed Arrow IPC (a quarter of the bytes), encoded once per
-            # (state, audience, codec): joins at the same seq share it.
+            # One Parquet file, or compressed Arrow IPC (a quarter of the bytes
+            # either way), encoded once per (state, audience, codec): joins at
+            # the same seq share it.
             cached = self._snapshots.get((audience, codec))
             if cached is not None and cached[0] is state:
                 snapshot = cached[1]
+            elif codec == "parquet":
+                snapshot = frame_to_parquet(self._frame(state, audience))
+                self._snapshots[(audience, codec)] = (state, snapshot)
             else:
                 snapshot = table_to_ipc(frame_to_arrow(self._frame(state, audience)), compression=codec)
                 self._snapshots[(audience, codec)] = (state, snapshot)
