@@ -193,6 +193,28 @@ class CellClock:
             idx, w = idx[~mine], w[~mine]
         return idx, s[idx], w
 
+    def concurrent_cells(
+        self, col_id: int, rids: np.ndarray, base_seqs: np.ndarray, wids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`concurrent_at` for many writers at once: ``(index, seq, writer)`` of the hits.
+
+        Cell ``i`` is written by writer id ``wids[i]`` (0: one that never
+        wrote) from ``base_seqs[i]``; a hit is a write to it by another
+        writer after that.
+        """
+        reg = self._cells.get(col_id)
+        if reg is None or not len(rids):
+            return _NO_RIDS, _NO_RIDS, _NO_RIDS
+        inside = rids < len(reg.seq)
+        if not inside.all():
+            idx = np.flatnonzero(inside)
+            i, s, w = self.concurrent_cells(col_id, rids[idx], base_seqs[idx], wids[idx])
+            return idx[i], s, w
+        s = reg.seq[rids]
+        w = reg.writer[rids]
+        idx = np.flatnonzero((s > np.maximum(base_seqs, 0)) & (w != wids))
+        return idx, s[idx], w[idx]
+
     def concurrent(
         self, col_id: int, rids: Iterable[int], base_seq: int, client: str
     ) -> list[tuple[int, Write]]:

@@ -21,6 +21,7 @@ from ..ops.state import OpError, State
 from ..storage.types import WalEntry
 from .core import RoomCore, is_heavy, run_general
 from .deltas import DeltaBuilder
+from .setgroup import GroupItem, apply_group, groupable
 from .wal import make_entry
 
 __all__ = ["Batch", "TickResult", "apply_batches", "check_limits", "with_re"]
@@ -49,22 +50,73 @@ class TickResult:
 
 
 async def apply_batches(core: RoomCore, batches: list[Batch], *, max_rows: int) -> TickResult:
-    """Apply ``batches`` in order; never raises (a bug in one batch fails only that batch)."""
+    """Apply ``batches`` in order; never raises (a bug in one batch fails only that batch).
+
+    Runs of one-``set`` messages go through :func:`.setgroup.apply_group`,
+    which gives what applying them one by one gives, with one lookup,
+    coercion and clock check per column for the run.
+    """
     out = TickResult(core.state, core.seq + 1)
-    for b in batches:
-        try:
-            reply = await _apply_one(core, b, out.builder, max_rows)
-        except Exception:
-            log.exception("batch %s from %s failed", b.msg.client_seq, b.client)
-            reply = Error(ErrorCode.INTERNAL, "internal error; this batch was not applied", {})
-        out.replies.append((b.sender, with_re(reply, b.msg.id)))
-        if isinstance(reply, Ack) and not reply.duplicate:
-            out.entries.append(
-                make_entry(reply.seq, b.client, b.msg.client_seq, b.kind, core.last_applied, reply)
-            )
-            if b.client not in out.by:
-                out.by.append(b.client)
+    i = 0
+    while i < len(batches):
+        window = _group_window(core, batches, i, max_rows)
+        if len(window) >= 2:
+            try:
+                done = apply_group(core, [_item(b) for b in window], out.builder)
+            except Exception:  # a bug in the group path: the messages go one by one
+                log.exception("group of %d messages failed; applying them one by one", len(window))
+                done = []
+            for b, (ack, applied) in zip(window, done, strict=False):
+                _accepted(out, b, ack, applied)
+            if done:
+                i += len(done)
+                continue
+        for b in window or batches[i : i + 1]:  # one by one: exact errors, bounded retries
+            try:
+                reply = await _apply_one(core, b, out.builder, max_rows)
+            except Exception:
+                log.exception("batch %s from %s failed", b.msg.client_seq, b.client)
+                reply = Error(ErrorCode.INTERNAL, "internal error; this batch was not applied", {})
+            if isinstance(reply, Ack) and not reply.duplicate:
+                _accepted(out, b, reply, core.last_applied)
+            else:
+                out.replies.append((b.sender, with_re(reply, b.msg.id)))
+        i += len(window) or 1
     return out
+
+
+GROUP_CELLS = 1024  # cells per group attempt (bounds the work a failed or cut attempt wastes)
+GROUP_MESSAGES = 512
+
+
+def _group_window(core: RoomCore, batches: list[Batch], i: int, max_rows: int) -> list[Batch]:
+    """The groupable messages from ``batches[i]`` on, bounded in cells and messages."""
+    window: list[Batch] = []
+    seen: set[tuple[str, int]] = set()
+    cells = 0
+    for b in batches[i : i + GROUP_MESSAGES]:
+        if b.kind != "op" or not groupable(b.msg.ops, max_rows):
+            break
+        key = (b.client, b.msg.client_seq)
+        if key in seen or core.replies.get(*key) is not None:
+            break  # a duplicate: answered from the reply cache, one by one
+        seen.add(key)
+        cells += len(b.msg.ops[0].rows)
+        if window and cells > GROUP_CELLS:
+            break
+        window.append(b)
+    return window
+
+
+def _item(b: Batch) -> GroupItem:
+    return (b.client, b.msg.client_seq, b.msg.base_seq, b.msg.ops[0])
+
+
+def _accepted(out: TickResult, b: Batch, ack: Ack, applied: tuple[Any, ...]) -> None:
+    out.replies.append((b.sender, with_re(ack, b.msg.id)))
+    out.entries.append(make_entry(ack.seq, b.client, b.msg.client_seq, b.kind, applied, ack))
+    if b.client not in out.by:
+        out.by.append(b.client)
 
 
 async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: int) -> Ack | Error:
