@@ -17,6 +17,7 @@ from typing import Any
 
 from protocol import Ack, Error, ErrorCode, SetCells
 
+from ..ops import IN_PROCESS, ExprCost
 from ..ops.state import OpError, State
 from ..storage.types import WalEntry
 from .core import RoomCore, is_heavy, run_general
@@ -48,12 +49,17 @@ class TickResult:
     entries: list[WalEntry] = field(default_factory=list)
 
 
-async def apply_batches(core: RoomCore, batches: list[Batch], *, max_rows: int) -> TickResult:
-    """Apply ``batches`` in order; never raises (a bug in one batch fails only that batch)."""
+async def apply_batches(
+    core: RoomCore, batches: list[Batch], *, max_rows: int, exprs: ExprCost = IN_PROCESS
+) -> TickResult:
+    """Apply ``batches`` in order; never raises (a bug in one batch fails only that batch).
+
+    ``exprs`` evaluates expressions (the registry's worker processes).
+    """
     out = TickResult(core.state, core.seq + 1)
     for b in batches:
         try:
-            reply = await _apply_one(core, b, out.builder, max_rows)
+            reply = await _apply_one(core, b, out.builder, max_rows, exprs)
         except Exception:
             log.exception("batch %s from %s failed", b.msg.client_seq, b.client)
             reply = Error(ErrorCode.INTERNAL, "internal error; this batch was not applied", {})
@@ -67,7 +73,9 @@ async def apply_batches(core: RoomCore, batches: list[Batch], *, max_rows: int) 
     return out
 
 
-async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: int) -> Ack | Error:
+async def _apply_one(
+    core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: int, exprs: ExprCost
+) -> Ack | Error:
     kind, client, msg = b.kind, b.client, b.msg
     prior = core.replies.get(client, msg.client_seq)
     if prior is not None:
@@ -91,9 +99,9 @@ async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: 
         core.flush()
         base = msg.base_seq if kind == "op" else core.seq
         if is_heavy(ops):
-            result = await asyncio.to_thread(run_general, core.state, core.clock, client, base, ops)
+            result = await asyncio.to_thread(run_general, core.state, core.clock, client, base, ops, exprs)
         else:
-            result = run_general(core.state, core.clock, client, base, ops)
+            result = run_general(core.state, core.clock, client, base, ops, exprs)
         return core.commit_general(client, msg.client_seq, result, builder, kind)
     except OpError as e:
         if kind != "op":
