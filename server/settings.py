@@ -45,8 +45,10 @@ class Settings:
     max_meta_doc_bytes: int = 8 * 1024 * 1024  # the metadata doc; over it, compacted and resynced
     max_views_per_connection: int = 16  # open views → too_many
     max_queries_per_connection: int = 4  # queries in flight → too_many
-    expr_max_literal: int = 100_000  # lpad/rpad lengths and repeat counts in an expression → too_expensive
-    expr_memory_bytes: int = 1024 * 1024 * 1024  # an expression worker's address space → too_expensive
+    expr_max_literal: int = 100_000  # lpad/rpad target lengths in an expression → too_expensive
+    # An expression worker's address space may grow this much past its size after
+    # start-up (Polars and its threads, several hundred MB) → too_expensive.
+    expr_memory_bytes: int = 1024 * 1024 * 1024
     expr_timeout: float = 30.0  # seconds an expression may run in its worker → too_expensive
     # Node-wide caps (→ overloaded, close 1013).
     max_connections: int = 10_000
