@@ -81,9 +81,7 @@ class Room:
         self.name = f"{dataset}/{branch}"
         self.config = config or RoomConfig()
         self.read_only = read_only
-        # How expressions are evaluated: the registry's worker processes; alone, in
-        # process, with non-literal lpad/rpad lengths refused (server/ops/exprcost.py).
-        self.exprs = exprs or ExprCost(max_literal=self.config.expr_max_literal)
+        self.exprs = exprs or ExprCost(max_literal=self.config.expr_max_literal)  # registry: worker processes
         # The dataset's versions, for queries: a branch room's own, or a time-travel room's.
         self.storage = durable.storage if durable is not None else storage
         self.log_ref = durable.branch if durable is not None else branch.removeprefix("@")
