@@ -139,9 +139,11 @@ async def _frame(url: str, dataset: str) -> pl.DataFrame:
         return room.frame
 
 
-async def _healthy(url: str, report: Report, stop: asyncio.Event) -> None:
+async def _healthy(url: str, report: Report, stop: asyncio.Event, working: asyncio.Event) -> None:
+    """Ping and edit in a closed loop until ``stop``; ``working`` is set once it has joined."""
     try:
         async with connect(url, HEALTHY) as room:
+            working.set()
             i = 0
             while not stop.is_set():
                 t0 = time.perf_counter()
@@ -154,6 +156,8 @@ async def _healthy(url: str, report: Report, stop: asyncio.Event) -> None:
                 i += 1
     except Exception as e:  # reported, and check() fails on it
         report.errors.append(f"{type(e).__name__}: {e}")
+    finally:
+        working.set()
 
 
 async def _sample_rss(server: HostileServer, report: Report, stop: asyncio.Event) -> None:
@@ -180,11 +184,12 @@ async def under_attack(
     if room is not None:
         report.frame_before = await _frame(server.url, room)
     report.rss_before = report.rss_peak = server.rss()
-    stop = asyncio.Event()
-    healthy = asyncio.create_task(_healthy(server.url, report, stop))
+    stop, working = asyncio.Event(), asyncio.Event()
+    healthy = asyncio.create_task(_healthy(server.url, report, stop, working))
     sampler = asyncio.create_task(_sample_rss(server, report, stop))
     try:
         async with asyncio.timeout(limit):
+            await working.wait()  # a quick attack could otherwise end before the healthy client joined
             await attack()
     finally:
         stop.set()
