@@ -34,6 +34,8 @@ class ErrorCode(enum.StrEnum):
     BAD_FIELD = "bad_field"  # a field is missing or has the wrong type
     TOO_LARGE = "too_large"  # message, op or upload over a configured limit
     RATE_LIMITED = "rate_limited"  # too many op messages per second
+    TOO_MANY = "too_many"  # over a per-connection count: open views, queries in flight
+    OVERLOADED = "overloaded"  # over a node-wide cap: connections, unhelloed sockets, bytes queued
     # Lifecycle violations: the socket is closed with CloseCode.POLICY.
     NOT_JOINED = "not_joined"
     ALREADY_JOINED = "already_joined"
@@ -45,6 +47,7 @@ class ErrorCode(enum.StrEnum):
     BAD_VALUE = "bad_value"
     BAD_DTYPE = "bad_dtype"
     BAD_EXPR = "bad_expr"
+    TOO_EXPENSIVE = "too_expensive"  # an expression over its output-size, memory or time limit
     COLUMN_EXISTS = "column_exists"
     RESERVED_NAME = "reserved_name"
     CAST_FAILED = "cast_failed"
@@ -58,6 +61,7 @@ class ErrorCode(enum.StrEnum):
     VIEW_EXISTS = "view_exists"  # subscribe with a view name already open on this connection
     NO_SUCH_VIEW = "no_such_view"  # unsubscribe of a view that is not open
     INTERNAL = "internal"
+    STORAGE_CORRUPT = "storage_corrupt"  # a chunk is missing or fails its content hash
     # HTTP API and CLI.
     BAD_REQUEST = "bad_request"  # a missing or malformed parameter or JSON body
     NO_ROUTE = "no_route"  # HTTP: no such path under /api
@@ -87,9 +91,11 @@ class CloseCode(enum.IntEnum):
     TOO_BIG = 1009  # frame over the transport limit
     INTERNAL = 1011
     RELOADING = 1012  # the room reloaded (revert) or its Perspective table was rebuilt: reconnect
+    TRY_AGAIN_LATER = 1013  # the server is at a node-wide cap (connections, bytes queued)
     REPLACED = 4001  # a newer connection with the same client id took over
     NO_SUCH_DATASET = 4004
     SLOW_CONSUMER = 4008  # fell behind and stayed behind
+    STORAGE_CORRUPT = 4009  # the room's storage is corrupt (a chunk missing or failing its hash)
 
 
 class CoframeError(Exception):

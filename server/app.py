@@ -43,6 +43,9 @@ def room_config(settings: Settings) -> RoomConfig:
         autocommit_ops=settings.autocommit_ops,
         autocommit_seconds=settings.autocommit_seconds,
         autocommit_share=settings.autocommit_share,
+        expr_max_literal=settings.expr_max_literal,
+        expr_memory_bytes=settings.expr_memory_bytes,
+        expr_timeout=settings.expr_timeout,
     )
 
 

@@ -37,4 +37,28 @@ class Settings:
     hello_timeout: float = 10.0
     idle_unload: float = 300.0
     max_upload_bytes: int = MAX_UPLOAD_BYTES  # HTTP dataset upload body; bigger → 413
+    # Bounded cost per request (issue 10; PROTOCOL.md §10). Each limit has its code.
+    max_rows_per_message: int = 1_000_000  # rows across all ops of one message → too_large
+    max_decompressed_bytes: int = 64 * 1024 * 1024  # a table's bytes after decompression → too_large
+    max_presence_bytes: int = 64 * 1024  # one presence state, encoded → too_large
+    max_meta_bytes: int = 1024 * 1024  # one meta update → too_large
+    max_meta_doc_bytes: int = 8 * 1024 * 1024  # the metadata doc; over it, compacted and resynced
+    max_views_per_connection: int = 16  # open views → too_many
+    max_queries_per_connection: int = 4  # queries in flight → too_many
+    expr_max_literal: int = 100_000  # lpad/rpad target lengths in an expression → too_expensive
+    # An expression worker's address space may grow this much past its size after
+    # start-up (Polars and its threads, several hundred MB) → too_expensive.
+    expr_memory_bytes: int = 1024 * 1024 * 1024
+    expr_timeout: float = 30.0  # seconds an expression may run in its worker → too_expensive
+    # Node-wide caps (→ overloaded, close 1013).
+    max_connections: int = 10_000
+    max_unhelloed: int = 1_000  # sockets that have not said hello yet
+    max_connections_per_address: int = 256
+    max_queued_bytes_total: int = 2 * 1024 * 1024 * 1024  # bytes queued for sending, all sessions
+    # Health (/healthz, /readyz) and shutdown.
+    health_max_lag: float = 1.0  # event-loop lag over this → /healthz 503
+    worker_stuck_after: float = 60.0  # a worker busy longer than this is stuck → /healthz 503
+    shutdown_timeout: float = 15.0  # SIGTERM: autocommit, then exit within this many seconds
+    # Storage self-repair.
+    chunk_gc_grace: float = 3600.0  # unreferenced chunks younger than this are kept
     extra: dict[str, str] = field(default_factory=dict)

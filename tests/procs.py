@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +51,17 @@ async def _drain(stream: asyncio.StreamReader, log: list[str]) -> None:
         log.append(line.decode(errors="replace").rstrip())
 
 
-async def start_server(*args: str, data_dir: Path, within: float = 60.0) -> ServerProcess:
-    """Start ``coframe serve --port 0 ...`` and wait for its "listening" line."""
+async def start_server(
+    *args: str, data_dir: Path, within: float = 60.0, preexec_fn: Callable[[], None] | None = None
+) -> ServerProcess:
+    """Start ``coframe serve --port 0 ...`` and wait for its "listening" line.
+
+    ``preexec_fn`` runs in the child before ``exec`` (e.g. to set a resource limit).
+    """
     cmd = [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--data-dir", str(data_dir), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, preexec_fn=preexec_fn
     )
     assert proc.stdout is not None
     log: list[str] = []

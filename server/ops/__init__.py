@@ -18,6 +18,7 @@ from .dtypes import (
     polars_dtype,
     to_scalars,
 )
+from .exprcost import IN_PROCESS, TRUSTED, ExprCost
 from .sandbox import compile_expr
 from .state import RID, Applied, Catalog, Column, Effect, OpError, State
 
@@ -47,4 +48,7 @@ __all__ = [
     "coerce_series",
     "to_scalars",
     "compile_expr",
+    "ExprCost",
+    "IN_PROCESS",
+    "TRUSTED",
 ]

@@ -34,6 +34,7 @@ from .columns import (
     apply_rename_column,
     apply_restore_column,
 )
+from .exprcost import IN_PROCESS, ExprCost
 from .rows import apply_delete, apply_insert, apply_restore_rows
 from .state import Applied, OpError, State
 
@@ -53,8 +54,8 @@ _HANDLERS: dict[type, Callable[[State, Any], Applied]] = {
 }
 
 
-def apply(state: State, op: Op) -> Applied:
-    """Apply one op to ``state``.
+def apply(state: State, op: Op, exprs: ExprCost = IN_PROCESS) -> Applied:
+    """Apply one op to ``state``; ``exprs`` evaluates expressions and bounds their cost.
 
     Raises:
         OpError: the op cannot apply (its ``code`` is a ``protocol.ErrorCode``
@@ -63,10 +64,16 @@ def apply(state: State, op: Op) -> Applied:
     handler = _HANDLERS.get(type(op))
     if handler is None:
         raise OpError(ErrorCode.BAD_OP, f"{type(op).__name__} is not an op this server applies")
+    if isinstance(op, AddColumn):
+        return apply_add_column(state, op, exprs)
+    if isinstance(op, Delete):
+        return apply_delete(state, op, exprs)
     return handler(state, op)
 
 
-def apply_all(state: State, ops: tuple[Op, ...] | list[Op]) -> tuple[State, tuple[Op, ...]]:
+def apply_all(
+    state: State, ops: tuple[Op, ...] | list[Op], exprs: ExprCost = IN_PROCESS
+) -> tuple[State, tuple[Op, ...]]:
     """Apply ops in order, all or nothing: (final state, inverse ops to undo them all in order).
 
     Handy for undo entries and for applying an op batch atomically: if any op
@@ -77,7 +84,7 @@ def apply_all(state: State, ops: tuple[Op, ...] | list[Op]) -> tuple[State, tupl
     """
     inverses: list[tuple[Op, ...]] = []
     for op in ops:
-        applied = apply(state, op)
+        applied = apply(state, op, exprs)
         state = applied.state
         inverses.append(applied.inverse)
     return state, tuple(inv for group in reversed(inverses) for inv in group)

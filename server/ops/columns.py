@@ -29,7 +29,8 @@ from .dtypes import (
     sample_value,
     storable_dtype,
 )
-from .sandbox import EXPR_FAILURES, compile_expr
+from .exprcost import IN_PROCESS, ExprCost, evaluate_expr
+from .sandbox import EXPR_FAILURES
 from .state import RID, Applied, Catalog, Column, Effect, OpError, State
 
 __all__ = [
@@ -117,27 +118,6 @@ def _name_free(catalog: Catalog, name: str, *, own_id: int | None = None) -> Non
             )
 
 
-def _broadcast(out: pl.Series, n: int) -> pl.Series:
-    return out.gather(np.zeros(n, dtype=np.int64)) if len(out) == 1 and n != 1 else out
-
-
-def _evaluate(state: State, text: str, name: str) -> pl.Series:
-    """A sandboxed expression's values, one per row (a scalar result is broadcast)."""
-    expr = compile_expr(text, [RID, *state.catalog.names()])
-    try:
-        out = state.frame.select(expr.alias(name)).to_series()
-    except EXPR_FAILURES as e:  # the user's expression failed on this data
-        raise OpError(
-            ErrorCode.BAD_EXPR,
-            f"could not evaluate {text!r}: {str(e).strip().splitlines()[0][:300]}",
-        ) from None
-    n = state.frame.height
-    out = _broadcast(out, n)
-    if len(out) != n:
-        raise OpError(ErrorCode.BAD_EXPR, f"{text!r} gives {len(out)} values for {n} rows")
-    return out
-
-
 def _default_dtype(value: Any) -> str:
     """The dtype a default implies when add_column has no dtype."""
     if isinstance(value, bool):
@@ -158,19 +138,21 @@ def _default_dtype(value: Any) -> str:
     )
 
 
-def apply_add_column(state: State, op: AddColumn) -> Applied:
+def apply_add_column(state: State, op: AddColumn, exprs: ExprCost = IN_PROCESS) -> Applied:
     """``add_column``: append a column filled with ``default`` (or null) or computed by ``expr``.
 
     Without a dtype, the dtype is the expression's (as :func:`storable_dtype`
     maps it) or the default's (bool Boolean, int Int64, float Float64, str
-    String).
+    String). ``exprs`` evaluates the expression and bounds its cost
+    (:mod:`.exprcost`).
 
     Raises:
         OpError: ``bad_op`` (bad name, both default and expr, nothing to
             give the dtype); ``reserved_name``; ``column_exists``;
             ``bad_dtype``; ``bad_value`` (default); ``bad_expr``/
-            ``no_such_column`` (expr); ``cast_failed`` when the expression's
-            values do not fit the dtype.
+            ``no_such_column`` (expr); ``too_expensive`` (expr over a cost
+            limit); ``cast_failed`` when the expression's values do not fit
+            the dtype.
     """
     name = check_name(op.name)
     _name_free(state.catalog, name)
@@ -180,7 +162,7 @@ def apply_add_column(state: State, op: AddColumn) -> Applied:
         raise OpError(ErrorCode.BAD_OP, "add_column takes a 'default' or an 'expr', not both")
     n = state.frame.height
     if op.expr is not None:
-        out = _evaluate(state, op.expr, name)
+        out = evaluate_expr(state, op.expr, exprs).rename(name)
         dtype = op.dtype or storable_dtype(out.dtype)
         if dtype is None:
             raise OpError(

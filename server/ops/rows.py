@@ -14,7 +14,7 @@ from protocol import Delete, ErrorCode, Insert, RestoreRows
 
 from .cells import locate
 from .dtypes import arrow_column, coerce_series, null_series
-from .sandbox import EXPR_FAILURES, compile_expr
+from .exprcost import IN_PROCESS, ExprCost, evaluate_expr
 from .state import RID, Applied, Catalog, Effect, OpError, State
 
 __all__ = ["apply_insert", "apply_delete", "apply_restore_rows", "MAX_CHUNKS"]
@@ -86,37 +86,26 @@ def apply_insert(state: State, op: Insert) -> Applied:
     return Applied(new, (Delete(rows=tuple(rids.tolist())),), Effect(inserted=rids))
 
 
-def _where_mask(state: State, where: str) -> np.ndarray:
-    expr = compile_expr(where, [RID, *state.catalog.names()])
-    try:
-        m = state.frame.select(expr.alias("m")).to_series()
-    except EXPR_FAILURES as e:  # the user's expression failed on this data
-        raise OpError(
-            ErrorCode.BAD_EXPR,
-            f"could not evaluate where {where!r}: {str(e).strip().splitlines()[0][:300]}",
-        ) from None
+def _where_mask(state: State, where: str, exprs: ExprCost) -> np.ndarray:
+    m = evaluate_expr(state, where, exprs)
     if m.dtype != pl.Boolean and m.dtype != pl.Null:
         raise OpError(
             ErrorCode.BAD_EXPR,
             f"where must be a condition (true or false per row), but {where!r} gives {m.dtype} values",
         )
-    n = state.frame.height
-    if len(m) == 1 and n != 1:
-        return np.full(n, bool(m[0]) if m[0] is not None else False)
-    if len(m) != n:
-        raise OpError(ErrorCode.BAD_EXPR, f"where {where!r} gives {len(m)} values for {n} rows")
     return m.cast(pl.Boolean).fill_null(False).to_numpy()
 
 
-def apply_delete(state: State, op: Delete) -> Applied:
+def apply_delete(state: State, op: Delete, exprs: ExprCost = IN_PROCESS) -> Applied:
     """``delete``: by rids, or every row where a sandboxed predicate is true (null is false).
 
     The inverse is ``restore_rows`` with the deleted rows (``_rid`` and all
     columns). Deleting the same rid twice in one op deletes it once.
+    ``exprs`` evaluates ``where`` and bounds its cost (:mod:`.exprcost`).
 
     Raises:
         OpError: ``bad_op`` (neither or both of rows and where);
-            ``no_such_row``; ``bad_expr``; ``no_such_column``.
+            ``no_such_row``; ``bad_expr``; ``no_such_column``; ``too_expensive``.
     """
     if (op.rows is None) == (op.where is None):
         raise OpError(ErrorCode.BAD_OP, "delete needs exactly one of 'rows' or 'where'")
@@ -126,7 +115,7 @@ def apply_delete(state: State, op: Delete) -> Applied:
         mask[pos] = True
     else:
         assert op.where is not None
-        mask = _where_mask(state, op.where)
+        mask = _where_mask(state, op.where, exprs)
     sel = pl.Series(mask)
     gone = state.frame.filter(sel)
     inverse = RestoreRows(gone.to_arrow())

@@ -21,3 +21,6 @@ class RoomConfig:
     autocommit_ops: int = 10_000  # commit after this many batches...
     autocommit_seconds: float = 60.0  # ...or this long after the first uncommitted one,
     autocommit_share: float = 0.1  # ...but commits take at most this share of the time (durability.py)
+    expr_max_literal: int = 100_000  # lpad/rpad lengths in an expression (server/ops/exprcost.py)
+    expr_memory_bytes: int = 1024 * 1024 * 1024  # an expression worker's growth (exprpool.py)
+    expr_timeout: float = 30.0  # seconds one expression may run in its worker

@@ -37,7 +37,7 @@ from protocol import (
     SetCells,
 )
 
-from ..ops import SetPlan, apply, apply_set_plans, plan_set, prior_values, read_cells
+from ..ops import IN_PROCESS, ExprCost, SetPlan, apply, apply_set_plans, plan_set, prior_values, read_cells
 from ..ops.state import Catalog, Column, Effect, OpError, State
 from .clock import CellClock, ColumnFate
 from .deltas import DeltaBuilder
@@ -82,9 +82,18 @@ def with_ids(catalog: Catalog, op: Op) -> Op:
 
 
 def run_general(
-    state: State, clock: CellClock, client: str, base_seq: int, ops: tuple[Op, ...]
+    state: State,
+    clock: CellClock,
+    client: str,
+    base_seq: int,
+    ops: tuple[Op, ...],
+    exprs: ExprCost = IN_PROCESS,
 ) -> GeneralResult:
     """Apply ``ops`` in order to ``state`` (pure with respect to the room).
+
+    ``exprs`` evaluates ``add_column`` and ``delete`` expressions and bounds
+    their cost (the room's worker processes, or :data:`~server.ops.TRUSTED`
+    when replaying the WAL).
 
     Raises:
         OpError: with ``details['op_index']`` set; nothing was applied.
@@ -98,7 +107,7 @@ def run_general(
         try:
             if isinstance(op, SetCells):
                 overwritten += _conflicts(state, clock, client, base_seq, op)
-            a = apply(state, op)
+            a = apply(state, op, exprs)
         except OpError as e:
             e.details.setdefault("op_index", i)
             raise

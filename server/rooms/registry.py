@@ -20,6 +20,7 @@ from protocol import CloseCode, ErrorCode
 
 from ..ops.state import OpError, State
 from .config import RoomConfig
+from .exprpool import ExprPool
 from .listeners import ViewsFactory
 from .recovery import recover
 from .room import Room
@@ -70,6 +71,9 @@ class Registry:
         self._unloaders: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._unloading: set[asyncio.Task[None]] = set()  # idle unloads under way; close() awaits them
         self._lock = asyncio.Lock()
+        # Expressions run in worker processes under memory and time limits, started on first use.
+        self.exprs = ExprPool(memory_bytes=self.config.expr_memory_bytes, timeout=self.config.expr_timeout)
+        self._expr_cost = self.exprs.cost(self.config.expr_max_literal)
 
     async def exists(self, dataset: str) -> bool:
         return dataset in await self.storage.catalog.list_datasets()
@@ -116,7 +120,7 @@ class Registry:
         handle, core, replayed = await recover(self.storage, dataset, branch)
         room = Room(
             dataset, branch, core.state, core.seq, config=self.config, on_empty=self._schedule_unload,
-            durable=handle, core=core, views=self.views,
+            durable=handle, core=core, views=self.views, exprs=self._expr_cost,
         )  # fmt: skip
         room.durability.uncommitted = replayed
         log.info(
@@ -140,6 +144,7 @@ class Registry:
                 room = Room(
                     dataset, "@" + manifest.id[:12], state, manifest.seq, config=self.config, read_only=True,
                     on_empty=self._schedule_unload, views=self.views, storage=self.storage,
+                    exprs=self._expr_cost,
                 )  # fmt: skip
                 room.start()
                 self.rooms[key] = room
@@ -193,10 +198,13 @@ class Registry:
         self._unloaders.clear()
         # An unload under way is flushing its room: let it finish (_unloaded logged any failure).
         await asyncio.gather(*self._unloading, return_exceptions=True)
-        for room in list(self.rooms.values()):
-            await room.close()
-        self.rooms.clear()
-        await self.storage.close()
+        try:
+            for room in list(self.rooms.values()):
+                await room.close()
+            self.rooms.clear()
+        finally:
+            await asyncio.to_thread(self.exprs.close)  # kills and reaps the expression workers
+            await self.storage.close()
 
     async def describe(self) -> list[dict[str, object]]:
         """Every dataset: rows, columns and seq of ``main`` (live if open), branches and tags."""

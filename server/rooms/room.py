@@ -33,6 +33,7 @@ from protocol import (
     Unsubscribe,
 )
 
+from ..ops import ExprCost
 from ..ops.state import State
 from .config import RoomConfig
 from .core import RoomCore
@@ -73,12 +74,14 @@ class Room:
         storage: Storage | None = None,
         core: RoomCore | None = None,
         views: ViewsFactory | None = None,
+        exprs: ExprCost | None = None,
     ) -> None:
         self.dataset = dataset
         self.branch = branch
         self.name = f"{dataset}/{branch}"
         self.config = config or RoomConfig()
         self.read_only = read_only
+        self.exprs = exprs or ExprCost(max_literal=self.config.expr_max_literal)  # registry: worker processes
         # The dataset's versions, for queries: a branch room's own, or a time-travel room's.
         self.storage = durable.storage if durable is not None else storage
         self.log_ref = durable.branch if durable is not None else branch.removeprefix("@")
@@ -345,7 +348,7 @@ class Room:
         core = self.core
         commits = [b for b in items if b.kind == "commit"]
         batches = [b for b in items if b.kind not in ("commit", "wake")]
-        done = await apply_batches(core, batches, max_rows=self.config.max_rows_per_op)
+        done = await apply_batches(core, batches, max_rows=self.config.max_rows_per_op, exprs=self.exprs)
         if done.entries and not await self.durability.append(done.entries):
             self._fail(done.replies)
             return

@@ -17,6 +17,7 @@ from typing import Any
 
 from protocol import Ack, Error, ErrorCode, SetCells
 
+from ..ops import IN_PROCESS, ExprCost
 from ..ops.state import OpError, State
 from ..storage.types import WalEntry
 from .core import RoomCore, is_heavy, run_general
@@ -49,12 +50,15 @@ class TickResult:
     entries: list[WalEntry] = field(default_factory=list)
 
 
-async def apply_batches(core: RoomCore, batches: list[Batch], *, max_rows: int) -> TickResult:
+async def apply_batches(
+    core: RoomCore, batches: list[Batch], *, max_rows: int, exprs: ExprCost = IN_PROCESS
+) -> TickResult:
     """Apply ``batches`` in order; never raises (a bug in one batch fails only that batch).
 
     Runs of one-``set`` messages go through :func:`.setgroup.apply_group`,
     which gives what applying them one by one gives, with one lookup,
-    coercion and clock check per column for the run.
+    coercion and clock check per column for the run. ``exprs`` evaluates
+    expressions (the registry's worker processes).
     """
     out = TickResult(core.state, core.seq + 1)
     i = 0
@@ -73,7 +77,7 @@ async def apply_batches(core: RoomCore, batches: list[Batch], *, max_rows: int) 
                 continue
         for b in window or batches[i : i + 1]:  # one by one: exact errors, bounded retries
             try:
-                reply = await _apply_one(core, b, out.builder, max_rows)
+                reply = await _apply_one(core, b, out.builder, max_rows, exprs)
             except Exception:
                 log.exception("batch %s from %s failed", b.msg.client_seq, b.client)
                 reply = Error(ErrorCode.INTERNAL, "internal error; this batch was not applied", {})
@@ -119,7 +123,9 @@ def _accepted(out: TickResult, b: Batch, ack: Ack, applied: tuple[Any, ...]) -> 
         out.by.append(b.client)
 
 
-async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: int) -> Ack | Error:
+async def _apply_one(
+    core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: int, exprs: ExprCost
+) -> Ack | Error:
     kind, client, msg = b.kind, b.client, b.msg
     prior = core.replies.get(client, msg.client_seq)
     if prior is not None:
@@ -143,9 +149,9 @@ async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: 
         core.flush()
         base = msg.base_seq if kind == "op" else core.seq
         if is_heavy(ops):
-            result = await asyncio.to_thread(run_general, core.state, core.clock, client, base, ops)
+            result = await asyncio.to_thread(run_general, core.state, core.clock, client, base, ops, exprs)
         else:
-            result = run_general(core.state, core.clock, client, base, ops)
+            result = run_general(core.state, core.clock, client, base, ops, exprs)
         return core.commit_general(client, msg.client_seq, result, builder, kind)
     except OpError as e:
         if kind != "op":
