@@ -33,7 +33,7 @@ import polars as pl
 from client import connect
 from tests.procs import ServerProcess, start_server
 
-__all__ = ["HostileServer", "Report", "hostile_server", "under_attack", "rss_bytes", "HEALTHY"]
+__all__ = ["HostileServer", "Report", "hostile_server", "under_attack", "rss_bytes", "HEALTHY", "MB"]
 
 MB = 1024 * 1024
 AS_LIMIT = 6 * 1024 * MB  # the server's address space (RLIMIT_AS)
@@ -139,9 +139,10 @@ async def _frame(url: str, dataset: str) -> pl.DataFrame:
         return room.frame
 
 
-async def _healthy(url: str, report: Report, stop: asyncio.Event) -> None:
+async def _healthy(url: str, report: Report, stop: asyncio.Event, working: asyncio.Event) -> None:
     try:
         async with connect(url, HEALTHY) as room:
+            working.set()  # joined: the attack may start
             i = 0
             while not stop.is_set():
                 t0 = time.perf_counter()
@@ -154,6 +155,8 @@ async def _healthy(url: str, report: Report, stop: asyncio.Event) -> None:
                 i += 1
     except Exception as e:  # reported, and check() fails on it
         report.errors.append(f"{type(e).__name__}: {e}")
+    finally:
+        working.set()
 
 
 async def _sample_rss(server: HostileServer, report: Report, stop: asyncio.Event) -> None:
@@ -173,18 +176,21 @@ async def under_attack(
 ) -> Report:
     """Run ``attack`` while the healthy client works; measure (see :meth:`Report.check`).
 
-    ``attack`` must return once the attacker has gone (its sockets closed).
+    The attack starts once the healthy client has joined (so caps on
+    connections cannot keep it out). ``attack`` must return once the
+    attacker has gone (its sockets closed).
     With ``room``, that room's frame is compared before and after.
     """
     report = Report(name)
     if room is not None:
         report.frame_before = await _frame(server.url, room)
     report.rss_before = report.rss_peak = server.rss()
-    stop = asyncio.Event()
-    healthy = asyncio.create_task(_healthy(server.url, report, stop))
+    stop, working = asyncio.Event(), asyncio.Event()
+    healthy = asyncio.create_task(_healthy(server.url, report, stop, working))
     sampler = asyncio.create_task(_sample_rss(server, report, stop))
     try:
         async with asyncio.timeout(limit):
+            await working.wait()  # the healthy client is in before the attack starts
             await attack()
     finally:
         stop.set()
