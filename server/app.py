@@ -1,10 +1,11 @@
-"""The Starlette app: HTTP API, the WebSocket route and start-up loading.
+"""The Starlette app: HTTP API, the WebSocket route, health probes and start-up loading.
 
 ``load_file`` lives in :mod:`server.io_read` and is re-exported here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -18,25 +19,32 @@ from starlette.routing import Route, WebSocketRoute
 from .api import routes as api_routes
 from .demo import demo_sales
 from .errors import exception_handlers
+from .health import Health
 from .io import load_file
+from .node import Node
 from .perspective.live import RoomViews
 from .perspective.web import routes as dashboard_routes
 from .rooms import Registry, RoomConfig, SessionLimits
+from .rooms.transport import SendBudget
 from .settings import Settings
 from .storage.service import Storage
 from .ws import websocket_endpoint
 
-__all__ = ["create_app", "load_file", "open_registry", "room_config"]
+__all__ = ["create_app", "load_file", "open_registry", "room_config", "READY_TIMEOUT"]
 
 log = logging.getLogger("coframe.app")
 
+READY_TIMEOUT = 2.0  # seconds the catalog query of /readyz may take
+
 
 def room_config(settings: Settings) -> RoomConfig:
+    """The rooms' limits; every session of the registry shares one budget of bytes held for sending."""
     return RoomConfig(
         session=SessionLimits(
             max_messages=settings.send_queue_messages,
             max_bytes=settings.send_queue_bytes,
             stall_timeout=settings.stall_timeout,
+            budget=SendBudget(settings.max_queued_bytes_total),
         ),
         max_message_bytes=settings.max_message_bytes,
         max_rows_per_op=settings.max_rows_per_op,
@@ -81,12 +89,35 @@ async def open_registry(settings: Settings) -> Registry:
 
 
 async def healthz(request: Request) -> JSONResponse:
-    registry: Registry = request.app.state.registry
-    names = await registry.names()
-    storage = registry.storage.kind
-    return JSONResponse(
-        {"status": "ok", "datasets": len(names), "rooms": len(registry.rooms), "storage": storage}
-    )
+    """Liveness: 503 when the event loop lags over ``health_max_lag`` or a worker is stuck.
+
+    It reads no storage (that is ``/readyz``), so a slow catalog never makes a live server look dead.
+    """
+    state = request.app.state
+    healthy, report = state.health.live()
+    registry: Registry | None = getattr(state, "registry", None)
+    if registry is not None:
+        report.update(rooms=len(registry.rooms), storage=registry.storage.kind)
+    report.update(state.node.stats())
+    return JSONResponse(report, status_code=200 if healthy else 503)
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 only when a cheap catalog query answers and the server is not shutting down."""
+    state = request.app.state
+    if state.health.shutting_down:
+        return JSONResponse({"status": "shutting_down"}, status_code=503)
+    registry: Registry | None = getattr(state, "registry", None)
+    if registry is None:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            names = await registry.names()
+    except Exception as e:  # storage unreachable, or too slow to count as reachable
+        why = f"no answer within {READY_TIMEOUT:g}s" if isinstance(e, TimeoutError) else type(e).__name__
+        log.warning("/readyz: the catalog did not answer: %s", why)
+        return JSONResponse({"status": "storage_unreachable", "error": why}, status_code=503)
+    return JSONResponse({"status": "ready", "datasets": len(names), "storage": registry.storage.kind})
 
 
 async def list_datasets(request: Request) -> JSONResponse:
@@ -101,22 +132,30 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     :data:`server.errors.exception_handlers` (PROTOCOL.md section 11).
     """
     settings = settings or Settings()
+    health = Health(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        reg = registry
-        if reg is None:
-            reg = await open_registry(settings)
-        app.state.registry = reg
-        log.info("coframe ready: datasets %s", ", ".join(await reg.names()) or "(none)")
+        await health.start()
         try:
-            yield
+            reg = registry
+            if reg is None:
+                reg = await open_registry(settings)
+            app.state.registry = reg
+            app.state.node.budget = reg.config.session.budget
+            log.info("coframe ready: datasets %s", ", ".join(await reg.names()) or "(none)")
+            try:
+                yield
+            finally:
+                await _close_registry(reg, settings.shutdown_timeout)
         finally:
-            await reg.close()
+            app.state.node.close()
+            await health.stop()
 
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/api/datasets", list_datasets),
             *api_routes,
             WebSocketRoute("/ws/{dataset}", websocket_endpoint),
@@ -126,4 +165,19 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         exception_handlers=exception_handlers,
     )
     app.state.settings = settings
+    app.state.health = health
+    app.state.node = Node(settings)
     return app
+
+
+async def _close_registry(registry: Registry, within: float) -> None:
+    """Close every room (each commits its WAL tail) and the storage, but never wait longer than ``within``.
+
+    A room whose tick waits on a stuck worker cannot finish; its acked
+    batches are in the WAL, and the next start replays them.
+    """
+    try:
+        async with asyncio.timeout(within):
+            await registry.close()
+    except TimeoutError:
+        log.error("closing the rooms took over %gs; the WAL keeps what was not committed", within)

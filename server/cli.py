@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from protocol import CoframeError
 
 from .settings import MAX_UPLOAD_BYTES, Settings
+from .workers import busy_workers
 
 if TYPE_CHECKING:
     from .serve import Server
@@ -95,9 +96,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES,
         help="largest dataset upload over HTTP, in bytes (default 512 MiB)",
     )  # fmt: skip
+    for flag, kind, what in _NODE_OPTIONS:
+        serve.add_argument(flag, type=kind, default=None, help=f"{what} (default {_default(flag)})")
     serve.add_argument("--log-level", default="info")
     add_data_commands(sub)
     return parser
+
+
+# Node-wide caps, per-client send queues, health and shutdown (PROTOCOL.md §10);
+# each flag sets the Settings field of the same name.
+_NODE_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("--max-connections", int, "WebSocket connections, whole server; over it: overloaded, close 1013"),
+    ("--max-unhelloed", int, "sockets that have not said hello yet; over it: overloaded, close 1013"),
+    ("--max-connections-per-address", int, "connections from one address; over it: overloaded, close 1013"),
+    ("--max-queued-bytes-total", int, "bytes held for sending to all clients; over it: resync or close 1013"),
+    ("--send-queue-messages", int, "messages queued per client before it is resynced"),
+    ("--send-queue-bytes", int, "bytes queued per client before it is resynced"),
+    ("--health-max-lag", float, "event-loop lag in seconds over which /healthz answers 503"),
+    ("--worker-stuck-after", float, "seconds after which a busy worker thread is stuck (/healthz 503)"),
+    ("--shutdown-timeout", float, "seconds SIGTERM may take: autocommit, close, exit"),
+)
+
+
+def _field(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _default(flag: str) -> object:
+    return Settings.__dataclass_fields__[_field(flag)].default
 
 
 def fail(e: BaseException) -> int:
@@ -129,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         server = _server(args)
     except (Exception, KeyboardInterrupt) as e:
         return fail(e)
-    server.run()
+    try:
+        server.run()
+    finally:
+        if busy_workers():  # a stuck worker thread would hold the interpreter's exit forever
+            logging.shutdown()
+            os._exit(0)
     return 0
 
 
@@ -148,10 +179,11 @@ def _server(args: argparse.Namespace) -> Server:
         autocommit_seconds=args.autocommit_seconds,
         autocommit_share=args.autocommit_share,
         max_upload_bytes=args.max_upload_bytes,
+        **{_field(f): v for f, _, _ in _NODE_OPTIONS if (v := getattr(args, _field(f))) is not None},
     )
     from .app import create_app, load_file
     from .rooms.registry import check_name
-    from .serve import Server, uvicorn_config
+    from .serve import Server
 
     for name, path in settings.datasets:
         check_name(name)
@@ -159,7 +191,7 @@ def _server(args: argparse.Namespace) -> Server:
     app = create_app(settings)
     where = "memory" if settings.data_dir is None else (settings.catalog or settings.data_dir)
     print(f"coframe starting (storage: {where})", flush=True)
-    return Server(uvicorn_config(app, settings, log_level=args.log_level), announce=True)
+    return Server.for_app(app, settings, announce=True, log_level=args.log_level)
 
 
 if __name__ == "__main__":

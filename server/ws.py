@@ -12,6 +12,10 @@ uvicorn serves the socket with its websockets-sansio protocol, a session whose
 queue is empty writes each frame synchronously onto the connection's asyncio
 transport, as ``websockets.broadcast`` does, with no task wake-up and no
 coroutine per reader (docs/architecture.md "Delivery").
+
+Node-wide caps (PROTOCOL.md §10): every connection is admitted by the
+server's :class:`~server.node.Node` before anything else; over a cap it gets
+an ``error`` ``overloaded`` and is closed with 1013.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from protocol.server_conn import (
     ServerConnection,
 )
 
+from .node import Node, Ticket
 from .rooms import Registry, Room, Session
 from .settings import Settings
 from .storage.types import NotFound
@@ -139,6 +144,19 @@ class DirectWriter:
         transport.write(b"".join([frame_of(d) for d in payloads]))
         return True
 
+    def backlog(self) -> int:
+        """Bytes in the transport's buffer while it is over its high-water mark (0 when it is not)."""
+        p = self._proto
+        return 0 if p.writable.is_set() else p.transport.get_write_buffer_size()
+
+    async def drained(self) -> None:
+        """Return once the transport's buffer is back under its low-water mark."""
+        await self._proto.writable.wait()
+
+    def abort(self) -> None:
+        """Drop the connection at once (a peer that does not take its close frame)."""
+        self._proto.transport.abort()
+
 
 class _StarletteTransport:
     def __init__(self, ws: WebSocket) -> None:
@@ -178,9 +196,12 @@ def limits_from(settings: Settings) -> ConnectionLimits:
 class _Pump:
     """One connection: the core, the room it joined, and the socket."""
 
-    def __init__(self, ws: WebSocket, registry: Registry, settings: Settings) -> None:
+    def __init__(
+        self, ws: WebSocket, registry: Registry, settings: Settings, node: Node, ticket: Ticket
+    ) -> None:
         self.ws = ws
         self.registry = registry
+        self.node, self.ticket = node, ticket
         self.transport = _StarletteTransport(ws)
         self.conn = ServerConnection(limits_from(settings), time.monotonic())
         self.dataset: str = ws.path_params["dataset"]
@@ -220,6 +241,7 @@ class _Pump:
                     else:
                         await self.transport.send(encode(ev.msg, binary=ev.binary))
                 elif isinstance(ev, HelloReceived):
+                    self.node.helloed(self.ticket)
                     await self.join(ev)
                 elif isinstance(ev, CloseNeeded):
                     if self.session is not None:
@@ -255,16 +277,33 @@ class _Pump:
 async def websocket_endpoint(ws: WebSocket) -> None:
     settings: Settings = ws.app.state.settings
     registry: Registry = ws.app.state.registry
+    node: Node = ws.app.state.node
     dataset = ws.path_params["dataset"]
-    await ws.accept()
-    if not await registry.exists(dataset):
-        known = ", ".join(await registry.names()) or "(none)"
-        await ws.close(CloseCode.NO_SUCH_DATASET, f"no dataset {dataset!r}; known: {known}"[:120])
-        return
-    pump = _Pump(ws, registry, settings)
+    ticket = node.admit(ws.client.host if ws.client is not None else "")
     try:
-        await pump.run()
-    except WebSocketDisconnect:
-        return
+        await ws.accept()
+        if ticket.refused is not None:
+            await _refuse(ws, ticket.refused)
+            return
+        if not await registry.exists(dataset):
+            known = ", ".join(await registry.names()) or "(none)"
+            await ws.close(CloseCode.NO_SUCH_DATASET, f"no dataset {dataset!r}; known: {known}"[:120])
+            return
+        pump = _Pump(ws, registry, settings, node, ticket)
+        try:
+            await pump.run()
+        except WebSocketDisconnect:
+            return
+        finally:
+            await pump.leave()
     finally:
-        await pump.leave()
+        node.release(ticket)
+
+
+async def _refuse(ws: WebSocket, err: Error) -> None:
+    """Over a node-wide cap: the error as a JSON text frame (any client reads it), then close 1013."""
+    try:
+        await ws.send_text(encode(err, binary=False))  # type: ignore[arg-type]
+        await ws.close(CloseCode.TRY_AGAIN_LATER, "server overloaded; retry later")
+    except (WebSocketDisconnect, RuntimeError, OSError):  # the peer left first
+        pass

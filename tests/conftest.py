@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from server.app import open_registry
+from server.app import create_app, open_registry
 from server.rooms import Registry, Room
 from server.settings import Settings
 from server.storage.catalog import open_catalog
@@ -33,7 +33,7 @@ from server.storage.catalog_memory import MemoryCatalog
 from server.storage.service import Storage
 from server.storage.types import CatalogStore
 from tests.pg import PgUnavailable, fresh_schema_sync, require_service
-from tests.serving import bind_port0, running, timeout
+from tests.serving import bind_port0, running, serving, timeout
 
 __all__ = [
     "BACKENDS",
@@ -133,6 +133,7 @@ class LiveServer:
     http: str  # http://127.0.0.1:PORT
     registry: Registry
     settings: Settings
+    app: Any = None  # the Starlette app (its state: health, node, settings)
 
     def room(self, dataset: str = "sales", branch: str = "main") -> Room:
         return self.registry.rooms[(dataset, branch)]
@@ -175,9 +176,11 @@ def make_server() -> Callable[..., Any]:
             except BaseException:
                 await registry.close()
                 raise
-            settings = await self.stack.enter_async_context(running(self.settings, registry, sock))
-            port = settings.port
-            return LiveServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", registry, settings)
+            port = sock.getsockname()[1]
+            settings = dataclasses.replace(self.settings, port=port)
+            app = create_app(settings, registry)
+            await self.stack.enter_async_context(serving(app, sock))
+            return LiveServer(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}", registry, settings, app)
 
         async def __aexit__(self, *exc: object) -> None:
             await self.stack.aclose()

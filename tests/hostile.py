@@ -33,7 +33,7 @@ import polars as pl
 from client import connect
 from tests.procs import ServerProcess, start_server
 
-__all__ = ["HostileServer", "Report", "hostile_server", "under_attack", "rss_bytes", "HEALTHY"]
+__all__ = ["HostileServer", "Report", "hostile_server", "under_attack", "rss_bytes", "HEALTHY", "MB"]
 
 MB = 1024 * 1024
 AS_LIMIT = 6 * 1024 * MB  # the server's address space (RLIMIT_AS)
@@ -177,7 +177,9 @@ async def under_attack(
 ) -> Report:
     """Run ``attack`` while the healthy client works; measure (see :meth:`Report.check`).
 
-    ``attack`` must return once the attacker has gone (its sockets closed).
+    The attack starts once the healthy client has joined (so caps on
+    connections cannot keep it out). ``attack`` must return once the
+    attacker has gone (its sockets closed).
     With ``room``, that room's frame is compared before and after.
     """
     report = Report(name)

@@ -8,7 +8,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["ServerProcess", "start_server"]
@@ -21,6 +21,21 @@ class ServerProcess:
     proc: asyncio.subprocess.Process
     port: int
     log: list[str]
+    logged: asyncio.Event = field(default_factory=asyncio.Event)  # set on every new log line
+    drainer: asyncio.Task[None] | None = None  # reads the output into ``log``
+
+    async def wait_log(self, pattern: str, within: float = 30.0) -> str:
+        """The first log line that matches ``pattern`` (a regex); waits for it on :attr:`logged`."""
+        found = re.compile(pattern)
+        seen = 0
+        async with asyncio.timeout(within):
+            while True:
+                for line in self.log[seen:]:
+                    seen += 1
+                    if found.search(line):
+                        return line
+                self.logged.clear()
+                await self.logged.wait()
 
     @property
     def url(self) -> str:
@@ -46,19 +61,25 @@ class ServerProcess:
                 await self.proc.wait()
 
 
-async def _drain(stream: asyncio.StreamReader, log: list[str]) -> None:
+async def _drain(stream: asyncio.StreamReader, server: ServerProcess) -> None:
     while line := await stream.readline():
-        log.append(line.decode(errors="replace").rstrip())
+        server.log.append(line.decode(errors="replace").rstrip())
+        server.logged.set()
 
 
 async def start_server(
-    *args: str, data_dir: Path, within: float = 60.0, preexec_fn: Callable[[], None] | None = None
+    *args: str,
+    data_dir: Path,
+    within: float = 60.0,
+    preexec_fn: Callable[[], None] | None = None,
+    module: str = "server.cli",
 ) -> ServerProcess:
     """Start ``coframe serve --port 0 ...`` and wait for its "listening" line.
 
-    ``preexec_fn`` runs in the child before ``exec`` (e.g. to set a resource limit).
+    ``preexec_fn`` runs in the child before ``exec`` (e.g. to set a resource limit);
+    ``module`` is what ``python -m`` runs (a test's variant of the CLI).
     """
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", "0", "--data-dir", str(data_dir), *args]
+    cmd = [sys.executable, "-m", module, "serve", "--port", "0", "--data-dir", str(data_dir), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, preexec_fn=preexec_fn
@@ -75,5 +96,6 @@ async def start_server(
             m = _READY.search(line)
             if m:
                 break
-    asyncio.get_running_loop().create_task(_drain(proc.stdout, log))
-    return ServerProcess(proc, int(m.group(1)), log)
+    server = ServerProcess(proc, int(m.group(1)), log)
+    server.drainer = asyncio.get_running_loop().create_task(_drain(proc.stdout, server))
+    return server

@@ -9,12 +9,14 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from starlette.applications import Starlette
+
 from server.app import create_app
 from server.rooms import Registry
-from server.serve import Server, uvicorn_config
+from server.serve import Server
 from server.settings import Settings
 
-__all__ = ["running", "timeout"]
+__all__ = ["running", "serving", "timeout"]
 
 # Timeouts scale with COFRAME_TEST_TIMEOUT_SCALE on slow machines (like websockets' MS).
 SCALE = float(os.environ.get("COFRAME_TEST_TIMEOUT_SCALE", "1"))
@@ -38,7 +40,15 @@ async def running(settings: Settings, registry: Registry, sock: socket.socket) -
     Yields the settings with the real port.
     """
     settings = dataclasses.replace(settings, port=sock.getsockname()[1])
-    server = Server(uvicorn_config(create_app(settings, registry), settings, log_level="warning"))
+    async with serving(create_app(settings, registry), sock):
+        yield settings
+
+
+@asynccontextmanager
+async def serving(app: Starlette, sock: socket.socket) -> AsyncIterator[Server]:
+    """Serve the coframe ``app`` (from ``create_app``) on ``sock`` until the block ends."""
+    settings: Settings = app.state.settings
+    server = Server.for_app(app, settings, log_level="warning")
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         ready = asyncio.create_task(server.ready.wait())
@@ -48,7 +58,7 @@ async def running(settings: Settings, registry: Registry, sock: socket.socket) -
             if task.done():
                 task.result()
             raise RuntimeError("server did not start")
-        yield settings
+        yield server
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout(15))

@@ -46,7 +46,8 @@ __all__ = [
 ]
 
 # Snapshots of at least this many rows are encoded in a worker thread and,
-# for clients that read compressed Arrow IPC, cached per (state, audience, codec).
+# for clients that read compressed Arrow IPC or Parquet, cached per (state,
+# audience, codec) until the state moves on or the room's last session leaves.
 BIG_SNAPSHOT_ROWS = 50_000
 
 Payload = bytes | str
@@ -167,6 +168,8 @@ class Outbound:
             for s in subscribers:
                 s.push(self._welcome(payload, s))
             return
+        if isinstance(payload, DeltaOut) and payload.after is not None and self._snapshots:
+            self.forget()  # the room's state moved on: no join can use a snapshot of the old one
         droppable = payload.droppable if isinstance(payload, Message) else True
         subs = subscribers if isinstance(subscribers, list) else list(subscribers)
         if len(subs) == 1:  # a reply: one subscriber, one group (the tick sends one per batch)
@@ -180,6 +183,15 @@ class Outbound:
             data = self._encode(payload, audience, binary)
             for s in subs:
                 s.push(data, droppable=droppable)
+
+    def forget(self) -> None:
+        """Drop the cached snapshots (the state moved on, or the room has no session left).
+
+        A welcome queued for a session keeps its own bytes; the cache only
+        lets joins at the same state share one encoding, and must not keep a
+        snapshot alive after its joiners have gone.
+        """
+        self._snapshots.clear()
 
     def _encode(self, payload: Message | DeltaOut, audience: Audience, binary: bool) -> Payload:
         if isinstance(payload, DeltaOut) and audience == EVERYONE:

@@ -192,6 +192,22 @@ class Registry:
         await room.close()
         log.info("unloaded room %s at seq %d", room.name, room.core.seq)
 
+    async def close_rooms(self, code: int = CloseCode.GOING_AWAY, reason: str = "room unloading") -> None:
+        """Close every open room at once: each commits its WAL tail and closes its sessions.
+
+        The rooms close concurrently, so one that cannot finish (its tick waits
+        on a stuck worker) holds back no other; the caller bounds the wait.
+        """
+        for timer in self._unloaders.values():
+            timer.cancel()
+        self._unloaders.clear()
+        rooms = list(self.rooms.values())
+        self.rooms.clear()
+        results = await asyncio.gather(*(room.close(code, reason) for room in rooms), return_exceptions=True)
+        for room, result in zip(rooms, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("closing room %s failed", room.name, exc_info=result)
+
     async def close(self) -> None:
         for timer in self._unloaders.values():
             timer.cancel()
@@ -199,11 +215,12 @@ class Registry:
         # An unload under way is flushing its room: let it finish (_unloaded logged any failure).
         await asyncio.gather(*self._unloading, return_exceptions=True)
         try:
-            for room in list(self.rooms.values()):
-                await room.close()
-            self.rooms.clear()
+            await self.close_rooms()
         finally:
-            await asyncio.to_thread(self.exprs.close)  # kills and reaps the expression workers
+            try:
+                await asyncio.to_thread(self.exprs.close)  # kills and reaps the expression workers
+            except RuntimeError:  # the default executor is already shut down (a late shutdown)
+                self.exprs.close()
             await self.storage.close()
 
     async def describe(self) -> list[dict[str, object]]:

@@ -134,11 +134,13 @@ class Room:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        # Queries and view requests in flight finish first (a Perspective call
-        # in a worker thread cannot be cancelled halfway).
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Commit first: a query or view request still in flight (below) may
+        # wait on a worker thread for long, and must not hold the commit back.
         if self.durability.handle is not None and self.durability.uncommitted and not self.broken:
             await self.durability.autocommit(self.durability.prepare(self.core), "autocommit (room unload)")
+        # Queries and view requests in flight finish next (a Perspective call
+        # in a worker thread cannot be cancelled halfway).
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.views.close()
         for s in list(self.sessions.values()):
             s.abort(code, reason)
@@ -230,6 +232,8 @@ class Room:
                 )
                 self._broadcast(PresenceUpdate(update, {session.client: None}))
         await session.stop()
+        if not self.sessions:  # no join can reuse a cached snapshot now: let it go
+            self.outbound.forget()
         self._views_idle()
 
     def _views_idle(self) -> None:

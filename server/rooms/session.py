@@ -6,9 +6,18 @@ payloads (deltas, presence) are *droppable*: when the queue overflows they
 are discarded and the session is marked for **resync**; as soon as the
 writer catches up it sends a fresh ``welcome`` (reason ``resync``) instead
 of the missed deltas. Replies (ack, error, welcome) are never dropped; a
-client whose replies alone overflow twice the bound, or that stays in resync
-longer than ``stall_timeout``, is closed with ``CloseCode.SLOW_CONSUMER``.
-The room never awaits a session, so it never waits for its slowest client.
+client whose replies alone overflow twice the bound (in messages or in
+bytes), or that stays in resync longer than ``stall_timeout``, is closed
+with ``CloseCode.SLOW_CONSUMER``. The room never awaits a session, so it
+never waits for its slowest client.
+
+Node-wide, every session charges the server's :class:`SendBudget`
+(``max_queued_bytes_total``) with the bytes it holds: its queue, the payload
+its writer is sending, and what a write left in the socket's buffer over its
+high-water mark, until that drains. A session that would queue past the
+budget is a slow consumer too: broadcasts are dropped and it is resynced; a
+reply that does not fit closes it with ``error`` ``overloaded`` and
+``CloseCode.TRY_AGAIN_LATER``. A closed session gives everything back.
 
 Fast path: a transport may offer ``direct``, a synchronous writer (for
 uvicorn, :class:`server.ws.DirectWriter`). While the queue is empty and the
@@ -27,46 +36,16 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
 
-from protocol import CloseCode
+from protocol import CloseCode, Error, ErrorCode, encode
 
 from .outbound import EVERYONE, Audience
+from .transport import CLOSE_GRACE, DirectWrite, Item, Payload, SendBudget, SessionLimits, Transport
 
-__all__ = ["Transport", "DirectWrite", "Session", "SessionLimits"]
+__all__ = ["Transport", "DirectWrite", "Payload", "Session", "SessionLimits", "SendBudget"]
 
 log = logging.getLogger("coframe.session")
-
-Payload = bytes | str
-# A payload, or a welcome whose big snapshot is encoded (in a worker thread)
-# only when the writer reaches it.
-Item = Payload | Callable[[], Awaitable[Payload]]
-# A transport's synchronous writer: True if it wrote the frame, False if it
-# cannot take it now (buffer over its high-water mark, or closing). It may
-# also have ``many(payloads) -> bool``, which writes their frames with one
-# write (all or nothing), for a session's held payloads (Session.hold).
-DirectWrite = Callable[[Payload], bool]
-
-
-class Transport(Protocol):
-    """What a session needs from a WebSocket (Starlette's, or a test double).
-
-    It may also have a ``direct`` attribute, a :data:`DirectWrite` or None:
-    the synchronous fast path (module docstring).
-    """
-
-    async def send(self, data: Payload) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SessionLimits:
-    max_messages: int = 1024
-    max_bytes: int = 64 * 1024 * 1024
-    stall_timeout: float = 30.0
 
 
 class Session:
@@ -93,6 +72,11 @@ class Session:
         self.awareness_clock = 0
         self._resync = resync
         self._direct: DirectWrite | None = getattr(transport, "direct", None)
+        self._backlog: Callable[[], int] | None = getattr(self._direct, "backlog", None)
+        self._budget = limits.budget
+        self._charged = 0  # bytes this session has charged to the budget
+        self._inflight = 0  # bytes being sent, or left in the socket's buffer over its mark
+        self._draining = False  # a direct write left the socket's buffer over its mark
         self._held: list[tuple[Payload, bool]] | None = None  # direct writes held for one write
         self._sending = False  # the writer task popped an item and has not finished sending it
         self.direct_writes = 0
@@ -119,6 +103,11 @@ class Session:
     @property
     def queued_bytes(self) -> int:
         return self._queued_bytes
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes this session holds against the server's budget: queued, in flight, not yet drained."""
+        return self._queued_bytes + self._inflight
 
     @property
     def closed(self) -> bool:
@@ -150,6 +139,8 @@ class Session:
             try:
                 if direct(data):
                     self.direct_writes += 1
+                    if self._backlog is not None:
+                        self._check_backlog()
                     return
             except Exception as e:  # the peer went away mid-write; the reader sees it too
                 self._direct_failed(e)
@@ -187,12 +178,26 @@ class Session:
             self._direct_failed(e)
             return
         self.direct_writes += done
+        if done and self._backlog is not None:
+            self._check_backlog()
         for d, droppable in items[done:]:
             self._enqueue(d, droppable)
+
+    def _check_backlog(self) -> None:
+        """After a direct write: if it left the socket's buffer over its mark, hold those bytes
+        against the budget, and write nothing more directly, until the writer saw it drain."""
+        assert self._backlog is not None
+        backlog = self._backlog()
+        if backlog:
+            self._draining = self._sending = True
+            self._inflight = backlog
+            self._settle()
+            self._wake.set()
 
     def _direct_failed(self, e: Exception) -> None:
         log.debug("direct write to %s failed: %r", self.client, e)
         self._closed = True
+        self._drop_all()
         self._wake.set()
 
     def _enqueue(self, data: Item, droppable: bool) -> None:
@@ -200,27 +205,63 @@ class Session:
             self.dropped += 1
             self._check_stall()
             return
-        full = len(self._queue) >= self.limits.max_messages or self._queued_bytes >= self.limits.max_bytes
-        if full:
+        size = _size(data)
+        limits, budget = self.limits, self._budget
+        full = len(self._queue) >= limits.max_messages or self._queued_bytes >= limits.max_bytes
+        over = budget is not None and not budget.fits(size)
+        if full or over:
             if droppable:
                 self._enter_resync()
                 self.dropped += 1
                 return
-            if len(self._queue) >= 2 * self.limits.max_messages:
+            if (
+                len(self._queue) >= 2 * limits.max_messages
+                or self._queued_bytes + size > 2 * limits.max_bytes
+            ):
                 self.abort(CloseCode.SLOW_CONSUMER, "send queue overflowed with replies; read faster")
                 return
+            if over:
+                self._overloaded()
+                return
         self._queue.append((data, droppable))
-        self._queued_bytes += _size(data)
+        self._queued_bytes += size
+        self._settle()
         self._wake.set()
+
+    def _overloaded(self) -> None:
+        """The server holds ``max_queued_bytes_total`` for its clients: close with 1013, after an error."""
+        assert self._budget is not None
+        self._budget.closed += 1
+        limit = self._budget.limit
+        why = f"the server holds its limit of {limit} bytes for clients; retry later, with backoff"
+        err = Error(ErrorCode.OVERLOADED, why, {"limit": "max_queued_bytes_total", "bytes": limit})
+        self.abort(
+            CloseCode.TRY_AGAIN_LATER, "server overloaded; retry later", last=encode(err, binary=self.binary)
+        )
 
     def _enter_resync(self) -> None:
         kept = deque((d, dr) for d, dr in self._queue if not dr)
         self.dropped += len(self._queue) - len(kept)
         self._queue = kept
         self._queued_bytes = sum(_size(d) for d, _ in kept)
+        self._settle()
         self.resync_pending = True
         self.stalled_since = time.monotonic()
         self._wake.set()
+
+    def _settle(self) -> None:
+        """Bring the budget's count of this session's bytes up to date."""
+        budget = self._budget
+        if budget is not None:
+            held = self._queued_bytes + self._inflight
+            budget.charge(held - self._charged)
+            self._charged = held
+
+    def _drop_all(self) -> None:
+        """Forget everything queued or in flight (the session is closed) and give its bytes back."""
+        self._queue.clear()
+        self._queued_bytes = self._inflight = 0
+        self._settle()
 
     def _check_stall(self) -> None:
         since = self.stalled_since
@@ -235,6 +276,9 @@ class Session:
     async def _writer(self) -> None:
         try:
             while not self._closed:
+                if self._draining:
+                    await self._drain()
+                    continue
                 if not self._queue:
                     if self._closing is not None:
                         self._drained.set()
@@ -250,37 +294,75 @@ class Session:
                     await self._wake.wait()
                     continue
                 item, _ = self._queue.popleft()
-                self._queued_bytes -= _size(item)
                 self._sending = True
                 try:
-                    data = item if isinstance(item, (bytes, str)) else await item()
-                    await self.transport.send(data)
+                    await self._send(item)
                 finally:
                     self._sending = False
+                    self._inflight = 0
+                    self._settle()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the peer went away mid-send; the reader sees it too
             log.debug("writer for %s stopped: %r", self.client, e)
             self._closed = True
+            self._drop_all()
 
-    def abort(self, code: int, reason: str) -> None:
-        """Close now: drop the queue, stop the writer, close the socket."""
+    async def _send(self, item: Item) -> None:
+        """Send one queued item; its bytes stay charged until the socket's buffer drained."""
+        size = _size(item)
+        self._queued_bytes -= size
+        self._inflight = size
+        if not isinstance(item, (bytes, str)):  # a welcome encoded now: not when the server is full
+            budget = self._budget
+            if budget is not None and budget.over:
+                self._overloaded()
+                return
+            item = await item()
+            self._inflight = size = len(item)
+            if budget is not None and not budget.fits(size):
+                self._overloaded()
+                return
+        self._settle()
+        await self.transport.send(item)
+        del item  # not kept alive while the buffer drains
+        drained = getattr(self._direct, "drained", None)
+        if drained is not None:
+            await drained()
+
+    async def _drain(self) -> None:
+        """Wait until a direct write's backlog left the socket's buffer, then write directly again."""
+        drained = getattr(self._direct, "drained", None)
+        if drained is not None:
+            await drained()
+        self._draining = self._sending = False
+        self._inflight = 0
+        self._settle()
+
+    def abort(self, code: int, reason: str, *, last: Payload | None = None) -> None:
+        """Close now: drop the queue, stop the writer, close the socket (after ``last``, if given)."""
         if self._closed:
             return
         self._closed = True
         self.close_reason = reason
-        self._queue.clear()
-        self._queued_bytes = 0
-        if self._task is not None:
+        self._drop_all()
+        if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
         log.info("closing %s: %s", self.client, reason)
-        self._closer = asyncio.get_running_loop().create_task(self._close(code, reason))
+        self._closer = asyncio.get_running_loop().create_task(self._close(code, reason, last))
 
-    async def _close(self, code: int, reason: str) -> None:
+    async def _close(self, code: int, reason: str, last: Payload | None = None) -> None:
+        """Send ``last`` and the close frame; a peer that does not take them in time is dropped."""
         try:
-            await asyncio.wait_for(self.transport.close(code, reason), 5.0)
-        except Exception as e:  # already gone
+            async with asyncio.timeout(CLOSE_GRACE):
+                if last is not None:
+                    await self.transport.send(last)
+                await self.transport.close(code, reason)
+        except Exception as e:  # already gone, or not reading: drop the connection
             log.debug("close of %s failed: %r", self.client, e)
+            drop = getattr(self._direct, "abort", None)
+            if drop is not None:
+                drop()
 
     async def finish(self, code: int, reason: str, grace: float = 5.0) -> None:
         """Send what is queued (e.g. the error that explains why), then close."""
@@ -294,13 +376,15 @@ class Session:
             pass
         self._closed = True
         self.close_reason = reason
+        if self._task is not None:
+            self._task.cancel()
+        self._drop_all()
         await self._close(code, reason)
 
     async def stop(self) -> None:
         """Stop the writer after the client left (no close frame)."""
         self._closed = True
-        self._queue.clear()
-        self._queued_bytes = 0
+        self._drop_all()
         for task in (self._task, self._closer):
             if task is None:
                 continue

@@ -23,7 +23,6 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -35,6 +34,7 @@ from protocol.dtypes import RID, RID_ARROW, RID_POLARS, arrow_type
 from server.ops.dtypes import polars_dtype
 from server.ops.state import Catalog, Column, State
 
+from ..workers import TrackedExecutor
 from .chunks import ChunkStore, encode_parquet
 from .types import ChunkRef, Manifest, StorageError
 
@@ -66,7 +66,7 @@ class ChunkPool:
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers or min(8, os.cpu_count() or 2)
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: TrackedExecutor | None = None  # /healthz sees a stuck chunk write
         self._lock = threading.Lock()  # write_commit and load_state run in worker threads
         self._closed = False
 
@@ -82,7 +82,7 @@ class ChunkPool:
             if self._closed:
                 raise RuntimeError("the chunk pool is closed")
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="chunks")
+                self._executor = TrackedExecutor(max_workers=self.workers, thread_name_prefix="chunks")
             executor = self._executor
         return list(executor.map(fn, items))
 

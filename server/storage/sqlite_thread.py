@@ -17,10 +17,10 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from ..workers import TrackedExecutor
 from .migrations import apply_sqlite
 from .types import StorageError
 
@@ -47,7 +47,7 @@ class SqliteThread:
         self.busy_timeout = busy_timeout
         self.version = 0  # schema version after open()
         self._conn: sqlite3.Connection | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: TrackedExecutor | None = None  # /healthz sees a stuck query
 
     async def open(self) -> None:
         """Open the file, set the durability pragmas, run pending migrations.
@@ -58,7 +58,7 @@ class SqliteThread:
         """
         if self._executor is not None:
             return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="coframe-sqlite")
+        self._executor = TrackedExecutor(max_workers=1, thread_name_prefix="coframe-sqlite")
         try:
             self.version = await self._call(self._connect)
         except BaseException:
