@@ -1,0 +1,212 @@
+"""Chunk garbage collection: mark and sweep over every dataset (PROTOCOL.md §13).
+
+Chunks are content-addressed and shared: by the commits of one dataset, and
+by datasets whose rows hash the same. A chunk stays while any commit of any
+dataset references it (every stored commit counts, reachable from a ref or
+not: time travel may name any commit id). Once a dataset is deleted
+(``coframe delete``), an upload fails after writing its chunks, or the
+dataset is a half-created one removed at start-up, its chunks are garbage.
+
+One pass (:func:`collect`):
+
+1. **Snapshot** the hashes this process holds (:meth:`ChunkStore.hold`: a
+   commit, import or upload under way holds every chunk it writes or reuses
+   until its manifest is in the catalog) and the time.
+2. **Mark**: the hashes every manifest in the catalog references, plus the
+   snapshot.
+3. **Sweep**: every chunk file not marked and modified before
+   ``start - grace`` is removed, each checked again under the store's lock
+   (:meth:`ChunkStore.remove_unheld`), so a commit that starts holding it
+   meanwhile keeps it. Temp files a crash left behind go by the same age rule.
+
+Why nothing a concurrent writer is about to reference is lost: a writer in
+this process that held the hash before the snapshot is marked; one that holds
+it after the snapshot writes the file or refreshes its modification time
+after the snapshot, so it is younger than the cut-off. A writer in another
+process (``coframe import`` next to a running server) does not share the
+held set: its reused chunks are refreshed and its new ones are new, so the
+grace period (``chunk_gc_grace``, an hour by default) covers it as long as
+its commit takes less than that. docs/decisions.md explains the choice.
+
+A chunk directory belongs to one catalog: the first pass writes the
+catalog's identity to ``CATALOG`` at the root of the store, and a pass run
+with another catalog (say, an empty PostgreSQL one pointed at a directory a
+SQLite catalog filled) refuses to sweep rather than deleting the other
+catalog's chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .catalog_pg import PostgresCatalog
+from .catalog_sqlite import SqliteCatalog
+from .chunks import ChunkStore, LocalFS, hash_of_key
+from .types import CatalogStore
+
+__all__ = ["GcReport", "collect", "ChunkCollector", "catalog_identity", "OWNER_KEY", "MIN_INTERVAL"]
+
+log = logging.getLogger("coframe.gc")
+
+OWNER_KEY = "CATALOG"  # at the root of a local chunk store: the identity of its catalog
+MIN_INTERVAL = 60.0  # seconds between background passes at the least (else: every grace period)
+_TEMP = ".tmp-"
+
+
+@dataclass(slots=True)
+class GcReport:
+    """What one pass did. ``skipped`` says why nothing was swept, when nothing was."""
+
+    referenced: int = 0  # distinct hashes the catalog references (plus held ones)
+    stored: int = 0  # chunk files seen
+    removed: list[str] = field(default_factory=list)  # hashes (or temp keys) removed
+    removed_bytes: int = 0
+    kept_young: int = 0  # unreferenced, but younger than the grace period
+    skipped: str | None = None
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"chunk GC skipped: {self.skipped}"
+        return (
+            f"chunk GC: {len(self.removed)} unreferenced chunks removed ({self.removed_bytes:,} bytes),"
+            f" {self.stored - len(self.removed)} kept ({self.referenced} referenced,"
+            f" {self.kept_young} unreferenced but younger than the grace period)"
+        )
+
+
+def catalog_identity(catalog: CatalogStore) -> str | None:
+    """A stable name of the catalog's data (file, or server + database + schema); None in memory."""
+    if isinstance(catalog, SqliteCatalog):
+        if catalog.path == ":memory:":
+            return None
+        return "sqlite:" + str(Path(catalog.path).resolve())
+    if isinstance(catalog, PostgresCatalog):
+        parts = urlsplit(catalog.dsn)
+        host = parts.hostname or "localhost"
+        return f"postgresql://{host}:{parts.port or 5432}{parts.path or '/'}?schema={catalog.schema or ''}"
+    return None
+
+
+def _claim(chunks: ChunkStore, identity: str | None) -> str | None:
+    """Why this catalog may not sweep ``chunks`` (another one owns it), or None (claimed)."""
+    fs = chunks.fs
+    if identity is None or not isinstance(fs, LocalFS):
+        return None
+    marker = fs.root / OWNER_KEY
+    try:
+        owner = marker.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        fs.put(OWNER_KEY, (identity + "\n").encode())
+        return None
+    if owner == identity:
+        return None
+    return (
+        f"the chunk store {fs.root} belongs to the catalog {owner}, not {identity}; nothing was removed"
+        f" (if that catalog is gone for good, delete {marker} to let this one collect)"
+    )
+
+
+async def collect(catalog: CatalogStore, chunks: ChunkStore, *, grace: float) -> GcReport:
+    """One mark-and-sweep pass; see the module docstring. Safe while rooms commit.
+
+    Raises:
+        StorageError, OSError: the catalog or the chunk store failed (nothing
+            unreferenced-and-old is removed without a complete mark).
+    """
+    report = GcReport()
+    refusal = await asyncio.to_thread(_claim, chunks, catalog_identity(catalog))
+    if refusal is not None:
+        report.skipped = refusal
+        return report
+    start = time.time()
+    marked = chunks.held()  # before the catalog read: see the module docstring
+    marked |= await catalog.chunk_hashes()
+    report.referenced = len(marked)
+    cutoff = start - max(0.0, grace)
+    await asyncio.to_thread(_sweep, chunks, marked, cutoff, report)
+    return report
+
+
+def _sweep(chunks: ChunkStore, marked: set[str], cutoff: float, report: GcReport) -> None:
+    for key, mtime, size in chunks.items():
+        h = hash_of_key(key)
+        if h is None and not key.rpartition("/")[2].startswith(_TEMP):
+            continue  # not ours: leave it
+        if h is not None:
+            report.stored += 1
+            if h in marked:
+                continue
+        if mtime >= cutoff:
+            report.kept_young += h is not None
+            continue
+        if chunks.remove_unheld(key, cutoff):
+            report.removed.append(h or key)
+            report.removed_bytes += size
+
+
+class ChunkCollector:
+    """The background GC of one storage: a pass now, then every ``max(grace, 60 s)``.
+
+    :meth:`poke` runs a pass soon (after a delete). A failed pass logs one line
+    and the next one tries again. :meth:`close` stops it.
+    """
+
+    def __init__(self, catalog: CatalogStore, chunks: ChunkStore, *, grace: float) -> None:
+        self.catalog = catalog
+        self.chunks = chunks
+        self.grace = grace
+        self.interval = max(MIN_INTERVAL, grace)
+        self.passes = 0
+        self.last: GcReport | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._done = asyncio.Event()  # set after each pass (tests wait on it)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="coframe:chunk-gc")
+
+    def poke(self) -> None:
+        """Run a pass as soon as the current one (if any) is done."""
+        self._wake.set()
+
+    async def wait_pass(self, after: int) -> GcReport | None:
+        """Wait until more than ``after`` passes have finished; the last report."""
+        while self.passes <= after:
+            self._done.clear()
+            await self._done.wait()
+        return self.last
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                self.last = await collect(self.catalog, self.chunks, grace=self.grace)
+            except Exception as e:  # the next pass tries again; one line, not a traceback per pass
+                log.warning(
+                    "chunk GC pass failed (%s: %s); retrying in %.0f s", type(e).__name__, e, self.interval
+                )
+            else:
+                if self.last.skipped:
+                    log.warning("%s", self.last.summary())
+                elif self.last.removed:
+                    log.info("%s", self.last.summary())
+            self.passes += 1
+            self._done.set()
+            # Wait for the next period or a poke (runtime behaviour, not a test wait).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
