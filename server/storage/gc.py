@@ -17,7 +17,9 @@ One pass (:func:`collect`):
 3. **Sweep**: every chunk file not marked and modified before
    ``start - grace`` is removed, each checked again under the store's lock
    (:meth:`ChunkStore.remove_unheld`), so a commit that starts holding it
-   meanwhile keeps it. Temp files a crash left behind go by the same age rule.
+   meanwhile keeps it. Temp files a crash left behind go once they are older
+   than the grace period and at least :data:`TEMP_MIN_AGE` (a writer may be
+   filling one right now).
 
 Why nothing a concurrent writer is about to reference is lost: a writer in
 this process that held the hash before the snapshot is marked; one that holds
@@ -56,6 +58,7 @@ log = logging.getLogger("coframe.gc")
 
 OWNER_KEY = "CATALOG"  # at the root of a local chunk store: the identity of its catalog
 MIN_INTERVAL = 60.0  # seconds between background passes at the least (else: every grace period)
+TEMP_MIN_AGE = 3600.0  # a temp file younger than this may be a chunk being written: never removed
 _TEMP = ".tmp-"
 
 
@@ -129,23 +132,26 @@ async def collect(catalog: CatalogStore, chunks: ChunkStore, *, grace: float) ->
     marked |= await catalog.chunk_hashes()
     report.referenced = len(marked)
     cutoff = start - max(0.0, grace)
-    await asyncio.to_thread(_sweep, chunks, marked, cutoff, report)
+    await asyncio.to_thread(_sweep, chunks, marked, cutoff, min(cutoff, start - TEMP_MIN_AGE), report)
     return report
 
 
-def _sweep(chunks: ChunkStore, marked: set[str], cutoff: float, report: GcReport) -> None:
+def _sweep(chunks: ChunkStore, marked: set[str], cutoff: float, temp_cutoff: float, report: GcReport) -> None:
     for key, mtime, size in chunks.items():
         h = hash_of_key(key)
-        if h is None and not key.rpartition("/")[2].startswith(_TEMP):
-            continue  # not ours: leave it
-        if h is not None:
+        if h is None:
+            if not key.rpartition("/")[2].startswith(_TEMP):
+                continue  # not ours: leave it
+            cutoff_here = temp_cutoff
+        else:
             report.stored += 1
             if h in marked:
                 continue
-        if mtime >= cutoff:
+            cutoff_here = cutoff
+        if mtime >= cutoff_here:
             report.kept_young += h is not None
             continue
-        if chunks.remove_unheld(key, cutoff):
+        if chunks.remove_unheld(key, cutoff_here):
             report.removed.append(h or key)
             report.removed_bytes += size
 
