@@ -22,7 +22,7 @@ import pytest
 
 from server.storage.chunks import ChunkStore, MemoryFS, encode_parquet
 from server.storage.fsck import fsck
-from server.storage.gc import OWNER_KEY
+from server.storage.gc import OWNER_SUFFIX
 from server.storage.service import Storage
 from tests.conftest import Backend, persistent_only, timeout
 from tests.helpers import frame
@@ -172,28 +172,49 @@ async def test_gc_while_datasets_come_and_go_loses_no_chunk(storage: Storage) ->
 
 async def test_gc_refuses_a_chunk_store_another_catalog_filled(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    marker = data / f"chunks{OWNER_SUFFIX}"
     first = await Storage.open(data)
     try:
         m = await first.create_dataset("a", frame(5), author="t", message="m")
         await first.collect_garbage(0)  # claims the chunk store for its catalog
     finally:
         await first.close()
-    assert (data / "chunks" / OWNER_KEY).read_text().startswith("sqlite:")
+    assert marker.read_text().startswith("sqlite:")
     other = await Storage.open(data, str(tmp_path / "other.sqlite3"))  # an empty catalog, same chunks
     try:
         age_all(other.chunks)
         report = await other.collect_garbage(0)
         assert report.skipped and "belongs to the catalog" in report.skipped and report.removed == []
-        assert stored(other.chunks) == hashes(m)
+        marker.unlink()  # as a chunk store from before 0.5.0: claimed only by a catalog that uses it
+        report = await other.collect_garbage(0)
+        assert report.skipped and "references none of them" in report.skipped and report.removed == []
+        assert not marker.exists() and stored(other.chunks) == hashes(m)
     finally:
         await other.close()
+    first = await Storage.open(data)
+    try:
+        assert (await first.collect_garbage(0)).skipped is None and marker.exists()
+        assert await all_ok(first)
+    finally:
+        await first.close()
+    moved = data.rename(tmp_path / "moved")  # a data directory keeps its catalog when it moves
+    first = await Storage.open(moved)
+    try:
+        assert (await first.collect_garbage(0)).skipped is None and await all_ok(first)
+    finally:
+        await first.close()
 
 
 @persistent_only
 async def test_the_server_collects_at_startup(backend: Backend) -> None:
-    store = ChunkStore((backend.data_dir or Path()) / "chunks")
-    orphan, _ = store.put_bytes(encode_parquet(pl.DataFrame({"x": [1]}).to_arrow()))
-    age(store, orphan, 2 * HOUR)
+    storage = await backend.open_storage()
+    try:
+        keep = await storage.create_dataset("keep", frame(3), author="t", message="m")
+        assert (await storage.collect_garbage(HOUR)).skipped is None  # claims the store for the catalog
+        orphan, _ = storage.chunks.put_bytes(encode_parquet(pl.DataFrame({"x": [1]}).to_arrow()))
+        age(storage.chunks, orphan, 2 * HOUR)
+    finally:
+        await storage.close()
     async with durable_server(backend) as srv:
         collector = srv.registry.storage.collector
         assert collector is not None
@@ -206,6 +227,7 @@ async def test_the_server_collects_at_startup(backend: Backend) -> None:
         collector.poke()
         report = await asyncio.wait_for(collector.wait_pass(passes), timeout(30))
         assert report is not None and sorted(report.removed) == sorted(hashes(m))
+        assert stored(srv.registry.storage.chunks) == hashes(keep)
 
 
 # ---------------------------------------------------------------- the CLI: fsck, delete, gc
@@ -256,3 +278,43 @@ async def test_fsck_names_the_broken_chunk_and_delete_then_gc_clean_up(backend: 
     assert code == 0 and f"{len(hashes(a)) - 1} unreferenced chunks removed" in out, (out, err)
     left = ChunkStore(data / "chunks")
     assert stored(left) == hashes(b)
+
+
+@persistent_only
+async def test_cli_export_then_import_keeps_or_renumbers_rids(backend: Backend, tmp_path: Path) -> None:
+    data = backend.data_dir
+    assert data is not None
+    sparse = frame(4).with_columns(pl.Series("_rid", [8, 0, 3, 5]))
+    storage = await backend.open_storage()
+    try:
+        await storage.create_dataset("src", sparse, author="t", message="m", rids="keep")
+    finally:
+        await storage.close()
+    for fmt in ("parquet", "csv"):
+        out = tmp_path / f"src.{fmt}"
+        code, _, err = await cli("export", "src", "-o", str(out), data=data, catalog=backend.url)
+        assert code == 0, err
+        code, _, err = await cli(
+            "import", str(out), "--dataset", f"kept_{fmt}", "--rids", "keep", data=data, catalog=backend.url
+        )
+        assert code == 0, err
+        code, text, err = await cli(
+            "import", str(out), "--dataset", f"new_{fmt}", data=data, catalog=backend.url
+        )
+        assert code == 0 and "4 rows × 4 columns" in text, err
+    storage = await backend.open_storage()
+    try:
+        for fmt in ("parquet", "csv"):
+            kept = (await storage.state_of(await storage.resolve(f"kept_{fmt}", "main"))).frame
+            fresh = (await storage.state_of(await storage.resolve(f"new_{fmt}", "main"))).frame
+            assert kept["_rid"].to_list() == [0, 3, 5, 8] and kept["name"].to_list() == [
+                "item1",
+                "item2",
+                "item3",
+                "item0",
+            ]
+            assert (
+                fresh["_rid"].to_list() == [0, 1, 2, 3] and fresh["name"].to_list() == kept["name"].to_list()
+            )
+    finally:
+        await storage.close()

@@ -31,10 +31,11 @@ grace period (``chunk_gc_grace``, an hour by default) covers it as long as
 its commit takes less than that. docs/decisions.md explains the choice.
 
 A chunk directory belongs to one catalog: the first pass writes the
-catalog's identity to ``CATALOG`` at the root of the store, and a pass run
-with another catalog (say, an empty PostgreSQL one pointed at a directory a
-SQLite catalog filled) refuses to sweep rather than deleting the other
-catalog's chunks.
+catalog's identity beside it (``data/chunks.catalog``), and a pass run with
+another catalog (say, an empty PostgreSQL one pointed at a directory a SQLite
+catalog filled) refuses to sweep rather than deleting the other catalog's
+chunks. A directory from before 0.5.0 (no such file) is claimed only by a
+catalog that references at least one of its chunks.
 """
 
 from __future__ import annotations
@@ -52,11 +53,12 @@ from .catalog_sqlite import SqliteCatalog
 from .chunks import ChunkStore, LocalFS, hash_of_key
 from .types import CatalogStore
 
-__all__ = ["GcReport", "collect", "ChunkCollector", "catalog_identity", "OWNER_KEY", "MIN_INTERVAL"]
+__all__ = ["GcReport", "collect", "ChunkCollector", "catalog_identity", "OWNER_SUFFIX", "MIN_INTERVAL"]
 
 log = logging.getLogger("coframe.gc")
 
-OWNER_KEY = "CATALOG"  # at the root of a local chunk store: the identity of its catalog
+OWNER_SUFFIX = ".catalog"  # beside a local chunk store (``data/chunks.catalog``): its catalog's identity
+_TEMP_SUFFIX = ".tmp"
 MIN_INTERVAL = 60.0  # seconds between background passes at the least (else: every grace period)
 TEMP_MIN_AGE = 3600.0  # a temp file younger than this may be a chunk being written: never removed
 _TEMP = ".tmp-"
@@ -83,36 +85,58 @@ class GcReport:
         )
 
 
-def catalog_identity(catalog: CatalogStore) -> str | None:
-    """A stable name of the catalog's data (file, or server + database + schema); None in memory."""
+def catalog_identity(catalog: CatalogStore, chunks: ChunkStore) -> str | None:
+    """A name of the catalog's data that survives moving the data directory; None in memory.
+
+    SQLite: the file, relative to the data directory when it is in it (the
+    default layout, so a moved directory keeps its name). PostgreSQL: the
+    database and the schema (not the host, which has many names).
+    """
     if isinstance(catalog, SqliteCatalog):
         if catalog.path == ":memory:":
             return None
-        return "sqlite:" + str(Path(catalog.path).resolve())
+        path = Path(catalog.path).resolve()
+        fs = chunks.fs
+        if isinstance(fs, LocalFS) and path.parent == fs.root.resolve().parent:
+            return f"sqlite:./{path.name}"
+        return f"sqlite:{path}"
     if isinstance(catalog, PostgresCatalog):
-        parts = urlsplit(catalog.dsn)
-        host = parts.hostname or "localhost"
-        return f"postgresql://{host}:{parts.port or 5432}{parts.path or '/'}?schema={catalog.schema or ''}"
+        return f"postgresql:{urlsplit(catalog.dsn).path or '/'}?schema={catalog.schema or ''}"
     return None
 
 
-def _claim(chunks: ChunkStore, identity: str | None) -> str | None:
-    """Why this catalog may not sweep ``chunks`` (another one owns it), or None (claimed)."""
+def _marker(chunks: ChunkStore) -> Path | None:
+    """Where the identity of the store's catalog is kept: beside a local store's directory."""
     fs = chunks.fs
-    if identity is None or not isinstance(fs, LocalFS):
-        return None
-    marker = fs.root / OWNER_KEY
+    return fs.root.parent / f"{fs.root.name}{OWNER_SUFFIX}" if isinstance(fs, LocalFS) else None
+
+
+def _refusal(
+    marker: Path, identity: str, items: list[tuple[str, float, int]], marked: set[str]
+) -> str | None:
+    """Why this catalog may not sweep the store (another one owns it), or None, claiming it if unclaimed."""
     try:
         owner = marker.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        fs.put(OWNER_KEY, (identity + "\n").encode())
-        return None
+        owner = None
     if owner == identity:
         return None
-    return (
-        f"the chunk store {fs.root} belongs to the catalog {owner}, not {identity}; nothing was removed"
-        f" (if that catalog is gone for good, delete {marker} to let this one collect)"
-    )
+    if owner is not None:
+        return (
+            f"the chunk store belongs to the catalog {owner}, not {identity}; nothing was removed"
+            f" (if that catalog is gone for good, delete {marker} to let this one collect)"
+        )
+    stored = {h for h in (hash_of_key(k) for k, _, _ in items) if h is not None}
+    if stored and not stored & marked:  # chunks from before 0.5.0, and none is this catalog's
+        return (
+            f"the chunk store holds {len(stored)} chunks and the catalog {identity} references none of them;"
+            f" nothing was removed (they may be another catalog's: if they are garbage, write {identity!r}"
+            f" to {marker} to let this one collect)"
+        )
+    tmp = marker.with_name(marker.name + _TEMP_SUFFIX)
+    tmp.write_text(identity + "\n", encoding="utf-8")
+    tmp.replace(marker)
+    return None
 
 
 async def collect(catalog: CatalogStore, chunks: ChunkStore, *, grace: float) -> GcReport:
@@ -123,21 +147,30 @@ async def collect(catalog: CatalogStore, chunks: ChunkStore, *, grace: float) ->
             unreferenced-and-old is removed without a complete mark).
     """
     report = GcReport()
-    refusal = await asyncio.to_thread(_claim, chunks, catalog_identity(catalog))
-    if refusal is not None:
-        report.skipped = refusal
-        return report
     start = time.time()
     marked = chunks.held()  # before the catalog read: see the module docstring
     marked |= await catalog.chunk_hashes()
     report.referenced = len(marked)
+    items = await asyncio.to_thread(lambda: list(chunks.items()))
+    identity, marker = catalog_identity(catalog, chunks), _marker(chunks)
+    if identity is not None and marker is not None:
+        report.skipped = await asyncio.to_thread(_refusal, marker, identity, items, marked)
+        if report.skipped:
+            return report
     cutoff = start - max(0.0, grace)
-    await asyncio.to_thread(_sweep, chunks, marked, cutoff, min(cutoff, start - TEMP_MIN_AGE), report)
+    await asyncio.to_thread(_sweep, chunks, items, marked, cutoff, min(cutoff, start - TEMP_MIN_AGE), report)
     return report
 
 
-def _sweep(chunks: ChunkStore, marked: set[str], cutoff: float, temp_cutoff: float, report: GcReport) -> None:
-    for key, mtime, size in chunks.items():
+def _sweep(
+    chunks: ChunkStore,
+    items: list[tuple[str, float, int]],
+    marked: set[str],
+    cutoff: float,
+    temp_cutoff: float,
+    report: GcReport,
+) -> None:
+    for key, mtime, size in items:
         h = hash_of_key(key)
         if h is None:
             if not key.rpartition("/")[2].startswith(_TEMP):
