@@ -192,8 +192,9 @@ def _sweep(
 class ChunkCollector:
     """The background GC of one storage: a pass now, then every ``max(grace, 60 s)``.
 
-    :meth:`poke` runs a pass soon (after a delete). A failed pass logs one line
-    and the next one tries again. :meth:`close` stops it.
+    :meth:`poke` runs a pass soon (``Storage.delete_dataset`` pokes it). A
+    failed pass logs one line and the next one tries again. :meth:`close`
+    stops it.
     """
 
     def __init__(self, catalog: CatalogStore, chunks: ChunkStore, *, grace: float) -> None:
