@@ -6,7 +6,7 @@
 """
 
 from .mirror import Mirror
-from .room import ConnectionClosed, DeltaEvent, DeltaStream, OpRejected, Room, connect
+from .room import ConnectionClosed, DeltaEvent, DeltaStream, OpRejected, Room, RoomRefused, connect
 from .sync import SyncRoom, SyncView
 from .views import LiveView, ViewEvent, ViewStream
 
@@ -17,6 +17,7 @@ __all__ = [
     "SyncView",
     "OpRejected",
     "ConnectionClosed",
+    "RoomRefused",
     "DeltaEvent",
     "DeltaStream",
     "Mirror",

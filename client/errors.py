@@ -6,7 +6,7 @@ from typing import Any
 
 from protocol import CoframeError
 
-__all__ = ["OpRejected", "ConnectionClosed"]
+__all__ = ["OpRejected", "ConnectionClosed", "RoomRefused"]
 
 
 class OpRejected(CoframeError):
@@ -31,3 +31,26 @@ class ConnectionClosed(Exception):
     Also raised by a request (commit, query, view) whose socket closed before
     its reply; op batches are not: they are resent after the reconnect.
     """
+
+
+class RoomRefused(ConnectionClosed, CoframeError):
+    """The server refused the room for good: an ``error`` came, then a close that forbids reconnecting.
+
+    ``code`` is the error's stable code (``storage_corrupt``: a chunk of the
+    dataset is missing or corrupt, and the operator must repair it; ``not_found``
+    or ``bad_field``: no such branch or version; ``bad_name``), ``details`` its
+    details (for ``storage_corrupt``: the dataset, commit and chunk) and
+    ``close_code`` the WebSocket close code (4009, 4004, ...). A
+    :class:`ConnectionClosed`, so code that catches that keeps working.
+    """
+
+    status = 500
+
+    def __init__(
+        self, code: str, message: str, details: dict[str, Any] | None, close_code: int | None
+    ) -> None:
+        CoframeError.__init__(self, message, code=code, details=details)
+        self.close_code = close_code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message} (closed {self.close_code})"

@@ -45,7 +45,7 @@ from protocol import (
 )
 from protocol.client_conn import Answered, ClientConnection, ClientEvent, Dropped, Joined, Received, Rejected
 
-from .errors import ConnectionClosed, OpRejected
+from .errors import ConnectionClosed, OpRejected, RoomRefused
 from .mirror import Mirror
 from .streams import DeltaEvent, DeltaStream
 from .views import LiveView
@@ -57,7 +57,7 @@ log = logging.getLogger("coframe.client")
 RESUBSCRIBE = "resubscribe:"  # request id prefix of the subscribes sent again after a reconnect
 
 # Close codes after which reconnecting cannot help.
-_FATAL_CLOSE = {CloseCode.POLICY, CloseCode.NO_SUCH_DATASET, CloseCode.REPLACED}
+_FATAL_CLOSE = {CloseCode.POLICY, CloseCode.NO_SUCH_DATASET, CloseCode.REPLACED, CloseCode.STORAGE_CORRUPT}
 
 
 class _Socket(Socket):
@@ -126,6 +126,7 @@ class RoomLink:
         self._welcomed = False
         self._closed = False
         self._fatal: Exception | None = None
+        self._refusal: Error | None = None  # an error before the welcome: why the server refused the room
         self._task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -192,6 +193,7 @@ class RoomLink:
                     assert isinstance(ws, _Socket)
                     self._ws = ws
                     ws.on_message = self._on_message
+                    self._refusal = None
                     self._conn.connect()
                     self._write()
                     attempt = 0
@@ -214,12 +216,19 @@ class RoomLink:
                     self._conn.connection_lost()
                     self._handle(self._conn.events_received())
             if self._closed or not self.reconnect or code in _FATAL_CLOSE:
-                self._fail(ConnectionClosed(f"connection closed with code {code}: {reason}"))
+                self._fail(self._closed_error(code, reason))
                 return
             attempt += 1
             self.reconnects += 1
             # Backoff between reconnect attempts (runtime behaviour, not a test wait).
             await asyncio.sleep(min(2.0, 0.02 * 2**attempt) * (0.5 + random.random()))
+
+    def _closed_error(self, code: int | None, reason: str) -> ConnectionClosed:
+        """The error of a socket closed for good: with the server's error code when it sent one."""
+        refusal = self._refusal
+        if refusal is not None and code in _FATAL_CLOSE:
+            return RoomRefused(refusal.code, refusal.message, refusal.details, code)
+        return ConnectionClosed(f"connection closed with code {code}: {reason}")
 
     def _write(self) -> None:
         """Write the core's frames to the socket now, in order.
@@ -300,6 +309,8 @@ class RoomLink:
                 else:
                     self.presence[k] = v
         elif isinstance(msg, Error):
+            if not self._conn.live:  # before this socket's welcome: the server refuses the room; keep why
+                self._refusal = msg
             log.warning("server error: %s: %s", msg.code, msg.message)
 
     def _joined(self, ev: Joined) -> None:

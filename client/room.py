@@ -48,12 +48,12 @@ from protocol import (
     check_view_config,
 )
 
-from .errors import ConnectionClosed, OpRejected
+from .errors import ConnectionClosed, OpRejected, RoomRefused
 from .link import RoomLink
 from .streams import DeltaEvent, DeltaStream
 from .views import LiveView
 
-__all__ = ["connect", "Room", "OpRejected", "ConnectionClosed", "DeltaEvent", "DeltaStream"]
+__all__ = ["connect", "Room", "OpRejected", "ConnectionClosed", "RoomRefused", "DeltaEvent", "DeltaStream"]
 
 
 def _wire_value(v: Any) -> Any:
@@ -124,6 +124,8 @@ class Room(RoomLink):
         Raises:
             TimeoutError: no welcome within ``open_timeout``.
             ConnectionError: the server cannot be reached.
+            RoomRefused: the server refused the room with an error (its ``code``:
+                ``storage_corrupt`` when a chunk is missing or corrupt, ...).
             ConnectionClosed: the server closed the socket for good first.
         """
         await super().open()

@@ -132,12 +132,18 @@ def text(v: Any, path: str) -> str:
 
 
 def short_text(limit: int) -> Callable[[Any, str], str]:
-    """A validator for a non-empty string of at most ``limit`` characters."""
+    """A validator for a non-empty string of at most ``limit`` characters, none a control character.
+
+    Such a string is an identifier (a client id) that the server stores as
+    text: a NUL byte would break PostgreSQL, a newline the logs.
+    """
 
     def check(v: Any, path: str) -> str:
         s = text(v, path)
         if len(s) > limit:
             raise _bad(path, f"is over {limit} characters")
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in s):
+            raise _bad(path, "must not contain control characters (NUL, newline, tab, ...)")
         return s
 
     return check

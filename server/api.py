@@ -2,7 +2,8 @@
 
 Routes (``routes``, added to the app by :func:`server.app.create_app`):
 
-- ``POST /api/datasets/{name}``: upload a file as a new dataset.
+- ``POST /api/datasets/{name}?format=&filename=&rids=``: upload a file as a new dataset
+  (``rids=new``, the default, numbers the rows afresh; ``rids=keep`` keeps a ``_rid`` column).
 - ``GET /api/datasets/{name}/export?at=&branch=&format=``
 - ``GET /api/datasets/{name}/log?ref=&limit=``
 - ``GET /api/datasets/{name}/diff?from=&to=&format=``
@@ -44,8 +45,10 @@ from .io import (
     read_frame,
     write_frame,
 )
+from .ops import RID_MODES
+from .ops import check_ref_name as _check_ref_name
 from .ops.state import State
-from .rooms.registry import NAME_RE, Registry
+from .rooms.registry import Registry
 from .settings import Settings
 from .storage.diff import diff_states
 from .storage.service import Storage
@@ -72,19 +75,12 @@ MAX_LOG_LIMIT = 10_000
 
 
 def check_ref_name(value: str, what: str = "dataset") -> str:
-    """Validate a dataset, branch or tag name (``^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$``, no ``..``).
+    """Validate a dataset, branch or tag name, or a version (:func:`server.ops.check_ref_name`).
 
     Raises:
-        ApiError: 400 ``bad_name``.
+        OpError: 400 ``bad_name``.
     """
-    if not NAME_RE.fullmatch(value) or ".." in value:
-        raise ApiError(
-            400,
-            ErrorCode.BAD_NAME,
-            f"invalid {what} name {value!r}: use 1-128 letters, digits, '_', '.' or '-',"
-            " starting with a letter or digit (never a path)",
-        )
-    return value
+    return _check_ref_name(value, what)
 
 
 async def resolve(storage: Storage, dataset: str, ref: str) -> Manifest:
@@ -230,6 +226,14 @@ async def upload(request: Request) -> Response:
     filename = q.get("filename")
     fmt = q.get("format") or format_from_content_type(request.headers.get("content-type"))
     fmt = check_format(fmt) if fmt else (format_from_name(filename) if filename else None)
+    rids = q.get("rids") or "new"
+    if rids not in RID_MODES:
+        raise ApiError(
+            400,
+            ErrorCode.BAD_REQUEST,
+            f"rids={rids!r}: use rids=new (number the rows afresh, the default) or rids=keep"
+            " (keep the file's _rid column as the row ids)",
+        )
     if await registry.exists(name):
         raise DatasetExists(f"dataset '{name}' already exists; pick another name")
     spool = await _spool_body(request, settings.max_upload_bytes)
@@ -239,9 +243,9 @@ async def upload(request: Request) -> Response:
         spool.close()
     author = q.get("author") or "http"
     message = q.get("message") or f"import of {filename or 'an upload'}"
-    manifest = await registry.create(name, frame, author=author, message=message)
-    body = {"name": name, "rows": frame.height, "columns": frame.width, "commit": manifest.id}
-    log.info("uploaded dataset %s: %d rows × %d columns", name, frame.height, frame.width)
+    manifest = await registry.create(name, frame, author=author, message=message, rids=rids)
+    body = {"name": name, "rows": manifest.rows, "columns": len(manifest.schema), "commit": manifest.id}
+    log.info("uploaded dataset %s: %d rows × %d columns", name, manifest.rows, len(manifest.schema))
     return JSONResponse(body, status_code=201)
 
 

@@ -60,7 +60,8 @@ def room_config(settings: Settings) -> RoomConfig:
 async def open_registry(settings: Settings) -> Registry:
     """The registry on the storage ``settings`` names: in memory when ``data_dir`` is None
     (``--memory``), else the chunk files in ``data_dir`` and its SQLite catalog (or
-    ``settings.catalog``). The demo and ``--dataset`` files are committed on first start
+    ``settings.catalog``). Half-created datasets an older version left are removed
+    (:meth:`Storage.repair`). The demo and ``--dataset`` files are committed on first start
     (an existing dataset of that name is kept).
 
     Raises:
@@ -72,6 +73,7 @@ async def open_registry(settings: Settings) -> Registry:
         room_config(settings), storage=storage, idle_unload=settings.idle_unload, views=RoomViews
     )
     try:
+        await storage.repair()  # half-created datasets of older versions (each removal is logged)
         existing = set(await registry.names())
         wanted = [("sales", None)] if settings.demo else []
         wanted += list(settings.datasets)
@@ -143,6 +145,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 reg = await open_registry(settings)
             app.state.registry = reg
             app.state.node.budget = reg.config.session.budget
+            reg.storage.start_gc(settings.chunk_gc_grace)  # a pass now, then periodically (stopped on close)
             log.info("coframe ready: datasets %s", ", ".join(await reg.names()) or "(none)")
             try:
                 yield

@@ -3,9 +3,11 @@
 ``coframe serve`` runs the server. The data commands work directly on
 storage (``--data-dir``, env ``COFRAME_DATA``; ``--catalog``, env
 ``COFRAME_CATALOG``): ``import``, ``export``, ``log``, ``diff``, ``refs``,
-``branch`` and ``tag``. A failing command prints one line to stderr, exits
-with code 2 and leaves nothing half-written: :func:`fail` maps every error to
-its exit code and message, in one place.
+``branch`` and ``tag``, and the upkeep commands ``delete``, ``fsck`` and
+``gc``. A failing command prints one line to stderr, exits with code 2 and
+leaves nothing half-written: :func:`fail` maps every error to its exit code
+and message, in one place. ``fsck`` exits with 1 when it finds something
+broken.
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     for flag, kind, what in _NODE_OPTIONS:
         serve.add_argument(flag, type=kind, default=None, help=f"{what} (default {_default(flag)})")
+    serve.add_argument(
+        "--chunk-gc-grace", type=float, default=Settings().chunk_gc_grace, metavar="SECONDS",
+        help="the chunk GC keeps unreferenced chunks younger than this, and runs this often"
+        " (at least every minute; default %(default)s)",
+    )  # fmt: skip
     serve.add_argument("--log-level", default="info")
     add_data_commands(sub)
     return parser
@@ -180,6 +187,7 @@ def _server(args: argparse.Namespace) -> Server:
         autocommit_share=args.autocommit_share,
         max_upload_bytes=args.max_upload_bytes,
         **{_field(f): v for f, _, _ in _NODE_OPTIONS if (v := getattr(args, _field(f))) is not None},
+        chunk_gc_grace=args.chunk_gc_grace,
     )
     from .app import create_app, load_file
     from .rooms.registry import check_name

@@ -1,4 +1,5 @@
-"""The CLI's data commands: ``import``, ``export``, ``log``, ``diff``, ``refs``, ``branch``, ``tag``.
+"""The CLI's data commands: ``import``, ``export``, ``log``, ``diff``, ``refs``, ``branch``, ``tag``
+(and the upkeep commands of :mod:`server.cli_upkeep`: ``delete``, ``fsck``, ``gc``).
 
 They open storage directly (``Storage.open``), like the server does, so they
 work with or without a server running on the same data directory. The live
@@ -27,8 +28,10 @@ from rich.table import Table
 from protocol import ErrorCode
 
 from .api import MAX_LOG_LIMIT, check_ref_name, commit_json, refs_json, resolve, side_label
+from .cli_upkeep import UPKEEP_COMMANDS, add_upkeep_commands
 from .errors import CliError
 from .io import DEFAULT_MAX_BYTES, FORMATS, ReadError, check_format, format_from_name, load_file, write_file
+from .ops import RID_MODES
 from .ops.state import State
 from .storage.diff import Diff, diff_states
 from .storage.service import Storage
@@ -36,7 +39,7 @@ from .storage.types import AlreadyExists, DatasetExists, NotFound
 
 __all__ = ["add_data_commands", "run_data_command", "CliError"]
 
-Command = Callable[[argparse.Namespace, Storage], Coroutine[Any, Any, None]]
+Command = Callable[[argparse.Namespace, Storage], Coroutine[Any, Any, int | None]]
 
 
 def _fmt(value: str) -> str:
@@ -66,6 +69,11 @@ def add_data_commands(sub: Any) -> None:
     p.add_argument("--message", default=None, help="the commit message")
     p.add_argument("--author", default=os.environ.get("USER", "cli"))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--rids", choices=RID_MODES, default="new",
+        help="a _rid column (as in a file coframe exported): 'new' numbers the rows afresh (default),"
+        " 'keep' keeps its values as the row ids",
+    )  # fmt: skip
 
     p = sub.add_parser("export", parents=[common], help="write a dataset version to a file")
     p.add_argument("dataset")
@@ -101,21 +109,23 @@ def add_data_commands(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("--at", default="main", help="a commit, tag or branch (default main)")
 
+    add_upkeep_commands(sub, common)
+
 
 def run_data_command(args: argparse.Namespace) -> int:
-    """Run a parsed data command; 0 on success.
+    """Run a parsed data command; its exit code (0 on success, ``fsck``: 1 when broken).
 
     Raises:
         CoframeError: a user error (:func:`server.cli.fail` reports it).
     """
     _precheck(args)
-    asyncio.run(_with_storage(args, _COMMANDS[args.command]))
-    return 0
+    return asyncio.run(_with_storage(args, _COMMANDS[args.command]))
 
 
 def _precheck(args: argparse.Namespace) -> None:
     """Cheap checks before anything is opened or created."""
-    check_ref_name(args.dataset)
+    if getattr(args, "dataset", None) is not None:
+        check_ref_name(args.dataset)
     data_dir = Path(args.data_dir)
     if args.command == "import":
         path = Path(args.file)
@@ -131,15 +141,18 @@ def _precheck(args: argparse.Namespace) -> None:
         raise CliError(f"no data directory '{data_dir}'; pass --data-dir (or import a dataset first)")
 
 
-async def _with_storage(args: argparse.Namespace, command: Command) -> None:
+async def _with_storage(args: argparse.Namespace, command: Command) -> int:
     data_dir = Path(args.data_dir)
     storage = await Storage.open(data_dir, args.catalog)
     try:
-        if args.command != "import" and args.dataset not in await storage.catalog.list_datasets():
-            known = ", ".join(sorted(await storage.catalog.list_datasets())) or "(none)"
-            where = "the catalog" if args.catalog else str(data_dir)
-            raise NotFound(f"no dataset '{args.dataset}' in {where}; known: {known}", missing="dataset")
-        await command(args, storage)
+        dataset = getattr(args, "dataset", None)
+        if args.command != "import" and dataset is not None:
+            known = await storage.catalog.list_datasets()
+            if dataset not in known:
+                where = "the catalog" if args.catalog else str(data_dir)
+                shown = ", ".join(sorted(known)) or "(none)"
+                raise NotFound(f"no dataset '{dataset}' in {where}; known: {shown}", missing="dataset")
+        return await command(args, storage) or 0
     finally:
         await storage.close()
 
@@ -174,9 +187,12 @@ async def _import(args: argparse.Namespace, storage: Storage) -> None:
         progress.update(reading, completed=frame.height, total=frame.height)
         committing = progress.add_task("committing", total=1, unit=" commit")
         message = args.message or f"import of {path.name}"
-        manifest = await storage.create_dataset(name, frame, author=args.author, message=message)
+        manifest = await storage.create_dataset(
+            name, frame, author=args.author, message=message, rids=args.rids
+        )
         progress.update(committing, completed=1)
-    _out(f"imported {name}: {frame.height} rows × {frame.width} columns (commit {manifest.id[:12]})")
+    rows, cols = manifest.rows, len(manifest.schema)
+    _out(f"imported {name}: {rows} rows × {cols} columns (commit {manifest.id[:12]})")
 
 
 async def _state(storage: Storage, dataset: str, side: str) -> State:
@@ -303,4 +319,5 @@ _COMMANDS: dict[str, Command] = {
     "refs": _refs,
     "branch": _branch,
     "tag": _tag,
+    **UPKEEP_COMMANDS,
 }

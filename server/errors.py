@@ -14,7 +14,8 @@ Every error a user can see is a :class:`protocol.CoframeError`: a stable
     │   ├── NotFound                  not_found, 404
     │   ├── AlreadyExists             already_exists, 409
     │   │   └── DatasetExists         dataset_exists, 409
-    │   └── RefMoved                  conflict, 409
+    │   ├── RefMoved                  conflict, 409
+    │   └── StorageCorrupt            storage_corrupt, 500 (its message, not "internal")
     ├── ApiError (here; server.api)   bad_request and the other HTTP codes, status given
     └── CliError (here; server.cli_data)  bad_request, exit code 2
 
@@ -45,7 +46,7 @@ from .io import ReadError
 from .ops.state import OpError
 from .perspective.config import ViewConfigError
 from .perspective.readonly import WireError
-from .storage.types import AlreadyExists, DatasetExists, NotFound, RefMoved, StorageError
+from .storage.types import AlreadyExists, DatasetExists, NotFound, RefMoved, StorageCorrupt, StorageError
 
 __all__ = [
     "CoframeError",
@@ -61,6 +62,7 @@ __all__ = [
     "AlreadyExists",
     "DatasetExists",
     "RefMoved",
+    "StorageCorrupt",
     "ApiError",
     "CliError",
     "error_response",
@@ -127,6 +129,9 @@ async def _coframe_error(conn: HTTPConnection, exc: Exception) -> Response:
     """
     if conn.scope["type"] != "http" or not isinstance(exc, CoframeError):
         raise exc
+    if isinstance(exc, StorageCorrupt):  # the operator's to repair: say what, one log line
+        log.error("%s %s: %s", conn.scope.get("method"), conn.url.path, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.details)
     if exc.status >= 500:
         log.error("%s %s failed", conn.scope.get("method"), conn.url.path, exc_info=exc)
         return error_response(500, ErrorCode.INTERNAL, _INTERNAL_MESSAGE)

@@ -42,9 +42,10 @@ from protocol.server_conn import (
 )
 
 from .node import Node, Ticket
+from .ops.state import OpError
 from .rooms import Registry, Room, Session
 from .settings import Settings
-from .storage.types import NotFound
+from .storage.types import NotFound, StorageCorrupt
 
 __all__ = ["websocket_endpoint", "DirectWriter", "expose_send", "RAW_SEND"]
 
@@ -265,6 +266,15 @@ class _Pump:
             what_param = {"at": self.at} if self.at else {"branch": self.branch}
             err = Error(ErrorCode.BAD_FIELD, e.message, {**e.details, **what_param}, re=hello.id)
             self.conn.fail(CloseCode.NO_SUCH_DATASET, reason, err)
+            return
+        except OpError as e:  # bad_name: a branch or version that breaks the naming rule
+            err = Error(e.code, e.message, e.details, re=hello.id)
+            self.conn.fail(CloseCode.NO_SUCH_DATASET, f"invalid {e.details.get('what', 'name')}"[:120], err)
+            return
+        except StorageCorrupt as e:  # logged once by the registry; no retry loop, no traceback
+            err = Error(ErrorCode.STORAGE_CORRUPT, e.message, e.details, re=hello.id)
+            reason = f"storage of '{self.dataset}' is corrupt: run coframe fsck {self.dataset}"
+            self.conn.fail(CloseCode.STORAGE_CORRUPT, reason[:120], err)
             return
         self.room, self.session = room, room.join(hello, self.transport, binary=ev.binary)
         self.conn.joined()

@@ -17,6 +17,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -31,6 +32,7 @@ from server.storage.types import (
     AlreadyExists,
     CatalogStore,
     ChunkRef,
+    DatasetExists,
     Manifest,
     NotFound,
     Ref,
@@ -131,6 +133,18 @@ async def make_chain(catalog: CatalogStore, dataset: str, n: int) -> list[Manife
     return out
 
 
+def root_manifest(dataset: str) -> Manifest:
+    """The first commit a dataset is created with in these tests (distinct from make_chain's)."""
+    return replace(make_manifest(dataset, 0), id=hashlib.sha256(f"root/{dataset}".encode()).hexdigest())
+
+
+async def new_dataset(catalog: CatalogStore, dataset: str) -> Manifest:
+    """Create ``dataset`` with its root commit on ``main`` (one transaction); return the root."""
+    root = root_manifest(dataset)
+    await catalog.create_dataset(root)
+    return root
+
+
 def wal(seq: int, client: str = "c1") -> WalEntry:
     return WalEntry(seq, client, seq * 10, "op", b"\x93ops" + seq.to_bytes(4, "big"), b"\x81ack")
 
@@ -203,36 +217,110 @@ async def test_sqlite_is_durable_on_return(tmp_path: Path) -> None:
 async def test_datasets_create_list_drop(catalog: CatalogStore) -> None:
     assert await catalog.list_datasets() == []
     for name in ("sales", "Zeta", "alpha"):
-        await catalog.create_dataset(name)
+        await new_dataset(catalog, name)
     assert await catalog.list_datasets() == sorted(["sales", "Zeta", "alpha"])
     with pytest.raises(AlreadyExists, match="dataset 'sales' already exists; pick another name"):
-        await catalog.create_dataset("sales")
+        await new_dataset(catalog, "sales")
     await catalog.drop_dataset("sales")
     assert await catalog.list_datasets() == ["Zeta", "alpha"]
     with pytest.raises(NotFound, match="dataset 'sales' does not exist"):
         await catalog.drop_dataset("sales")
 
 
+async def test_create_dataset_brings_its_commit_and_main(catalog: CatalogStore) -> None:
+    root = await new_dataset(catalog, "d")
+    assert await catalog.get_ref("d", "main", "branch") == Ref("d", "main", root.id, "branch")
+    assert await catalog.get_commit("d", root.id) == root
+    assert await catalog.list_commits("d") == [root]
+    assert await catalog.list_refs("d", "tag") == []
+    assert await catalog.log("d", root.id) == [root]
+
+
+async def test_create_dataset_twice_changes_nothing(catalog: CatalogStore) -> None:
+    root = await new_dataset(catalog, "d")
+    other = make_manifest("d", 5)
+    with pytest.raises(DatasetExists, match="dataset 'd' already exists"):
+        await catalog.create_dataset(other)
+    assert await catalog.list_commits("d") == [root]  # the loser's commit is not stored
+    assert (await catalog.get_ref("d", "main", "branch")).commit == root.id
+
+
+async def test_create_dataset_is_one_transaction(catalog: CatalogStore) -> None:
+    # The commit cannot be stored (NaN is not JSON): the dataset row written before it goes too.
+    bad = replace(root_manifest("d"), time=float("nan"))
+    with pytest.raises(ValueError):
+        await catalog.create_dataset(bad)
+    assert await catalog.list_datasets() == []
+    assert await catalog.list_refs("d", "branch") == []
+    assert await catalog.list_commits("d") == []
+    root = await new_dataset(catalog, "d")  # the name is free
+    assert (await catalog.get_ref("d", "main", "branch")).commit == root.id
+
+
+async def test_concurrent_creates_of_one_name_have_one_winner(catalog: CatalogStore) -> None:
+    firsts = [replace(make_manifest("d", i), id=hashlib.sha256(b"first%d" % i).hexdigest()) for i in range(8)]
+    results = await asyncio.gather(*(catalog.create_dataset(m) for m in firsts), return_exceptions=True)
+    winners = [m for m, r in zip(firsts, results, strict=True) if r is None]
+    assert len(winners) == 1, results
+    assert all(isinstance(r, DatasetExists) for r in results if r is not None), results
+    assert await catalog.list_commits("d") == winners
+    assert (await catalog.get_ref("d", "main", "branch")).commit == winners[0].id
+
+
+async def test_every_dataset_a_reader_sees_has_main(catalog: CatalogStore) -> None:
+    async def reader() -> list[str]:
+        missing = []
+        for _ in range(40):
+            for name in await catalog.list_datasets():
+                try:
+                    await catalog.get_ref(name, "main", "branch")
+                except NotFound:
+                    missing.append(name)
+        return missing
+
+    creating = asyncio.gather(*(new_dataset(catalog, f"d{i}") for i in range(40)))
+    seen = await asyncio.gather(reader(), reader(), creating)
+    assert seen[0] == [] and seen[1] == []
+
+
+async def test_list_commits_and_chunk_hashes(catalog: CatalogStore) -> None:
+    assert await catalog.chunk_hashes() == set()
+    assert await catalog.list_commits("ghost") == []
+    ra = await new_dataset(catalog, "a")
+    rb = await new_dataset(catalog, "b")
+    chain = await make_chain(catalog, "a", 3)  # make_chain's commit 0 shares its chunk with both roots
+    orphan = make_manifest("a", 9, ("9" * 64,))  # reachable from no ref: its chunks still count
+    await catalog.put_commit(orphan)
+    got = await catalog.list_commits("a")
+    assert sorted(m.id for m in got) == sorted(m.id for m in [ra, *chain, orphan])
+    assert [m.seq for m in got] == sorted(m.seq for m in got)
+    assert await catalog.list_commits("b") == [rb]
+    every = {c.hash for m in [ra, rb, *chain, orphan] for c in m.chunks}
+    assert await catalog.chunk_hashes() == every
+    await catalog.drop_dataset("a")
+    assert await catalog.chunk_hashes() == {c.hash for c in rb.chunks}
+
+
 async def test_drop_dataset_removes_commits_refs_and_wal(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
-    await catalog.create_dataset("keep")
+    await new_dataset(catalog, "d")
+    k_root = await new_dataset(catalog, "keep")
     (c0,) = await make_chain(catalog, "d", 1)
     (k0,) = await make_chain(catalog, "keep", 1)
-    await catalog.create_ref(Ref("d", "main", c0.id, "branch"))
+    await catalog.create_ref(Ref("d", "dev", c0.id, "branch"))
     await catalog.create_ref(Ref("d", "v1", c0.id, "tag"))
-    await catalog.create_ref(Ref("keep", "main", k0.id, "branch"))
     await catalog.append_wal("d", "main", [wal(1), wal(2)])
     await catalog.append_wal("keep", "main", [wal(1)])
 
     await catalog.drop_dataset("d")
-    await catalog.create_dataset("d")  # same name again starts empty
+    root = await new_dataset(catalog, "d")  # same name again starts afresh
     with pytest.raises(NotFound):
         await catalog.get_commit("d", c0.id)
-    assert await catalog.list_refs("d", "branch") == []
+    assert await catalog.list_refs("d", "branch") == [Ref("d", "main", root.id, "branch")]
     assert await catalog.list_refs("d", "tag") == []
     assert await catalog.read_wal("d", "main", 0) == []
     # the other dataset is untouched
     assert await catalog.get_commit("keep", k0.id) == k0
+    assert (await catalog.get_ref("keep", "main", "branch")).commit == k_root.id
     assert [e.seq for e in await catalog.read_wal("keep", "main", 0)] == [1]
 
 
@@ -240,7 +328,7 @@ async def test_drop_dataset_removes_commits_refs_and_wal(catalog: CatalogStore) 
 
 
 async def test_commit_roundtrip_is_exact_and_idempotent(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     m = make_manifest("d", 1)
     await catalog.put_commit(m)
     await catalog.put_commit(m)  # same id again: no error, no duplicate
@@ -259,8 +347,8 @@ async def test_commit_needs_its_dataset(catalog: CatalogStore) -> None:
 
 
 async def test_commits_are_per_dataset(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("a")
-    await catalog.create_dataset("b")
+    await new_dataset(catalog, "a")
+    await new_dataset(catalog, "b")
     m = make_manifest("a", 1)
     await catalog.put_commit(m)
     with pytest.raises(NotFound, match="not found in dataset 'b'"):
@@ -268,7 +356,7 @@ async def test_commits_are_per_dataset(catalog: CatalogStore) -> None:
 
 
 async def test_get_commit_by_unique_prefix(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     m = make_manifest("d", 1)
     await catalog.put_commit(m)
     assert await catalog.get_commit("d", m.id[:6]) == m
@@ -284,7 +372,7 @@ async def test_get_commit_by_unique_prefix(catalog: CatalogStore) -> None:
 
 
 async def test_ambiguous_prefix_says_so(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     a = make_manifest("d", 1, commit_id="abcdef01" + "1" * 56)
     b = make_manifest("d", 2, commit_id="abcdef02" + "2" * 56)
     await catalog.put_commit(a)
@@ -296,7 +384,7 @@ async def test_ambiguous_prefix_says_so(catalog: CatalogStore) -> None:
 
 
 async def test_log_walks_first_parents_newest_first(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     chain = await make_chain(catalog, "d", 6)
     side = make_manifest("d", 100, (chain[2].id,))
     await catalog.put_commit(side)
@@ -314,7 +402,7 @@ async def test_log_walks_first_parents_newest_first(catalog: CatalogStore) -> No
 
 
 async def test_log_stops_at_a_missing_parent(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     orphan = make_manifest("d", 1, ("9" * 64,))
     await catalog.put_commit(orphan)
     assert await catalog.log("d", orphan.id) == [orphan]
@@ -324,9 +412,9 @@ async def test_log_stops_at_a_missing_parent(catalog: CatalogStore) -> None:
 
 
 async def test_refs_create_get_list(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     c0, c1 = await make_chain(catalog, "d", 2)
-    await catalog.create_ref(Ref("d", "main", c1.id, "branch"))
+    await catalog.move_branch("d", "main", c1.id, None)  # main came with the dataset
     await catalog.create_ref(Ref("d", "dev", c0.id, "branch"))
     await catalog.create_ref(Ref("d", "v1", c0.id, "tag"))
     await catalog.create_ref(Ref("d", "main", c0.id, "tag"))  # tags and branches are separate kinds
@@ -348,20 +436,20 @@ async def test_refs_create_get_list(catalog: CatalogStore) -> None:
 
 
 async def test_ref_must_point_at_a_stored_commit(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     (c0,) = await make_chain(catalog, "d", 1)
     with pytest.raises(NotFound, match="put_commit it first"):
-        await catalog.create_ref(Ref("d", "main", "e" * 64, "branch"))
+        await catalog.create_ref(Ref("d", "b", "e" * 64, "branch"))
     with pytest.raises(NotFound, match="dataset 'ghost' does not exist"):
-        await catalog.create_ref(Ref("ghost", "main", c0.id, "branch"))
-    await catalog.create_ref(Ref("d", "main", c0.id, "branch"))
+        await catalog.create_ref(Ref("ghost", "b", c0.id, "branch"))
+    await catalog.create_ref(Ref("d", "b", c0.id, "branch"))
     with pytest.raises(NotFound, match="put_commit it first"):
-        await catalog.move_branch("d", "main", "e" * 64, None)
-    assert (await catalog.get_ref("d", "main", "branch")).commit == c0.id
+        await catalog.move_branch("d", "b", "e" * 64, None)
+    assert (await catalog.get_ref("d", "b", "branch")).commit == c0.id
 
 
 async def test_tags_never_move(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     c0, c1 = await make_chain(catalog, "d", 2)
     await catalog.create_ref(Ref("d", "v1", c0.id, "tag"))
     with pytest.raises(AlreadyExists, match="tag 'v1' already exists .* tags never move; create a new tag"):
@@ -376,17 +464,19 @@ async def test_tags_never_move(catalog: CatalogStore) -> None:
 
 
 async def test_branch_create_twice_is_refused(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     (c0,) = await make_chain(catalog, "d", 1)
-    await catalog.create_ref(Ref("d", "main", c0.id, "branch"))
-    with pytest.raises(AlreadyExists, match="branch 'main' already exists .* pick another name"):
+    await catalog.create_ref(Ref("d", "dev", c0.id, "branch"))
+    with pytest.raises(AlreadyExists, match="branch 'dev' already exists .* pick another name"):
+        await catalog.create_ref(Ref("d", "dev", c0.id, "branch"))
+    with pytest.raises(AlreadyExists, match="branch 'main' already exists"):  # it came with the dataset
         await catalog.create_ref(Ref("d", "main", c0.id, "branch"))
 
 
 async def test_move_branch_is_compare_and_set(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     c0, c1, c2 = await make_chain(catalog, "d", 3)
-    await catalog.create_ref(Ref("d", "main", c0.id, "branch"))
+    await catalog.move_branch("d", "main", c0.id, None)
 
     await catalog.move_branch("d", "main", c1.id, c0.id)
     assert (await catalog.get_ref("d", "main", "branch")).commit == c1.id
@@ -400,9 +490,9 @@ async def test_move_branch_is_compare_and_set(catalog: CatalogStore) -> None:
 
 
 async def test_concurrent_compare_and_set_has_one_winner(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     chain = await make_chain(catalog, "d", 9)
-    await catalog.create_ref(Ref("d", "main", chain[0].id, "branch"))
+    await catalog.move_branch("d", "main", chain[0].id, None)
     results = await asyncio.gather(
         *(catalog.move_branch("d", "main", c.id, chain[0].id) for c in chain[1:]), return_exceptions=True
     )
@@ -413,10 +503,9 @@ async def test_concurrent_compare_and_set_has_one_winner(catalog: CatalogStore) 
 
 
 async def test_delete_ref(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     (c0,) = await make_chain(catalog, "d", 1)
     await catalog.create_ref(Ref("d", "dev", c0.id, "branch"))
-    await catalog.create_ref(Ref("d", "main", c0.id, "branch"))
     await catalog.create_ref(Ref("d", "v1", c0.id, "tag"))
     await catalog.append_wal("d", "dev", [wal(1), wal(2)])
     await catalog.append_wal("d", "main", [wal(1)])
@@ -437,7 +526,7 @@ async def test_delete_ref(catalog: CatalogStore) -> None:
 
 
 async def test_wal_append_read_in_seq_order(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     await catalog.append_wal("d", "main", [wal(3), wal(1), wal(2)])
     await catalog.append_wal("d", "main", [wal(5, "c2"), wal(4, "c2")])
     await catalog.append_wal("d", "dev", [wal(1, "x")])
@@ -453,7 +542,7 @@ async def test_wal_append_read_in_seq_order(catalog: CatalogStore) -> None:
 
 
 async def test_wal_keeps_bytes_exactly(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     big = bytes(range(256)) * 4096  # 1 MiB, every byte value
     entries = [WalEntry(1, "c", 1, "undo", big, b""), WalEntry(2, "c", 2, "redo", b"\x00", b"\x00\xff")]
     await catalog.append_wal("d", "main", entries)
@@ -461,7 +550,7 @@ async def test_wal_keeps_bytes_exactly(catalog: CatalogStore) -> None:
 
 
 async def test_wal_batch_is_all_or_nothing(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     await catalog.append_wal("d", "main", [wal(1), wal(2)])
     with pytest.raises(AlreadyExists, match="seq 4 more than once in the batch"):
         await catalog.append_wal("d", "main", [wal(3), wal(4), wal(4, "other")])
@@ -479,7 +568,7 @@ async def test_wal_needs_its_dataset(catalog: CatalogStore) -> None:
 
 
 async def test_wal_trim(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     await catalog.append_wal("d", "main", [wal(s) for s in range(1, 11)])
     await catalog.append_wal("d", "dev", [wal(s) for s in range(1, 4)])
     assert await catalog.trim_wal("d", "main", 6) == 6
@@ -491,7 +580,7 @@ async def test_wal_trim(catalog: CatalogStore) -> None:
 
 
 async def test_many_concurrent_appends(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     n = 200
     await asyncio.gather(
         *(catalog.append_wal("d", "main", [wal(2 * i + 1), wal(2 * i + 2)]) for i in range(n))
@@ -500,7 +589,7 @@ async def test_many_concurrent_appends(catalog: CatalogStore) -> None:
 
 
 async def test_concurrent_overlapping_appends_stay_atomic(catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     # batch i holds seqs i and i+1, so neighbours collide; each must land whole or not at all
     batches = {f"b{i}": [wal(i, f"b{i}"), wal(i + 1, f"b{i}")] for i in range(1, 60)}
     results = await asyncio.gather(
@@ -522,7 +611,7 @@ async def test_concurrent_overlapping_appends_stay_atomic(catalog: CatalogStore)
 
 @persistent_only
 async def test_open_twice_is_a_noop(backend: Backend, catalog: CatalogStore) -> None:
-    await catalog.create_dataset("d")
+    await new_dataset(catalog, "d")
     await catalog.append_wal("d", "main", [wal(1)])
     await catalog.open()  # again on the same object
     second = await backend.open_catalog()
@@ -541,7 +630,7 @@ async def test_concurrent_first_opens_migrate_once(backend: Backend) -> None:
         stores = await asyncio.gather(*(other.open_catalog() for _ in range(4)))
         try:
             assert [await s.schema_version() for s in stores] == [LATEST] * 4  # type: ignore[attr-defined]
-            await stores[0].create_dataset("d")
+            await new_dataset(stores[0], "d")
             assert await stores[3].list_datasets() == ["d"]
         finally:
             for s in stores:
@@ -585,7 +674,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 @persistent_only
 async def test_acked_appends_survive_kill_9(backend: Backend, catalog: CatalogStore) -> None:
-    await catalog.create_dataset("crash")
+    await new_dataset(catalog, "crash")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",

@@ -202,7 +202,7 @@ async def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     cases = [
         (("import", str(good), "--dataset", "../x"), "invalid dataset name"),
         (("import", str(good), "--dataset", "ok"), "already exists"),
-        (("import", str(clash), "--dataset", "clash"), "reserves"),
+        (("import", str(clash), "--dataset", "clash", "--rids", "keep"), "values repeat (1)"),
         (("import", str(garbage), "--dataset", "garbage"), "cannot read"),
         (("import", str(tmp_path / "missing.csv"), "--dataset", "m"), "no such file"),
         (("import", str(good), "--dataset", "big", "--max-bytes", "10"), "limit"),

@@ -134,9 +134,14 @@ async def test_bad_input_is_rejected_and_nothing_is_written(
     for fmt, content, code in cases:
         r = await http.post("/api/datasets/bad", params={"format": fmt}, content=content)
         assert_error(r, 400, code)
+    clash = frame(3).with_columns(pl.lit(1).alias("_rid"))  # rids=keep, but they repeat
     for fmt in ("csv", "parquet", "json"):
-        r = await upload(http, "clash", frame(3).with_columns(pl.lit(1).alias("_rid")), fmt)
-        assert "_rid" in assert_error(r, 400, "reserved_name")
+        r = await http.post(
+            "/api/datasets/clash", params={"format": fmt, "rids": "keep"}, content=write_frame(clash, fmt)
+        )
+        assert "_rid" in assert_error(r, 400, "bad_op")
+    r = await http.post("/api/datasets/clash", params={"format": "csv", "rids": "old"}, content=csv)
+    assert "rids=keep" in assert_error(r, 400, "bad_request")
     r = await upload(http, "keep", frame(3))
     assert "already exists" in assert_error(r, 409, "dataset_exists")
     assert await catalog_state(srv.registry) == before

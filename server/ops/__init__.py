@@ -5,15 +5,18 @@ no room. The room's hot path coalesces many small ``set`` ops with
 :func:`plan_set` + :func:`apply_set_plans` (one scatter per column per tick).
 """
 
+from ._names import NAME_RE, check_ref_name, is_ref_name
 from .apply import apply, apply_all
 from .cells import SetPlan, apply_set_plans, locate, plan_set, prior_values, read_cells
 from .columns import cast_values
 from .dtypes import (
     DTYPE_NAMES,
+    RID_MODES,
     check_name,
     coerce,
     coerce_series,
     dtype_name,
+    next_rid_of,
     normalize_frame,
     polars_dtype,
     to_scalars,
@@ -43,7 +46,12 @@ __all__ = [
     "polars_dtype",
     "dtype_name",
     "check_name",
+    "NAME_RE",
+    "is_ref_name",
+    "check_ref_name",
     "normalize_frame",
+    "next_rid_of",
+    "RID_MODES",
     "coerce",
     "coerce_series",
     "to_scalars",

@@ -8,6 +8,7 @@ so a bad dtype rejects the op. Private to ``server.ops``;
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import polars as pl
@@ -27,9 +28,16 @@ __all__ = [
     "dtype_family",
     "time_zone",
     "check_name",
+    "NAME_RE",
+    "is_ref_name",
+    "check_ref_name",
 ]
 
 MAX_NAME_LEN = 128
+
+# The naming rule of datasets, branches and tags (PROTOCOL.md §11 ``bad_name``).
+# Always used with ``fullmatch``: ``$`` would let a name end in a newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def _op_error(e: DtypeError) -> OpError:
@@ -81,3 +89,34 @@ def check_name(name: Any, *, what: str = "column name") -> str:
             name=name,
         )
     return name
+
+
+def is_ref_name(value: Any) -> bool:
+    """Whether ``value`` follows the naming rule of datasets, branches and tags.
+
+    1-128 letters, digits, ``_``, ``.`` or ``-``, starting with a letter or
+    digit, no ``..``: never a path, never a control character (NUL, newline),
+    matched in full. A commit id or a unique prefix of one (hex) follows it too.
+    """
+    return isinstance(value, str) and NAME_RE.fullmatch(value) is not None and ".." not in value
+
+
+def check_ref_name(value: Any, what: str = "dataset") -> str:
+    """Validate a dataset, branch or tag name, or a version (a ref or a commit id prefix).
+
+    ``what`` names it in the message (``dataset``, ``branch``, ``tag``, ``version``).
+
+    Raises:
+        OpError: ``bad_name`` (HTTP 400), the value shown escaped (a NUL reads ``\\x00``).
+    """
+    if is_ref_name(value):
+        return str(value)
+    shown = repr(value) if not isinstance(value, str) or len(value) <= 140 else repr(value[:140]) + "…"
+    noun = what if what == "version" else f"{what} name"
+    raise OpError(
+        ErrorCode.BAD_NAME,
+        f"invalid {noun} {shown}: use 1-128 letters, digits, '_', '.' or '-',"
+        " starting with a letter or digit (never a path, no control characters)",
+        name=shown,
+        what=what,
+    )

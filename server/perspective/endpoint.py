@@ -34,7 +34,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from protocol import CloseCode
 
-from ..storage.types import NotFound
+from ..ops.state import OpError
+from ..storage.types import NotFound, StorageCorrupt
 from .readonly import Gate, WireError, error_response
 
 if TYPE_CHECKING:
@@ -120,9 +121,13 @@ async def perspective_endpoint(ws: WebSocket) -> None:
     await ws.accept()
     try:
         room = await registry.open(dataset, branch)
-    except NotFound:
-        reason = f"no dataset '{dataset}' with branch '{branch}'"
+    except (NotFound, OpError):  # OpError: bad_name (a NUL, a newline, a path)
+        reason = f"no dataset {dataset!r} with branch {branch!r}"
         await ws.close(CloseCode.NO_SUCH_DATASET, reason[:120])
+        return
+    except StorageCorrupt:  # logged once by the registry
+        reason = f"storage of {dataset!r} is corrupt: run coframe fsck"
+        await ws.close(CloseCode.STORAGE_CORRUPT, reason[:120])
         return
     replies = ReplyQueue(settings.send_queue_messages, settings.send_queue_bytes)
     try:

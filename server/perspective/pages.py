@@ -18,6 +18,7 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from ..ops import is_ref_name
 from ..storage.types import NotFound
 from .assets import missing_assets, web_root
 from .types import RID
@@ -68,6 +69,12 @@ async def index_page(request: Request) -> HTMLResponse:
     rows = []
     for d in await registry.describe():
         name = str(d["name"])
+        if d.get("broken"):  # listed, not linked: it cannot load (see the listing's "broken")
+            rows.append(
+                f'<tr class="broken"><td>{escape(name)}</td><td>-</td>'
+                f'<td class="error">broken: {escape(str(d["broken"]))}</td></tr>'
+            )
+            continue
         branches = [str(b) for b in d.get("branches") or ["main"]]  # type: ignore[attr-defined]
         links = " ".join(f'<a href="{escape(dashboard_href(name, b))}">{escape(b)}</a>' for b in branches)
         rows.append(
@@ -124,6 +131,8 @@ def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
 async def _branch_exists(registry: Registry, dataset: str, branch: str) -> bool:
     if branch == "main" or (dataset, branch) in registry.rooms:
         return True
+    if not is_ref_name(branch):  # a NUL or a newline never reaches the catalog
+        return False
     try:
         await registry.storage.catalog.get_ref(dataset, branch, "branch")
     except NotFound:

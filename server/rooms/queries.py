@@ -14,9 +14,9 @@ import pyarrow as pa
 
 from protocol import Error, ErrorCode, Query, Result
 
-from ..ops.state import State
+from ..ops.state import OpError, State
 from ..storage.diff import diff_states
-from ..storage.types import NotFound
+from ..storage.types import NotFound, StorageCorrupt
 
 if TYPE_CHECKING:
     from ..storage.service import Storage
@@ -98,3 +98,8 @@ async def _answer(room: Source, q: Query) -> Result | Error:
         return Result("diff", diff.to_arrow(), data, re=q.id)
     except NotFound as e:
         return Error(ErrorCode.NOT_FOUND, str(e), re=q.id)
+    except OpError as e:  # bad_name: a version that breaks the naming rule (a NUL, a newline)
+        return Error(e.code, e.message, e.details, re=q.id)
+    except StorageCorrupt as e:  # the version's chunks: one log line, no traceback
+        log.error("query %s in %s: %s", q.kind, room.dataset, e.message)
+        return Error(ErrorCode.STORAGE_CORRUPT, e.message, e.details, re=q.id)

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
+import time
 from typing import TYPE_CHECKING
 
 import polars as pl
 
-from protocol import CloseCode, ErrorCode
+from protocol import CloseCode
 
-from ..ops.state import OpError, State
+from ..ops import NAME_RE, check_ref_name
+from ..ops.state import State
+from ..storage.types import NotFound, StorageCorrupt
 from .config import RoomConfig
 from .exprpool import ExprPool
 from .listeners import ViewsFactory
@@ -29,27 +31,22 @@ if TYPE_CHECKING:
     from ..storage.service import Storage
     from ..storage.types import Manifest
 
-__all__ = ["Registry", "NAME_RE", "check_name"]
+__all__ = ["Registry", "NAME_RE", "check_name", "CORRUPT_RETRY"]
 
 log = logging.getLogger("coframe.registry")
 
-# Always used with fullmatch: ``$`` would let a name end in a newline.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# A room whose storage is corrupt is not loaded again for this long (unless its
+# branch moves): joiners get the remembered ``storage_corrupt`` at once.
+CORRUPT_RETRY = 60.0
 
 
 def check_name(name: str) -> str:
-    """Validate a dataset name (never a path).
+    """Validate a dataset name (never a path; the rule of :func:`server.ops.check_ref_name`).
 
     Raises:
-        OpError: ``bad_field``.
+        OpError: ``bad_name``.
     """
-    if not NAME_RE.fullmatch(name) or ".." in name:
-        raise OpError(
-            ErrorCode.BAD_FIELD,
-            f"invalid dataset name {name!r}: use 1-128 letters, digits, '_', '.' or '-',"
-            " starting with a letter or digit",
-        )
-    return name
+    return check_ref_name(name, "dataset")
 
 
 class Registry:
@@ -74,6 +71,8 @@ class Registry:
         # Expressions run in worker processes under memory and time limits, started on first use.
         self.exprs = ExprPool(memory_bytes=self.config.expr_memory_bytes, timeout=self.config.expr_timeout)
         self._expr_cost = self.exprs.cost(self.config.expr_max_literal)
+        # (dataset, branch or "@commit") → (head commit, when, error) of a load that found corruption
+        self.corrupt: dict[tuple[str, str], tuple[str, float, StorageCorrupt]] = {}
 
     async def exists(self, dataset: str) -> bool:
         return dataset in await self.storage.catalog.list_datasets()
@@ -82,15 +81,23 @@ class Registry:
         return sorted(await self.storage.catalog.list_datasets())
 
     async def create(
-        self, name: str, frame: pl.DataFrame, *, author: str = "coframe", message: str = "import"
+        self,
+        name: str,
+        frame: pl.DataFrame,
+        *,
+        author: str = "coframe",
+        message: str = "import",
+        rids: str = "new",
     ) -> Manifest:
-        """Add a dataset: its first commit, on branch ``main``.
+        """Add a dataset: its first commit, on branch ``main`` (one catalog transaction).
+
+        ``rids`` says what to do with a ``_rid`` column: ``new`` or ``keep``.
 
         Raises:
             OpError: a bad name or frame. AlreadyExists: the name is taken.
         """
         check_name(name)
-        return await self.storage.create_dataset(name, frame, author=author, message=message)
+        return await self.storage.create_dataset(name, frame, author=author, message=message, rids=rids)
 
     async def open(self, dataset: str, branch: str = "main") -> Room:
         """The live room for (dataset, branch), loading it if needed.
@@ -99,7 +106,9 @@ class Registry:
         WAL after it.
 
         Raises:
-            NotFound: no such dataset or branch.
+            OpError: a bad name. NotFound: no such dataset or branch.
+            StorageCorrupt: a chunk of the head commit is missing or corrupt (remembered
+                for :data:`CORRUPT_RETRY` seconds, or until the branch moves).
         """
         key = (dataset, branch)
         async with self._lock:
@@ -111,10 +120,33 @@ class Registry:
             if room is not None:
                 self._keep(key)
                 return room
-            room = await self._recover(dataset, branch)
+            head = await self._known_corrupt(key, dataset, branch)
+            try:
+                room = await self._recover(dataset, branch)
+            except StorageCorrupt as e:
+                raise self._corrupt(key, head, e) from None
             room.start()
             self.rooms[key] = room
             return room
+
+    async def _known_corrupt(self, key: tuple[str, str], dataset: str, branch: str) -> str:
+        """The branch head; raises the remembered corruption if a load of that head failed lately."""
+        check_ref_name(dataset, "dataset")
+        ref = await self.storage.catalog.get_ref(dataset, check_ref_name(branch, "branch"), "branch")
+        head = ref.commit
+        known = self.corrupt.get(key)
+        if known is not None:
+            commit, when, error = known
+            if commit == head and time.monotonic() - when < CORRUPT_RETRY:
+                raise error
+            del self.corrupt[key]
+        return head
+
+    def _corrupt(self, key: tuple[str, str], head: str, e: StorageCorrupt) -> StorageCorrupt:
+        """Remember a corrupt load and log it: one line per failed load, no traceback."""
+        self.corrupt[key] = (head, time.monotonic(), e)
+        log.error("cannot load %s/%s: %s", key[0], key[1], e.message)
+        return e
 
     async def _recover(self, dataset: str, branch: str) -> Room:
         handle, core, replayed = await recover(self.storage, dataset, branch)
@@ -140,7 +172,13 @@ class Registry:
         async with self._lock:
             room = self.rooms.get(key)
             if room is None:
-                state = await self.storage.state_of(manifest)
+                known = self.corrupt.get(key)
+                if known is not None and time.monotonic() - known[1] < CORRUPT_RETRY:
+                    raise known[2]
+                try:
+                    state = await self.storage.state_of(manifest)
+                except StorageCorrupt as e:
+                    raise self._corrupt(key, manifest.id, e) from None
                 room = Room(
                     dataset, "@" + manifest.id[:12], state, manifest.seq, config=self.config, read_only=True,
                     on_empty=self._schedule_unload, views=self.views, storage=self.storage,
@@ -224,31 +262,58 @@ class Registry:
             await self.storage.close()
 
     async def describe(self) -> list[dict[str, object]]:
-        """Every dataset: rows, columns and seq of ``main`` (live if open), branches and tags."""
+        """Every dataset: rows, columns and seq of ``main`` (live if open), branches and tags.
+
+        A dataset that cannot be described (no ``main``, a commit the catalog
+        cannot read, a room that found corrupt chunks) is listed with
+        ``"broken"``: the reason, and what to do. It never fails the listing.
+        """
         out: list[dict[str, object]] = []
         for name in await self.names():
-            room = self.rooms.get((name, "main"))
-            if room is not None:
-                rows, columns, seq = room.state.frame.height, room.state.catalog.to_wire(), room.seq
-            else:
-                ref = await self.storage.catalog.get_ref(name, "main", "branch")
-                head = await self.storage.catalog.get_commit(name, ref.commit)
-                rows, columns, seq = head.rows, list(head.schema), head.seq
-            branches = [r.name for r in await self.storage.catalog.list_refs(name, "branch")]
-            tags = [r.name for r in await self.storage.catalog.list_refs(name, "tag")]
-            out.append(
-                {
-                    "name": name,
-                    "rows": rows,
-                    "columns": columns,
-                    "seq": seq,
-                    "live": room is not None,
-                    "clients": len(room.sessions) if room is not None else 0,
-                    "branches": branches,
-                    "tags": tags,
-                }
-            )
+            try:
+                entry = await self._describe(name)
+            except NotFound as e:
+                if e.details.get("missing") == "dataset":
+                    continue  # deleted meanwhile
+                entry = _broken(name, e.message)
+            except Exception as e:  # one broken dataset must not hide the others
+                log.warning("cannot describe dataset %s: %s: %s", name, type(e).__name__, e)
+                entry = _broken(name, f"{type(e).__name__}: {e}; run coframe fsck {name}")
+            known = self.corrupt.get((name, "main"))
+            if known is not None and "broken" not in entry:
+                entry["broken"] = known[2].message
+            out.append(entry)
         return out
+
+    async def _describe(self, name: str) -> dict[str, object]:
+        room = self.rooms.get((name, "main"))
+        if room is not None:
+            rows, columns, seq = room.state.frame.height, room.state.catalog.to_wire(), room.seq
+        else:
+            try:
+                ref = await self.storage.catalog.get_ref(name, "main", "branch")
+            except NotFound:
+                if name not in await self.storage.catalog.list_datasets():
+                    raise NotFound(f"dataset {name} is gone", missing="dataset") from None
+                raise NotFound(
+                    f"dataset '{name}' has no branch 'main'; run coframe fsck {name},"
+                    f" or coframe delete {name} to remove it",
+                    missing="branch",
+                ) from None
+            head = await self.storage.catalog.get_commit(name, ref.commit)
+            rows, columns, seq = head.rows, list(head.schema), head.seq
+        branches = [r.name for r in await self.storage.catalog.list_refs(name, "branch")]
+        tags = [r.name for r in await self.storage.catalog.list_refs(name, "tag")]
+        return {
+            "name": name,
+            "rows": rows,
+            "columns": columns,
+            "seq": seq,
+            "live": room is not None,
+            "clients": len(room.sessions) if room is not None else 0,
+            "branches": branches,
+            "tags": tags,
+        }
 
     async def live_state(self, dataset: str, branch: str = "main") -> State:
         """The branch's current state: the open room's, or recovered (commit + WAL).
@@ -283,3 +348,18 @@ class Registry:
             return await self.storage.revert(
                 dataset, branch, target.id, author=author, live_seq=room.core.seq
             )
+
+
+def _broken(name: str, reason: str) -> dict[str, object]:
+    """The listing entry of a dataset that cannot be described: ``broken`` says why."""
+    return {
+        "name": name,
+        "rows": None,
+        "columns": [],
+        "seq": None,
+        "live": False,
+        "clients": 0,
+        "branches": [],
+        "tags": [],
+        "broken": reason,
+    }

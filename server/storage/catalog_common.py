@@ -19,6 +19,7 @@ from .types import Manifest, WalEntry
 __all__ = [
     "BRANCH",
     "TAG",
+    "MAIN",
     "KINDS",
     "MIN_PREFIX",
     "check_schema",
@@ -34,6 +35,7 @@ __all__ = [
 BRANCH = "branch"
 TAG = "tag"
 KINDS = (BRANCH, TAG)
+MAIN = "main"  # the branch every dataset is created with
 MIN_PREFIX = 6  # shortest commit id prefix get_commit/log accept
 
 _HEX = re.compile(r"[0-9a-f]+")

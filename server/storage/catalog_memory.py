@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .catalog_common import (
     BRANCH,
+    MAIN,
     TAG,
     check_kind,
     decode_manifest,
@@ -88,10 +89,15 @@ class MemoryCatalog:
 
     # -- datasets ------------------------------------------------------------
 
-    async def create_dataset(self, name: str) -> None:
+    async def create_dataset(self, first: Manifest) -> None:
+        name = first.dataset
         if name in self._datasets:
             raise DatasetExists(msg.dataset_exists(name))
-        self._datasets[name] = _Dataset()
+        d = _Dataset()
+        d.commits[first.id] = encode_manifest(first)
+        d.parents[first.id] = first.parents[0] if first.parents else None
+        d.refs[(BRANCH, MAIN)] = first.id
+        self._datasets[name] = d  # one assignment: the dataset appears whole
 
     async def list_datasets(self) -> list[str]:
         return sorted(self._datasets)
@@ -119,6 +125,15 @@ class MemoryCatalog:
             out.append(decode_manifest(d.commits[commit]))
             commit = d.parents[commit]
         return out
+
+    async def list_commits(self, dataset: str) -> list[Manifest]:
+        d = self._datasets.get(dataset)
+        found = [] if d is None else [decode_manifest(t) for t in d.commits.values()]
+        return sorted(found, key=lambda m: (m.seq, m.id))
+
+    async def chunk_hashes(self) -> set[str]:
+        texts = [t for d in self._datasets.values() for t in d.commits.values()]
+        return {c.hash for t in texts for c in decode_manifest(t).chunks}
 
     # -- refs ----------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import asyncpg
 
 from .catalog_common import (
     BRANCH,
+    MAIN,
     TAG,
     check_kind,
     check_schema,
@@ -41,6 +42,15 @@ WITH RECURSIVE chain(id, parent, manifest, depth) AS (
 )
 SELECT manifest FROM chain ORDER BY depth
 """
+
+_INSERT_COMMIT = (
+    "INSERT INTO commits (dataset, id, parent, seq, time, manifest) "
+    "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dataset, id) DO NOTHING"
+)
+
+
+def _commit_row(m: Manifest) -> tuple[str, str, str | None, int, float, str]:
+    return (m.dataset, m.id, m.parents[0] if m.parents else None, m.seq, m.time, encode_manifest(m))
 
 
 class PostgresCatalog:
@@ -143,14 +153,24 @@ class PostgresCatalog:
 
     # -- datasets ------------------------------------------------------------
 
-    async def create_dataset(self, name: str) -> None:
-        status = await self.pool.execute(
-            "INSERT INTO datasets (name, created) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-            name,
-            time.time(),
-        )
-        if status.endswith(" 0"):
-            raise DatasetExists(msg.dataset_exists(name))
+    async def create_dataset(self, first: Manifest) -> None:
+        name = first.dataset
+        async with self.pool.acquire() as conn, conn.transaction():  # all three rows or none
+            status = await conn.execute(
+                "INSERT INTO datasets (name, created) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                name,
+                time.time(),
+            )
+            if status.endswith(" 0"):
+                raise DatasetExists(msg.dataset_exists(name))
+            await conn.execute(_INSERT_COMMIT, *_commit_row(first))
+            await conn.execute(
+                "INSERT INTO refs (dataset, kind, name, commit_id) VALUES ($1, $2, $3, $4)",
+                name,
+                BRANCH,
+                MAIN,
+                first.id,
+            )
 
     async def list_datasets(self) -> list[str]:
         return [r[0] for r in await self.pool.fetch("SELECT name FROM datasets ORDER BY name")]
@@ -164,16 +184,7 @@ class PostgresCatalog:
 
     async def put_commit(self, manifest: Manifest) -> None:
         try:
-            await self.pool.execute(
-                "INSERT INTO commits (dataset, id, parent, seq, time, manifest) "
-                "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dataset, id) DO NOTHING",
-                manifest.dataset,
-                manifest.id,
-                manifest.parents[0] if manifest.parents else None,
-                manifest.seq,
-                manifest.time,
-                encode_manifest(manifest),
-            )
+            await self.pool.execute(_INSERT_COMMIT, *_commit_row(manifest))
         except asyncpg.ForeignKeyViolationError:
             raise NotFound(msg.dataset_missing(manifest.dataset), missing="dataset") from None
 
@@ -187,6 +198,18 @@ class PostgresCatalog:
             head_id, _ = await self._resolve(conn, dataset, head)
             rows = await conn.fetch(_LOG, dataset, head_id, limit) if limit > 0 else []
         return [decode_manifest(r[0]) for r in rows]
+
+    async def list_commits(self, dataset: str) -> list[Manifest]:
+        rows = await self.pool.fetch(
+            "SELECT manifest FROM commits WHERE dataset = $1 ORDER BY seq, id", dataset
+        )
+        return [decode_manifest(r[0]) for r in rows]
+
+    async def chunk_hashes(self) -> set[str]:
+        rows = await self.pool.fetch(
+            "SELECT DISTINCT c->>'hash' FROM commits, json_array_elements(commits.manifest->'chunks') AS c"
+        )
+        return {r[0] for r in rows}
 
     # -- refs ----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import time
 
 from .catalog_common import (
     BRANCH,
+    MAIN,
     TAG,
     check_kind,
     decode_manifest,
@@ -36,6 +37,11 @@ WITH RECURSIVE chain(id, parent, manifest, depth) AS (
     WHERE chain.depth + 1 < :limit
 )
 SELECT manifest FROM chain ORDER BY depth
+"""
+
+_CHUNK_HASHES = """
+SELECT DISTINCT json_extract(c.value, '$.hash')
+FROM commits, json_each(commits.manifest, '$.chunks') AS c
 """
 
 
@@ -85,14 +91,21 @@ class SqliteCatalog(SqliteThread):
 
     # -- datasets ------------------------------------------------------------
 
-    async def create_dataset(self, name: str) -> None:
+    async def create_dataset(self, first: Manifest) -> None:
+        name = first.dataset
+
         def fn(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute("INSERT INTO datasets (name, created) VALUES (?, ?)", (name, time.time()))
             except sqlite3.IntegrityError:
                 raise DatasetExists(msg.dataset_exists(name)) from None
+            self._insert_commit(conn, first)
+            conn.execute(
+                "INSERT INTO refs (dataset, kind, name, commit_id) VALUES (?, ?, ?, ?)",
+                (name, BRANCH, MAIN, first.id),
+            )
 
-        await self._tx(fn)
+        await self._tx(fn)  # one transaction: all three rows or none
 
     async def list_datasets(self) -> list[str]:
         def fn(conn: sqlite3.Connection) -> list[str]:
@@ -114,20 +127,24 @@ class SqliteCatalog(SqliteThread):
 
         def fn(conn: sqlite3.Connection) -> None:
             self._require_dataset(conn, manifest.dataset)
-            conn.execute(
-                "INSERT INTO commits (dataset, id, parent, seq, time, manifest) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (dataset, id) DO NOTHING",
-                (
-                    manifest.dataset,
-                    manifest.id,
-                    manifest.parents[0] if manifest.parents else None,
-                    manifest.seq,
-                    manifest.time,
-                    text,
-                ),
-            )
+            self._insert_commit(conn, manifest, text)
 
         await self._tx(fn)
+
+    @staticmethod
+    def _insert_commit(conn: sqlite3.Connection, manifest: Manifest, text: str | None = None) -> None:
+        conn.execute(
+            "INSERT INTO commits (dataset, id, parent, seq, time, manifest) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (dataset, id) DO NOTHING",
+            (
+                manifest.dataset,
+                manifest.id,
+                manifest.parents[0] if manifest.parents else None,
+                manifest.seq,
+                manifest.time,
+                text if text is not None else encode_manifest(manifest),
+            ),
+        )
 
     async def get_commit(self, dataset: str, commit_id: str) -> Manifest:
         text = await self._tx(lambda conn: self._resolve(conn, dataset, commit_id)[1], write=False)
@@ -142,6 +159,20 @@ class SqliteCatalog(SqliteThread):
             return [r[0] for r in rows]
 
         return [decode_manifest(t) for t in await self._tx(fn, write=False)]
+
+    async def list_commits(self, dataset: str) -> list[Manifest]:
+        def fn(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT manifest FROM commits WHERE dataset = ? ORDER BY seq, id", (dataset,))
+            return [r[0] for r in rows]
+
+        return [decode_manifest(t) for t in await self._tx(fn, write=False)]
+
+    async def chunk_hashes(self) -> set[str]:
+        def fn(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(_CHUNK_HASHES)
+            return {r[0] for r in rows}
+
+        return await self._tx(fn, write=False)
 
     # -- refs ----------------------------------------------------------------
 

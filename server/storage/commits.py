@@ -36,7 +36,7 @@ from server.ops.state import Catalog, Column, State
 
 from ..workers import TrackedExecutor
 from .chunks import ChunkStore, encode_parquet
-from .types import ChunkRef, Manifest, StorageError
+from .types import ChunkRef, Manifest, StorageCorrupt
 
 __all__ = [
     "CHUNK_RIDS",
@@ -47,6 +47,7 @@ __all__ = [
     "manifest_id",
     "arrow_type",
     "chunk_table",
+    "corruption",
 ]
 
 CHUNK_RIDS = 32768
@@ -161,6 +162,7 @@ def write_commit(
     extra_parents: Sequence[str] = (),
     chunk_rids: int = CHUNK_RIDS,
     pool: ChunkPool | None = None,
+    held: list[str] | None = None,
 ) -> Manifest:
     """Write the chunks ``state`` needs and return its manifest (not yet in the catalog).
 
@@ -169,6 +171,9 @@ def write_commit(
     ``None`` means "unknown": every range is encoded, and only chunks whose
     hash is new are written. ``parents`` is ``(parent.id, *extra_parents)``.
     Chunks are encoded on ``pool`` (in this thread without one).
+    With ``held``, every chunk stored or reused by hash is held from the
+    garbage collector (:meth:`ChunkStore.hold`) and its hash appended to
+    ``held``: the caller releases them once the manifest is in the catalog.
     Blocking (file I/O, fsync): call it off the event loop.
     """
     R = int(chunk_rids)
@@ -202,7 +207,9 @@ def write_commit(
     def encode(job: tuple[int, int, int, int]) -> ChunkRef:
         _, k, start, stop = job
         data = encode_parquet(chunk_table(state.frame.slice(start, stop - start), cols))
-        h, nbytes = store.put_bytes(data)
+        h, nbytes = store.put_bytes(data, hold=held is not None)
+        if held is not None:
+            held.append(h)  # list.append is atomic: the pool's threads share it
         return ChunkRef(h, k * R, (k + 1) * R, stop - start, nbytes, sorted_ids)
 
     for job, ref in zip(jobs, _map(pool, encode, jobs), strict=True):
@@ -239,7 +246,9 @@ def load_state(
     Chunks that need a cast are read on ``pool`` (in this thread without one).
 
     Raises:
-        StorageError: the chunks do not add up to the manifest's row count.
+        StorageCorrupt: a chunk is missing or does not match its hash, or the
+            chunks do not add up to the manifest's row count.
+        OSError, PolarsError, ArrowException: reading failed with every chunk intact.
     """
     cols = tuple(Column(int(d["id"]), d["name"], d["dtype"]) for d in manifest.schema)
     catalog = Catalog(cols, int(manifest.next_col))
@@ -247,12 +256,9 @@ def load_state(
     chunks = sorted(manifest.chunks, key=lambda r: r.rid_lo)
     if chunks:
         try:
-            schema = {RID: RID_POLARS, **{col_key(c.id): t for c, t in zip(cols, targets, strict=True)}}
-            renames = [pl.col(RID), *(pl.col(col_key(c.id)).alias(c.name) for c in cols)]
-            frame = store.scan([r.hash for r in chunks], schema).select(renames).collect()
-        except pl.exceptions.PolarsError:  # a chunk stores a column as another type: cast chunk by chunk
-            parts = _map(pool, lambda r: _load_chunk(store, r, cols, targets), chunks)
-            frame = pl.concat(parts, how="vertical")
+            frame = _read_chunks(store, chunks, cols, targets, pool)
+        except (OSError, ValueError, pl.exceptions.PolarsError, pa.ArrowException) as e:
+            raise corruption(store, manifest) or e
         if rechunk:
             frame = frame.rechunk()
         elif frame.get_column(RID).n_chunks() > 1:
@@ -262,11 +268,56 @@ def load_state(
             schema={RID: RID_POLARS, **{c.name: t for c, t in zip(cols, targets, strict=True)}}
         )
     if frame.height != manifest.rows:
-        raise StorageError(
-            f"commit {manifest.id[:12]} says {manifest.rows} rows but its chunks hold {frame.height};"
-            " the chunk store is inconsistent with the catalog"
+        raise corruption(store, manifest) or StorageCorrupt(
+            f"commit {manifest.id[:12]} of dataset '{manifest.dataset}' says {manifest.rows} rows but its"
+            f" chunks hold {frame.height}; the chunk store is inconsistent with the catalog:"
+            f" run coframe fsck {manifest.dataset}",
+            dataset=manifest.dataset,
+            commit=manifest.id,
+            chunk=None,
+            problem="rows",
         )
     return State(frame, catalog, int(manifest.next_rid))
+
+
+def _read_chunks(
+    store: ChunkStore,
+    chunks: Sequence[ChunkRef],
+    cols: Sequence[Column],
+    targets: Sequence[pl.DataType],
+    pool: ChunkPool | None,
+) -> pl.DataFrame:
+    try:
+        schema = {RID: RID_POLARS, **{col_key(c.id): t for c, t in zip(cols, targets, strict=True)}}
+        renames = [pl.col(RID), *(pl.col(col_key(c.id)).alias(c.name) for c in cols)]
+        return store.scan([r.hash for r in chunks], schema).select(renames).collect()
+    except pl.exceptions.PolarsError:  # a chunk stores a column as another type: cast chunk by chunk
+        parts = _map(pool, lambda r: _load_chunk(store, r, cols, targets), chunks)
+        return pl.concat(parts, how="vertical")
+
+
+def corruption(store: ChunkStore, manifest: Manifest) -> StorageCorrupt | None:
+    """The first chunk of ``manifest`` that is missing or fails its content hash, as an error.
+
+    None when every chunk is present and intact (the failure was something else).
+    Reads and hashes each chunk: call it when loading failed, not on every load.
+    """
+    for ref in sorted(manifest.chunks, key=lambda r: r.rid_lo):
+        problem = store.check(ref.hash)
+        if problem is None:
+            continue
+        what = "is missing" if problem == "missing" else "does not match its content hash (sha256)"
+        return StorageCorrupt(
+            f"chunk {ref.hash[:12]} of commit {manifest.id[:12]} of dataset '{manifest.dataset}' {what}"
+            f" ({store.path(ref.hash)}); the dataset cannot load: restore the file from a backup, or run"
+            f" coframe fsck {manifest.dataset} to list every broken chunk",
+            dataset=manifest.dataset,
+            commit=manifest.id,
+            chunk=ref.hash,
+            path=store.path(ref.hash),
+            problem=problem,
+        )
+    return None
 
 
 def _load_chunk(

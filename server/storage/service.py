@@ -5,15 +5,22 @@ SQLite or PostgreSQL catalog) or in memory (:meth:`Storage.memory`, for
 ``--memory``: the same code over :class:`.catalog_memory.MemoryCatalog` and a
 :class:`.chunks.MemoryFS` chunk store, kept for the life of the process).
 
-A dataset is created with one commit on branch ``main``. A room on a branch
-loads the branch head commit, then replays the WAL after it. A commit
-writes the changed chunks (in a worker thread), stores the manifest, moves
-the branch with a compare-and-set, then trims the WAL it covers.
+A dataset is created with one commit on branch ``main``, in one catalog
+transaction (its chunks are written first). A room on a branch loads the
+branch head commit, then replays the WAL after it. A commit writes the
+changed chunks (in a worker thread), stores the manifest, moves the branch
+with a compare-and-set, then trims the WAL it covers. Chunks no manifest
+references any more are deleted by the garbage collector (:mod:`.gc`).
+
+Every dataset, branch, tag and version name that reaches the catalog passes
+:func:`server.ops.check_ref_name` here first (``bad_name``), so no entry point
+can hand a NUL byte or a newline to SQLite or PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +28,18 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ..ops import normalize_frame
+from ..ops import check_ref_name, next_rid_of, normalize_frame
 from ..ops.state import Catalog, State
 from .catalog import open_catalog
 from .catalog_memory import MemoryCatalog
 from .chunks import ChunkStore
 from .commits import ChunkPool, dirty_ranges, load_state, write_commit
+from .gc import ChunkCollector, GcReport, collect
 from .types import CatalogStore, Manifest, NotFound, Ref, WalEntry
 
 __all__ = ["Storage", "BranchHandle", "WAL_REPLY_TAIL"]
+
+log = logging.getLogger("coframe.storage")
 
 # WAL entries kept below a commit so resends still get their original ack.
 WAL_REPLY_TAIL = 10_000
@@ -74,6 +84,7 @@ class Storage:
         self.catalog = catalog
         self.chunks = chunks
         self.pool = ChunkPool()  # chunk encode/decode threads, stopped by close()
+        self.collector: ChunkCollector | None = None  # the background GC, once start_gc ran
 
     @classmethod
     async def open(cls, data_dir: Path, catalog_url: str | None = None) -> Storage:
@@ -110,9 +121,62 @@ class Storage:
 
     async def close(self) -> None:
         try:
+            if self.collector is not None:
+                await self.collector.close()
             await self.catalog.close()
         finally:
             await asyncio.to_thread(self.pool.close)
+
+    # ------------------------------------------------------------ upkeep
+
+    def start_gc(self, grace: float) -> ChunkCollector:
+        """Start the background chunk GC: now, then periodically (stopped by :meth:`close`)."""
+        if self.collector is None:
+            self.collector = ChunkCollector(self.catalog, self.chunks, grace=grace)
+            self.collector.start()
+        return self.collector
+
+    async def collect_garbage(self, grace: float) -> GcReport:
+        """One mark-and-sweep pass over every dataset's chunks (see :mod:`.gc`)."""
+        return await collect(self.catalog, self.chunks, grace=grace)
+
+    async def repair(self) -> list[str]:
+        """Remove half-created datasets; return one line per dataset removed (also logged).
+
+        Before 0.5.0 a dataset was created in steps (the dataset, then its
+        commit, then ``main``), so a crash in between left a dataset with no
+        branch and no tag, which broke the listing and kept its name. Such a
+        dataset never answered its upload or import, so it is removed (its
+        commits and WAL with it; its chunks go at the next GC). A dataset that
+        has other refs but no ``main`` is left alone: the listing shows it as
+        broken.
+        """
+        done: list[str] = []
+        for name in await self.catalog.list_datasets():
+            if await self.catalog.list_refs(name, "branch") or await self.catalog.list_refs(name, "tag"):
+                continue
+            commits = await self.catalog.list_commits(name)
+            try:
+                await self.catalog.drop_dataset(name)
+            except NotFound:  # dropped meanwhile
+                continue
+            line = (
+                f"removed half-created dataset '{name}' ({len(commits)} commits, no branch or tag):"
+                " an upload or import that never finished; upload it again"
+            )
+            log.warning("%s", line)
+            done.append(line)
+        return done
+
+    async def delete_dataset(self, name: str) -> None:
+        """Remove a dataset, its refs, commits and WAL; its chunks go at the next GC.
+
+        Raises:
+            OpError: a bad name. NotFound: no such dataset.
+        """
+        await self.catalog.drop_dataset(check_ref_name(name, "dataset"))
+        if self.collector is not None:
+            self.collector.poke()
 
     async def write(
         self,
@@ -127,8 +191,31 @@ class Storage:
         clients: dict[str, int] | None = None,
     ) -> Manifest:
         """Write the chunks and the manifest of a commit (not moving any ref)."""
+        held: list[str] = []
+        try:
+            manifest = await self._write_chunks(
+                dataset, state, parent, dirty, author, message, seq, clients, held
+            )
+            await self.catalog.put_commit(manifest)
+        finally:
+            self.chunks.release(held)  # the manifest is in the catalog now (or never will be)
+        return manifest
+
+    async def _write_chunks(
+        self,
+        dataset: str,
+        state: State,
+        parent: Manifest | None,
+        dirty: np.ndarray | None,
+        author: str,
+        message: str,
+        seq: int,
+        clients: dict[str, int] | None,
+        held: list[str],
+    ) -> Manifest:
+        """The chunks of a commit, written and held from the GC (``held``); its manifest."""
         ranges = None if dirty is None or parent is None else dirty_ranges(dirty)
-        manifest = await asyncio.to_thread(
+        return await asyncio.to_thread(
             write_commit,
             self.chunks,
             state,
@@ -141,28 +228,33 @@ class Storage:
             time=time.time(),
             clients=dict(clients or {}),
             pool=self.pool,
+            held=held,
         )
-        await self.catalog.put_commit(manifest)
-        return manifest
 
-    async def create_dataset(self, name: str, frame: pl.DataFrame, *, author: str, message: str) -> Manifest:
-        """A new dataset with one commit on ``main``.
+    async def create_dataset(
+        self, name: str, frame: pl.DataFrame, *, author: str, message: str, rids: str = "new"
+    ) -> Manifest:
+        """A new dataset with one commit on ``main``, created in one catalog transaction.
+
+        The chunks are written first; the dataset, its commit and ``main`` then
+        appear together or not at all, so a crash never leaves half a dataset
+        (a chunk nobody references goes at the next GC). ``rids`` says what to
+        do with a ``_rid`` column (:func:`server.ops.normalize_frame`).
 
         Raises:
-            AlreadyExists: the name is taken (nothing is written).
-            OpError: the frame has a ``_rid`` column or an unsupported dtype.
+            OpError: a bad name (``bad_name``), an unsupported dtype, or ``_rid``
+                values that cannot be kept.
+            DatasetExists: the name is taken (the catalog is unchanged).
         """
-        df, catalog = normalize_frame(frame)
-        state = State(df, catalog, df.height)
-        await self.catalog.create_dataset(name)
+        check_ref_name(name, "dataset")
+        df, catalog = normalize_frame(frame, rids=rids)
+        state = State(df, catalog, next_rid_of(df))
+        held: list[str] = []
         try:
-            manifest = await self.write(
-                name, state, parent=None, dirty=None, author=author, message=message, seq=0
-            )
-            await self.catalog.create_ref(Ref(name, "main", manifest.id, "branch"))
-        except BaseException:
-            await self.catalog.drop_dataset(name)
-            raise
+            manifest = await self._write_chunks(name, state, None, None, author, message, 0, None, held)
+            await self.catalog.create_dataset(manifest)
+        finally:
+            self.chunks.release(held)
         return manifest
 
     async def state_of(self, manifest: Manifest) -> State:
@@ -175,9 +267,11 @@ class Storage:
         older entries kept only for their replies.
 
         Raises:
-            NotFound: no such dataset or branch.
+            OpError: a bad name. NotFound: no such dataset or branch.
+            StorageCorrupt: a chunk of the head commit is missing or corrupt.
         """
-        ref = await self.catalog.get_ref(dataset, branch, "branch")
+        check_ref_name(dataset, "dataset")
+        ref = await self.catalog.get_ref(dataset, check_ref_name(branch, "branch"), "branch")
         head = await self.catalog.get_commit(dataset, ref.commit)
         state = await self.state_of(head)
         wal = await self.catalog.read_wal(dataset, branch, 0)
@@ -189,8 +283,11 @@ class Storage:
         """A commit by tag, branch or (prefix of) commit id.
 
         Raises:
+            OpError: ``bad_name`` for a name that breaks the naming rule.
             NotFound: nothing by that name.
         """
+        check_ref_name(dataset, "dataset")
+        check_ref_name(ref, "version")
         for kind in ("tag", "branch"):
             try:
                 r = await self.catalog.get_ref(dataset, ref, kind)
@@ -211,7 +308,7 @@ class Storage:
             NotFound: no such source. AlreadyExists: the branch exists.
         """
         manifest = await self.resolve(dataset, source)
-        await self.catalog.create_ref(Ref(dataset, name, manifest.id, "branch"))
+        await self.catalog.create_ref(Ref(dataset, check_ref_name(name, "branch"), manifest.id, "branch"))
         return manifest
 
     async def create_tag(self, dataset: str, name: str, at: str = "main") -> Manifest:
@@ -221,7 +318,7 @@ class Storage:
             NotFound: no such version. AlreadyExists: the tag exists.
         """
         manifest = await self.resolve(dataset, at)
-        await self.catalog.create_ref(Ref(dataset, name, manifest.id, "tag"))
+        await self.catalog.create_ref(Ref(dataset, check_ref_name(name, "tag"), manifest.id, "tag"))
         return manifest
 
     async def log(self, dataset: str, ref: str = "main", limit: int = 100) -> list[Manifest]:
@@ -238,7 +335,7 @@ class Storage:
         Raises:
             NotFound: no such branch or version.
         """
-        ref = await self.catalog.get_ref(dataset, branch, "branch")
+        ref = await self.catalog.get_ref(dataset, check_ref_name(branch, "branch"), "branch")
         head = await self.catalog.get_commit(dataset, ref.commit)
         target = await self.resolve(dataset, to)
         state = await self.state_of(target)

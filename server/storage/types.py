@@ -23,6 +23,7 @@ __all__ = [
     "AlreadyExists",
     "DatasetExists",
     "RefMoved",
+    "StorageCorrupt",
 ]
 
 
@@ -70,6 +71,19 @@ class RefMoved(StorageError):
 
     code = ErrorCode.CONFLICT
     status = 409
+
+
+class StorageCorrupt(StorageError):
+    """A chunk a commit needs is missing, unreadable or fails its content hash (sha256).
+
+    ``details`` name the ``dataset``, the ``commit``, the ``chunk`` (its hash),
+    where it lives (``path``) and the ``problem`` (``missing``, ``hash`` or
+    ``unreadable``). The WebSocket sends it as ``storage_corrupt`` and closes
+    4009; HTTP answers 500 with that code. ``coframe fsck`` lists every such chunk.
+    """
+
+    code = ErrorCode.STORAGE_CORRUPT
+    status = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,13 +213,18 @@ class CatalogStore(Protocol):
     async def close(self) -> None: ...
 
     # datasets
-    async def create_dataset(self, name: str) -> None:
-        """Raises AlreadyExists."""
+    async def create_dataset(self, first: Manifest) -> None:
+        """Create dataset ``first.dataset`` with its first commit and branch ``main`` at it.
+
+        One transaction: no reader ever sees the dataset without its commit and
+        its ``main`` (PROTOCOL.md §13, "Atomic creation"). Raises DatasetExists
+        (nothing is written).
+        """
 
     async def list_datasets(self) -> list[str]: ...
 
     async def drop_dataset(self, name: str) -> None:
-        """Remove the dataset's refs, commits and WAL. Raises NotFound."""
+        """Remove the dataset's refs, commits and WAL (its chunks go at the next GC). Raises NotFound."""
 
     # commits
     async def put_commit(self, manifest: Manifest) -> None:
@@ -216,6 +235,15 @@ class CatalogStore(Protocol):
 
     async def log(self, dataset: str, head: str, limit: int = 100) -> list[Manifest]:
         """Commits reachable from ``head`` by first parents, newest first."""
+
+    async def list_commits(self, dataset: str) -> list[Manifest]:
+        """Every commit stored for ``dataset``, reachable from a ref or not, by seq then id.
+
+        Returns [] for a dataset that does not exist.
+        """
+
+    async def chunk_hashes(self) -> set[str]:
+        """The hash of every chunk that any commit of any dataset references (the GC's mark)."""
 
     # refs
     async def create_ref(self, ref: Ref) -> None:
