@@ -19,7 +19,7 @@ from .api import routes as api_routes
 from .demo import demo_sales
 from .errors import exception_handlers
 from .io import load_file
-from .perspective.live import RoomViews
+from .perspective.service import LiveViews
 from .perspective.web import routes as dashboard_routes
 from .rooms import Registry, RoomConfig, SessionLimits
 from .settings import Settings
@@ -43,6 +43,8 @@ def room_config(settings: Settings) -> RoomConfig:
         autocommit_ops=settings.autocommit_ops,
         autocommit_seconds=settings.autocommit_seconds,
         autocommit_share=settings.autocommit_share,
+        max_views_per_connection=settings.max_views_per_connection,
+        max_queries_per_connection=settings.max_queries_per_connection,
     )
 
 
@@ -58,7 +60,7 @@ async def open_registry(settings: Settings) -> Registry:
     """
     storage = await Storage.for_settings(settings.data_dir, settings.catalog)
     registry = Registry(
-        room_config(settings), storage=storage, idle_unload=settings.idle_unload, views=RoomViews
+        room_config(settings), storage=storage, idle_unload=settings.idle_unload, views=LiveViews()
     )
     try:
         existing = set(await registry.names())

@@ -21,3 +21,5 @@ class RoomConfig:
     autocommit_ops: int = 10_000  # commit after this many batches...
     autocommit_seconds: float = 60.0  # ...or this long after the first uncommitted one,
     autocommit_share: float = 0.1  # ...but commits take at most this share of the time (durability.py)
+    max_views_per_connection: int = 16  # open views; one more subscribe → too_many
+    max_queries_per_connection: int = 4  # queries whose result has not left yet → too_many

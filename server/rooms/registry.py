@@ -63,7 +63,7 @@ class Registry:
         views: ViewsFactory | None = None,
     ) -> None:
         self.config = config or RoomConfig()
-        self.views = views  # each room's live views (server.perspective.live.RoomViews in the app)
+        self.views = views  # each room's live views (server.perspective.service.LiveViews in the app)
         self.idle_unload = idle_unload
         self.storage = storage
         self.rooms: dict[tuple[str, str], Room] = {}
@@ -196,7 +196,11 @@ class Registry:
         for room in list(self.rooms.values()):
             await room.close()
         self.rooms.clear()
-        await self.storage.close()
+        try:
+            if self.views is not None:
+                await self.views.close()
+        finally:
+            await self.storage.close()
 
     async def describe(self) -> list[dict[str, object]]:
         """Every dataset: rows, columns and seq of ``main`` (live if open), branches and tags."""

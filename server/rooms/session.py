@@ -109,6 +109,7 @@ class Session:
         self.close_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._on_sent: list[Callable[[], None]] = []  # when_sent callbacks, run once the queue is empty
 
     # -------------------------------------------------------------- queueing
 
@@ -123,6 +124,24 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def when_sent(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once everything queued so far has been handed to the socket (or dropped),
+        or the session closed: at once if nothing is queued or being sent.
+
+        The room uses it to count a query as in flight until its result left
+        (PROTOCOL.md §10): a client that does not read holds a bounded number
+        of results.
+        """
+        if self._closed or (not self._queue and not self._sending):
+            fn()
+        else:
+            self._on_sent.append(fn)
+
+    def _sent(self) -> None:
+        callbacks, self._on_sent = self._on_sent, []
+        for fn in callbacks:
+            fn()
 
     def start(self) -> None:
         """Start the writer task, which sends the queue in order."""
@@ -194,6 +213,7 @@ class Session:
         log.debug("direct write to %s failed: %r", self.client, e)
         self._closed = True
         self._wake.set()
+        self._sent()
 
     def _enqueue(self, data: Item, droppable: bool) -> None:
         if droppable and self.resync_pending:
@@ -236,6 +256,8 @@ class Session:
         try:
             while not self._closed:
                 if not self._queue:
+                    if self._on_sent:
+                        self._sent()
                     if self._closing is not None:
                         self._drained.set()
                         return
@@ -262,6 +284,7 @@ class Session:
         except Exception as e:  # the peer went away mid-send; the reader sees it too
             log.debug("writer for %s stopped: %r", self.client, e)
             self._closed = True
+            self._sent()
 
     def abort(self, code: int, reason: str) -> None:
         """Close now: drop the queue, stop the writer, close the socket."""
@@ -271,6 +294,7 @@ class Session:
         self.close_reason = reason
         self._queue.clear()
         self._queued_bytes = 0
+        self._sent()
         if self._task is not None:
             self._task.cancel()
         log.info("closing %s: %s", self.client, reason)
@@ -294,6 +318,7 @@ class Session:
             pass
         self._closed = True
         self.close_reason = reason
+        self._sent()
         await self._close(code, reason)
 
     async def stop(self) -> None:
@@ -301,6 +326,7 @@ class Session:
         self._closed = True
         self._queue.clear()
         self._queued_bytes = 0
+        self._sent()
         for task in (self._task, self._closer):
             if task is None:
                 continue
