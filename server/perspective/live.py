@@ -59,7 +59,11 @@ T = TypeVar("T")
 
 
 class RoomViews:
-    """Perspective table, subscriptions and dashboard watchers of one room."""
+    """Perspective table, subscriptions and dashboard watchers of one room.
+
+    ``executor`` runs its Perspective calls (the app's pool, :mod:`.service`);
+    without one, it makes a one-thread pool and shuts it down on :meth:`close`.
+    """
 
     def __init__(
         self,
@@ -70,8 +74,6 @@ class RoomViews:
         *,
         executor: Executor | None = None,
     ) -> None:
-        """``executor`` runs the Perspective calls (the app's shared pool); without one, these
-        views make a one-thread pool of their own and shut it down on :meth:`close`."""
         self.name = name  # also the Perspective table's name, e.g. "sales/main"
         self._send = send  # the room's outbound choke point: (session, message, droppable)
         self._current = current  # the room's published (state, seq)
@@ -224,11 +226,8 @@ class RoomViews:
         return sum(1 for s in self.subs.values() if s.session is session)
 
     async def subscribe(self, session: Session, msg: Subscribe) -> None:
-        """Open a view for ``session`` and reply with its snapshot (or an ``error``).
-
-        A config Perspective must not see (:func:`.config.check_expressions`)
-        is refused before the table is even built.
-        """
+        """Open a view and reply with its snapshot, or one ``error`` (a refused expression
+        before the table is even built: :func:`.subscription.refusal`)."""
         key = (session.client, msg.view)
         old = self.subs.get(key)
         if old is not None and old.session is not session:  # a replaced connection's, not yet dropped
