@@ -409,4 +409,4 @@ class RoomViews:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._owns_executor:
-            self._executor.shutdown(wait=False)  # idle now: no job is left
+            self._executor.shutdown()  # its one thread is idle now: it ends at once

@@ -41,7 +41,7 @@ VIEW_REQUESTS_QUEUED = 1024
 
 
 def too_many(message: str, limit: str, value: int, re: Any) -> Error:
-    """The ``too_many`` error for a request over the per-connection count ``limit`` (a setting's name)."""
+    """The ``too_many`` error for a request over the per-connection count named ``limit``."""
     return Error(ErrorCode.TOO_MANY, message, {"limit": limit, "max": value}, re=re)
 
 
