@@ -316,7 +316,8 @@ async def test_a_burst_of_subscribe_and_unsubscribe_is_answered_once_each_in_ord
 
 
 async def test_view_requests_past_the_waiting_bound_are_refused_in_their_turn() -> None:
-    room = _room(RoomConfig(max_views_per_connection=2), views=RoomViews)
+    views = LiveViews(threads=1)
+    room = _room(RoomConfig(max_views_per_connection=2), views=views)
     t = FakeTransport()
     s = room.join(Hello("flood"), t, binary=True)
     n = VIEW_REQUESTS_QUEUED + 10
@@ -331,6 +332,7 @@ async def test_view_requests_past_the_waiting_bound_are_refused_in_their_turn() 
     assert {got[i] for i in range(VIEW_REQUESTS_WAITING, n)} == {"view_requests_waiting"}
     assert s not in room.requests.waiting and room.views.open_views(s) == 2
     await room.close()
+    await views.close()
 
 
 async def test_uint64_values_past_int64_do_not_break_any_view(make_server: Any) -> None:

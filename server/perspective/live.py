@@ -34,7 +34,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
@@ -61,8 +61,8 @@ T = TypeVar("T")
 class RoomViews:
     """Perspective table, subscriptions and dashboard watchers of one room.
 
-    ``executor`` runs its Perspective calls (the app's pool, :mod:`.service`);
-    without one, it makes a one-thread pool and shuts it down on :meth:`close`.
+    ``executor`` runs its Perspective calls: the app's pool (:mod:`.service`),
+    shared by every room and closed by its owner, never asyncio's default one.
     """
 
     def __init__(
@@ -72,7 +72,7 @@ class RoomViews:
         on_idle: Callable[[], None] | None,
         send: Callable[[Any, Any, bool], None],
         *,
-        executor: Executor | None = None,
+        executor: Executor,
     ) -> None:
         self.name = name  # also the Perspective table's name, e.g. "sales/main"
         self._send = send  # the room's outbound choke point: (session, message, droppable)
@@ -89,8 +89,7 @@ class RoomViews:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._building = False
         self._closed = False
-        self._owns_executor = executor is None
-        self._executor = executor if executor is not None else ThreadPoolExecutor(1, "perspective")
+        self._executor = executor
         state, _ = current()
         self._columns = {c["id"]: c["name"] for c in state.catalog.to_wire()}
         self._zones = zones_of(state.catalog.to_wire())
@@ -408,5 +407,3 @@ class RoomViews:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._owns_executor:
-            self._executor.shutdown()  # its one thread is idle now: it ends at once
