@@ -81,7 +81,7 @@ async def test_diff_queries_from_a_client_that_never_reads_are_bounded(tmp_path:
         async with connect(server.url, "sales") as room:  # a big diff: every row's note changed
             first = (await room.log())[-1]["commit"]
             rids = room.frame["_rid"].to_list()
-            await room.set_cells(rids, "note", [f"{i:08d}" + "x" * 200 for i in range(len(rids))])
+            await room.set_cells(rids, "note", [f"{i:08d}" + "x" * 40 for i in range(len(rids))])
         n = 150
         replies: dict[int, str] = {}
 
