@@ -22,7 +22,7 @@ from .errors import exception_handlers
 from .health import Health
 from .io import load_file
 from .node import Node
-from .perspective.live import RoomViews
+from .perspective.service import LiveViews
 from .perspective.web import routes as dashboard_routes
 from .rooms import Registry, RoomConfig, SessionLimits
 from .rooms.transport import SendBudget
@@ -54,6 +54,8 @@ def room_config(settings: Settings) -> RoomConfig:
         expr_max_literal=settings.expr_max_literal,
         expr_memory_bytes=settings.expr_memory_bytes,
         expr_timeout=settings.expr_timeout,
+        max_views_per_connection=settings.max_views_per_connection,
+        max_queries_per_connection=settings.max_queries_per_connection,
     )
 
 
@@ -70,7 +72,7 @@ async def open_registry(settings: Settings) -> Registry:
     """
     storage = await Storage.for_settings(settings.data_dir, settings.catalog)
     registry = Registry(
-        room_config(settings), storage=storage, idle_unload=settings.idle_unload, views=RoomViews
+        room_config(settings), storage=storage, idle_unload=settings.idle_unload, views=LiveViews()
     )
     try:
         await storage.repair()  # half-created datasets of older versions (each removal is logged)

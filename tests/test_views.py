@@ -18,7 +18,7 @@ from client import OpRejected, connect
 from protocol import Hello, OpBatch, SetCells, Subscribe, Unsubscribe, View, decode_server
 from server.ops import normalize_frame
 from server.ops.state import State
-from server.perspective.live import RoomViews
+from server.perspective.service import LiveViews
 from server.rooms import Room, RoomConfig, SessionLimits
 from tests.conftest import small_frame, timeout
 from tests.helpers import FakeTransport
@@ -214,15 +214,15 @@ async def test_view_on_a_zoned_timestamp_keeps_its_zone(make_server: Any) -> Non
         assert view.frame["t"].to_list() == frame["t"].to_list()
 
 
-def _make_room(i: int, frame: pl.DataFrame) -> Room:
+def _make_room(i: int, frame: pl.DataFrame, views: LiveViews) -> Room:
     df, catalog = normalize_frame(frame)
-    room = Room(f"leak{i}", "main", State(df, catalog, df.height), views=RoomViews)
+    room = Room(f"leak{i}", "main", State(df, catalog, df.height), views=views)
     room.start()
     return room
 
 
-async def _room_cycle(i: int, frame: pl.DataFrame) -> None:
-    room = _make_room(i, frame)
+async def _room_cycle(i: int, frame: pl.DataFrame, views: LiveViews) -> None:
+    room = _make_room(i, frame, views)
     t = FakeTransport()
     s = room.join(Hello("c"), t, binary=True)
     room.submit(s, Subscribe("g", dict(SUM), id=1))
@@ -240,13 +240,15 @@ async def _room_cycle(i: int, frame: pl.DataFrame) -> None:
 async def test_fifty_rooms_with_views_do_not_leak() -> None:
     frame = small_frame(20_000)
     proc = psutil.Process()
+    views = LiveViews()
     for i in range(10):  # warm-up
-        await _room_cycle(i, frame)
+        await _room_cycle(i, frame, views)
     gc.collect()
     base = proc.memory_info().rss
     for i in range(50):
-        await _room_cycle(100 + i, frame)
+        await _room_cycle(100 + i, frame, views)
     gc.collect()
+    await views.close()
     growth = proc.memory_info().rss - base
     assert growth < 40 * 2**20, f"RSS grew {growth / 2**20:.1f} MB over 50 rooms with views"
 
@@ -325,8 +327,9 @@ async def _sent_until(t: FakeTransport, done: Any) -> list[Any]:
 async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
     limits = SessionLimits(max_messages=4, stall_timeout=3600)
     df, catalog = normalize_frame(small_frame(30))
+    views = LiveViews()
     room = Room(
-        "sales", "main", State(df, catalog, df.height), config=RoomConfig(session=limits), views=RoomViews
+        "sales", "main", State(df, catalog, df.height), config=RoomConfig(session=limits), views=views
     )
     room.start()
     t = GatedTransport()
@@ -361,6 +364,7 @@ async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
     got = dict(zip(snap.data["region"].to_pylist(), snap.data["qty"].to_pylist(), strict=True))
     assert got == dict(want.iter_rows())
     await room.close()
+    await views.close()
 
 
 async def test_a_view_follows_a_rename_across_a_reconnect(make_server: Any) -> None:

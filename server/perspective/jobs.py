@@ -1,4 +1,4 @@
-"""What :class:`~.live.RoomViews` runs in its worker thread.
+"""What :class:`~.live.RoomViews` runs in its worker thread (the Perspective executor).
 
 Perspective releases the GIL, and at 1M rows its work is slow: a build
 takes about 4 s, opening a sorted view 1-4 s, and an update of a table with
@@ -21,7 +21,7 @@ from protocol import Delta, ErrorCode
 from protocol.dtypes import parse_dtype
 
 from ..ops.state import State
-from .config import ViewConfigError, for_perspective
+from .config import ViewConfigError, check_expressions, for_perspective
 from .payload import read_view
 from .subscription import Subscription
 from .tables import RoomTables, RoomView, release_memory
@@ -85,6 +85,7 @@ def apply_and_read(
 def open_and_read(
     tables: RoomTables, name: str, sub: Subscription, zones: dict[str, str]
 ) -> tuple[RoomView, tuple[pa.Table, int]]:
+    check_expressions(sub.config)  # checked on subscribe; again here, after any rename rewrote it
     try:
         view = tables.view(name, **for_perspective(sub.config))
     except Exception as e:  # PyPerspectiveError, or a serde error for a bad value

@@ -16,11 +16,11 @@ subscriptions are rewritten (renamed columns follow, dropped ones leave
 ``columns``, :mod:`.subscription`) and get a fresh snapshot, or a
 ``closed`` view naming the reason when they cannot be kept.
 
-**Threads.** Every Perspective call runs in a worker thread, one at a time
-per room (``_lock``), so the event loop stays free: acks and deltas never
-wait for views (why, and the jobs themselves: :mod:`.jobs`). Deltas queue
-up while Perspective is busy and are applied together (one poll), so a slow
-view makes its updates less frequent, never the room slower.
+**Threads.** Every Perspective call runs in a thread of the Perspective
+executor (:mod:`.service`; never the default executor), one at a time per
+room (``_lock``), so the event loop stays free: acks and deltas never wait
+for views (:mod:`.jobs`). Deltas queue up while Perspective is busy and are
+applied together (one poll): a slow view updates less often, never slows the room.
 
 **Where things are.** Here: the table's life, following deltas, and
 subscribe/unsubscribe. :mod:`.subscription`: one subscription's state and
@@ -31,8 +31,10 @@ dashboards attached, and what ``reset`` must do.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
@@ -42,7 +44,7 @@ from protocol import Delta, Error, ErrorCode, Subscribe, Unsubscribe, View
 from ..ops.state import State
 from .config import ViewConfigError, check_columns
 from .jobs import apply_and_read, close_all, drop, open_and_read, read_all, rebuild, zones_of
-from .subscription import Subscription, no_such_view, view_exists
+from .subscription import Subscription, no_such_view, refusal, view_exists
 from .tables import RoomTables
 from .watchers import Reset, Watchers
 
@@ -57,7 +59,11 @@ T = TypeVar("T")
 
 
 class RoomViews:
-    """Perspective table, subscriptions and dashboard watchers of one room."""
+    """Perspective table, subscriptions and dashboard watchers of one room.
+
+    ``executor`` runs its Perspective calls: the app's pool (:mod:`.service`),
+    shared by every room and closed by its owner, never asyncio's default one.
+    """
 
     def __init__(
         self,
@@ -65,6 +71,8 @@ class RoomViews:
         current: Callable[[], tuple[State, int]],
         on_idle: Callable[[], None] | None,
         send: Callable[[Any, Any, bool], None],
+        *,
+        executor: Executor,
     ) -> None:
         self.name = name  # also the Perspective table's name, e.g. "sales/main"
         self._send = send  # the room's outbound choke point: (session, message, droppable)
@@ -81,6 +89,7 @@ class RoomViews:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._building = False
         self._closed = False
+        self._executor = executor
         state, _ = current()
         self._columns = {c["id"]: c["name"] for c in state.catalog.to_wire()}
         self._zones = zones_of(state.catalog.to_wire())
@@ -90,7 +99,11 @@ class RoomViews:
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` (Perspective work) in a worker thread, after any job before it."""
         async with self._lock:
-            return await asyncio.to_thread(fn, *args)
+            return await self._run(fn, *args)
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """``fn(*args)`` in the Perspective executor (the caller holds the lock)."""
+        return asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``work`` as a task these views own: :meth:`close` cancels it and waits for it."""
@@ -131,7 +144,7 @@ class RoomViews:
             sub.view = None  # RoomTables.close deletes the old views
         self._building = True
         try:
-            await asyncio.to_thread(rebuild, tables, self.name, state, closers)
+            await self._run(rebuild, tables, self.name, state, closers)
         except BaseException as e:
             self._fail_subs(f"the room's Perspective table could not be built: {e}")
             raise
@@ -182,14 +195,14 @@ class RoomViews:
             reason = f"the schema changed at seq {batch[-1].seq_to}; reconnect to see the new columns"
             closers = self._watchers.reset_all(reason)
             if not (self.subs or self._watchers):
-                await asyncio.to_thread(drop, self.tables, self.name, closers)  # rebuilt on next need
+                await self._run(drop, self.tables, self.name, closers)  # rebuilt on next need
                 return
             await self._build_locked(closers)
             await self._reopen_locked()
             return
         subs = [s for s in self.subs.values() if s.view is not None]
         assert self.tables is not None
-        out = await asyncio.to_thread(apply_and_read, self.tables, self.name, batch, subs, self._zones)
+        out = await self._run(apply_and_read, self.tables, self.name, batch, subs, self._zones)
         self.seq = batch[-1].seq_to
         for sub, result in zip(subs, out, strict=True):
             if self.subs.get(sub.key) is sub:
@@ -207,11 +220,23 @@ class RoomViews:
 
     # ---------------------------------------------------------------- subscriptions
 
+    def open_views(self, session: Session) -> int:
+        """Views ``session`` has open (or being opened)."""
+        return sum(1 for s in self.subs.values() if s.session is session)
+
     async def subscribe(self, session: Session, msg: Subscribe) -> None:
-        """Open a view for ``session`` and reply with its snapshot (or an ``error``)."""
+        """Open a view and reply with its snapshot, or one ``error`` (a refused expression
+        before the table is even built: :func:`.subscription.refusal`)."""
         key = (session.client, msg.view)
-        if key in self.subs:
+        old = self.subs.get(key)
+        if old is not None and old.session is not session:  # a replaced connection's, not yet dropped
+            self.spawn(self._forget(old))
+        elif old is not None:
             self._reply(session, view_exists(msg))
+            return
+        refused = refusal(msg)
+        if refused is not None:
+            self._reply(session, refused)
             return
         sub = Subscription(session, msg.view, msg.config, msg.viewport)
         self.subs[key] = sub  # reserved while the table builds
@@ -227,19 +252,30 @@ class RoomViews:
     async def _subscribe_locked(self, sub: Subscription, msg: Subscribe) -> None:
         tables = await self._ensure_locked()
         if self.subs.get(sub.key) is not sub or sub.session.closed:
-            return  # unsubscribed or gone meanwhile
+            self._detach(sub)
+            return  # gone meanwhile (a session's own requests run in order: never unsubscribed)
         try:
             if sub.closing is not None:  # a schema change made the config impossible
                 raise ViewConfigError(
                     ErrorCode.NO_SUCH_COLUMN, f"cannot open the view: {sub.closing}", field="config"
                 )
             check_columns(sub.config, ["_rid", *self._columns.values()])
-            sub.view, result = await asyncio.to_thread(open_and_read, tables, self.name, sub, self._zones)
+            result = await self._open_locked(tables, sub)
         except ViewConfigError as e:
-            del self.subs[sub.key]
+            self._detach(sub)
             self._reply(sub.session, Error(e.code, e.message, e.details, re=msg.id))
             return
-        self._deliver(sub, result, "snapshot", re=msg.id)
+        if result is not None:
+            self._deliver(sub, result, "snapshot", re=msg.id)
+
+    async def _open_locked(self, tables: RoomTables, sub: Subscription) -> tuple[pa.Table, int] | None:
+        """Open ``sub``'s view and read it; None (and the view deleted) if ``sub`` went meanwhile."""
+        view, result = await self._run(open_and_read, tables, self.name, sub, self._zones)
+        if self.subs.get(sub.key) is not sub:
+            await self._run(view.delete)
+            return None
+        sub.view = view
+        return result
 
     async def unsubscribe(self, session: Session, msg: Unsubscribe) -> None:
         sub = self.subs.get((session.client, msg.view))
@@ -263,7 +299,7 @@ class RoomViews:
     async def _resend(self, subs: list[Subscription]) -> None:
         async with self._lock:
             live = [s for s in subs if s.view is not None and self.subs.get(s.key) is s]
-            out = await asyncio.to_thread(read_all, live, self._zones)
+            out = await self._run(read_all, live, self._zones)
             for sub, result in zip(live, out, strict=True):
                 sub.last = None
                 self._deliver(sub, result, "snapshot")
@@ -274,22 +310,25 @@ class RoomViews:
         for sub in list(self.subs.values()):
             if sub.view is not None or sub.session.closed or not sub.sent:
                 continue  # a first subscribe still waiting for the lock opens its own view
+            result = None
             if sub.closing is None:
                 try:
                     check_columns(sub.config, ["_rid", *self._columns.values()])
-                    sub.view, result = await asyncio.to_thread(
-                        open_and_read, self.tables, self.name, sub, self._zones
-                    )
+                    result = await self._open_locked(self.tables, sub)
                 except ViewConfigError as e:
                     sub.closing = e.message
+            if self.subs.get(sub.key) is not sub:
+                continue  # unsubscribed or dropped meanwhile
             if sub.closing is not None:
                 self._close_sub(sub, sub.closing)
-            else:
+            elif result is not None:
                 self._deliver(sub, result, "snapshot")
 
     def _deliver(
         self, sub: Subscription, result: tuple[pa.Table, int] | Exception, kind: str, re: Any = None
     ) -> None:
+        if self.subs.get(sub.key) is not sub:
+            return  # closed meanwhile: nothing about a view follows its ``closed``
         if isinstance(result, Exception):
             log.error("reading view %s of %s failed: %r", sub.name, sub.session.client, result)
             self._close_sub(sub, f"the view could not be read ({type(result).__name__}: {result})")
@@ -300,12 +339,16 @@ class RoomViews:
             self._send(sub.session, msg, kind == "update")
 
     def _close_sub(self, sub: Subscription, reason: str) -> None:
+        self._detach(sub)  # at once, so no update can follow the ``closed``
         self.spawn(self._forget(sub))
         self._reply(sub.session, View(sub.name, "closed", self.seq, reason=reason))
 
-    async def _forget(self, sub: Subscription) -> None:
+    def _detach(self, sub: Subscription) -> None:
         if self.subs.get(sub.key) is sub:
             del self.subs[sub.key]
+
+    async def _forget(self, sub: Subscription) -> None:
+        self._detach(sub)
         view, sub.view = sub.view, None
         if view is not None:
             await self.call(view.delete)
@@ -359,7 +402,7 @@ class RoomViews:
             views = [s.view for s in self.subs.values() if s.view is not None]
             self.subs.clear()
             if self.tables is not None:
-                await asyncio.to_thread(close_all, self.tables, views, closers)
+                await self._run(close_all, self.tables, views, closers)
         tasks = [t for t in (self._pump, *self._tasks) if t is not None and t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()

@@ -20,7 +20,9 @@ the caller's promise rejects with our message.
 
 :class:`Gate` adds, per connection, that table requests name the room's
 table and view requests name a view this connection made, so a dashboard
-cannot reach another client's views.
+cannot reach another client's views, and that the expressions of a
+``table_make_view_req`` or ``table_validate_expr_req`` pass
+:func:`.config.check_expression` (no vectors, no loops), as a ``subscribe``'s do.
 
 Field numbers are those of perspective-python / @perspective-dev 5.5.1
 (``rust/perspective-client/perspective.proto``), checked against the
@@ -33,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocol import CoframeError, ErrorCode
+
+from .config import ViewConfigError, check_expression
 
 __all__ = [
     "ALLOWED",
@@ -93,7 +97,7 @@ DENIED: dict[int, str] = {
     33: "table_update_req",
 }
 
-MAKE_VIEW, VIEW_DELETE = 6, 11
+MAKE_VIEW, VALIDATE_EXPR, VIEW_DELETE = 6, 9, 11
 
 READ_ONLY_MESSAGE = (
     "this dashboard connection is read-only: '{what}' is refused. "
@@ -235,6 +239,12 @@ class Gate:
             return _refuse(d, f"no table '{d.entity_id}' here; this dashboard shows '{self.table}'")
         if d.field in VIEW_REQUESTS and d.entity_id not in self.views:
             return _refuse(d, f"no view '{d.entity_id}' was opened on this connection")
+        if d.field in (MAKE_VIEW, VALIDATE_EXPR):
+            try:
+                for name, text in _expressions(d.field, d.body):
+                    check_expression(name, text)
+            except ViewConfigError as e:
+                return _refuse(d, e.message)
         if d.field == MAKE_VIEW:
             view_id = _string(d.body, 1)  # TableMakeViewReq.view_id
             if not view_id:
@@ -243,6 +253,30 @@ class Gate:
         elif d.field == VIEW_DELETE:
             self.views.discard(d.entity_id)
         return d
+
+
+def _entries(buf: bytes, number: int) -> list[bytes]:
+    """Every length-delimited field ``number`` of a message (repeated, or embedded and merged)."""
+    return [bytes(v) for f, wire, v in _fields(buf) if f == number and wire == _LEN]  # type: ignore[arg-type]
+
+
+def _expressions(field: int, body: bytes) -> list[tuple[str, str]]:
+    """The (name, expression) pairs of a make-view or validate-expressions request.
+
+    ``TableMakeViewReq{config = 2: ViewConfigUpdate{expressions = 6: map<string, string>}}`` and
+    ``TableValidateExprReq{column_to_expr = 1: map<string, string>}`` (5.5.1); a map entry is
+    ``{key = 1, value = 2}``. Every occurrence is read (protobuf merges repeated embedded
+    messages, and the last value of an entry wins), so none can hide from the check.
+    """
+    if field == VALIDATE_EXPR:
+        entries = _entries(body, 1)
+    else:
+        entries = [e for config in _entries(body, 2) for e in _entries(config, 6)]
+    return [
+        (_string(entry, 1), value.decode("utf-8", errors="replace"))
+        for entry in entries
+        for value in _entries(entry, 2)
+    ]
 
 
 def _refuse(d: Decision, reason: str) -> Decision:

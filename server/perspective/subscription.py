@@ -6,7 +6,7 @@ its config, viewport and Perspective view, and what it was last sent.
 reads are worker-thread jobs in :mod:`.jobs`); here is what a subscription
 does with a schema change (:meth:`Subscription.follow_schema`) and with a
 read (:meth:`Subscription.message`), and the errors a ``subscribe`` or
-``unsubscribe`` naming the wrong view gets. :mod:`.live` re-exports
+``unsubscribe`` naming the wrong view, or a refused config, gets. :mod:`.live` re-exports
 :class:`Subscription`.
 """
 
@@ -19,13 +19,13 @@ import pyarrow as pa
 
 from protocol import Error, ErrorCode, Subscribe, Unsubscribe, View
 
-from .config import remap
+from .config import ViewConfigError, check_expressions, remap
 from .tables import RoomView
 
 if TYPE_CHECKING:
     from ..rooms.session import Session
 
-__all__ = ["Subscription", "view_exists", "no_such_view"]
+__all__ = ["Subscription", "view_exists", "no_such_view", "refusal"]
 
 
 @dataclass(eq=False, slots=True)
@@ -67,6 +67,16 @@ class Subscription:
         self.sent += 1
         config = self.config if kind == "snapshot" else None
         return View(self.name, kind, seq, table, rows, re=re, config=config)
+
+
+def refusal(msg: Subscribe) -> Error | None:
+    """The ``bad_view`` error for a config Perspective must never see
+    (:func:`.config.check_expressions`), or None."""
+    try:
+        check_expressions(msg.config)
+    except ViewConfigError as e:
+        return Error(e.code, e.message, e.details, re=msg.id)
+    return None
 
 
 def view_exists(msg: Subscribe) -> Error:

@@ -20,7 +20,7 @@ Int8 / Int16 / Int32                   int32
 Int64                                  int64
 UInt8 / UInt16                         int32
 UInt32                                 int64
-UInt64                                 float64 (exact below 2**53 only)
+UInt64                                 float64 (exact below 2**53; rounded above)
 Float32 / Float64 (and float16)        float64
 Boolean                                bool (never usable as an index)
 String (string, large_string,          large_string (64-bit offsets: no 2 GB
@@ -34,6 +34,15 @@ Time zones: Perspective has no zone on its timestamps, so a zoned column is
 shown as its UTC wall time. The zone stays in coframe's own payloads
 (snapshots, deltas and the schema carry ``Datetime[<tz>]``); Perspective
 views are for aggregation and display only.
+
+UInt64 values go up to 2**64 - 1, past Int64's range, so no Perspective
+integer type holds them all. As float64 they are rounded to the nearest double
+above 2**53 (``pc.cast(..., safe=False)``; a safe cast would refuse the first
+such value and break every view of the room), and Perspective sorts, filters,
+groups and sums them as numbers. As strings they would be exact but sort as
+text ("10" before "9"), and Perspective refuses ``sum`` on them, a numeric
+filter, and arithmetic in expressions (measured on 5.5.1;
+docs/decisions.md). The exact values stay in coframe's own payloads.
 
 Anything else (null, durations, time, decimal, list, struct, binary, ...)
 raises :class:`ValueError` naming the column.
@@ -108,6 +117,8 @@ def _convert(name: str, col: pa.ChunkedArray, target: pa.DataType) -> pa.Chunked
         return pc.cast(col, _MS, safe=False)
     if pa.types.is_dictionary(typ):
         return pc.cast(col, target)
+    if pa.types.is_uint64(typ):
+        return pc.cast(col, target, safe=False)  # rounded above 2**53 (module doc)
     return col if typ == target else col.cast(target)
 
 

@@ -24,3 +24,5 @@ class RoomConfig:
     expr_max_literal: int = 100_000  # lpad/rpad lengths in an expression (server/ops/exprcost.py)
     expr_memory_bytes: int = 1024 * 1024 * 1024  # an expression worker's growth (exprpool.py)
     expr_timeout: float = 30.0  # seconds one expression may run in its worker
+    max_views_per_connection: int = 16  # open views; one more subscribe → too_many
+    max_queries_per_connection: int = 4  # queries whose result has not left yet → too_many

@@ -1,8 +1,9 @@
 """What a room needs from its live views, as a small protocol.
 
 Rooms never import Perspective (an import-linter contract checks it). The
-app hands the registry a :data:`ViewsFactory`; each room makes its views with
-it and feeds them one delta per tick. Views answer ``subscribe`` and
+app hands the registry a :class:`ViewsFactory`; each room makes its views with
+it and feeds them one delta per tick, and the registry closes the factory
+(and what its rooms' views share, such as a thread pool) when it closes. Views answer ``subscribe`` and
 ``unsubscribe`` and send their ``view`` messages through the room's outbound
 choke point (the ``send`` callback). Without a factory, rooms answer view
 requests with an error that says views are off.
@@ -17,7 +18,7 @@ from protocol import Delta, Error, ErrorCode, Subscribe, Unsubscribe
 
 from ..ops.state import State
 
-__all__ = ["RoomListener", "ViewsFactory", "Send", "NoViews"]
+__all__ = ["RoomListener", "MakeViews", "ViewsFactory", "Send", "NoViews"]
 
 # send(session, message, droppable): the room's outbound choke point.
 Send = Callable[[Any, Any, bool], None]
@@ -34,9 +35,14 @@ class RoomListener(Protocol):
     def on_delta(self, delta: Delta) -> None:
         """Follow one tick's delta (called after its acks and deltas were queued)."""
 
-    async def subscribe(self, session: Any, msg: Subscribe) -> None: ...
+    async def subscribe(self, session: Any, msg: Subscribe) -> None:
+        """Open a view and send its snapshot, or send one ``error``: exactly one reply."""
 
-    async def unsubscribe(self, session: Any, msg: Unsubscribe) -> None: ...
+    async def unsubscribe(self, session: Any, msg: Unsubscribe) -> None:
+        """Close a view and send its ``closed``, or send ``no_such_view``: exactly one reply."""
+
+    def open_views(self, session: Any) -> int:
+        """Views ``session`` has open (or being opened)."""
 
     def resend(self, session: Any) -> None:
         """Queue fresh snapshots of ``session``'s views (after a resync dropped updates)."""
@@ -48,7 +54,18 @@ class RoomListener(Protocol):
 
 
 # (room name, published (state, seq) getter, idle callback, send) -> listener
-ViewsFactory = Callable[[str, Callable[[], tuple[State, int]], Callable[[], None], Send], RoomListener]
+MakeViews = Callable[[str, Callable[[], tuple[State, int]], Callable[[], None], Send], RoomListener]
+
+
+class ViewsFactory(Protocol):
+    """Makes each room's views (a :data:`MakeViews`), and owns what they share."""
+
+    def __call__(
+        self, name: str, current: Callable[[], tuple[State, int]], on_idle: Callable[[], None], send: Send
+    ) -> RoomListener: ...
+
+    async def close(self) -> None:
+        """Release what the views share (e.g. their threads); called once every room is closed."""
 
 
 class NoViews:
@@ -74,6 +91,9 @@ class NoViews:
     def _refuse(self, session: Any, re: Any) -> None:
         err = Error(ErrorCode.BAD_VIEW, f"room {self.name} serves no live views on this server", re=re)
         self._send(session, err, False)
+
+    def open_views(self, session: Any) -> int:
+        return 0
 
     def resend(self, session: Any) -> None:
         return None

@@ -61,7 +61,7 @@ class Registry:
         views: ViewsFactory | None = None,
     ) -> None:
         self.config = config or RoomConfig()
-        self.views = views  # each room's live views (server.perspective.live.RoomViews in the app)
+        self.views = views  # each room's live views (server.perspective.service.LiveViews in the app)
         self.idle_unload = idle_unload
         self.storage = storage
         self.rooms: dict[tuple[str, str], Room] = {}
@@ -259,7 +259,11 @@ class Registry:
                 await asyncio.to_thread(self.exprs.close)  # kills and reaps the expression workers
             except RuntimeError:  # the default executor is already shut down (a late shutdown)
                 self.exprs.close()
-            await self.storage.close()
+            try:
+                if self.views is not None:
+                    await self.views.close()
+            finally:
+                await self.storage.close()
 
     async def describe(self) -> list[dict[str, object]]:
         """Every dataset: rows, columns and seq of ``main`` (live if open), branches and tags.

@@ -40,10 +40,11 @@ from .core import RoomCore
 from .deltas import DeltaLog, EncodedDelta
 from .durability import Durability
 from .lifecycle import ROOM, next_state
-from .listeners import NoViews, RoomListener, ViewsFactory
+from .listeners import MakeViews, NoViews, RoomListener
 from .metadoc import MetaDoc
 from .outbound import DeltaOut, Message, Outbound, WelcomeOut
 from .queries import answer
+from .requests import Requests
 from .session import Session, Transport
 from .tick import Batch, apply_batches
 
@@ -73,7 +74,7 @@ class Room:
         durable: BranchHandle | None = None,
         storage: Storage | None = None,
         core: RoomCore | None = None,
-        views: ViewsFactory | None = None,
+        views: MakeViews | None = None,
         exprs: ExprCost | None = None,
     ) -> None:
         self.dataset = dataset
@@ -113,6 +114,8 @@ class Room:
             if views is not None
             else NoViews(self.name, self._send)
         )
+        # Queries in flight and view requests in order, per session, with their limits.
+        self.requests = Requests(self.config, self.views, lambda q: answer(self, q), self.reply, self._spawn)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -139,7 +142,8 @@ class Room:
         if self.durability.handle is not None and self.durability.uncommitted and not self.broken:
             await self.durability.autocommit(self.durability.prepare(self.core), "autocommit (room unload)")
         # Queries and view requests in flight finish next (a Perspective call
-        # in a worker thread cannot be cancelled halfway).
+        # in a worker thread cannot be cancelled halfway); view requests still waiting go.
+        self.requests.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.views.close()
         for s in list(self.sessions.values()):
@@ -222,6 +226,7 @@ class Room:
         self.views.resend(session)  # view updates were dropped too: fresh snapshots follow the welcome
 
     async def leave(self, session: Session) -> None:
+        self.requests.leave(session)
         self.views.drop_session(session)
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
@@ -250,11 +255,9 @@ class Room:
         elif isinstance(msg, Meta):
             self._meta(session, msg)
         elif isinstance(msg, Query):
-            self._spawn(self._answer(session, msg))
-        elif isinstance(msg, Subscribe):
-            self._spawn(self.views.subscribe(session, msg))
-        elif isinstance(msg, Unsubscribe):
-            self._spawn(self.views.unsubscribe(session, msg))
+            self.requests.query(session, msg)
+        elif isinstance(msg, (Subscribe, Unsubscribe)):
+            self.requests.view(session, msg)
         elif isinstance(msg, (Commit, OpBatch, Undo)):
             refusal = self._refusal(msg)
             if refusal is not None:
@@ -283,9 +286,6 @@ class Room:
         task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _answer(self, session: Session, q: Query) -> None:
-        self.reply(session, await answer(self, q))
 
     # ------------------------------------------------------------ output
 

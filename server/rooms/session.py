@@ -93,6 +93,7 @@ class Session:
         self.close_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._on_sent: list[Callable[[], None]] = []  # when_sent callbacks, run once the queue is empty
 
     # -------------------------------------------------------------- queueing
 
@@ -112,6 +113,24 @@ class Session:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def when_sent(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` once everything queued so far has been handed to the socket (or dropped),
+        or the session closed: at once if nothing is queued or being sent.
+
+        The room uses it to count a query as in flight until its result left
+        (PROTOCOL.md §10): a client that does not read holds a bounded number
+        of results.
+        """
+        if self._closed or (not self._queue and not self._sending):
+            fn()
+        else:
+            self._on_sent.append(fn)
+
+    def _sent(self) -> None:
+        callbacks, self._on_sent = self._on_sent, []
+        for fn in callbacks:
+            fn()
 
     def start(self) -> None:
         """Start the writer task, which sends the queue in order."""
@@ -199,6 +218,7 @@ class Session:
         self._closed = True
         self._drop_all()
         self._wake.set()
+        self._sent()
 
     def _enqueue(self, data: Item, droppable: bool) -> None:
         if droppable and self.resync_pending:
@@ -280,6 +300,8 @@ class Session:
                     await self._drain()
                     continue
                 if not self._queue:
+                    if self._on_sent:
+                        self._sent()
                     if self._closing is not None:
                         self._drained.set()
                         return
@@ -307,6 +329,7 @@ class Session:
             log.debug("writer for %s stopped: %r", self.client, e)
             self._closed = True
             self._drop_all()
+            self._sent()
 
     async def _send(self, item: Item) -> None:
         """Send one queued item; its bytes stay charged until the socket's buffer drained."""
@@ -346,6 +369,7 @@ class Session:
         self._closed = True
         self.close_reason = reason
         self._drop_all()
+        self._sent()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
         log.info("closing %s: %s", self.client, reason)
@@ -379,12 +403,14 @@ class Session:
         if self._task is not None:
             self._task.cancel()
         self._drop_all()
+        self._sent()
         await self._close(code, reason)
 
     async def stop(self) -> None:
         """Stop the writer after the client left (no close frame)."""
         self._closed = True
         self._drop_all()
+        self._sent()
         for task in (self._task, self._closer):
             if task is None:
                 continue
