@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import resource
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +44,26 @@ P99_LIMIT = 0.250
 GROWTH_LIMIT = 500 * MB
 RETURN_LIMIT = 100 * MB
 RETURN_WITHIN = 10.0
+
+
+def _record(report: Report) -> None:
+    """Append the report to ``$COFRAME_HOSTILE_LOG`` (JSON lines) when set: ``bench/hostile.py`` reads it."""
+    path = os.environ.get("COFRAME_HOSTILE_LOG")
+    if not path:
+        return
+    row = {
+        "name": report.name,
+        "ping_p99_ms": 1e3 * report.p99(report.ping_s),
+        "op_p99_ms": 1e3 * report.p99(report.op_s),
+        "round_trips": len(report.op_s),
+        "rss_before_mb": report.rss_before / MB,
+        "rss_growth_mb": (report.rss_peak - report.rss_before) / MB,
+        "rss_after_mb": (report.rss_after - report.rss_before) / MB,
+        "returned_after_s": report.returned_after_s,
+        "errors": report.errors,
+    }
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def rss_bytes(pid: int) -> int:
@@ -207,4 +229,5 @@ async def under_attack(
         await asyncio.sleep(0.1)  # sampling period
     if room is not None:
         report.frame_after = await _frame(server.url, room)
+    _record(report)
     return report
