@@ -35,6 +35,7 @@ from protocol import CloseCode, Error, ErrorCode, encode
 from protocol.server_conn import (
     CloseNeeded,
     ConnectionLimits,
+    DecodeNeeded,
     HelloReceived,
     MessageReceived,
     ReplyNeeded,
@@ -191,6 +192,11 @@ def limits_from(settings: Settings) -> ConnectionLimits:
         ops_per_second=settings.ops_per_second,
         ops_burst=settings.ops_burst,
         hello_timeout=settings.hello_timeout,
+        max_rows_per_op=settings.max_rows_per_op,
+        max_rows_per_message=settings.max_rows_per_message,
+        max_decompressed_bytes=settings.max_decompressed_bytes,
+        max_presence_bytes=settings.max_presence_bytes,
+        max_meta_bytes=settings.max_meta_bytes,
     )
 
 
@@ -241,6 +247,10 @@ class _Pump:
                         self.room.reply(self.session, ev.msg)
                     else:
                         await self.transport.send(encode(ev.msg, binary=ev.binary))
+                elif isinstance(ev, DecodeNeeded):
+                    # Big tables are decompressed, validated and built off the event loop.
+                    result = await asyncio.to_thread(ev.run)
+                    self.conn.decoded(ev, result, time.monotonic())
                 elif isinstance(ev, HelloReceived):
                     self.node.helloed(self.ticket)
                     await self.join(ev)

@@ -177,7 +177,15 @@ def gen_insert(draw: st.DrawFn, state: State) -> Op:
         ]
         return Insert(pl.DataFrame(series).to_arrow())
     rows = [{c.name: wire_form(draw(maybe_null(c.dtype))) for c in cols} for _ in range(k)]
-    return Insert(pa.Table.from_pylist(rows))
+    try:
+        return Insert(pa.Table.from_pylist(rows))
+    except OverflowError:  # a UInt64 past Int64: Arrow's inference cannot hold it, the typed batch can
+        names = {c.name: c for c in cols}
+        series = [
+            pl.Series(n, [r[n] for r in rows], dtype=polars_dtype(names[n].dtype), strict=False)
+            for n in rows[0]
+        ]
+        return Insert(pl.DataFrame(series).to_arrow())
 
 
 def gen_delete_rids(draw: st.DrawFn, state: State) -> Op:

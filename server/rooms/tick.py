@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import Ack, Error, ErrorCode, SetCells
+from protocol import Ack, Error, ErrorCode, RestoreColumn, SetCells
 
 from ..ops import IN_PROCESS, ExprCost
 from ..ops.state import OpError, State
@@ -25,7 +25,7 @@ from .deltas import DeltaBuilder
 from .setgroup import GroupItem, apply_group, groupable
 from .wal import make_entry
 
-__all__ = ["Batch", "TickResult", "apply_batches", "check_limits", "with_re"]
+__all__ = ["Batch", "TickResult", "apply_batches", "check_limits", "op_rows", "with_re"]
 
 log = logging.getLogger("coframe.room")
 
@@ -51,19 +51,28 @@ class TickResult:
 
 
 async def apply_batches(
-    core: RoomCore, batches: list[Batch], *, max_rows: int, exprs: ExprCost = IN_PROCESS
+    core: RoomCore,
+    batches: list[Batch],
+    *,
+    max_rows: int,
+    max_total: int | None = None,
+    exprs: ExprCost = IN_PROCESS,
 ) -> TickResult:
     """Apply ``batches`` in order; never raises (a bug in one batch fails only that batch).
 
     Runs of one-``set`` messages go through :func:`.setgroup.apply_group`,
     which gives what applying them one by one gives, with one lookup,
     coercion and clock check per column for the run. ``exprs`` evaluates
-    expressions (the registry's worker processes).
+    expressions (the registry's worker processes). ``max_rows`` bounds the
+    rows of each op, ``max_total`` (when given) the rows of all ops of one
+    ``op`` message (PROTOCOL.md section 10).
     """
     out = TickResult(core.state, core.seq + 1)
+    limits = (max_rows, max_total)
+    one_op = max_rows if max_total is None else min(max_rows, max_total)
     i = 0
     while i < len(batches):
-        window = _group_window(core, batches, i, max_rows)
+        window = _group_window(core, batches, i, one_op)
         if len(window) >= 2:
             try:
                 done = apply_group(core, [_item(b) for b in window], out.builder)
@@ -77,7 +86,7 @@ async def apply_batches(
                 continue
         for b in window or batches[i : i + 1]:  # one by one: exact errors, bounded retries
             try:
-                reply = await _apply_one(core, b, out.builder, max_rows, exprs)
+                reply = await _apply_one(core, b, out.builder, limits, exprs)
             except Exception:
                 log.exception("batch %s from %s failed", b.msg.client_seq, b.client)
                 reply = Error(ErrorCode.INTERNAL, "internal error; this batch was not applied", {})
@@ -124,7 +133,7 @@ def _accepted(out: TickResult, b: Batch, ack: Ack, applied: tuple[Any, ...]) -> 
 
 
 async def _apply_one(
-    core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: int, exprs: ExprCost
+    core: RoomCore, b: Batch, builder: DeltaBuilder, limits: tuple[int, int | None], exprs: ExprCost
 ) -> Ack | Error:
     kind, client, msg = b.kind, b.client, b.msg
     prior = core.replies.get(client, msg.client_seq)
@@ -136,7 +145,7 @@ async def _apply_one(
     try:
         if kind == "op":
             ops = msg.ops
-            check_limits(ops, max_rows)
+            check_limits(ops, *limits)
         else:
             ops = core.pop_undo(client, kind)
     except OpError as e:
@@ -161,21 +170,41 @@ async def _apply_one(
         return err
 
 
-def check_limits(ops: tuple[Any, ...], limit: int) -> None:
-    """Refuse an op that touches more than ``limit`` rows (PROTOCOL.md section 10).
+def op_rows(op: Any) -> int:
+    """The rows an op carries: a set's or delete's rids, an insert's or restore's table rows."""
+    rows = getattr(op, "rows", None)
+    if rows is None:
+        rows = getattr(op, "values", None) if isinstance(op, RestoreColumn) else None
+    return 0 if rows is None else (rows.num_rows if hasattr(rows, "num_rows") else len(rows))
+
+
+def check_limits(ops: tuple[Any, ...], limit: int, total_limit: int | None = None) -> None:
+    """Refuse an op that touches more than ``limit`` rows, or ops that touch more
+    than ``total_limit`` in all (PROTOCOL.md section 10).
+
+    The connection core refuses a client's message over these limits before
+    it is decoded (protocol/costs.py); this is the room's own guard.
 
     Raises:
-        OpError: ``too_large``, naming the op and the limit.
+        OpError: ``too_large``, naming the op (or the message) and the limit.
     """
+    total = 0
     for i, op in enumerate(ops):
-        rows = getattr(op, "rows", None)
-        n = 0 if rows is None else (rows.num_rows if hasattr(rows, "num_rows") else len(rows))
+        n = op_rows(op)
         if n > limit:
             raise OpError(
                 ErrorCode.TOO_LARGE,
                 f"ops[{i}] touches {n} rows; the limit is {limit} rows per op, split it into several ops",
                 op_index=i,
             )
+        total += n
+    if total_limit is not None and total > total_limit:
+        raise OpError(
+            ErrorCode.TOO_LARGE,
+            f"the ops of this message touch {total} rows; the limit is {total_limit} rows per message,"
+            " send them in several messages",
+            limit=total_limit,
+        )
 
 
 def with_re(reply: Ack | Error, re: Any) -> Ack | Error:
