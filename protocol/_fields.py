@@ -24,6 +24,8 @@ __all__ = [
     "flag",
     "number",
     "request_id",
+    "valid_request_id",
+    "MAX_ID_CHARS",
     "obj",
     "blob",
     "schema",
@@ -56,6 +58,7 @@ _INT_ONLY = {int}
 # Integers must survive both envelopes: msgpack carries -2**63 .. 2**64-1, and
 # seqs, rids and ids are int64 on the server.
 INT64_MAX = 2**63 - 1
+MAX_ID_CHARS = 256  # a string request id is at most this long (it is echoed on every reply)
 _WIRE_INT_MIN, _WIRE_INT_MAX = -(2**63), 2**64 - 1
 
 
@@ -75,12 +78,23 @@ def req_id(d: dict[str, Any], key: str = "id") -> int | str | None:
 
 
 def request_id(v: Any, path: str) -> int | str | None:
-    """Validate a request id value: int64, string or null."""
-    if v is None or isinstance(v, str):
+    """Validate a request id value: a signed 64-bit integer, a string of at most
+    :data:`MAX_ID_CHARS` characters, or null."""
+    if v is None:
+        return v
+    if isinstance(v, str) and len(v) <= MAX_ID_CHARS:
         return v
     if isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v <= INT64_MAX:
         return v
-    raise _bad(path, "must be a 64-bit integer or a string")
+    raise _bad(path, f"must be a 64-bit integer or a string of at most {MAX_ID_CHARS} characters")
+
+
+def valid_request_id(v: Any) -> int | str | None:
+    """``v`` if it is a valid request id, else None (an invalid id is never echoed)."""
+    try:
+        return request_id(v, "id")
+    except ProtocolError:
+        return None
 
 
 def opt(d: dict[str, Any], key: str, default: Any = None) -> Any:

@@ -14,11 +14,12 @@ from typing import Any
 import msgpack
 import pyarrow as pa
 
+from ._fields import valid_request_id
 from .arrow import table_to_ipc, table_to_rows
 from .errors import ErrorCode, ProtocolError
 from .messages import CLIENT_MESSAGES, SERVER_MESSAGES, ClientMessage, ServerMessage
 
-__all__ = ["encode", "encode_map", "decode_client", "decode_server", "decode_map"]
+__all__ = ["encode", "encode_map", "decode_client", "decode_server", "decode_map", "client_from_map"]
 
 
 def _msgpack_default(v: Any) -> Any:
@@ -104,13 +105,15 @@ def decode_map(data: bytes | str) -> dict[str, Any]:
 
 
 def _decode(data: bytes | str, catalog: dict[str, Any]) -> Any:
-    d = decode_map(data)
+    return _message(decode_map(data), catalog)
+
+
+def _message(d: dict[str, Any], catalog: dict[str, Any]) -> Any:
     try:
         return _from_map(d, catalog)
     except ProtocolError as e:
-        rid = d.get("id")
-        if isinstance(rid, (int, str)) and not isinstance(rid, bool):
-            e.request_id = rid
+        # Only a valid id is echoed: one outside int64 (or a long string) could not be encoded back.
+        e.request_id = valid_request_id(d.get("id"))
         raise
 
 
@@ -136,6 +139,12 @@ def _from_map(d: dict[str, Any], catalog: dict[str, Any]) -> Any:
 def decode_client(data: bytes | str) -> ClientMessage:
     """Decode a client → server frame."""
     msg: ClientMessage = _decode(data, CLIENT_MESSAGES)
+    return msg
+
+
+def client_from_map(d: dict[str, Any]) -> ClientMessage:
+    """Build and validate a client message from a decoded frame map (:func:`decode_map`)."""
+    msg: ClientMessage = _message(d, CLIENT_MESSAGES)
     return msg
 
 
