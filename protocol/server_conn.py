@@ -2,13 +2,21 @@
 
 :class:`ServerConnection` owns one connection's lifecycle, consulting
 ``protocol.lifecycle.CONNECTION`` for every frame and local decision. It
-gates on ``hello``, checks the size limit and the per-connection op rate,
-answers ``ping``, turns decode errors into ``error`` replies naming the field,
-and decides when and how the connection closes. It does no I/O and reads no
-clock: the driver feeds frames with the time (:meth:`ServerConnection.receive_frame`),
-then takes events (:meth:`ServerConnection.events_received`) and acts on them.
-Modelled on websockets' ``protocol.py`` (``receive_data`` / ``events_received``
-/ ``fail``).
+gates on ``hello``, checks the per-request limits and the per-connection op
+rate, answers ``ping``, turns decode errors into ``error`` replies naming the
+field, and decides when and how the connection closes. It does no I/O and
+reads no clock: the driver feeds frames with the time
+(:meth:`ServerConnection.receive_frame`), then takes events
+(:meth:`ServerConnection.events_received`) and acts on them. Modelled on
+websockets' ``protocol.py`` (``receive_data`` / ``events_received`` / ``fail``).
+
+A request over a limit that can be seen up front is refused before the
+expensive work: the frame's size (its bytes, UTF-8 for a text frame), then,
+on the decoded map, the rows of its ops and the bytes its tables declare
+once decompressed (:mod:`protocol.costs`); nothing is decompressed for a
+request over a limit. A frame whose tables are big is built off the event
+loop: the core emits :class:`DecodeNeeded`, the driver runs it in a worker
+thread and hands the result back (:meth:`ServerConnection.decoded`).
 
 A driver's loop::
 
@@ -18,6 +26,7 @@ A driver's loop::
         conn.receive_frame(frame, clock())   # or conn.tick(clock()) after a timeout
         for ev in conn.events_received():
             ...  # HelloReceived: open the room, join, then conn.joined() or conn.fail(...)
+            ...  # DecodeNeeded: conn.decoded(ev, await to_thread(ev.run), clock())
 """
 
 from __future__ import annotations
@@ -25,10 +34,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .codec import decode_client
+from ._fields import valid_request_id
+from .codec import client_from_map, decode_map
+from .costs import check_request, check_tables, presence_json
 from .errors import CloseCode, ErrorCode, ProtocolError
 from .lifecycle import CONNECTION, CONNECTION_VIOLATIONS, IllegalTransition, next_state
-from .messages import PROTOCOL_VERSION, Error, Hello, Ping, Pong
+from .messages import PROTOCOL_VERSION, ClientMessage, Error, Hello, Meta, OpBatch, Ping, Pong, Presence
 
 __all__ = [
     "ConnectionLimits",
@@ -39,6 +50,9 @@ __all__ = [
     "MessageReceived",
     "ReplyNeeded",
     "CloseNeeded",
+    "DecodeNeeded",
+    "Decoded",
+    "frame_bytes",
 ]
 
 # Message types the per-connection rate limit counts (PROTOCOL.md "Limits").
@@ -57,10 +71,22 @@ MAX_REASON = 120  # a close reason must fit a control frame (123 bytes)
 class ConnectionLimits:
     """Per-connection limits (PROTOCOL.md "Limits"); the server fills them from its settings."""
 
-    max_message_bytes: int = 8 * 1024 * 1024
+    max_message_bytes: int = 8 * 1024 * 1024  # a frame's bytes (UTF-8 for text frames)
     ops_per_second: float = 5_000.0
     ops_burst: int = 10_000
     hello_timeout: float = 10.0
+    max_rows_per_op: int = 1_000_000
+    max_rows_per_message: int = 1_000_000  # rows over all ops of one message
+    max_decompressed_bytes: int = 64 * 1024 * 1024  # a message's tables, decompressed and written out
+    max_presence_bytes: int = 64 * 1024  # one presence state, as JSON (how the awareness update carries it)
+    max_meta_bytes: int = 64 * 1024  # one meta (Yjs sync) frame
+
+
+def frame_bytes(data: bytes | str) -> int:
+    """A frame's size on the wire: its bytes, or a text frame's UTF-8 length."""
+    if isinstance(data, str) and not data.isascii():
+        return len(data.encode("utf-8", "surrogatepass"))
+    return len(data)
 
 
 class TokenBucket:
@@ -115,7 +141,38 @@ class CloseNeeded:
     reason: str
 
 
-ServerEvent = HelloReceived | MessageReceived | ReplyNeeded | CloseNeeded
+#: What building a message gives: the message, or the error to reply with.
+Decoded = ClientMessage | ProtocolError
+
+
+def _build(d: dict[str, Any], max_bytes: int) -> Decoded:
+    try:
+        msg = client_from_map(d)
+        if isinstance(msg, OpBatch):
+            check_tables(msg.ops, max_bytes)
+        return msg
+    except ProtocolError as e:
+        e.request_id = valid_request_id(d.get("id"))
+        return e
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeNeeded:
+    """A frame with big tables: call :meth:`run` off the event loop, then :meth:`ServerConnection.decoded`.
+
+    ``run`` decompresses and validates the tables and builds the message;
+    it never raises (a bad field comes back as the ``ProtocolError``).
+    """
+
+    frame: dict[str, Any]
+    binary: bool
+    max_bytes: int
+
+    def run(self) -> Decoded:
+        return _build(self.frame, self.max_bytes)
+
+
+ServerEvent = HelloReceived | MessageReceived | ReplyNeeded | CloseNeeded | DecodeNeeded
 
 
 class ServerConnection:
@@ -130,6 +187,7 @@ class ServerConnection:
         self._deadline = now + limits.hello_timeout
         self._bucket = TokenBucket(limits.ops_per_second, limits.ops_burst, now)
         self._events: list[ServerEvent] = []
+        self._decoding: DecodeNeeded | None = None  # a frame being built off the loop
 
     # ------------------------------------------------------------ input
 
@@ -146,30 +204,63 @@ class ServerConnection:
 
         Raises:
             IllegalTransition: only when the driver feeds a frame while a
-                ``hello`` waits for ``joined()`` or ``fail()``.
+                ``hello`` waits for ``joined()`` or ``fail()``, or while a
+                :class:`DecodeNeeded` waits for ``decoded()``.
         """
         if self.state == "closed":
             return
-        if self.state == "joining":
+        if self.state == "joining" or self._decoding is not None:
             raise IllegalTransition("connection", self.state, "frame", None)
         binary = isinstance(data, bytes)
         limit = self.limits.max_message_bytes
-        if len(data) > limit:
+        size = len(data) if len(data) > limit else frame_bytes(data)
+        if size > limit:
             msg = (
-                f"message of {len(data)} bytes is over the {limit}-byte limit;"
-                " split the op into several messages"
+                f"message of {size} bytes is over the {limit}-byte limit; split the op into several messages"
             )
-            self._reply(Error(ErrorCode.TOO_LARGE, msg, {"limit": limit, "size": len(data)}), binary)
+            self._reply(Error(ErrorCode.TOO_LARGE, msg, {"limit": limit, "size": size}), binary)
             return
+        lim = self.limits
         try:
-            decoded = decode_client(data)
+            d = decode_map(data)
         except ProtocolError as e:
-            self._reply(Error(e.code, e.message, e.details, e.request_id), binary)
+            self._reply(Error(e.code, e.message, e.details), binary)
             return
-        if isinstance(decoded, Hello):
-            self._hello(decoded, binary)
+        try:  # rows and decompressed bytes, before anything is decompressed or built
+            cost = check_request(
+                d,
+                max_rows_per_op=lim.max_rows_per_op,
+                max_rows_per_message=lim.max_rows_per_message,
+                max_bytes=lim.max_decompressed_bytes,
+            )
+        except ProtocolError as e:
+            self._reply(Error(e.code, e.message, e.details, valid_request_id(d.get("id"))), binary)
+            return
+        if cost.heavy:
+            self._decoding = DecodeNeeded(d, binary, lim.max_decompressed_bytes)
+            self._events.append(self._decoding)
+            return
+        self._received(_build(d, lim.max_decompressed_bytes), binary, now)
+
+    def decoded(self, job: DecodeNeeded, result: Decoded, now: float) -> None:
+        """Take the result of ``job.run()`` (a :class:`DecodeNeeded` this connection emitted).
+
+        Raises:
+            IllegalTransition: ``job`` is not the decode this connection waits for.
+        """
+        if job is not self._decoding:
+            raise IllegalTransition("connection", self.state, "decoded", None)
+        self._decoding = None
+        if self.state != "closed":
+            self._received(result, job.binary, now)
+
+    def _received(self, result: Decoded, binary: bool, now: float) -> None:
+        if isinstance(result, ProtocolError):
+            self._reply(Error(result.code, result.message, result.details, result.request_id), binary)
+        elif isinstance(result, Hello):
+            self._hello(result, binary)
         else:
-            self._message(decoded, binary, now)
+            self._message(result, binary, now)
 
     def tick(self, now: float) -> None:
         """Let time pass: past :attr:`hello_deadline` the connection closes 1008."""
@@ -242,8 +333,25 @@ class ServerConnection:
             rate = self.limits.ops_per_second
             why = f"over {rate:g} op messages per second; batch ops into fewer messages"
             self._reply(Error(ErrorCode.RATE_LIMITED, why, re=msg.id), self.binary)
+        elif (refusal := self._over_limit(msg)) is not None:
+            self._reply(refusal, self.binary)
         else:
             self._events.append(MessageReceived(msg))
+
+    def _over_limit(self, msg: Any) -> Error | None:
+        """A ``too_large`` for a presence state or a meta frame over its limit, else None."""
+        if isinstance(msg, Presence) and msg.state is not None:
+            limit, what, fix = self.limits.max_presence_bytes, "presence state", "keep presence small"
+            size = len(presence_json(msg.state))  # what the awareness update carries
+        elif isinstance(msg, Meta):
+            limit, what, fix = self.limits.max_meta_bytes, "meta update", "send smaller Yjs updates"
+            size = len(msg.update)
+        else:
+            return None
+        if size <= limit:
+            return None
+        why = f"{what} of {size} bytes is over the {limit}-byte limit; {fix}"
+        return Error(ErrorCode.TOO_LARGE, why, {"limit": limit, "size": size}, re=msg.id)
 
     def _reply(self, msg: Error | Pong, binary: bool) -> None:
         self._events.append(ReplyNeeded(msg, binary))

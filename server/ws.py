@@ -31,6 +31,7 @@ from protocol import CloseCode, Error, ErrorCode, encode
 from protocol.server_conn import (
     CloseNeeded,
     ConnectionLimits,
+    DecodeNeeded,
     HelloReceived,
     MessageReceived,
     ReplyNeeded,
@@ -172,6 +173,11 @@ def limits_from(settings: Settings) -> ConnectionLimits:
         ops_per_second=settings.ops_per_second,
         ops_burst=settings.ops_burst,
         hello_timeout=settings.hello_timeout,
+        max_rows_per_op=settings.max_rows_per_op,
+        max_rows_per_message=settings.max_rows_per_message,
+        max_decompressed_bytes=settings.max_decompressed_bytes,
+        max_presence_bytes=settings.max_presence_bytes,
+        max_meta_bytes=settings.max_meta_bytes,
     )
 
 
@@ -219,6 +225,10 @@ class _Pump:
                         self.room.reply(self.session, ev.msg)
                     else:
                         await self.transport.send(encode(ev.msg, binary=ev.binary))
+                elif isinstance(ev, DecodeNeeded):
+                    # Big tables are decompressed, validated and built off the event loop.
+                    result = await asyncio.to_thread(ev.run)
+                    self.conn.decoded(ev, result, time.monotonic())
                 elif isinstance(ev, HelloReceived):
                     await self.join(ev)
                 elif isinstance(ev, CloseNeeded):

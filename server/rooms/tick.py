@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import Ack, Error, ErrorCode, SetCells
+from protocol import Ack, Error, ErrorCode, RestoreColumn, SetCells
 
 from ..ops.state import OpError, State
 from ..storage.types import WalEntry
@@ -23,7 +23,7 @@ from .core import RoomCore, is_heavy, run_general
 from .deltas import DeltaBuilder
 from .wal import make_entry
 
-__all__ = ["Batch", "TickResult", "apply_batches", "check_limits", "with_re"]
+__all__ = ["Batch", "TickResult", "apply_batches", "check_limits", "op_rows", "with_re"]
 
 log = logging.getLogger("coframe.room")
 
@@ -48,12 +48,19 @@ class TickResult:
     entries: list[WalEntry] = field(default_factory=list)
 
 
-async def apply_batches(core: RoomCore, batches: list[Batch], *, max_rows: int) -> TickResult:
-    """Apply ``batches`` in order; never raises (a bug in one batch fails only that batch)."""
+async def apply_batches(
+    core: RoomCore, batches: list[Batch], *, max_rows: int, max_total: int | None = None
+) -> TickResult:
+    """Apply ``batches`` in order; never raises (a bug in one batch fails only that batch).
+
+    ``max_rows`` bounds the rows of each op, ``max_total`` (default: ``max_rows``)
+    the rows of all ops of one ``op`` message (PROTOCOL.md section 10).
+    """
     out = TickResult(core.state, core.seq + 1)
+    limits = (max_rows, max_rows if max_total is None else max_total)
     for b in batches:
         try:
-            reply = await _apply_one(core, b, out.builder, max_rows)
+            reply = await _apply_one(core, b, out.builder, limits)
         except Exception:
             log.exception("batch %s from %s failed", b.msg.client_seq, b.client)
             reply = Error(ErrorCode.INTERNAL, "internal error; this batch was not applied", {})
@@ -67,7 +74,7 @@ async def apply_batches(core: RoomCore, batches: list[Batch], *, max_rows: int) 
     return out
 
 
-async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: int) -> Ack | Error:
+async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, limits: tuple[int, int]) -> Ack | Error:
     kind, client, msg = b.kind, b.client, b.msg
     prior = core.replies.get(client, msg.client_seq)
     if prior is not None:
@@ -78,7 +85,7 @@ async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: 
     try:
         if kind == "op":
             ops = msg.ops
-            check_limits(ops, max_rows)
+            check_limits(ops, *limits)
         else:
             ops = core.pop_undo(client, kind)
     except OpError as e:
@@ -103,21 +110,41 @@ async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, max_rows: 
         return err
 
 
-def check_limits(ops: tuple[Any, ...], limit: int) -> None:
-    """Refuse an op that touches more than ``limit`` rows (PROTOCOL.md section 10).
+def op_rows(op: Any) -> int:
+    """The rows an op carries: a set's or delete's rids, an insert's or restore's table rows."""
+    rows = getattr(op, "rows", None)
+    if rows is None:
+        rows = getattr(op, "values", None) if isinstance(op, RestoreColumn) else None
+    return 0 if rows is None else (rows.num_rows if hasattr(rows, "num_rows") else len(rows))
+
+
+def check_limits(ops: tuple[Any, ...], limit: int, total_limit: int | None = None) -> None:
+    """Refuse an op that touches more than ``limit`` rows, or ops that touch more
+    than ``total_limit`` in all (PROTOCOL.md section 10).
+
+    The connection core refuses a client's message over these limits before
+    it is decoded (protocol/costs.py); this is the room's own guard.
 
     Raises:
-        OpError: ``too_large``, naming the op and the limit.
+        OpError: ``too_large``, naming the op (or the message) and the limit.
     """
+    total = 0
     for i, op in enumerate(ops):
-        rows = getattr(op, "rows", None)
-        n = 0 if rows is None else (rows.num_rows if hasattr(rows, "num_rows") else len(rows))
+        n = op_rows(op)
         if n > limit:
             raise OpError(
                 ErrorCode.TOO_LARGE,
                 f"ops[{i}] touches {n} rows; the limit is {limit} rows per op, split it into several ops",
                 op_index=i,
             )
+        total += n
+    if total_limit is not None and total > total_limit:
+        raise OpError(
+            ErrorCode.TOO_LARGE,
+            f"the ops of this message touch {total} rows; the limit is {total_limit} rows per message,"
+            " send them in several messages",
+            limit=total_limit,
+        )
 
 
 def with_re(reply: Ack | Error, re: Any) -> Ack | Error:
