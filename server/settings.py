@@ -41,8 +41,8 @@ class Settings:
     max_rows_per_message: int = 1_000_000  # rows across all ops of one message → too_large
     max_decompressed_bytes: int = 64 * 1024 * 1024  # a table's bytes after decompression → too_large
     max_presence_bytes: int = 64 * 1024  # one presence state, encoded → too_large
-    max_meta_bytes: int = 1024 * 1024  # one meta update → too_large
-    max_meta_doc_bytes: int = 8 * 1024 * 1024  # the metadata doc; over it, compacted and resynced
+    max_meta_bytes: int = 64 * 1024  # one meta update → too_large
+    max_meta_doc_bytes: int = 1024 * 1024  # the metadata doc; over it, compacted and resynced
     max_views_per_connection: int = 16  # open views → too_many
     max_queries_per_connection: int = 4  # queries in flight → too_many
     expr_max_literal: int = 100_000  # lpad/rpad lengths and repeat counts in an expression → too_expensive

@@ -205,6 +205,12 @@ class DeltaLog:
             self._entries.popleft()
             self._bytes -= self._sizes.popleft()
 
+    def clear(self) -> None:
+        """Forget every delta: a resume from before now gets a snapshot."""
+        self._entries.clear()
+        self._sizes.clear()
+        self._bytes = 0
+
     def since(self, seq: int, current: int) -> list[EncodedDelta] | None:
         """Deltas after ``seq`` up to ``current``; None if the log no longer reaches back."""
         if seq == current:

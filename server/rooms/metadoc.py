@@ -8,13 +8,26 @@ PROTOCOL.md §9. The doc holds:
 The server writes ``order``, ``name`` and ``dtype`` from the column catalog
 whenever the schema changes (renames go through ops, never through the doc).
 Clients may edit ``description`` (and add their own top-level types) with
-standard Yjs sync messages; an update that would change a name, a dtype or
-the order is refused. No per-row data ever goes into a Y type.
+standard Yjs sync messages. An update that changes a name, a dtype, the
+order or the set of columns is answered ``read_only`` and the server writes
+those back at once (the correction reaches every client as an update). No
+per-row data ever goes into a Y type.
+
+Bounded cost (PROTOCOL.md §10): a client's update is applied to the doc
+directly, so its cost is the update's, not the doc's (pycrdt holds the GIL
+and decodes a few items per microsecond, so copying the doc per update would
+stall every room). The doc's history is bounded: every update's bytes are
+counted, and once the doc may be over ``max_bytes`` it is *compacted*:
+replaced by a fresh doc holding only the columns' order, names, dtypes and
+descriptions, with descriptions dropped (longest first) if they alone take
+more than half the limit. Other top-level types and their history go. The
+room then sends every client the new doc as a resync. The welcome's copy of
+the doc is encoded once per change.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from typing import Any
 
 from pycrdt import (
@@ -31,10 +44,18 @@ from pycrdt import (
 from pycrdt._sync import create_sync_step2_message  # not re-exported by pycrdt
 
 from protocol import ErrorCode, ProtocolError
+from protocol.costs import presence_json
 
 from ..ops.state import Catalog
 
-__all__ = ["MetaDoc"]
+__all__ = ["MetaDoc", "MetaResult", "Compaction", "MAX_DOC_BYTES"]
+
+MAX_DOC_BYTES = 1024 * 1024
+_EMPTY_UPDATE = b"\x00\x00"
+_EMPTY_STATE = b"\x00"
+_ENTRY_BYTES = 64  # about what one column's entry takes in the doc, besides its strings
+_SERVER_KEYS = frozenset({"name", "dtype"})
+_ROOTS = ("order", "columns")
 
 
 def _awareness_update(awareness_id: int, clock: int, state: dict[str, Any] | None) -> bytes:
@@ -42,22 +63,89 @@ def _awareness_update(awareness_id: int, clock: int, state: dict[str, Any] | Non
     enc.write_var_uint(1)
     enc.write_var_uint(awareness_id)
     enc.write_var_uint(clock)
-    enc.write_var_string(json.dumps(state, separators=(",", ":")))
+    enc.write_var_string(presence_json(state))
     return enc.to_bytes()
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    """What a compaction dropped: top-level types, and the columns whose description went."""
+
+    roots: tuple[str, ...] = ()
+    descriptions: tuple[str, ...] = ()  # column names
+
+    @property
+    def dropped(self) -> bool:
+        return bool(self.roots or self.descriptions)
+
+    def why(self, limit: int) -> str:
+        what = []
+        if self.roots:
+            what.append(f"the top-level types {', '.join(self.roots)}")
+        if self.descriptions:
+            what.append(f"the descriptions of {', '.join(self.descriptions[:10])}")
+        return (
+            f"the metadata doc was over its {limit}-byte limit and was compacted; {' and '.join(what)}"
+            " were dropped. Keep descriptions and your own types small"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MetaResult:
+    """What a client's sync frame led to (:meth:`MetaDoc.handle`).
+
+    ``reply`` goes to the sender (sync step 2). ``relay`` is an update for
+    the others, or for everyone (the sender too) when ``refused`` says the
+    server wrote read-only parts back. ``compacted`` is set when the doc was
+    replaced: every client then needs it as a resync.
+    """
+
+    reply: bytes | None = None
+    relay: bytes | None = None
+    refused: str | None = None
+    compacted: Compaction | None = None
 
 
 class MetaDoc:
     """Column metadata doc and presence for one room."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, *, max_bytes: int = MAX_DOC_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.awareness = Awareness(Doc())  # presence needs no doc content
+        self.presence: dict[int, str] = {}  # awareness id → client id
+        self.compactions = 0
+        self._fresh(catalog, {})
+
+    def _fresh(self, catalog: Catalog, descriptions: dict[str, str]) -> None:
         self.doc = Doc()
         self.order: Array[str] = self.doc.get("order", type=Array)
         self.columns: Map[Any] = self.doc.get("columns", type=Map)
-        self.awareness = Awareness(self.doc)
-        self.presence: dict[int, str] = {}  # awareness id → client id
-        self.sync(catalog)
+        self._catalog = catalog
+        with self.doc.transaction():
+            self.order.extend([str(c.id) for c in catalog.columns])
+            for c in catalog.columns:
+                key = str(c.id)
+                entry = {"name": c.name, "dtype": c.dtype, "description": descriptions.get(key, "")}
+                self.columns[key] = Map(entry)
+        self._touched = False
+        self._subs = (
+            self.order.observe(self._order_changed),
+            self.columns.observe_deep(self._columns_changed),
+        )
+        self._state: bytes | None = None
+        self.base = len(self.state())  # the doc's size when it was (re)built...
+        self.grown = 0  # ...plus the bytes of every update since
 
     # --------------------------------------------------------------- columns
+
+    def _order_changed(self, _event: Any) -> None:
+        self._touched = True
+
+    def _columns_changed(self, events: Any) -> None:
+        for e in events:
+            path = list(e.path)
+            if not path or (len(path) == 1 and _SERVER_KEYS & set(e.keys)):
+                self._touched = True  # an entry added, replaced or removed; a name or dtype changed
 
     def _view(self) -> tuple[list[str], dict[str, tuple[str, str]]]:
         cols = {k: (str(v.get("name")), str(v.get("dtype"))) for k, v in self.columns.items()}
@@ -65,6 +153,7 @@ class MetaDoc:
 
     def sync(self, catalog: Catalog) -> bytes | None:
         """Make the doc match ``catalog``; return the Yjs update, or None if unchanged."""
+        self._catalog = catalog
         want_order = [str(c.id) for c in catalog.columns]
         before = self.doc.get_state()
         with self.doc.transaction():
@@ -85,21 +174,31 @@ class MetaDoc:
             for key in set(cols) - set(want_order):
                 del self.columns[key]
         update = self.doc.get_update(before)
-        return None if update == b"\x00\x00" else update
+        if update == _EMPTY_UPDATE:
+            return None
+        self._changed(len(update))
+        return update
 
     def state(self) -> bytes:
-        """The whole doc as one Yjs update (for ``welcome.meta``)."""
-        return self.doc.get_update()
+        """The whole doc as one Yjs update (for ``welcome.meta``), encoded once per change."""
+        if self._state is None:
+            self._state = self.doc.get_update()
+        return self._state
 
-    def handle(self, message: bytes) -> tuple[bytes | None, bytes | None]:
+    def _changed(self, size: int) -> None:
+        self._state = None
+        self.grown += size
+
+    @property
+    def over_limit(self) -> bool:
+        """The doc may be over ``max_bytes`` (its size when built, plus every update since)."""
+        return self.base + self.grown > self.max_bytes
+
+    def handle(self, message: bytes) -> MetaResult:
         """Handle a y-websocket sync frame from a client.
 
-        Returns ``(reply, broadcast)``: a sync-step-2 reply for the sender, and
-        an update message for everyone else.
-
         Raises:
-            ProtocolError: ``bad_field`` for a malformed frame, ``read_only`` for
-                an update that changes names, dtypes or column order.
+            ProtocolError: ``bad_field`` for a malformed frame.
         """
         if len(message) < 2 or message[0] != YMessageType.SYNC:
             raise ProtocolError(
@@ -111,34 +210,73 @@ class MetaDoc:
         except Exception:
             raise ProtocolError(ErrorCode.BAD_FIELD, "field 'update' is truncated", field="update") from None
         if kind == YSyncMessageType.SYNC_STEP1:
-            return create_sync_step2_message(self.doc.get_update(payload)), None
+            try:
+                update = self.state() if payload == _EMPTY_STATE else self.doc.get_update(payload)
+            except ValueError:
+                raise ProtocolError(
+                    ErrorCode.BAD_FIELD, "field 'update' holds no Yjs state vector", field="update"
+                ) from None
+            return MetaResult(reply=create_sync_step2_message(update))
         if kind not in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
             raise ProtocolError(ErrorCode.BAD_FIELD, f"unknown sync message kind {kind}", field="update")
-        if payload == b"\x00\x00":
-            return None, None
-        scratch = Doc()
+        if payload == _EMPTY_UPDATE:
+            return MetaResult()
+        return self._apply(payload)
+
+    def _apply(self, payload: bytes) -> MetaResult:
+        before = self.doc.get_state()
+        self._touched = False
         try:
-            scratch.apply_update(self.doc.get_update())
-            scratch.apply_update(payload)
+            self.doc.apply_update(payload)
         except Exception:
             raise ProtocolError(
                 ErrorCode.BAD_FIELD, "field 'update' is not a Yjs update", field="update"
             ) from None
-        s_order = [str(x) for x in scratch.get("order", type=Array)]
-        s_cols = {
-            k: (str(v.get("name")), str(v.get("dtype"))) for k, v in scratch.get("columns", type=Map).items()
-        }
-        order, cols = self._view()
-        if s_order != order or s_cols != cols:
-            raise ProtocolError(
-                ErrorCode.READ_ONLY,
-                "column names, dtypes and order change only through ops (rename_column, cast_column, ...);"
-                " edit 'description' instead",
+        # Parts of the update that wait for changes the doc lacks stay in pycrdt's
+        # pending store: counted here, so a compaction frees them too.
+        self._changed(len(payload))
+        refused = None
+        if self._touched:
+            self.sync(self._catalog)  # write names, dtypes, order and the set of columns back
+            refused = (
+                "column names, dtypes and order change only through ops (rename_column, cast_column,"
+                " ...), and columns only through add_column and drop_column; edit 'description' instead"
             )
-        before = self.doc.get_state()
-        self.doc.apply_update(payload)
+        if self.over_limit:
+            return MetaResult(refused=refused, compacted=self.compact())
         diff = self.doc.get_update(before)
-        return None, (None if diff == b"\x00\x00" else create_update_message(diff))
+        relay = None if diff == _EMPTY_UPDATE else create_update_message(diff)
+        return MetaResult(relay=relay, refused=refused)
+
+    def compact(self) -> Compaction:
+        """Replace the doc by a fresh one: columns' order, names, dtypes and descriptions only.
+
+        Descriptions are dropped, longest first, when they would take more
+        than half of ``max_bytes``, so that the next compaction is at least
+        half the limit of updates away.
+        """
+        catalog = self._catalog
+        roots = tuple(sorted(k for k in self.doc.keys() if k not in _ROOTS))
+        texts: dict[str, str] = {}
+        for c in catalog.columns:
+            entry = self.columns.get(str(c.id))
+            text = entry.get("description") if isinstance(entry, Map) else None
+            if isinstance(text, str) and text:
+                texts[str(c.id)] = text
+        budget = self.max_bytes // 2 - _ENTRY_BYTES * len(catalog.columns)
+        kept: dict[str, str] = {}
+        for key, text in sorted(texts.items(), key=lambda kv: len(kv[1])):
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > budget:
+                break
+            kept[key], budget = text, budget - size
+        names = {str(c.id): c.name for c in catalog.columns}
+        gone = tuple(names[k] for k in texts if k not in kept)
+        self.order.unobserve(self._subs[0])
+        self.columns.unobserve(self._subs[1])
+        self._fresh(catalog, kept)
+        self.compactions += 1
+        return Compaction(roots, gone)
 
     # -------------------------------------------------------------- presence
 

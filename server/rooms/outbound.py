@@ -124,7 +124,11 @@ class DeltaOut:
 
 @dataclass(frozen=True, slots=True)
 class WelcomeOut:
-    """A snapshot (or resume) welcome for one subscriber."""
+    """A snapshot (or resume) welcome for one subscriber.
+
+    Without ``snapshot`` it carries no table and says ``resumed``: the
+    subscriber keeps its frame (a resync of the metadata doc alone).
+    """
 
     room: str
     state: State
@@ -134,6 +138,7 @@ class WelcomeOut:
     role: str
     limits: dict[str, Any]
     re: Any = None
+    snapshot: bool = True
 
 
 Outgoing = Message | DeltaOut | WelcomeOut
@@ -191,7 +196,7 @@ class Outbound:
 
     def _welcome(self, w: WelcomeOut, s: Subscriber) -> Callable[[], Awaitable[Payload]] | Payload:
         """The welcome for ``s``: big snapshots are encoded in a worker thread, when sent."""
-        if w.reason == "resume":
+        if w.reason == "resume" or not w.snapshot:
             return encode(self._welcome_msg(w, s, None), binary=s.binary)
         if w.state.frame.height < BIG_SNAPSHOT_ROWS:
             return self._welcome_bytes(w, s)
@@ -235,7 +240,7 @@ class Outbound:
             snapshot=snapshot,
             meta=w.meta,
             role=w.role,
-            resumed=w.reason == "resume",
+            resumed=w.reason == "resume" or not w.snapshot,
             reason=w.reason,
             limits=w.limits,
             re=w.re,

@@ -25,8 +25,6 @@ from protocol import (
     Meta,
     OpBatch,
     Presence,
-    PresenceUpdate,
-    ProtocolError,
     Query,
     Subscribe,
     Undo,
@@ -44,6 +42,7 @@ from .metadoc import MetaDoc
 from .outbound import DeltaOut, Message, Outbound, WelcomeOut
 from .queries import answer
 from .session import Session, Transport
+from .sharing import Sharing
 from .tick import Batch, apply_batches
 
 WAKE = Batch("wake", "", None, None)  # queued to make the loop look at its autocommit timer again
@@ -84,7 +83,10 @@ class Room:
         self.log_ref = durable.branch if durable is not None else branch.removeprefix("@")
         self.core = core or RoomCore(state, seq)
         state, seq = self.core.state, self.core.seq
-        self.meta = MetaDoc(state.catalog)
+        self.meta = MetaDoc(state.catalog, max_bytes=self.config.max_meta_doc_bytes)
+        self.shared = Sharing(
+            self.meta, reply=self.reply, broadcast=self._broadcast, resync=self._meta_resync
+        )
         self.log = DeltaLog(max_entries=self.config.delta_log_entries, max_bytes=self.config.delta_log_bytes)
         self.sessions: dict[str, Session] = {}
         self.outbound = Outbound()
@@ -186,13 +188,14 @@ class Room:
         self.outbound.deliver(self._welcome(state, seq, reason, hello.id), [session])
         for d in replay or ():
             self.outbound.deliver(DeltaOut(d), [session])
-        if self.meta.presence:
-            update = PresenceUpdate(self.meta.presence_update(), self.meta.presence_states())
-            self.outbound.deliver(Message(update, droppable=True), [session])
+        presence = self.shared.joined()
+        if presence is not None:
+            self.outbound.deliver(Message(presence, droppable=True), [session])
         session.start()
         return session
 
-    def _welcome(self, state: State, seq: int, reason: str, re: Any) -> WelcomeOut:
+    def _welcome(self, state: State, seq: int, reason: str, re: Any, *, snapshot: bool = True) -> WelcomeOut:
+        c = self.config
         return WelcomeOut(
             room=self.name,
             state=state,
@@ -201,11 +204,15 @@ class Room:
             meta=self.meta.state(),  # captured now, with the state, on the loop thread
             role="viewer" if self.read_only else "editor",
             limits={
-                "max_message_bytes": self.config.max_message_bytes,
-                "max_rows_per_op": self.config.max_rows_per_op,
-                "send_queue": self.config.session.max_messages,
+                "max_message_bytes": c.max_message_bytes,
+                "max_rows_per_op": c.max_rows_per_op,
+                "max_rows_per_message": c.max_rows_per_message,
+                "max_presence_bytes": c.max_presence_bytes,
+                "max_meta_bytes": c.max_meta_bytes,
+                "send_queue": c.session.max_messages,
             },
             re=re,
+            snapshot=snapshot,
         )
 
     def _resync(self, session: Session) -> None:
@@ -220,12 +227,7 @@ class Room:
         self.views.drop_session(session)
         if self.sessions.get(session.client) is session:
             del self.sessions[session.client]
-            if session.awareness_id in self.meta.presence:
-                session.awareness_clock += 1
-                update = self.meta.set_presence(
-                    session.awareness_id, session.awareness_clock, session.client, None
-                )
-                self._broadcast(PresenceUpdate(update, {session.client: None}))
+            self.shared.left(session)
         await session.stop()
         self._views_idle()
 
@@ -239,9 +241,9 @@ class Room:
     def submit(self, session: Session, msg: Any) -> None:
         """Take one decoded client message (after hello)."""
         if isinstance(msg, Presence):
-            self._presence(session, msg)
+            self.shared.presence(session, msg)
         elif isinstance(msg, Meta):
-            self._meta(session, msg)
+            self.shared.sync(session, msg)
         elif isinstance(msg, Query):
             self._spawn(self._answer(session, msg))
         elif isinstance(msg, Subscribe):
@@ -295,23 +297,15 @@ class Room:
             Message(msg, droppable=True), [s for s in self.sessions.values() if s is not skip]
         )
 
-    def _presence(self, session: Session, msg: Presence) -> None:
-        session.awareness_clock += 1
-        update = self.meta.set_presence(
-            session.awareness_id, session.awareness_clock, session.client, msg.state
-        )
-        self._broadcast(PresenceUpdate(update, {session.client: msg.state}))
+    def _meta_resync(self) -> None:
+        """The metadata doc was compacted: every client gets it in a welcome without a snapshot.
 
-    def _meta(self, session: Session, msg: Meta) -> None:
-        try:
-            reply, relay = self.meta.handle(msg.update)
-        except ProtocolError as e:
-            self.reply(session, Error(e.code, e.message, e.details, re=msg.id))
-            return
-        if reply is not None:
-            self.reply(session, Meta(reply, re=msg.id))
-        if relay is not None:
-            self._broadcast(Meta(relay), skip=session)
+        The resume log goes too: its deltas' ``meta`` updates belong to the old doc.
+        """
+        self.log.clear()
+        state, seq = self._published
+        for s in list(self.sessions.values()):
+            self.outbound.deliver(self._welcome(state, seq, "resync", None, snapshot=False), [s])
 
     # ------------------------------------------------------------ tick loop
 
@@ -345,7 +339,9 @@ class Room:
         core = self.core
         commits = [b for b in items if b.kind == "commit"]
         batches = [b for b in items if b.kind not in ("commit", "wake")]
-        done = await apply_batches(core, batches, max_rows=self.config.max_rows_per_op)
+        done = await apply_batches(
+            core, batches, max_rows=self.config.max_rows_per_op, max_total=self.config.max_rows_per_message
+        )
         if done.entries and not await self.durability.append(done.entries):
             self._fail(done.replies)
             return
@@ -373,6 +369,9 @@ class Room:
                 self.views.on_delta(delta.delta)  # the Perspective table, then one update per view
             except Exception:
                 log.exception("views failed to follow delta %d in room %s", core.seq, self.name)
+        if self.meta.over_limit:  # the schema's own updates made the doc too big
+            self.meta.compact()
+            self._meta_resync()
         if self.ticks % self.config.prune_every == 0:
             mark = min((s.base_seq for s in self.sessions.values()), default=core.seq)
             core.clock.prune(mark)
