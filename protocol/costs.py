@@ -41,6 +41,7 @@ __all__ = [
     "INLINE_TABLE_BYTES",
     "INLINE_JSON_ROWS",
     "presence_json",
+    "utf8_len",
 ]
 
 # Messages whose tables are bigger than this (decompressed Arrow bytes, or rows
@@ -228,8 +229,22 @@ def materialized_bytes(table: pa.Table, path: str = "table") -> int:
 
 
 def presence_json(state: dict[str, Any] | None) -> str:
-    """A presence state as the awareness update carries it (compact, ASCII-only JSON).
+    """A presence state as the awareness update carries it: compact JSON, as ``JSON.stringify`` writes it.
 
-    Its length is what ``max_presence_bytes`` counts.
+    Its UTF-8 length (:func:`utf8_len`) is what ``max_presence_bytes`` counts.
     """
-    return json.dumps(state, separators=(",", ":"))
+    return json.dumps(state, separators=(",", ":"), ensure_ascii=False)
+
+
+def utf8_len(s: str) -> int:
+    """The length of ``s`` in UTF-8, without encoding it (which is slow for big non-ASCII text).
+
+    Counted on its UTF-16 code units: one byte each, one more from U+0080 and
+    another from U+0800; a surrogate pair (4 bytes) is two units of 2.
+    """
+    if s.isascii():
+        return len(s)
+    units = np.frombuffer(s.encode("utf-16-le", "surrogatepass"), dtype="<u2")
+    wide = int(np.count_nonzero(units >= 0x80)) + int(np.count_nonzero(units >= 0x800))
+    surrogates = int(np.count_nonzero((units >= 0xD800) & (units < 0xE000)))
+    return len(units) + wide - surrogates

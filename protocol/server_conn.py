@@ -36,7 +36,7 @@ from typing import Any
 
 from ._fields import valid_request_id
 from .codec import client_from_map, decode_map
-from .costs import check_request, check_tables, presence_json
+from .costs import check_request, check_tables, presence_json, utf8_len
 from .errors import CloseCode, ErrorCode, ProtocolError
 from .lifecycle import CONNECTION, CONNECTION_VIOLATIONS, IllegalTransition, next_state
 from .messages import PROTOCOL_VERSION, ClientMessage, Error, Hello, Meta, OpBatch, Ping, Pong, Presence
@@ -78,15 +78,13 @@ class ConnectionLimits:
     max_rows_per_op: int = 1_000_000
     max_rows_per_message: int = 1_000_000  # rows over all ops of one message
     max_decompressed_bytes: int = 64 * 1024 * 1024  # a message's tables, decompressed and written out
-    max_presence_bytes: int = 64 * 1024  # one presence state, as JSON (how the awareness update carries it)
+    max_presence_bytes: int = 64 * 1024  # one presence state, as the JSON its awareness update carries
     max_meta_bytes: int = 64 * 1024  # one meta (Yjs sync) frame
 
 
 def frame_bytes(data: bytes | str) -> int:
     """A frame's size on the wire: its bytes, or a text frame's UTF-8 length."""
-    if isinstance(data, str) and not data.isascii():
-        return len(data.encode("utf-8", "surrogatepass"))
-    return len(data)
+    return utf8_len(data) if isinstance(data, str) else len(data)
 
 
 class TokenBucket:
@@ -213,7 +211,9 @@ class ServerConnection:
             raise IllegalTransition("connection", self.state, "frame", None)
         binary = isinstance(data, bytes)
         limit = self.limits.max_message_bytes
-        size = len(data) if len(data) > limit else frame_bytes(data)
+        size = len(data)  # a text frame's characters decide it unless they take 1 to 4 bytes each
+        if limit // 4 < size <= limit:
+            size = frame_bytes(data)
         if size > limit:
             msg = (
                 f"message of {size} bytes is over the {limit}-byte limit; split the op into several messages"
@@ -342,7 +342,7 @@ class ServerConnection:
         """A ``too_large`` for a presence state or a meta frame over its limit, else None."""
         if isinstance(msg, Presence) and msg.state is not None:
             limit, what, fix = self.limits.max_presence_bytes, "presence state", "keep presence small"
-            size = len(presence_json(msg.state))  # what the awareness update carries
+            size = utf8_len(presence_json(msg.state))  # what the awareness update carries
         elif isinstance(msg, Meta):
             limit, what, fix = self.limits.max_meta_bytes, "meta update", "send smaller Yjs updates"
             size = len(msg.update)
