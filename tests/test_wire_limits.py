@@ -20,7 +20,7 @@ import pycrdt
 import pytest
 from pycrdt import Array, Doc, Map
 
-from protocol import Error, Insert, Pong, encode, encode_map, table_to_ipc
+from protocol import Error, Insert, Pong, SetCells, encode, encode_map, table_to_ipc
 from protocol.costs import materialized_bytes
 from protocol.ipcmeta import ipc_info
 from protocol.lifecycle import IllegalTransition
@@ -32,8 +32,9 @@ from protocol.server_conn import (
     ReplyNeeded,
     ServerConnection,
 )
-from server.ops.state import Catalog, Column
+from server.ops.state import Catalog, Column, OpError
 from server.rooms.metadoc import MetaDoc
+from server.rooms.tick import check_limits
 from server.settings import Settings
 from tests.conftest import LiveServer
 from tests.wire import RawPeer
@@ -245,9 +246,11 @@ def test_dictionaries_and_views_count_with_every_value_written_out() -> None:
 
 def test_presence_over_its_limit_counts_the_json_the_awareness_update_carries() -> None:
     conn = joined()
-    conn.receive_frame(encode_map({"type": "presence", "id": 1, "state": {"n": "é" * 200}}), 0.0)
-    err = only_error(conn)  # 400 bytes of UTF-8, but 1,200 as escaped JSON
-    assert err.code == "too_large" and err.re == 1 and err.details["limit"] == 1024
+    conn.receive_frame(encode_map({"type": "presence", "id": 1, "state": {"n": "é" * 600}}), 0.0)
+    err = only_error(conn)  # 600 characters, 1,200 bytes of UTF-8
+    assert (
+        err.code == "too_large" and err.re == 1 and err.details == {"limit": 1024, "size": 1208}
+    )  # {"n":"..."}
     conn.receive_frame(encode_map({"type": "presence", "state": {"n": "a" * 900}}), 0.0)
     conn.receive_frame(encode_map({"type": "presence", "state": None}), 0.0)
     assert [type(e) for e in conn.events_received()] == [MessageReceived, MessageReceived]
@@ -402,7 +405,7 @@ async def test_limits_over_the_socket(make_server: Any) -> None:
             json.dumps({"type": "presence", "state": {"x": "€" * 30_000}}, ensure_ascii=False)
         )
         assert (await peer.recv_until("error")).code == "too_large"
-        await peer.send({"type": "presence", "id": 5, "state": {"x": "é" * 1000}})  # 6,000 bytes as JSON
+        await peer.send({"type": "presence", "id": 5, "state": {"x": "é" * 3000}})  # 6,000 bytes
         assert (await peer.recv_until("error", re=5)).code == "too_large"
         await peer.send({"type": "presence", "state": {"x": "ok"}})
         seen = await watcher.recv_until("presence")
@@ -454,3 +457,15 @@ async def test_meta_flooding_compacts_the_doc_and_resyncs_every_client(make_serv
         for p in (flooder, other, fresh):
             await still_up(p)
             await p.close()
+
+
+def test_the_room_checks_rows_per_message_too() -> None:
+    """The tick's own guard (an op message that did not come through the connection core)."""
+    sets = tuple(SetCells(tuple(range(8)), "qty", (1,) * 8) for _ in range(3))
+    check_limits(sets, 10, 24)
+    with pytest.raises(OpError) as e:
+        check_limits(sets, 10, 20)
+    assert e.value.code == "too_large" and "rows per message" in str(e.value)
+    with pytest.raises(OpError) as e:
+        check_limits(sets, 7, 100)
+    assert e.value.details["op_index"] == 0
