@@ -15,8 +15,8 @@ per-row data ever goes into a Y type.
 
 Bounded cost (PROTOCOL.md §10): a client's update is applied to the doc
 directly, so its cost is the update's, not the doc's (pycrdt holds the GIL
-and decodes a few items per microsecond, so copying the doc per update would
-stall every room). The doc's history is bounded: every update's bytes are
+and spends microseconds per item, so copying the doc per update would stall
+every room). The doc's history is bounded: every update's bytes are
 counted, and once the doc may be over ``max_bytes`` it is *compacted*:
 replaced by a fresh doc holding only the columns' order, names, dtypes and
 descriptions, with descriptions dropped (longest first) if they alone take
