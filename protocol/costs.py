@@ -44,8 +44,9 @@ __all__ = [
     "utf8_len",
 ]
 
-# Messages whose tables are bigger than this (decompressed Arrow bytes, or rows
-# of JSON tables) are built in a worker thread, not on the event loop.
+# Messages whose tables are bigger than this (decompressed Arrow bytes; rows of
+# JSON tables, or the bytes of a frame that carries them) are built in a worker
+# thread, not on the event loop.
 INLINE_TABLE_BYTES = 256 * 1024
 INLINE_JSON_ROWS = 2_000
 _BYTES = (bytes, bytearray, memoryview)
@@ -53,16 +54,22 @@ _BYTES = (bytes, bytearray, memoryview)
 
 @dataclass(frozen=True, slots=True)
 class Cost:
-    """What :func:`check_request` saw: rows over all ops, tables' decompressed bytes."""
+    """What :func:`check_request` saw: rows over all ops, tables' decompressed bytes,
+    rows of JSON tables and the size of the frame that carried them."""
 
     rows: int = 0
     table_bytes: int = 0
     json_rows: int = 0
+    frame_bytes: int = 0
 
     @property
     def heavy(self) -> bool:
         """Building the message (decompressing, validating, converting rows) is worth a worker thread."""
-        return self.table_bytes > INLINE_TABLE_BYTES or self.json_rows > INLINE_JSON_ROWS
+        if self.table_bytes > INLINE_TABLE_BYTES:
+            return True
+        return self.json_rows > INLINE_JSON_ROWS or (
+            self.json_rows > 0 and self.frame_bytes > INLINE_TABLE_BYTES
+        )
 
 
 def _too_large(message: str, **details: Any) -> ProtocolError:
@@ -70,9 +77,10 @@ def _too_large(message: str, **details: Any) -> ProtocolError:
 
 
 def check_request(
-    d: dict[str, Any], *, max_rows_per_op: int, max_rows_per_message: int, max_bytes: int
+    d: dict[str, Any], *, max_rows_per_op: int, max_rows_per_message: int, max_bytes: int, size: int = 0
 ) -> Cost:
-    """The cost of the frame map ``d``, checked against the limits before it is decoded further.
+    """The cost of the frame map ``d`` (a frame of ``size`` bytes), checked against the limits
+    before it is decoded further.
 
     Only ``op`` messages carry rows and tables; anything else costs nothing
     here. Malformed ops are left to the decoder, which names the bad field.
@@ -117,7 +125,7 @@ def check_request(
             f" {max_bytes}; send fewer rows per message",
             field="ops", limit=max_bytes, size=table_bytes,
         )  # fmt: skip
-    return Cost(rows, table_bytes, json_rows)
+    return Cost(rows, table_bytes, json_rows, size)
 
 
 def _tables(op: Op) -> list[pa.Table]:

@@ -232,6 +232,7 @@ class ServerConnection:
                 max_rows_per_op=lim.max_rows_per_op,
                 max_rows_per_message=lim.max_rows_per_message,
                 max_bytes=lim.max_decompressed_bytes,
+                size=size,
             )
         except ProtocolError as e:
             self._reply(Error(e.code, e.message, e.details, valid_request_id(d.get("id"))), binary)

@@ -212,6 +212,20 @@ def test_big_tables_are_built_off_the_loop() -> None:
     assert isinstance(small, MessageReceived)
 
 
+@pytest.mark.parametrize(("rows", "width"), [(3000, 1), (100, 5000)])
+def test_big_json_tables_are_built_off_the_loop_too(rows: int, width: int) -> None:
+    conn = joined(
+        dataclasses.replace(LIMITS, max_rows_per_op=10**6, max_rows_per_message=10**6), binary=False
+    )
+    table = [{"name": "x" * width} for _ in range(rows)]  # many rows, or a big frame
+    conn.receive_frame(op_frame({"op": "insert", "rows": table}, binary=False), 0.0)
+    [ev] = conn.events_received()
+    assert isinstance(ev, DecodeNeeded)
+    conn.decoded(ev, ev.run(), 0.0)
+    [received] = conn.events_received()
+    assert isinstance(received, MessageReceived) and received.msg.ops[0].rows.num_rows == rows
+
+
 def test_a_bad_table_built_off_the_loop_is_bad_field() -> None:
     conn = joined(dataclasses.replace(LIMITS, max_rows_per_op=10**6, max_rows_per_message=10**6))
     data = bytearray(zstd_rows(100_000))
