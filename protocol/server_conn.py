@@ -144,6 +144,7 @@ Decoded = ClientMessage | ProtocolError
 
 
 def _build(d: dict[str, Any], max_bytes: int) -> Decoded:
+    """The message of the frame map ``d`` (tables checked against ``max_bytes``), or its error."""
     try:
         msg = client_from_map(d)
         if isinstance(msg, OpBatch):
@@ -152,6 +153,10 @@ def _build(d: dict[str, Any], max_bytes: int) -> Decoded:
     except ProtocolError as e:
         e.request_id = valid_request_id(d.get("id"))
         return e
+    except Exception as e:  # a bug in a check must surface as a coded error, not end the connection
+        err = ProtocolError(ErrorCode.BAD_FIELD, f"invalid message ({type(e).__name__}: {e})")
+        err.request_id = valid_request_id(d.get("id"))
+        return err
 
 
 @dataclass(frozen=True, slots=True)

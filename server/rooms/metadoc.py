@@ -67,6 +67,13 @@ def _awareness_update(awareness_id: int, clock: int, state: dict[str, Any] | Non
     return enc.to_bytes()
 
 
+def _reraise_unless_yrs(e: BaseException) -> None:
+    """Re-raise ``e`` unless pycrdt raised it for bad input: an exception, or a Rust
+    panic (pyo3's ``PanicException`` derives from ``BaseException``)."""
+    if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+        raise e
+
+
 @dataclass(frozen=True, slots=True)
 class Compaction:
     """What a compaction dropped: top-level types, and the columns whose description went."""
@@ -212,7 +219,8 @@ class MetaDoc:
         if kind == YSyncMessageType.SYNC_STEP1:
             try:
                 update = self.state() if payload == _EMPTY_STATE else self.doc.get_update(payload)
-            except ValueError:
+            except BaseException as e:
+                _reraise_unless_yrs(e)
                 raise ProtocolError(
                     ErrorCode.BAD_FIELD, "field 'update' holds no Yjs state vector", field="update"
                 ) from None
@@ -228,7 +236,8 @@ class MetaDoc:
         self._touched = False
         try:
             self.doc.apply_update(payload)
-        except Exception:
+        except BaseException as e:
+            _reraise_unless_yrs(e)
             raise ProtocolError(
                 ErrorCode.BAD_FIELD, "field 'update' is not a Yjs update", field="update"
             ) from None

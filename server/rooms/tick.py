@@ -53,11 +53,11 @@ async def apply_batches(
 ) -> TickResult:
     """Apply ``batches`` in order; never raises (a bug in one batch fails only that batch).
 
-    ``max_rows`` bounds the rows of each op, ``max_total`` (default: ``max_rows``)
-    the rows of all ops of one ``op`` message (PROTOCOL.md section 10).
+    ``max_rows`` bounds the rows of each op, ``max_total`` (when given) the
+    rows of all ops of one ``op`` message (PROTOCOL.md section 10).
     """
     out = TickResult(core.state, core.seq + 1)
-    limits = (max_rows, max_rows if max_total is None else max_total)
+    limits = (max_rows, max_total)
     for b in batches:
         try:
             reply = await _apply_one(core, b, out.builder, limits)
@@ -74,7 +74,9 @@ async def apply_batches(
     return out
 
 
-async def _apply_one(core: RoomCore, b: Batch, builder: DeltaBuilder, limits: tuple[int, int]) -> Ack | Error:
+async def _apply_one(
+    core: RoomCore, b: Batch, builder: DeltaBuilder, limits: tuple[int, int | None]
+) -> Ack | Error:
     kind, client, msg = b.kind, b.client, b.msg
     prior = core.replies.get(client, msg.client_seq)
     if prior is not None:
