@@ -139,7 +139,7 @@ class SetRun:
 
     entries: list[WalEntry] = field(default_factory=list)
     sets: list[list[SetSpec]] = field(default_factory=list)
-    acks: list[Ack] = field(default_factory=list)
+    acks: list[bytes] = field(default_factory=list)  # the stored acks, decoded only when asked for
     # Per entry, per op: where its writes start in its column's flat lists.
     starts: list[list[int]] = field(default_factory=list)
     columns: dict[int, _Column] = field(default_factory=dict)
@@ -147,7 +147,7 @@ class SetRun:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, entry: WalEntry, sets: list[SetSpec], ack: Ack) -> None:
+    def add(self, entry: WalEntry, sets: list[SetSpec], ack: bytes) -> None:
         starts = []
         for cid, rows, values, _ in sets:
             c = self.columns.get(cid)
@@ -194,7 +194,7 @@ class SetRun:
                 seqs.append(seq)
                 clients.append(entry.client)
                 rids.append(np.asarray(rows, dtype=np.int64))
-            replies.put(entry.client, entry.client_seq, ack)
+            replies.put_stored(entry.client, entry.client_seq, ack, fast_ack)
         for cid, (seqs, clients, rids) in runs.items():  # one scatter per column (same as record())
             clock.record_run(cid, seqs, clients, rids)
         core.seq = seq

@@ -56,7 +56,7 @@ def put_replies(core: RoomCore, entries: list[WalEntry]) -> None:
     """Remember the stored acks of ``entries`` (the WAL tail below the head commit)."""
     with gc_paused():
         for e in entries:
-            core.replies.put(e.client, e.client_seq, fast_ack(e.reply))
+            core.replies.put_stored(e.client, e.client_seq, e.reply, fast_ack)
 
 
 @contextmanager
@@ -127,10 +127,11 @@ def _gather(entries: list[WalEntry], i: int, end: int) -> tuple[SetRun, int]:
             sets = parse_sets(unpackb(e.ops, raw=False))
             if sets is None:
                 break
-            ack = fast_ack(e.reply)
         except Exception:  # noqa: BLE001 - the straight path raises it in its turn
             break
-        run.add(e, sets, ack)
+        if not e.reply or e.reply[0] & 0xF0 != 0x80:  # not a msgpack map: the straight path says why
+            break
+        run.add(e, sets, e.reply)  # the ack stays encoded until a resend asks for it
         i += 1
     return run, i
 
