@@ -100,7 +100,7 @@ class Trimmer:
         finally:
             self._running = False
         self.trims += 1
-        log.debug("malloc_trim took %.3fs", time.perf_counter() - started)
+        log.info("returned freed memory to the system (malloc_trim, %.3fs)", time.perf_counter() - started)
 
     def close(self) -> None:
         """Cancel a pending trim (the server is stopping)."""

@@ -24,10 +24,11 @@ class ServerProcess:
     logged: asyncio.Event = field(default_factory=asyncio.Event)  # set on every new log line
     drainer: asyncio.Task[None] | None = None  # reads the output into ``log``
 
-    async def wait_log(self, pattern: str, within: float = 30.0) -> str:
-        """The first log line that matches ``pattern`` (a regex); waits for it on :attr:`logged`."""
+    async def wait_log(self, pattern: str, within: float = 30.0, since: int = 0) -> str:
+        """The first log line from index ``since`` on that matches ``pattern`` (a regex);
+        waits for it on :attr:`logged`."""
         found = re.compile(pattern)
-        seen = 0
+        seen = since
         async with asyncio.timeout(within):
             while True:
                 for line in self.log[seen:]:

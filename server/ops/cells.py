@@ -35,6 +35,7 @@ __all__ = [
     "take_wire",
     "written_wire",
     "arrow_scalars",
+    "plain_floats",
     "apply_set",
     "apply_fill_null",
 ]
@@ -67,7 +68,7 @@ class SetPlan:
         return self.data
 
 
-def _plain_floats(values: Sequence[Any], dtype_name: str) -> np.ndarray | None:
+def plain_floats(values: Sequence[Any], dtype_name: str) -> np.ndarray | None:
     """Values for a Float64 column that are all Python floats, as a float64 array; else None.
 
     They need no check and no Polars Series per op: the flush builds one
@@ -176,7 +177,7 @@ def plan_set(state: State, op: SetCells) -> SetPlan:
                 f"rid {dups[0]} appears more than once in one set; send each row once",
                 rids=dups,
             )
-    fast = _plain_floats(op.values, col.dtype)
+    fast = plain_floats(op.values, col.dtype)
     if fast is not None:
         return SetPlan(col, rids, pos, fast)
     try:

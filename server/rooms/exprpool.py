@@ -12,8 +12,8 @@ the worker only ever sees a copy of the columns an expression reads.
 
 A small pool of workers is started lazily, each a fresh interpreter (not a
 fork: no inherited threads, sockets or frames; not ``multiprocessing``: the
-server's main module is not imported again). A socket pair carries bytes
-only, never a pickle:
+server's main module is not imported again). A socket pair carries plain bytes
+only (no object serialization):
 
 - worker → parent, once: ``READY`` (after a warm-up and setting its limit);
 - parent → worker: the expression text (UTF-8), then the columns it reads

@@ -34,6 +34,7 @@ import polars as pl
 from protocol import Ack, Op, Overwrite, SetCells
 
 from ..ops import SetPlan, coerce, locate, read_cells
+from ..ops.cells import plain_floats
 from ..ops.state import Column, OpError
 from .core import _MISSING, RoomCore, _overwrites, _written
 from .deltas import DeltaBuilder
@@ -43,8 +44,6 @@ __all__ = ["GroupItem", "apply_group", "groupable"]
 
 # (client, client_seq, base_seq, the message's one set op)
 GroupItem = tuple[str, int, int, SetCells]
-
-_FLOAT_ONLY = {float}
 
 
 def groupable(ops: tuple[Any, ...], max_rows: int) -> bool:
@@ -150,10 +149,8 @@ def _values(items: Sequence[GroupItem], cols: list[Column], ends: np.ndarray) ->
         col = cols[idxs[0]]
         values = list(chain.from_iterable(items[i][3].values for i in idxs))
         sizes = [len(items[i][3].values) for i in idxs]
-        data: np.ndarray | pl.Series
-        if col.dtype == "Float64" and set(map(type, values)) == _FLOAT_ONLY:
-            data = np.array(values, dtype=np.float64)
-        else:
+        data: np.ndarray | pl.Series | None = plain_floats(values, col.dtype)
+        if data is None:
             try:
                 data = coerce(values, col.dtype, what=f"column '{col.name}'").rename(col.name)
             except OpError:
