@@ -96,6 +96,7 @@ class CloseCode(enum.IntEnum):
     NO_SUCH_DATASET = 4004
     SLOW_CONSUMER = 4008  # fell behind and stayed behind
     STORAGE_CORRUPT = 4009  # the room's storage is corrupt (a chunk missing or failing its hash)
+    TOO_EXPENSIVE = 4010  # a dashboard's request ran over the views budget (its view was closed)
 
 
 class CoframeError(Exception):

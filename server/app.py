@@ -76,7 +76,7 @@ async def open_registry(settings: Settings) -> Registry:
     """
     storage = await Storage.for_settings(settings.data_dir, settings.catalog)
     registry = Registry(
-        room_config(settings), storage=storage, idle_unload=settings.idle_unload, views=LiveViews()
+        room_config(settings), storage=storage, idle_unload=settings.idle_unload, views=live_views(settings)
     )
     try:
         await storage.repair()  # half-created datasets of older versions (each removal is logged)
@@ -190,3 +190,13 @@ async def _close_registry(registry: Registry, within: float) -> None:
             await registry.close()
     except TimeoutError:
         log.error("closing the rooms took over %gs; the WAL keeps what was not committed", within)
+
+
+def live_views(settings: Settings) -> LiveViews:
+    """The node's live views, with the views process's budgets from ``settings``."""
+    return LiveViews(
+        timeout=settings.views_timeout,
+        build_timeout=settings.views_build_timeout,
+        memory_bytes=settings.views_memory_bytes,
+        ttl=settings.views_table_ttl,
+    )

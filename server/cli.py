@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Node-wide caps, per-client send queues, health and shutdown (PROTOCOL.md §10);
+# Node-wide caps, per-client send queues, health, shutdown and the views process (PROTOCOL.md §10);
 # each flag sets the Settings field of the same name.
 _NODE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("--max-connections", int, "WebSocket connections, whole server; over it: overloaded, close 1013"),
@@ -122,6 +122,10 @@ _NODE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("--health-max-lag", float, "event-loop lag in seconds over which /healthz answers 503"),
     ("--worker-stuck-after", float, "seconds after which a busy worker thread is stuck (/healthz 503)"),
     ("--shutdown-timeout", float, "seconds SIGTERM may take: autocommit, close, exit"),
+    ("--views-timeout", float, "seconds one view request may take; over it: the view is closed"),
+    ("--views-build-timeout", float, "seconds building one Perspective table may take"),
+    ("--views-memory-bytes", int, "views process address space past start-up; over it: restarted"),
+    ("--views-table-ttl", float, "seconds an unused Perspective table is kept"),
 )
 
 

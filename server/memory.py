@@ -20,11 +20,12 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["Trimmer", "malloc_trim"]
+__all__ = ["Trimmer", "malloc_trim", "limit_address_space"]
 
 log = logging.getLogger("coframe.memory")
 
@@ -107,3 +108,29 @@ class Trimmer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _address_space() -> int:
+    """This process's address space in bytes (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def limit_address_space(memory_bytes: int) -> None:
+    """Limit this process's address space (``RLIMIT_AS``) to its size now plus ``memory_bytes``.
+
+    For worker processes (expressions, views) after their start-up: an
+    allocation over the limit fails, and the native library aborts the
+    worker, not the server.
+    """
+    limit = _address_space() + memory_bytes
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

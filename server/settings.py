@@ -50,6 +50,11 @@ class Settings:
     # start-up (Polars and its threads, several hundred MB) → too_expensive.
     expr_memory_bytes: int = 1024 * 1024 * 1024
     expr_timeout: float = 30.0  # seconds an expression may run in its worker → too_expensive
+    # The views process (Perspective, one per node; docs/architecture.md "Live views").
+    views_timeout: float = 10.0  # seconds one view request may take; over it the view is closed
+    views_build_timeout: float = 120.0  # seconds building one table may take
+    views_memory_bytes: int = 8 * 1024 * 1024 * 1024  # its address space past start-up; over it, restarted
+    views_table_ttl: float = 30.0  # a table nobody uses is dropped this many seconds later
     # Node-wide caps (→ overloaded, close 1013).
     max_connections: int = 10_000
     max_unhelloed: int = 1_000  # sockets that have not said hello yet

@@ -168,11 +168,11 @@ async def test_unsubscribe_and_leave_delete_views(make_server: Any) -> None:
             a = await room.subscribe_view(**SUM)
             b = await room.subscribe_view(columns=["qty"])
             views = srv.room().views
-            assert views.tables is not None
-            assert len(views.tables._views["sales/main"]) == 2
+            assert (await views.process.stats())["sales/main"]["views"] == 2
             await a.close()
             assert a.closed and a.reason == "unsubscribed"
-            assert len(views.tables._views["sales/main"]) == 1
+            await views.barrier()
+            assert (await views.process.stats())["sales/main"]["views"] == 1
             updates = b.updates()
             await room.set_cells([0], "qty", [123])
             ev = await asyncio.wait_for(anext(updates), timeout(10))
@@ -194,11 +194,11 @@ async def test_unsubscribe_and_leave_delete_views(make_server: Any) -> None:
 async def test_tables_are_lazy_and_one_per_room(make_server: Any) -> None:
     async with make_server(frames={"sales": small_frame(10)}) as srv, connect(srv.url, "sales") as room:
         views = srv.room().views
-        assert views.tables is None  # nobody watches: no Perspective table yet
+        assert views.built is None  # nobody watches: no Perspective table yet
         await room.set_cells([0], "qty", [1])
         await room.subscribe_view(columns=["qty"])
         await room.subscribe_view(**SUM)
-        assert views.tables is not None and views.tables.names() == ["sales/main"]
+        assert list(await views.process.stats()) == ["sales/main"]
         assert views.builds == 1
 
 
@@ -234,7 +234,7 @@ async def _room_cycle(i: int, frame: pl.DataFrame, views: LiveViews) -> None:
     room.submit(s, Unsubscribe("p", id=4))
     await room.leave(s)
     await room.close()
-    assert room.views.subs == {} and (room.views.tables is None or room.views.tables.names() == [])
+    assert room.views.subs == {} and not room.views.has_table
 
 
 async def test_fifty_rooms_with_views_do_not_leak() -> None:
@@ -338,8 +338,8 @@ async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
     # Perspective jobs run one at a time, in order: once this no-op ran, the
     # subscribe (queued first) has opened its view.
     await asyncio.wait_for(room.views.ensure(), timeout(10))
-    await asyncio.wait_for(room.views.call(lambda: None), timeout(10))
-    assert next(iter(room.views.subs.values())).view is not None
+    await asyncio.wait_for(room.views.barrier(), timeout(10))
+    assert next(iter(room.views.subs.values())).vkey is not None
     for i in range(5):  # the stalled session overflows: deltas and view updates are dropped
         sets = tuple(SetCells((j,), "qty", (100 * i + j,)) for j in range(8))
         room.submit(s, OpBatch(i + 1, 0, sets, id=100 + i))  # (acks are kept: 5 + 1 < 2 x 4)

@@ -4,7 +4,8 @@ Based on perspective-python 5.5.1's ``handlers/starlette.py``, with three
 differences:
 
 - Each connection gets a session on the room's own Perspective ``Server``
-  (``room.views.attach()``), which hosts only that room's table.
+  in the node's views process (``room.views.open_session()``), which hosts
+  only that room's table; the server proxies the bytes both ways.
 - Replies go through a bounded per-connection queue drained by one writer
   task, so order is kept and a slow browser costs a bounded amount of
   memory. A browser that lets it overflow is closed with 4008 and a reason
@@ -15,20 +16,20 @@ differences:
   or someone else's view, is answered with a ``ServerError`` and never
   reaches Perspective.
 
-The room's Perspective server is created with ``on_poll_request``, so
-nothing is processed until someone polls: after each forwarded request we
-call ``tables.poll()`` (a no-op unless Perspective asked for it). Every
-Perspective call goes through ``room.views.call``: one at a time, in a worker
-thread (see :mod:`.live`); Perspective's replies come back to the loop with
-``call_soon_threadsafe``.
+Each forwarded request is one request to the views process, in order with
+the room's other view work (:meth:`.live.RoomViews.session_request`), with
+the views time budget: a request over it (a runaway expression) gets the
+process restarted and this dashboard closed with 4010 and the reason; the
+others reconnect (1012). Perspective's replies come back as pushes, into
+this connection's :class:`ReplyQueue`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -36,13 +37,13 @@ from protocol import CloseCode
 
 from ..ops.state import OpError
 from ..storage.types import NotFound, StorageCorrupt
+from .process import ViewsFailed, ViewsLost
 from .readonly import Gate, WireError, error_response
 
 if TYPE_CHECKING:
     from ..rooms import Registry
     from ..settings import Settings
     from .live import RoomViews
-    from .tables import RoomTables
 
 __all__ = ["perspective_endpoint", "ReplyQueue"]
 
@@ -64,23 +65,21 @@ class ReplyQueue:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.overflow: str | None = None
-        self.closing: str | None = None  # set by reset(): close with 1012 after what is queued
-        self.session: Any = None  # the Perspective session these replies belong to
+        self.closing: str | None = None  # set by reset(): close with ``code`` after what is queued
+        self.code: int = CloseCode.RELOADING
         self._items: asyncio.Queue[bytes | None] = asyncio.Queue()
 
-    def reset(self, reason: str) -> Callable[[], None] | None:
-        """The room's table is being rebuilt (or the room unloads): close 1012.
+    def reset(self, reason: str, code: int = CloseCode.RELOADING) -> None:
+        """Close the socket with ``code`` (1012: reconnect) after what is queued.
 
-        Returns the session's ``close`` (it deletes the session's views, so
-        the table can be deleted), for the room to run in its Perspective
-        thread before the table goes.
+        The room's table is being rebuilt or dropped, the views process was
+        lost, or (``code`` 4010) this dashboard's own request ran over its budget.
         """
         if self.closing is not None:
-            return None
+            return
         self.closing = reason
-        session, self.session = self.session, None
+        self.code = code
         self._items.put_nowait(None)
-        return None if session is None else session.close
 
     def push(self, data: bytes) -> None:
         if self.overflow is not None:
@@ -106,7 +105,7 @@ class ReplyQueue:
                     if self.overflow is not None:
                         await ws.close(CloseCode.SLOW_CONSUMER, self.overflow[:120])
                     else:
-                        await ws.close(CloseCode.RELOADING, (self.closing or "")[:120])
+                        await ws.close(self.code, (self.closing or "")[:120])
                 return
             self.bytes -= len(data)
             await ws.send_bytes(data)
@@ -131,34 +130,27 @@ async def perspective_endpoint(ws: WebSocket) -> None:
         return
     replies = ReplyQueue(settings.send_queue_messages, settings.send_queue_bytes)
     try:
-        tables = await room.views.attach(replies.reset)
+        await room.views.attach(replies.reset)
     except Exception as e:
         log.exception("dashboard for %s: the Perspective table could not be built", room.name)
         await ws.close(CloseCode.INTERNAL, f"cannot show {room.name}: {e}"[:120])
         return
     try:
-        await _serve(ws, room.views, tables, Gate(room.views.name), settings, replies)
+        await _serve(ws, room.views, Gate(room.views.name), settings, replies)
     finally:
         room.views.detach(replies.reset)
 
 
-def _handle(session: Any, tables: RoomTables, data: bytes) -> None:
-    """One forwarded request, in the room's Perspective thread; then poll if Perspective asked."""
-    session.handle_request(data)
-    tables.poll()
+_SIDS = itertools.count(1)
 
 
 async def _serve(
-    ws: WebSocket, views: RoomViews, tables: RoomTables, gate: Gate, settings: Settings, replies: ReplyQueue
+    ws: WebSocket, views: RoomViews, gate: Gate, settings: Settings, replies: ReplyQueue
 ) -> None:
     loop = asyncio.get_running_loop()
-
-    def push(data: bytes) -> None:  # Perspective calls it in the room's Perspective thread
-        loop.call_soon_threadsafe(replies.push, bytes(data))
-
-    session = await views.call(tables.server.new_session, push)
-    replies.session = session
-    writer = asyncio.get_running_loop().create_task(replies.run(ws), name="dashboard-writer")
+    sid = next(_SIDS)
+    await views.open_session(sid, replies.push, replies.reset)
+    writer = loop.create_task(replies.run(ws), name="dashboard-writer")
     try:
         while replies.overflow is None and replies.closing is None:
             message = await ws.receive()
@@ -178,8 +170,10 @@ async def _serve(
                 return
             if decision.allowed:
                 try:
-                    await views.call(_handle, session, tables, data)
-                except Exception as e:  # a malformed request body Perspective could not read
+                    await views.session_request(sid, data)
+                except ViewsLost:
+                    pass  # reset() already said why: 4010 if this request overran, else 1012
+                except ViewsFailed as e:  # a malformed request body Perspective could not read
                     replies.push(error_response(decision, f"Perspective could not handle the request: {e}"))
             else:
                 log.info("dashboard request refused: %s", decision.reason)
@@ -188,11 +182,9 @@ async def _serve(
     except WebSocketDisconnect:
         return
     finally:
-        if replies.session is not None:
-            closing, replies.session = replies.session, None
-            # Deletes this session's views and callbacks; shielded, so it happens even on cancel
-            # (a task the views own, so it is still awaited if the room closes first).
-            await asyncio.shield(views.spawn(views.call(closing.close)))
+        # Deletes this session's views; shielded, so it happens even on cancel
+        # (a task the views own, so it is still awaited if the room closes first).
+        await asyncio.shield(views.spawn(views.close_session(sid)))
         writer.cancel()
         try:
             await writer

@@ -1,103 +1,147 @@
-"""What :class:`~.live.RoomViews` runs in its worker thread (the Perspective executor).
+"""The requests one room's views send the views process (:mod:`.host` answers them).
 
-Perspective releases the GIL, and at 1M rows its work is slow: a build
-takes about 4 s, opening a sorted view 1-4 s, and an update of a table with
-a sorted view over every row 240-380 ms. So ``RoomViews`` runs every
-Perspective call in a worker thread, one at a time per room, and the
-functions here are those jobs: (re)build or drop a room's table, apply a
-batch of deltas and read the subscribed views, open and read one view, close
-everything. A read that fails returns its exception instead of raising, so
-one bad view is closed on the loop without failing the others.
+Each function builds one request, sends it through the :class:`~.process.ViewsProcess`
+with its time budget and a tag naming what it is for (so that after a
+request overran, :class:`~.live.RoomViews` knows which view to close), and
+decodes the answer. Arrow work that is not tiny (a table's IPC for a build,
+a delta's upserts) happens in a worker thread, so the event loop stays free.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from protocol import Delta, ErrorCode
-from protocol.dtypes import parse_dtype
+from protocol import Delta
+from protocol.arrow import table_to_ipc
+from protocol.dtypes import frame_to_arrow, parse_dtype
 
 from ..ops.state import State
-from .config import ViewConfigError, check_expressions, for_perspective
-from .payload import read_view
-from .subscription import Subscription
-from .tables import RoomTables, RoomView, release_memory
+from .config import for_perspective
+from .payload import DEFAULT_VIEWPORT_ROWS, is_grouped
+from .process import ViewsProcess
 
-__all__ = [
-    "rebuild",
-    "drop",
-    "close_all",
-    "read",
-    "read_all",
-    "apply_and_read",
-    "open_and_read",
-    "zones_of",
-]
+__all__ = ["Budgets", "Tag", "build", "drop", "apply", "open_view", "read", "unref", "vkey_of", "zones_of"]
 
 
-def rebuild(tables: RoomTables, name: str, state: State, closers: list[Callable[[], None]]) -> None:
-    for close in closers:
-        close()
-    tables.rebuild(name, state)
-    release_memory()
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """Seconds a request may take in the views process (``views_timeout``, ``views_build_timeout``)."""
+
+    view: float = 10.0
+    build: float = 120.0
 
 
-def drop(tables: RoomTables, name: str, closers: list[Callable[[], None]]) -> None:
-    for close in closers:
-        close()
-    tables.close(name)
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """What a request was for: ``kind`` (``build``, ``apply``, ``open``, ``read``, ``session``), the
+    room, and the subscriptions (or dashboard session) it read."""
+
+    kind: str
+    room: str
+    subs: tuple[Any, ...] = ()
 
 
-def close_all(tables: RoomTables, views: list[RoomView], closers: list[Callable[[], None]]) -> None:
-    for close in closers:
-        close()
-    for view in views:
-        view.delete()
-    tables.close_all()
-    release_memory()
+def vkey_of(config: dict[str, Any]) -> str:
+    """The key that identical configs share (one Perspective view per key and table)."""
+    return json.dumps(for_perspective(config), sort_keys=True, separators=(",", ":"))
 
 
-def read(sub: Subscription, zones: dict[str, str]) -> tuple[pa.Table, int] | Exception:
-    try:
-        assert sub.view is not None
-        return read_view(sub.view.handle, sub.config, sub.viewport, zones)
-    except Exception as e:  # reported on the loop, which closes the view
-        return e
+def viewport_of(config: dict[str, Any], viewport: tuple[int, int] | None) -> list[int] | None:
+    """The rows to read: a plain view without a viewport reads its first rows, a grouped one all."""
+    if viewport is None:
+        return None if is_grouped(config) else [0, DEFAULT_VIEWPORT_ROWS]
+    return [viewport[0], viewport[1]]
 
 
-def read_all(subs: list[Subscription], zones: dict[str, str]) -> list[tuple[pa.Table, int] | Exception]:
-    return [read(sub, zones) for sub in subs]
+def _frame_ipc(state: State, columns: list[str] | None) -> bytes:
+    frame = state.frame if columns is None else state.frame.select(columns)
+    return table_to_ipc(frame_to_arrow(frame))
 
 
-def apply_and_read(
-    tables: RoomTables, name: str, batch: list[Delta], subs: list[Subscription], zones: dict[str, str]
+async def build(
+    proc: ViewsProcess, key: str, name: str, state: State, columns: list[str] | None, budgets: Budgets
+) -> None:
+    """(Re)build table ``key`` (Perspective name ``name``) from ``state`` (only ``columns``, if given)."""
+    ipc = await asyncio.to_thread(_frame_ipc, state, columns)
+    await proc.call(
+        {"op": "build", "table": key, "name": name, "ipc": ipc}, budget=budgets.build, tag=Tag("build", name)
+    )
+
+
+async def drop(proc: ViewsProcess, key: str, budgets: Budgets) -> None:
+    await proc.call({"op": "drop", "table": key}, budget=budgets.build, tag=None)
+
+
+def _delta_wire(delta: Delta, columns: set[str] | None) -> list[Any]:
+    upserts = delta.upserts
+    if upserts is not None and columns is not None:
+        keep = [c for c in upserts.column_names if c == "_rid" or c in columns]
+        upserts = upserts.select(keep) if len(keep) > 1 else None
+    data = table_to_ipc(upserts) if upserts is not None and upserts.num_rows else None
+    return [list(delta.deleted), data]
+
+
+def _decode(answer: list[Any]) -> list[tuple[pa.Table, int] | Exception]:
+    out: list[tuple[pa.Table, int] | Exception] = []
+    for item in answer:
+        if isinstance(item, dict):
+            out.append(RuntimeError(str(item.get("error"))))
+        else:
+            ipc, rows = item
+            out.append((pa.ipc.open_stream(ipc).read_all(), int(rows)))
+    return out
+
+
+def _reads(subs: list[Any]) -> list[Any]:
+    return [[s.vkey, viewport_of(s.config, s.viewport)] for s in subs]
+
+
+async def apply(
+    proc: ViewsProcess,
+    key: str,
+    name: str,
+    batch: list[Delta],
+    subs: list[Any],
+    zones: dict[str, str],
+    columns: set[str] | None,
+    budgets: Budgets,
 ) -> list[tuple[pa.Table, int] | Exception]:
-    """Apply the deltas (one poll for all), then read every subscribed view."""
-    for delta in batch:
-        tables.apply_delta(name, delta, poll=False)
-    tables.poll()
-    return read_all(subs, zones)
+    """Apply ``batch`` (one poll), then read each of ``subs``' views: a result or an exception each."""
+    deltas = await asyncio.to_thread(lambda: [_delta_wire(d, columns) for d in batch])
+    req = {"op": "apply", "table": key, "deltas": deltas, "reads": _reads(subs), "zones": zones}
+    return _decode(await proc.call(req, budget=budgets.view, tag=Tag("apply", name, tuple(subs))))
 
 
-def open_and_read(
-    tables: RoomTables, name: str, sub: Subscription, zones: dict[str, str]
-) -> tuple[RoomView, tuple[pa.Table, int]]:
-    check_expressions(sub.config)  # checked on subscribe; again here, after any rename rewrote it
-    try:
-        view = tables.view(name, **for_perspective(sub.config))
-    except Exception as e:  # PyPerspectiveError, or a serde error for a bad value
-        text = str(e).removeprefix("Abort(): ").strip()
-        raise ViewConfigError(
-            ErrorCode.BAD_VIEW, f"Perspective rejected the view config: {text}", field="config"
-        ) from None
-    try:
-        return view, read_view(view.handle, sub.config, sub.viewport, zones)
-    except BaseException:
-        view.delete()
-        raise
+async def read(
+    proc: ViewsProcess, key: str, name: str, subs: list[Any], zones: dict[str, str], budgets: Budgets
+) -> list[tuple[pa.Table, int] | Exception]:
+    req = {"op": "read", "table": key, "reads": _reads(subs), "zones": zones}
+    return _decode(await proc.call(req, budget=budgets.view, tag=Tag("read", name, tuple(subs))))
+
+
+async def open_view(
+    proc: ViewsProcess, key: str, name: str, sub: Any, zones: dict[str, str], budgets: Budgets
+) -> tuple[pa.Table, int]:
+    """Open (or share) ``sub``'s view and read it. Raises ViewsFailed ``bad_view`` for a rejected config."""
+    req = {
+        "op": "open",
+        "table": key,
+        "vkey": sub.vkey,
+        "config": sub.config,
+        "viewport": viewport_of(sub.config, sub.viewport),
+        "zones": zones,
+    }
+    ipc, rows = await proc.call(req, budget=budgets.view, tag=Tag("open", name, (sub,)))
+    return pa.ipc.open_stream(ipc).read_all(), int(rows)
+
+
+async def unref(proc: ViewsProcess, key: str, vkey: str, budgets: Budgets) -> None:
+    await proc.call({"op": "unref", "table": key, "vkey": vkey}, budget=budgets.view, tag=None)
 
 
 def zones_of(schema: Any) -> dict[str, str]:

@@ -1,69 +1,68 @@
-"""The live Perspective side of one room: its table, view subscriptions and dashboards.
+"""The live views of one room: its table in the views process, view subscriptions and dashboards.
 
-Each :class:`~server.rooms.room.Room` has one :class:`RoomViews`. The room's
-Perspective table is built the first time something needs it (a
-``subscribe``, or a dashboard through :meth:`RoomViews.attach`), in a worker
-thread: it takes about 4 s at 1M rows, and a room nobody watches should not
-pay for it. It is kept until the room unloads.
+Each :class:`~server.rooms.room.Room` has one :class:`RoomViews`. Perspective
+itself runs in the node's views process (:mod:`.process`, :mod:`.host`);
+this is the room's side of it. The room's table is built there the first
+time something needs it (a ``subscribe``, or a dashboard through
+:meth:`RoomViews.attach`): about 4 s at 1M rows, and a room nobody watches
+should not pay for it. It is dropped :attr:`Budgets.ttl` seconds after the
+last view and dashboard left, and when the room unloads.
 
 Once built, the table follows the room: the tick loop calls
-:meth:`RoomViews.on_delta` once per tick with the tick's delta, which is
-applied (removes, update, one poll) and then every subscription whose
-content changed gets **one** ``view`` message. Deltas that arrive while the
-table is being built are queued and applied when it is ready. A schema
-change (add, drop, rename, cast) rebuilds the table from the room's state;
-subscriptions are rewritten (renamed columns follow, dropped ones leave
-``columns``, :mod:`.subscription`) and get a fresh snapshot, or a
+:meth:`RoomViews.on_delta` once per tick with the tick's delta; deltas
+queue up while the process is busy and are sent together (one poll), then
+every subscription whose content changed gets **one** ``view`` message. A
+schema change (add, drop, rename, cast) rebuilds the table from the room's
+state; subscriptions are rewritten (renamed columns follow, dropped ones
+leave ``columns``, :mod:`.subscription`) and get a fresh snapshot, or a
 ``closed`` view naming the reason when they cannot be kept.
 
-**Threads.** Every Perspective call runs in a thread of the Perspective
-executor (:mod:`.service`; never the default executor), one at a time per
-room (``_lock``), so the event loop stays free: acks and deltas never wait
-for views (:mod:`.jobs`). Deltas queue up while Perspective is busy and are
-applied together (one poll): a slow view updates less often, never slows the room.
+**Never in the room's way.** Every request to the process is awaited here,
+one at a time per room (``_lock``), in tasks the room does not wait for:
+acks and deltas never wait for views. **Budgets**: each request has a time
+budget (:class:`.jobs.Budgets`). When the process is lost (a request over
+its budget, or over its memory) every room hears of it (:meth:`_lost`): the
+view whose request overran is closed with the reason, the other views get
+their table rebuilt and a fresh snapshot, and dashboards are told to
+reconnect.
 
 **Where things are.** Here: the table's life, following deltas, and
 subscribe/unsubscribe. :mod:`.subscription`: one subscription's state and
-messages. :mod:`.jobs`: the worker-thread jobs. :mod:`.watchers`: the
+messages. :mod:`.jobs`: the requests to the process. :mod:`.watchers`: the
 dashboards attached, and what ``reset`` must do.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Coroutine
-from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from protocol import Delta, Error, ErrorCode, Subscribe, Unsubscribe, View
 
 from ..ops.state import State
+from . import jobs
 from .config import ViewConfigError, check_columns
-from .jobs import apply_and_read, close_all, drop, open_and_read, read_all, rebuild, zones_of
+from .jobs import Budgets, vkey_of, zones_of
+from .process import ViewsFailed, ViewsLost, ViewsProcess
+from .sessions import Dashboards
 from .subscription import Subscription, no_such_view, refusal, view_exists
-from .tables import RoomTables
-from .watchers import Reset, Watchers
+from .upkeep import Upkeep
+from .watchers import Watchers
 
 if TYPE_CHECKING:
     from ..rooms.session import Session
 
-__all__ = ["RoomViews", "Subscription"]
+__all__ = ["RoomViews", "Subscription", "Budgets"]
 
 log = logging.getLogger("coframe.views")
 
-T = TypeVar("T")
 
-
-class RoomViews:
-    """Perspective table, subscriptions and dashboard watchers of one room.
-
-    ``executor`` runs its Perspective calls: the app's pool (:mod:`.service`),
-    shared by every room and closed by its owner, never asyncio's default one.
-    """
+class RoomViews(Dashboards, Upkeep):
+    """The room's table in the views process, its subscriptions and the dashboards watching it."""
 
     def __init__(
         self,
@@ -72,38 +71,37 @@ class RoomViews:
         on_idle: Callable[[], None] | None,
         send: Callable[[Any, Any, bool], None],
         *,
-        executor: Executor,
+        process: ViewsProcess,
+        budgets: Budgets | None = None,
+        ttl: float = 30.0,
     ) -> None:
         self.name = name  # also the Perspective table's name, e.g. "sales/main"
+        self.key = name  # the table's key in the views process (one audience per room today)
+        self.process = process
+        self.budgets = budgets or Budgets()
+        self.ttl = ttl
         self._send = send  # the room's outbound choke point: (session, message, droppable)
         self._current = current  # the room's published (state, seq)
-        self.tables: RoomTables | None = None  # one Perspective Server per room, made on first need
+        self.built: int | None = None  # the process generation the table was built in
         self.seq = 0  # the room seq the table reflects
         self.subs: dict[tuple[str, str], Subscription] = {}
-        self.builds = 0  # tables built so far (first load and rebuilds)
+        self.builds = 0  # tables built so far (first load, rebuilds, after a lost process)
         self.caught_up = 0  # deltas that arrived while a table was being built
         self._watchers = Watchers(on_idle)  # the dashboards attached
-        self._lock = asyncio.Lock()  # one Perspective job at a time, in a worker thread
+        self._sessions: dict[int, Callable[..., Any]] = {}  # dashboard sessions in the process: sid -> reset
+        self._lock = asyncio.Lock()  # one request at a time for this room
         self._incoming: list[Delta] = []
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._building = False
         self._closed = False
-        self._executor = executor
+        self._expiry: asyncio.TimerHandle | None = None
+        self._unlisten = process.on_lost(self._lost)
         state, _ = current()
         self._columns = {c["id"]: c["name"] for c in state.catalog.to_wire()}
         self._zones = zones_of(state.catalog.to_wire())
 
     # ---------------------------------------------------------------- jobs
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` (Perspective work) in a worker thread, after any job before it."""
-        async with self._lock:
-            return await self._run(fn, *args)
-
-    def _run(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        """``fn(*args)`` in the Perspective executor (the caller holds the lock)."""
-        return asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``work`` as a task these views own: :meth:`close` cancels it and waits for it."""
@@ -112,44 +110,53 @@ class RoomViews:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    @property
-    def _has_table(self) -> bool:
-        return self.tables is not None and self.name in self.tables._tables
+    async def barrier(self) -> None:
+        """Return once every request of this room queued before this call is done."""
+        async with self._lock:
+            pass
 
-    async def ensure(self) -> RoomTables:
-        """The room's tables, once its table is built.
+    @property
+    def has_table(self) -> bool:
+        """The table exists in the running views process."""
+        return (
+            self.built is not None and self.built == self.process.generation and self.process.pid is not None
+        )
+
+    async def ensure(self) -> None:
+        """Build the room's table if it is not built.
 
         Raises:
             ValueError: a column has no Perspective type (named in the message).
             RuntimeError: the room is closing.
         """
         async with self._lock:
-            return await self._ensure_locked()
+            await self._ensure_locked()
 
-    async def _ensure_locked(self) -> RoomTables:
+    async def _ensure_locked(self) -> None:
         if self._closed:
             raise RuntimeError(f"room {self.name} is closing")
-        if self.tables is None:
-            self.tables = RoomTables()
-        if not self._has_table:
-            await self._build_locked([])
-        return self.tables
+        self._cancel_expiry()
+        if not self.has_table:
+            await self._build_locked()
 
-    async def _build_locked(self, closers: list[Callable[[], None]]) -> None:
+    async def _build_locked(self) -> None:
         """(Re)build the table from the room's current state (the lock is held)."""
-        tables = self.tables
-        assert tables is not None
         state, seq = self._current()
         for sub in self.subs.values():
-            sub.view = None  # RoomTables.close deletes the old views
+            sub.vkey = None  # the old table's views go with it
         self._building = True
         try:
-            await self._run(rebuild, tables, self.name, state, closers)
+            gen = await self.process.start()
+            await jobs.build(self.process, self.key, self.name, state, None, self.budgets)
+        except ViewsFailed as e:
+            self._fail_subs(f"the room's Perspective table could not be built: {e.message}")
+            raise ValueError(e.message) from None
         except BaseException as e:
             self._fail_subs(f"the room's Perspective table could not be built: {e}")
             raise
         finally:
             self._building = False
+        self.built = gen
         self.seq = seq
         self.builds += 1
         # Older deltas are in the state; the pump applies the newer ones.
@@ -161,8 +168,8 @@ class RoomViews:
         """Follow one tick's delta (call after the room published the state it leads to)."""
         if delta.schema is not None:
             self._schema_changed(delta)
-        if self.tables is None or self._closed:
-            return
+        if (self.built is None and not self._building) or self._closed:
+            return  # no table, none being built: a build starts from the state then
         if self._building:
             self.caught_up += 1
         self._incoming.append(delta)
@@ -178,6 +185,8 @@ class RoomViews:
             while self._incoming and not self._closed:
                 async with self._lock:
                     await self._pump_once()
+        except ViewsLost:
+            pass  # _lost rebuilds
         except Exception:
             log.exception("views of room %s failed to follow its deltas", self.name)
         finally:
@@ -187,22 +196,23 @@ class RoomViews:
     async def _pump_once(self) -> None:
         batch = [d for d in self._incoming if d.seq_to > self.seq]
         self._incoming = []
-        if not batch or not self._has_table:
+        if not batch or not self.has_table:
             return
         if any(d.schema is not None for d in batch):
-            # Dashboards hold views on the old table (and a table with views cannot
-            # be deleted): their sessions are closed first, and they reconnect.
+            # Dashboards hold views on the old table: they are told to reconnect.
             reason = f"the schema changed at seq {batch[-1].seq_to}; reconnect to see the new columns"
-            closers = self._watchers.reset_all(reason)
+            self._watchers.reset_all(reason)
             if not (self.subs or self._watchers):
-                await self._run(drop, self.tables, self.name, closers)  # rebuilt on next need
+                await jobs.drop(self.process, self.key, self.budgets)  # rebuilt on next need
+                self.built = None
                 return
-            await self._build_locked(closers)
+            await self._build_locked()
             await self._reopen_locked()
             return
-        subs = [s for s in self.subs.values() if s.view is not None]
-        assert self.tables is not None
-        out = await self._run(apply_and_read, self.tables, self.name, batch, subs, self._zones)
+        subs = [s for s in self.subs.values() if s.vkey is not None]
+        out = await jobs.apply(
+            self.process, self.key, self.name, batch, subs, self._zones, None, self.budgets
+        )
         self.seq = batch[-1].seq_to
         for sub, result in zip(subs, out, strict=True):
             if self.subs.get(sub.key) is sub:
@@ -243,14 +253,18 @@ class RoomViews:
         try:
             async with self._lock:
                 await self._subscribe_locked(sub, msg)
+        except ViewsLost as e:
+            self._detach(sub)
+            code = ErrorCode.TOO_EXPENSIVE if e.overran else ErrorCode.INTERNAL
+            text = self._overran_reason() if e.overran else f"the views process restarted ({e.reason})"
+            self._reply(session, Error(code, f"cannot open view '{msg.view}': {text}", re=msg.id))
         except Exception as e:
-            if self.subs.get(key) is sub:
-                del self.subs[key]
+            self._detach(sub)
             code = ErrorCode.BAD_DTYPE if isinstance(e, ValueError) else ErrorCode.INTERNAL
             self._reply(session, Error(code, f"cannot open a view on room {self.name}: {e}", re=msg.id))
 
     async def _subscribe_locked(self, sub: Subscription, msg: Subscribe) -> None:
-        tables = await self._ensure_locked()
+        await self._ensure_locked()
         if self.subs.get(sub.key) is not sub or sub.session.closed:
             self._detach(sub)
             return  # gone meanwhile (a session's own requests run in order: never unsubscribed)
@@ -260,7 +274,7 @@ class RoomViews:
                     ErrorCode.NO_SUCH_COLUMN, f"cannot open the view: {sub.closing}", field="config"
                 )
             check_columns(sub.config, ["_rid", *self._columns.values()])
-            result = await self._open_locked(tables, sub)
+            result = await self._open_locked(sub)
         except ViewConfigError as e:
             self._detach(sub)
             self._reply(sub.session, Error(e.code, e.message, e.details, re=msg.id))
@@ -268,13 +282,23 @@ class RoomViews:
         if result is not None:
             self._deliver(sub, result, "snapshot", re=msg.id)
 
-    async def _open_locked(self, tables: RoomTables, sub: Subscription) -> tuple[pa.Table, int] | None:
-        """Open ``sub``'s view and read it; None (and the view deleted) if ``sub`` went meanwhile."""
-        view, result = await self._run(open_and_read, tables, self.name, sub, self._zones)
+    async def _open_locked(self, sub: Subscription) -> tuple[pa.Table, int] | None:
+        """Open ``sub``'s view and read it; None (and the view released) if ``sub`` went meanwhile."""
+        vkey = vkey_of(sub.config)
+        sub.vkey = vkey
+        try:
+            result = await jobs.open_view(self.process, self.key, self.name, sub, self._zones, self.budgets)
+        except ViewsFailed as e:
+            sub.vkey = None
+            code = ErrorCode.BAD_VIEW if e.code == "bad_view" else ErrorCode.INTERNAL
+            raise ViewConfigError(code, e.message, field="config") from None
+        except BaseException:
+            sub.vkey = None
+            raise
         if self.subs.get(sub.key) is not sub:
-            await self._run(view.delete)
+            sub.vkey = None
+            await jobs.unref(self.process, self.key, vkey, self.budgets)
             return None
-        sub.view = view
         return result
 
     async def unsubscribe(self, session: Session, msg: Unsubscribe) -> None:
@@ -292,29 +316,33 @@ class RoomViews:
 
     def resend(self, session: Session) -> None:
         """Queue a fresh snapshot of each of ``session``'s views (after a resync dropped updates)."""
-        subs = [s for s in self.subs.values() if s.session is session and s.view is not None]
+        subs = [s for s in self.subs.values() if s.session is session and s.vkey is not None]
         if subs:
             self.spawn(self._resend(subs))
 
     async def _resend(self, subs: list[Subscription]) -> None:
-        async with self._lock:
-            live = [s for s in subs if s.view is not None and self.subs.get(s.key) is s]
-            out = await self._run(read_all, live, self._zones)
-            for sub, result in zip(live, out, strict=True):
-                sub.last = None
-                self._deliver(sub, result, "snapshot")
+        try:
+            async with self._lock:
+                live = [s for s in subs if s.vkey is not None and self.subs.get(s.key) is s]
+                if not live or not self.has_table:
+                    return
+                out = await jobs.read(self.process, self.key, self.name, live, self._zones, self.budgets)
+                for sub, result in zip(live, out, strict=True):
+                    sub.last = None
+                    self._deliver(sub, result, "snapshot")
+        except ViewsLost:
+            pass  # _lost sends snapshots after the rebuild
 
     async def _reopen_locked(self) -> None:
         """After a rebuild: reopen every subscription's view and send it a snapshot."""
-        assert self.tables is not None
         for sub in list(self.subs.values()):
-            if sub.view is not None or sub.session.closed or not sub.sent:
+            if sub.vkey is not None or sub.session.closed or not sub.sent:
                 continue  # a first subscribe still waiting for the lock opens its own view
             result = None
             if sub.closing is None:
                 try:
                     check_columns(sub.config, ["_rid", *self._columns.values()])
-                    result = await self._open_locked(self.tables, sub)
+                    result = await self._open_locked(sub)
                 except ViewConfigError as e:
                     sub.closing = e.message
             if self.subs.get(sub.key) is not sub:
@@ -322,6 +350,7 @@ class RoomViews:
             if sub.closing is not None:
                 self._close_sub(sub, sub.closing)
             elif result is not None:
+                sub.last = None
                 self._deliver(sub, result, "snapshot")
 
     def _deliver(
@@ -346,12 +375,18 @@ class RoomViews:
     def _detach(self, sub: Subscription) -> None:
         if self.subs.get(sub.key) is sub:
             del self.subs[sub.key]
+        self._maybe_expire()
 
     async def _forget(self, sub: Subscription) -> None:
         self._detach(sub)
-        view, sub.view = sub.view, None
-        if view is not None:
-            await self.call(view.delete)
+        vkey, sub.vkey = sub.vkey, None
+        if vkey is not None and self.has_table:
+            try:
+                async with self._lock:
+                    if self.has_table:
+                        await jobs.unref(self.process, self.key, vkey, self.budgets)
+            except ViewsLost:
+                pass
 
     def _fail_subs(self, reason: str) -> None:
         for sub in list(self.subs.values()):
@@ -361,48 +396,22 @@ class RoomViews:
     def _reply(self, session: Session, msg: Any) -> None:
         self._send(session, msg, False)
 
-    # ---------------------------------------------------------------- dashboards
-
-    @property
-    def watchers(self) -> int:
-        """Dashboards attached (they keep the room loaded)."""
-        return len(self._watchers)
-
-    async def attach(self, reset: Reset) -> RoomTables:
-        """Pin the room for a dashboard and return its tables (built if needed).
-
-        Before the table is rebuilt after a schema change or closed,
-        ``reset(reason)`` is called on the loop (see :mod:`.watchers` for what
-        it must do). Every other Perspective call for the dashboard goes
-        through :meth:`call`. Call :meth:`detach` with the same ``reset`` once
-        the dashboard is gone.
-        """
-        self._watchers.add(reset)
-        try:
-            return await self.ensure()
-        except BaseException:
-            self.detach(reset)
-            raise
-
-    def detach(self, reset: Reset) -> None:
-        self._watchers.remove(reset)
-
     # ---------------------------------------------------------------- lifecycle
 
     async def close(self) -> None:
-        """Delete every view and the table (the room is unloading), then end the views' tasks.
-
-        The pump and other jobs wait for the lock that this holds while the
-        table goes, so they are cancelled after, and awaited: none outlives
-        the views.
-        """
+        """Drop the table (the room is unloading), then end the views' tasks."""
         self._closed = True
-        closers = self._watchers.reset_all("the room is unloading")
+        self._cancel_expiry()
+        self._unlisten()
+        self._watchers.reset_all("the room is unloading")
         async with self._lock:
-            views = [s.view for s in self.subs.values() if s.view is not None]
             self.subs.clear()
-            if self.tables is not None:
-                await self._run(close_all, self.tables, views, closers)
+            if self.has_table:
+                try:
+                    await jobs.drop(self.process, self.key, self.budgets)
+                except (ViewsLost, RuntimeError):
+                    pass
+            self.built = None
         tasks = [t for t in (self._pump, *self._tasks) if t is not None and t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()

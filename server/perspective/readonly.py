@@ -22,7 +22,7 @@ the caller's promise rejects with our message.
 table and view requests name a view this connection made, so a dashboard
 cannot reach another client's views, and that the expressions of a
 ``table_make_view_req`` or ``table_validate_expr_req`` pass
-:func:`.config.check_expression` (no vectors, no loops), as a ``subscribe``'s do.
+:func:`.config.check_expression` (not too long to parse), as a ``subscribe``'s do.
 
 Field numbers are those of perspective-python / @perspective-dev 5.5.1
 (``rust/perspective-client/perspective.proto``), checked against the

@@ -1,13 +1,8 @@
-"""The app's live views: every room's :class:`~.live.RoomViews`, on one Perspective executor.
+"""The app's live views: every room's :class:`~.live.RoomViews`, on the node's views process.
 
-Perspective work (building a table, opening, updating and reading views,
-the dashboards' requests) runs in worker threads so the event loop stays
-free. Those threads are a pool of their own, :attr:`LiveViews.executor`,
-never asyncio's default executor: storage (chunk reads, diffs, uploads,
-exports) and heavy ops use that one, and a slow view, even one in every
-room, must not hold them up. Each room runs one Perspective job at a time,
-so :data:`THREADS` rooms' views work at once and the others' wait their
-turn; nothing else does.
+Perspective runs in a process of its own (:mod:`.process`, :mod:`.worker`),
+started on the first view or dashboard and restarted after a loss. Each room's
+views send it their requests one at a time; every room shares it.
 
 The registry owns the factory and calls :meth:`LiveViews.close` once every
 room is closed.
@@ -16,23 +11,30 @@ room is closed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..ops.state import State
+from .jobs import Budgets
 from .live import RoomViews
+from .process import ViewsProcess
 
-__all__ = ["LiveViews", "THREADS"]
-
-#: Perspective worker threads for the whole process.
-THREADS = 4
+__all__ = ["LiveViews"]
 
 
 class LiveViews:
-    """Makes each room's views (the registry's ``views`` factory) and owns their executor."""
+    """Makes each room's views (the registry's ``views`` factory) and owns the views process."""
 
-    def __init__(self, threads: int = THREADS) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="perspective")
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        build_timeout: float = 120.0,
+        memory_bytes: int = 0,
+        ttl: float = 30.0,
+    ) -> None:
+        self.process = ViewsProcess(memory_bytes=memory_bytes)
+        self.budgets = Budgets(view=timeout, build=build_timeout)
+        self.ttl = ttl
 
     def __call__(
         self,
@@ -41,9 +43,10 @@ class LiveViews:
         on_idle: Callable[[], None],
         send: Callable[[Any, Any, bool], None],
     ) -> RoomViews:
-        return RoomViews(name, current, on_idle, send, executor=self.executor)
+        return RoomViews(
+            name, current, on_idle, send, process=self.process, budgets=self.budgets, ttl=self.ttl
+        )
 
     async def close(self) -> None:
-        """Shut the executor down. Every room's views are closed by now, so no job is left;
-        the threads end without the loop waiting for them."""
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the views process (every room's views are closed by now)."""
+        await self.process.close()

@@ -3,7 +3,7 @@
 A :class:`Subscription` is one ``subscribe`` of one session on a room:
 its config, viewport and Perspective view, and what it was last sent.
 :class:`~.live.RoomViews` keeps them and decides when to read them (the
-reads are worker-thread jobs in :mod:`.jobs`); here is what a subscription
+reads are requests to the views process, :mod:`.jobs`); here is what a subscription
 does with a schema change (:meth:`Subscription.follow_schema`) and with a
 read (:meth:`Subscription.message`), and the errors a ``subscribe`` or
 ``unsubscribe`` naming the wrong view, or a refused config, gets. :mod:`.live` re-exports
@@ -20,7 +20,6 @@ import pyarrow as pa
 from protocol import Error, ErrorCode, Subscribe, Unsubscribe, View
 
 from .config import ViewConfigError, check_expressions, remap
-from .tables import RoomView
 
 if TYPE_CHECKING:
     from ..rooms.session import Session
@@ -30,13 +29,14 @@ __all__ = ["Subscription", "view_exists", "no_such_view", "refusal"]
 
 @dataclass(eq=False, slots=True)
 class Subscription:
-    """One ``subscribe`` of one session: its config, viewport and Perspective view."""
+    """One ``subscribe`` of one session: its config, viewport and the key of its Perspective view
+    (``vkey``, shared by identical configs; None while it has none)."""
 
     session: Session
     name: str
     config: dict[str, Any]
     viewport: tuple[int, int] | None
-    view: RoomView | None = None
+    vkey: str | None = None
     last: pa.Table | None = None  # the content last sent, to skip unchanged updates
     closing: str | None = None  # why the view cannot survive the last schema change
     sent: int = 0  # messages sent for it; 0 while its first subscribe is still waiting

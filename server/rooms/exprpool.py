@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import signal
 import socket
 import subprocess
@@ -40,6 +39,7 @@ import polars as pl
 
 from protocol import ErrorCode
 
+from ..memory import limit_address_space
 from ..ops.exprcost import ExprCost, evaluate_ipc, frame_to_ipc, series_from_ipc
 from ..ops.sandbox import EXPR_FAILURES
 from ..ops.state import OpError
@@ -258,7 +258,7 @@ def main(fd: int, memory_bytes: int) -> None:
 def serve(conn: Connection, memory_bytes: int) -> None:
     """A worker's loop: warm up, limit the address space, answer until the parent hangs up."""
     _warm_up()
-    _limit_address_space(memory_bytes)
+    limit_address_space(memory_bytes)
     conn.send_bytes(READY)
     while True:
         try:
@@ -293,23 +293,3 @@ def _warm_up() -> None:
     frame = pl.DataFrame({"s": [f"r{i}" for i in range(n)], "n": list(range(n))})
     out = evaluate_ipc("upper(s) || cast(n * 2 as varchar)", frame_to_ipc(frame))
     series_from_ipc(out)
-
-
-def _address_space() -> int:
-    """This process's address space in bytes (0 where /proc is not available)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _limit_address_space(memory_bytes: int) -> None:
-    limit = _address_space() + memory_bytes
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
