@@ -104,7 +104,7 @@ async def test_invalid_configs_are_rejected_naming_the_key(make_server: Any) -> 
             ({"aggregates": {"price": "bogus"}, "group_by": ["region"]}, "bad_view", "config"),
             ({"filter": [["qty", "~~", 1]]}, "bad_view", "config"),
             ({"sort": [["qty", "sideways"]]}, "bad_view", "config"),
-            ({"expressions": {"x": '"ghost" * 2'}, "columns": ["x"]}, "bad_view", "config"),
+            ({"expressions": {"x": '"ghost" * 2'}, "columns": ["x"]}, "no_such_column", "config.expressions"),
         ]
         for config, code, field in cases:
             with pytest.raises(OpRejected) as e:
@@ -191,15 +191,22 @@ async def test_unsubscribe_and_leave_delete_views(make_server: Any) -> None:
         await peer.close()
 
 
-async def test_tables_are_lazy_and_one_per_room(make_server: Any) -> None:
+async def test_tables_are_lazy_one_per_room_and_hold_only_used_columns(make_server: Any) -> None:
     async with make_server(frames={"sales": small_frame(10)}) as srv, connect(srv.url, "sales") as room:
         views = srv.room().views
         assert views.built is None  # nobody watches: no Perspective table yet
         await room.set_cells([0], "qty", [1])
-        await room.subscribe_view(columns=["qty"])
-        await room.subscribe_view(**SUM)
-        assert list(await views.process.stats()) == ["sales/main"]
-        assert views.builds == 1
+        qty = await room.subscribe_view(columns=["qty"])
+        held = await views.process.stats()
+        assert list(held) == ["sales/main"] and held["sales/main"]["columns"] == ["_rid", "qty"]
+        snapshots = qty.updates()
+        await room.subscribe_view(**SUM)  # needs price and region too: the table is rebuilt wider
+        held = await views.process.stats()
+        assert list(held) == ["sales/main"]
+        assert sorted(held["sales/main"]["columns"]) == ["_rid", "price", "qty", "region"]
+        assert views.builds == 2
+        ev = await asyncio.wait_for(anext(snapshots), timeout(10))  # the first view's fresh snapshot
+        assert ev.kind == "snapshot" and ev.frame["qty"].to_list()[0] == 1
 
 
 async def test_view_on_a_zoned_timestamp_keeps_its_zone(make_server: Any) -> None:

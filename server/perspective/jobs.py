@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ from protocol.arrow import table_to_ipc
 from protocol.dtypes import frame_to_arrow, parse_dtype
 
 from ..ops.state import State
+from ..rooms.outbound import Audience
+from .audience import frame_for, stream_for
 from .config import for_perspective
 from .payload import DEFAULT_VIEWPORT_ROWS, is_grouped
 from .process import ViewsProcess
@@ -58,16 +61,22 @@ def viewport_of(config: dict[str, Any], viewport: tuple[int, int] | None) -> lis
     return [viewport[0], viewport[1]]
 
 
-def _frame_ipc(state: State, columns: list[str] | None) -> bytes:
-    frame = state.frame if columns is None else state.frame.select(columns)
-    return table_to_ipc(frame_to_arrow(frame))
+def _frame_ipc(state: State, audience: Audience, columns: Iterable[str] | None) -> bytes:
+    return table_to_ipc(frame_to_arrow(frame_for(state, audience, columns)))
 
 
 async def build(
-    proc: ViewsProcess, key: str, name: str, state: State, columns: list[str] | None, budgets: Budgets
+    proc: ViewsProcess,
+    key: str,
+    name: str,
+    state: State,
+    audience: Audience,
+    columns: Iterable[str] | None,
+    budgets: Budgets,
 ) -> None:
-    """(Re)build table ``key`` (Perspective name ``name``) from ``state`` (only ``columns``, if given)."""
-    ipc = await asyncio.to_thread(_frame_ipc, state, columns)
+    """(Re)build table ``key`` (Perspective name ``name``): ``audience``'s rows of ``state`` and
+    its visible ``columns`` (every visible one for None)."""
+    ipc = await asyncio.to_thread(_frame_ipc, state, audience, columns)
     await proc.call(
         {"op": "build", "table": key, "name": name, "ipc": ipc}, budget=budgets.build, tag=Tag("build", name)
     )
@@ -77,13 +86,13 @@ async def drop(proc: ViewsProcess, key: str, budgets: Budgets) -> None:
     await proc.call({"op": "drop", "table": key}, budget=budgets.build, tag=None)
 
 
-def _delta_wire(delta: Delta, columns: set[str] | None) -> list[Any]:
-    upserts = delta.upserts
-    if upserts is not None and columns is not None:
-        keep = [c for c in upserts.column_names if c == "_rid" or c in columns]
-        upserts = upserts.select(keep) if len(keep) > 1 else None
-    data = table_to_ipc(upserts) if upserts is not None and upserts.num_rows else None
-    return [list(delta.deleted), data]
+def _steps_wire(
+    batch: list[Delta], state: State, audience: Audience, columns: Iterable[str] | None
+) -> list[Any]:
+    return [
+        [removed, table_to_ipc(upserts) if upserts is not None else None]
+        for removed, upserts in stream_for(batch, state, audience, columns)
+    ]
 
 
 def _decode(answer: list[Any]) -> list[tuple[pa.Table, int] | Exception]:
@@ -106,13 +115,18 @@ async def apply(
     key: str,
     name: str,
     batch: list[Delta],
+    state: State,
+    audience: Audience,
+    columns: Iterable[str] | None,
     subs: list[Any],
     zones: dict[str, str],
-    columns: set[str] | None,
     budgets: Budgets,
 ) -> list[tuple[pa.Table, int] | Exception]:
-    """Apply ``batch`` (one poll), then read each of ``subs``' views: a result or an exception each."""
-    deltas = await asyncio.to_thread(lambda: [_delta_wire(d, columns) for d in batch])
+    """Apply ``batch`` (its stream for ``audience``, one poll), then read each of ``subs``' views.
+
+    ``state`` is the room's state after the batch. Each read is a result or an exception.
+    """
+    deltas = await asyncio.to_thread(_steps_wire, batch, state, audience, columns)
     req = {"op": "apply", "table": key, "deltas": deltas, "reads": _reads(subs), "zones": zones}
     return _decode(await proc.call(req, budget=budgets.view, tag=Tag("apply", name, tuple(subs))))
 

@@ -2,11 +2,16 @@
 
 Each :class:`~server.rooms.room.Room` has one :class:`RoomViews`. Perspective
 itself runs in the node's views process (:mod:`.process`, :mod:`.host`);
-this is the room's side of it. The room's table is built there the first
-time something needs it (a ``subscribe``, or a dashboard through
+this is the room's side of it. The room has one table there per
+**audience** that has views (:mod:`.audience`, :mod:`.vtable`): the
+audience's rows and the visible columns its views use. A table is built
+the first time something needs it (a ``subscribe``, or a dashboard through
 :meth:`RoomViews.attach`): about 4 s at 1M rows, and a room nobody watches
-should not pay for it. It is dropped :attr:`Budgets.ttl` seconds after the
-last view and dashboard left, and when the room unloads.
+should not pay for it. A view that needs a column the table lacks rebuilds
+it with that column (its other views get a fresh snapshot); ``ttl``
+seconds after the last view left, the table is dropped, or rebuilt without
+the columns no view uses any more; and every table goes when the room
+unloads.
 
 Once built, the table follows the room: the tick loop calls
 :meth:`RoomViews.on_delta` once per tick with the tick's delta; deltas
@@ -44,13 +49,16 @@ import pyarrow as pa
 from protocol import Delta, Error, ErrorCode, Subscribe, Unsubscribe, View
 
 from ..ops.state import State
+from ..rooms.outbound import EVERYONE, Audience
 from . import jobs
+from .audience import expression_columns, table_key, visible_columns
 from .config import ViewConfigError, check_columns
 from .jobs import Budgets, vkey_of, zones_of
 from .process import ViewsFailed, ViewsLost, ViewsProcess
 from .sessions import Dashboards
 from .subscription import Subscription, no_such_view, refusal, view_exists
 from .upkeep import Upkeep
+from .vtable import ViewTable, wanted_columns
 from .watchers import Watchers
 
 if TYPE_CHECKING:
@@ -62,7 +70,7 @@ log = logging.getLogger("coframe.views")
 
 
 class RoomViews(Dashboards, Upkeep):
-    """The room's table in the views process, its subscriptions and the dashboards watching it."""
+    """The room's tables in the views process, its subscriptions and the dashboards watching it."""
 
     def __init__(
         self,
@@ -75,33 +83,29 @@ class RoomViews(Dashboards, Upkeep):
         budgets: Budgets | None = None,
         ttl: float = 30.0,
     ) -> None:
-        self.name = name  # also the Perspective table's name, e.g. "sales/main"
-        self.key = name  # the table's key in the views process (one audience per room today)
+        self.name = name  # also the Perspective tables' name, e.g. "sales/main"
+        self.key = name  # the EVERYONE table's key in the views process
         self.process = process
         self.budgets = budgets or Budgets()
         self.ttl = ttl
         self._send = send  # the room's outbound choke point: (session, message, droppable)
         self._current = current  # the room's published (state, seq)
-        self.built: int | None = None  # the process generation the table was built in
-        self.seq = 0  # the room seq the table reflects
+        self.tables: dict[Audience, ViewTable] = {}
         self.subs: dict[tuple[str, str], Subscription] = {}
         self.builds = 0  # tables built so far (first load, rebuilds, after a lost process)
         self.caught_up = 0  # deltas that arrived while a table was being built
         self._watchers = Watchers(on_idle)  # the dashboards attached
         self._sessions: dict[int, Callable[..., Any]] = {}  # dashboard sessions in the process: sid -> reset
         self._lock = asyncio.Lock()  # one request at a time for this room
-        self._incoming: list[Delta] = []
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._building = False
         self._closed = False
-        self._expiry: asyncio.TimerHandle | None = None
         self._unlisten = process.on_lost(self._lost)
         state, _ = current()
         self._columns = {c["id"]: c["name"] for c in state.catalog.to_wire()}
         self._zones = zones_of(state.catalog.to_wire())
 
-    # ---------------------------------------------------------------- jobs
+    # ---------------------------------------------------------------- tables
 
     def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``work`` as a task these views own: :meth:`close` cancels it and waits for it."""
@@ -115,15 +119,40 @@ class RoomViews(Dashboards, Upkeep):
         async with self._lock:
             pass
 
+    def _table(self, audience: Audience) -> ViewTable:
+        t = self.tables.get(audience)
+        if t is None:
+            t = self.tables[audience] = ViewTable(audience, table_key(self.name, audience))
+        return t
+
+    def live(self, t: ViewTable) -> bool:
+        """``t`` exists in the running views process."""
+        return t.built is not None and t.built == self.process.generation and self.process.pid is not None
+
+    @property
+    def built(self) -> int | None:
+        """The generation the EVERYONE table was built in (None: not built)."""
+        t = self.tables.get(EVERYONE)
+        return None if t is None else t.built
+
     @property
     def has_table(self) -> bool:
-        """The table exists in the running views process."""
-        return (
-            self.built is not None and self.built == self.process.generation and self.process.pid is not None
-        )
+        """The EVERYONE table (the dashboards') exists in the running views process."""
+        t = self.tables.get(EVERYONE)
+        return t is not None and self.live(t)
+
+    @property
+    def seq(self) -> int:
+        t = self.tables.get(EVERYONE)
+        return 0 if t is None else t.seq
+
+    def _wanted(self, t: ViewTable, extra: list[dict[str, Any]] = ()) -> set[str] | None:  # type: ignore[assignment]
+        configs = [s.config for s in self.subs.values() if s.table is t and s.closing is None]
+        everything = t.audience == EVERYONE and bool(self._watchers)
+        return wanted_columns([*configs, *extra], everything)
 
     async def ensure(self) -> None:
-        """Build the room's table if it is not built.
+        """Build the EVERYONE table with every column (for a dashboard), if it is not.
 
         Raises:
             ValueError: a column has no Perspective type (named in the message).
@@ -132,35 +161,44 @@ class RoomViews(Dashboards, Upkeep):
         async with self._lock:
             await self._ensure_locked()
 
-    async def _ensure_locked(self) -> None:
+    async def _ensure_locked(self, t: ViewTable | None = None, config: dict[str, Any] | None = None) -> None:
+        """Build ``t`` (default: EVERYONE's) if it is not, with the columns ``config`` needs too."""
         if self._closed:
             raise RuntimeError(f"room {self.name} is closing")
-        self._cancel_expiry()
-        if not self.has_table:
-            await self._build_locked()
+        t = t or self._table(EVERYONE)
+        self._cancel_expiry(t)
+        wanted = self._wanted(t, [config] if config is not None else [])
+        if not self.live(t):
+            await self._build_locked(t, wanted)
+        elif not t.covers(wanted):  # a view needs a column the table lacks: rebuild it wider
+            await self._build_locked(t, wanted)
+            await self._reopen_locked(t)
 
-    async def _build_locked(self) -> None:
-        """(Re)build the table from the room's current state (the lock is held)."""
+    async def _build_locked(self, t: ViewTable, wanted: set[str] | None = None) -> None:
+        """(Re)build ``t`` from the room's current state, holding ``wanted`` (the lock is held)."""
         state, seq = self._current()
         for sub in self.subs.values():
-            sub.vkey = None  # the old table's views go with it
-        self._building = True
+            if sub.table is t:
+                sub.vkey = None  # the old table's views go with it
+        visible = set(visible_columns(state, t.audience))
+        columns = None if wanted is None else sorted(wanted & visible)
+        t.building = True
         try:
             gen = await self.process.start()
-            await jobs.build(self.process, self.key, self.name, state, None, self.budgets)
+            await jobs.build(self.process, t.key, self.name, state, t.audience, columns, self.budgets)
         except ViewsFailed as e:
-            self._fail_subs(f"the room's Perspective table could not be built: {e.message}")
+            self._fail_subs(t, f"the room's Perspective table could not be built: {e.message}")
             raise ValueError(e.message) from None
         except BaseException as e:
-            self._fail_subs(f"the room's Perspective table could not be built: {e}")
+            self._fail_subs(t, f"the room's Perspective table could not be built: {e}")
             raise
         finally:
-            self._building = False
-        self.built = gen
-        self.seq = seq
+            t.building = False
+        t.built, t.seq = gen, seq
+        t.columns = None if columns is None else frozenset(columns)
         self.builds += 1
         # Older deltas are in the state; the pump applies the newer ones.
-        self._incoming = [d for d in self._incoming if d.seq_to > seq]
+        t.incoming = [(d, st) for d, st in t.incoming if d.seq_to > seq]
 
     # ---------------------------------------------------------------- ticks
 
@@ -168,23 +206,29 @@ class RoomViews(Dashboards, Upkeep):
         """Follow one tick's delta (call after the room published the state it leads to)."""
         if delta.schema is not None:
             self._schema_changed(delta)
-        if (self.built is None and not self._building) or self._closed:
-            return  # no table, none being built: a build starts from the state then
-        if self._building:
-            self.caught_up += 1
-        self._incoming.append(delta)
+        if self._closed:
+            return
+        state = self._current()[0]
+        for t in self.tables.values():
+            if t.built is None and not t.building:
+                continue  # no table, none being built: a build starts from the state then
+            if t.building:
+                self.caught_up += 1
+            t.incoming.append((delta, state))
         self._kick()
 
     def _kick(self) -> None:
         """Start the pump that applies queued deltas, unless it is running."""
-        if self._pump is None and self._incoming and not self._closed:
+        if self._pump is None and not self._closed and any(t.incoming for t in self.tables.values()):
             self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name=f"views:{self.name}")
 
     async def _run_pump(self) -> None:
         try:
-            while self._incoming and not self._closed:
+            while not self._closed and any(t.incoming for t in self.tables.values()):
                 async with self._lock:
-                    await self._pump_once()
+                    for t in list(self.tables.values()):
+                        if t.incoming:
+                            await self._pump_once(t)
         except ViewsLost:
             pass  # _lost rebuilds
         except Exception:
@@ -193,27 +237,39 @@ class RoomViews(Dashboards, Upkeep):
             self._pump = None
             self._kick()  # after a failure, deltas that came in meanwhile still get applied
 
-    async def _pump_once(self) -> None:
-        batch = [d for d in self._incoming if d.seq_to > self.seq]
-        self._incoming = []
-        if not batch or not self.has_table:
+    async def _pump_once(self, t: ViewTable) -> None:
+        items = [(d, st) for d, st in t.incoming if d.seq_to > t.seq]
+        t.incoming = []
+        if not items or not self.live(t):
             return
+        batch, state = [d for d, _ in items], items[-1][1]
         if any(d.schema is not None for d in batch):
-            # Dashboards hold views on the old table: they are told to reconnect.
-            reason = f"the schema changed at seq {batch[-1].seq_to}; reconnect to see the new columns"
-            self._watchers.reset_all(reason)
-            if not (self.subs or self._watchers):
-                await jobs.drop(self.process, self.key, self.budgets)  # rebuilt on next need
-                self.built = None
+            if t.audience == EVERYONE:  # dashboards hold views on the old table: they reconnect
+                reason = f"the schema changed at seq {batch[-1].seq_to}; reconnect to see the new columns"
+                self._watchers.reset_all(reason)
+            if not any(s.table is t for s in self.subs.values()) and not (
+                t.audience == EVERYONE and self._watchers
+            ):
+                await jobs.drop(self.process, t.key, self.budgets)  # rebuilt on next need
+                t.built = None
                 return
-            await self._build_locked()
-            await self._reopen_locked()
+            await self._build_locked(t, self._wanted(t))
+            await self._reopen_locked(t)
             return
-        subs = [s for s in self.subs.values() if s.vkey is not None]
+        subs = [s for s in self.subs.values() if s.table is t and s.vkey is not None]
         out = await jobs.apply(
-            self.process, self.key, self.name, batch, subs, self._zones, None, self.budgets
+            self.process,
+            t.key,
+            self.name,
+            batch,
+            state,
+            t.audience,
+            t.columns,
+            subs,
+            self._zones,
+            self.budgets,
         )
-        self.seq = batch[-1].seq_to
+        t.seq = batch[-1].seq_to
         for sub, result in zip(subs, out, strict=True):
             if self.subs.get(sub.key) is sub:
                 self._deliver(sub, result, "update")
@@ -263,17 +319,40 @@ class RoomViews(Dashboards, Upkeep):
             code = ErrorCode.BAD_DTYPE if isinstance(e, ValueError) else ErrorCode.INTERNAL
             self._reply(session, Error(code, f"cannot open a view on room {self.name}: {e}", re=msg.id))
 
+    def _check(self, sub: Subscription) -> None:
+        """Raise ViewConfigError if ``sub``'s config names a column its audience cannot see."""
+        if sub.closing is not None:  # a schema change made the config impossible
+            raise ViewConfigError(
+                ErrorCode.NO_SUCH_COLUMN, f"cannot open the view: {sub.closing}", field="config"
+            )
+        audience = getattr(sub.session, "audience", EVERYONE)
+        visible = visible_columns(self._current()[0], audience)
+        check_columns(sub.config, ["_rid", *visible])
+        exprs = sub.config.get("expressions", {})
+        for name, text in exprs.items():
+            for col in sorted(expression_columns(text) - set(visible) - set(exprs) - {"_rid"}):
+                raise ViewConfigError(
+                    ErrorCode.NO_SUCH_COLUMN,
+                    f"view expression '{name}' names column '{col}', which is not in the table;"
+                    f" columns: {', '.join(visible)}",
+                    field="config.expressions",
+                    column=col,
+                )
+
     async def _subscribe_locked(self, sub: Subscription, msg: Subscribe) -> None:
-        await self._ensure_locked()
+        try:
+            self._check(sub)
+        except ViewConfigError as e:
+            self._detach(sub)
+            self._reply(sub.session, Error(e.code, e.message, e.details, re=msg.id))
+            return
+        t = self._table(getattr(sub.session, "audience", EVERYONE))
+        await self._ensure_locked(t, sub.config)
         if self.subs.get(sub.key) is not sub or sub.session.closed:
             self._detach(sub)
             return  # gone meanwhile (a session's own requests run in order: never unsubscribed)
+        sub.table = t
         try:
-            if sub.closing is not None:  # a schema change made the config impossible
-                raise ViewConfigError(
-                    ErrorCode.NO_SUCH_COLUMN, f"cannot open the view: {sub.closing}", field="config"
-                )
-            check_columns(sub.config, ["_rid", *self._columns.values()])
             result = await self._open_locked(sub)
         except ViewConfigError as e:
             self._detach(sub)
@@ -284,10 +363,11 @@ class RoomViews(Dashboards, Upkeep):
 
     async def _open_locked(self, sub: Subscription) -> tuple[pa.Table, int] | None:
         """Open ``sub``'s view and read it; None (and the view released) if ``sub`` went meanwhile."""
+        t = sub.table
         vkey = vkey_of(sub.config)
         sub.vkey = vkey
         try:
-            result = await jobs.open_view(self.process, self.key, self.name, sub, self._zones, self.budgets)
+            result = await jobs.open_view(self.process, t.key, self.name, sub, self._zones, self.budgets)
         except ViewsFailed as e:
             sub.vkey = None
             code = ErrorCode.BAD_VIEW if e.code == "bad_view" else ErrorCode.INTERNAL
@@ -297,7 +377,7 @@ class RoomViews(Dashboards, Upkeep):
             raise
         if self.subs.get(sub.key) is not sub:
             sub.vkey = None
-            await jobs.unref(self.process, self.key, vkey, self.budgets)
+            await jobs.unref(self.process, t.key, vkey, self.budgets)
             return None
         return result
 
@@ -307,7 +387,8 @@ class RoomViews(Dashboards, Upkeep):
             self._reply(session, no_such_view(msg))
             return
         await self._forget(sub)
-        self._reply(session, View(msg.view, "closed", self.seq, reason="unsubscribed", re=msg.id))
+        seq = sub.table.seq if sub.table is not None else self.seq
+        self._reply(session, View(msg.view, "closed", seq, reason="unsubscribed", re=msg.id))
 
     def drop_session(self, session: Session) -> None:
         """Delete every view of a session that left."""
@@ -323,25 +404,28 @@ class RoomViews(Dashboards, Upkeep):
     async def _resend(self, subs: list[Subscription]) -> None:
         try:
             async with self._lock:
-                live = [s for s in subs if s.vkey is not None and self.subs.get(s.key) is s]
-                if not live or not self.has_table:
-                    return
-                out = await jobs.read(self.process, self.key, self.name, live, self._zones, self.budgets)
-                for sub, result in zip(live, out, strict=True):
-                    sub.last = None
-                    self._deliver(sub, result, "snapshot")
+                for t in {id(s.table): s.table for s in subs}.values():
+                    live = [
+                        s for s in subs if s.table is t and s.vkey is not None and self.subs.get(s.key) is s
+                    ]
+                    if not live or not self.live(t):
+                        continue
+                    out = await jobs.read(self.process, t.key, self.name, live, self._zones, self.budgets)
+                    for sub, result in zip(live, out, strict=True):
+                        sub.last = None
+                        self._deliver(sub, result, "snapshot")
         except ViewsLost:
             pass  # _lost sends snapshots after the rebuild
 
-    async def _reopen_locked(self) -> None:
-        """After a rebuild: reopen every subscription's view and send it a snapshot."""
+    async def _reopen_locked(self, t: ViewTable) -> None:
+        """After ``t`` was rebuilt: reopen each of its subscriptions' views and send a snapshot."""
         for sub in list(self.subs.values()):
-            if sub.vkey is not None or sub.session.closed or not sub.sent:
+            if sub.table is not t or sub.vkey is not None or sub.session.closed or not sub.sent:
                 continue  # a first subscribe still waiting for the lock opens its own view
             result = None
             if sub.closing is None:
                 try:
-                    check_columns(sub.config, ["_rid", *self._columns.values()])
+                    self._check(sub)
                     result = await self._open_locked(sub)
                 except ViewConfigError as e:
                     sub.closing = e.message
@@ -363,34 +447,37 @@ class RoomViews(Dashboards, Upkeep):
             self._close_sub(sub, f"the view could not be read ({type(result).__name__}: {result})")
             return
         table, rows = result
-        msg = sub.message(kind, self.seq, table, rows, re)
+        msg = sub.message(kind, sub.table.seq, table, rows, re)
         if msg is not None:
             self._send(sub.session, msg, kind == "update")
 
     def _close_sub(self, sub: Subscription, reason: str) -> None:
         self._detach(sub)  # at once, so no update can follow the ``closed``
         self.spawn(self._forget(sub))
-        self._reply(sub.session, View(sub.name, "closed", self.seq, reason=reason))
+        seq = sub.table.seq if sub.table is not None else self.seq
+        self._reply(sub.session, View(sub.name, "closed", seq, reason=reason))
 
     def _detach(self, sub: Subscription) -> None:
         if self.subs.get(sub.key) is sub:
             del self.subs[sub.key]
-        self._maybe_expire()
+        if sub.table is not None:
+            self._maybe_expire(sub.table)
 
     async def _forget(self, sub: Subscription) -> None:
         self._detach(sub)
         vkey, sub.vkey = sub.vkey, None
-        if vkey is not None and self.has_table:
+        t = sub.table
+        if vkey is not None and t is not None and self.live(t):
             try:
                 async with self._lock:
-                    if self.has_table:
-                        await jobs.unref(self.process, self.key, vkey, self.budgets)
+                    if self.live(t):
+                        await jobs.unref(self.process, t.key, vkey, self.budgets)
             except ViewsLost:
                 pass
 
-    def _fail_subs(self, reason: str) -> None:
+    def _fail_subs(self, t: ViewTable, reason: str) -> None:
         for sub in list(self.subs.values()):
-            if sub.sent:
+            if sub.sent and sub.table is t:
                 self._close_sub(sub, reason)
 
     def _reply(self, session: Session, msg: Any) -> None:
@@ -399,19 +486,21 @@ class RoomViews(Dashboards, Upkeep):
     # ---------------------------------------------------------------- lifecycle
 
     async def close(self) -> None:
-        """Drop the table (the room is unloading), then end the views' tasks."""
+        """Drop the tables (the room is unloading), then end the views' tasks."""
         self._closed = True
-        self._cancel_expiry()
+        for t in self.tables.values():
+            self._cancel_expiry(t)
         self._unlisten()
         self._watchers.reset_all("the room is unloading")
         async with self._lock:
             self.subs.clear()
-            if self.has_table:
-                try:
-                    await jobs.drop(self.process, self.key, self.budgets)
-                except (ViewsLost, RuntimeError):
-                    pass
-            self.built = None
+            for t in self.tables.values():
+                if self.live(t):
+                    try:
+                        await jobs.drop(self.process, t.key, self.budgets)
+                    except (ViewsLost, RuntimeError):
+                        pass
+                t.built = None
         tasks = [t for t in (self._pump, *self._tasks) if t is not None and t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()

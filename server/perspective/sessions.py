@@ -13,8 +13,10 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..rooms.outbound import EVERYONE, Audience
 from .jobs import Budgets, Tag
 from .process import ViewsLost, ViewsProcess
+from .vtable import ViewTable
 from .watchers import Reset, Watchers
 
 __all__ = ["Dashboards"]
@@ -37,11 +39,15 @@ class Dashboards:
 
         async def ensure(self) -> None: ...
 
-        async def _ensure_locked(self) -> None: ...
+        async def _ensure_locked(
+            self, t: ViewTable | None = None, config: dict[str, Any] | None = None
+        ) -> None: ...
 
-        def _cancel_expiry(self) -> None: ...
+        def _table(self, audience: Audience) -> ViewTable: ...
 
-        def _maybe_expire(self) -> None: ...
+        def _cancel_expiry(self, t: ViewTable) -> None: ...
+
+        def _maybe_expire(self, t: ViewTable) -> None: ...
 
     @property
     def watchers(self) -> int:
@@ -57,7 +63,7 @@ class Dashboards:
         with the same ``reset`` once the dashboard is gone.
         """
         self._watchers.add(reset)
-        self._cancel_expiry()
+        self._cancel_expiry(self._table(EVERYONE))
         try:
             await self.ensure()
         except BaseException:
@@ -66,7 +72,7 @@ class Dashboards:
 
     def detach(self, reset: Reset) -> None:
         self._watchers.remove(reset)
-        self._maybe_expire()
+        self._maybe_expire(self._table(EVERYONE))
 
     async def open_session(self, sid: int, push: Callable[[bytes], None], reset: Callable[..., Any]) -> None:
         """Open dashboard session ``sid`` on the room's table; its replies go to ``push``.

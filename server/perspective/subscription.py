@@ -37,6 +37,7 @@ class Subscription:
     config: dict[str, Any]
     viewport: tuple[int, int] | None
     vkey: str | None = None
+    table: Any = None  # the ViewTable (room, audience) it reads, once subscribed
     last: pa.Table | None = None  # the content last sent, to skip unchanged updates
     closing: str | None = None  # why the view cannot survive the last schema change
     sent: int = 0  # messages sent for it; 0 while its first subscribe is still waiting

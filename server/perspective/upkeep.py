@@ -9,8 +9,11 @@
   When one poll updated every view of the table, the views with expressions
   are blamed (the others are plain reads Perspective does in bounded time);
   if none has one, all the views the request read are.
-- **An unused table** is dropped ``ttl`` seconds after its last view and
-  dashboard left (:meth:`Upkeep._maybe_expire`), and built again on next need.
+- **An unused table** is dropped ``ttl`` seconds after its last view (and,
+  for the EVERYONE table, dashboard) left (:meth:`Upkeep._maybe_expire`),
+  and built again on next need. A table that holds columns its remaining
+  views no longer use is rebuilt without them, ``ttl`` seconds after the
+  last view that used them left (its views get a fresh snapshot).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import CloseCode
 
+from ..rooms.outbound import EVERYONE, Audience
 from . import jobs
 from .jobs import Budgets, Tag
 from .process import ViewsLost, ViewsProcess
 from .subscription import Subscription
+from .vtable import ViewTable
 from .watchers import Watchers
 
 __all__ = ["Upkeep"]
@@ -37,37 +42,36 @@ class Upkeep:
 
     if TYPE_CHECKING:
         name: str
-        key: str
         process: ViewsProcess
         budgets: Budgets
         ttl: float
-        built: int | None
+        tables: dict[Audience, ViewTable]
         subs: dict[tuple[str, str], Subscription]
         _lock: asyncio.Lock
         _watchers: Watchers
         _sessions: dict[int, Any]
         _closed: bool
-        _expiry: asyncio.TimerHandle | None
-        _incoming: list[Any]
 
-        @property
-        def has_table(self) -> bool: ...
+        def live(self, t: ViewTable) -> bool: ...
 
         def spawn(self, work: Any) -> asyncio.Task[Any]: ...
 
         def _close_sub(self, sub: Subscription, reason: str) -> None: ...
 
-        async def _build_locked(self) -> None: ...
+        def _wanted(self, t: ViewTable, extra: list[dict[str, Any]] = ...) -> set[str] | None: ...
 
-        async def _reopen_locked(self) -> None: ...
+        async def _build_locked(self, t: ViewTable, wanted: set[str] | None = None) -> None: ...
+
+        async def _reopen_locked(self, t: ViewTable) -> None: ...
 
     # ---------------------------------------------------------------- a lost process
 
     def _lost(self, reason: str, tag: Any) -> None:
         """The views process was lost: close the view that overran, rebuild for the others."""
-        if self._closed or self.built is None:
+        if self._closed or not any(t.built is not None or t.building for t in self.tables.values()):
             return
-        self.built = None
+        for t in self.tables.values():
+            t.built, t.incoming = None, []
         culprits = self._culprits(tag)
         for sub in self.subs.values():
             sub.vkey = None
@@ -100,13 +104,18 @@ class Upkeep:
         )
 
     async def _recover(self) -> None:
-        """Rebuild the table in the new process and send every view a fresh snapshot."""
+        """Rebuild every table that has views in the new process; each view gets a fresh snapshot."""
         try:
             async with self._lock:
-                if self._closed or self.has_table:
-                    return
-                await self._build_locked()
-                await self._reopen_locked()
+                for t in list(self.tables.values()):
+                    if (
+                        self._closed
+                        or self.live(t)
+                        or not any(s.table is t and s.sent for s in self.subs.values())
+                    ):
+                        continue
+                    await self._build_locked(t, self._wanted(t))
+                    await self._reopen_locked(t)
         except ViewsLost:
             pass  # lost again: the next loss starts another recovery
         except Exception:
@@ -114,32 +123,49 @@ class Upkeep:
                 "views of room %s could not be rebuilt after the views process restarted", self.name
             )
 
-    # ---------------------------------------------------------------- an unused table goes
+    # ---------------------------------------------------------------- unused tables and columns
 
-    def _maybe_expire(self) -> None:
-        """Drop the table ``ttl`` seconds after the last view and dashboard left."""
-        if self._closed or self.subs or self._watchers or self.built is None or self._expiry is not None:
+    def _in_use(self, t: ViewTable) -> bool:
+        return any(s.table is t for s in self.subs.values()) or (
+            t.audience == EVERYONE and bool(self._watchers)
+        )
+
+    def _maybe_expire(self, t: ViewTable) -> None:
+        """In ``ttl`` seconds, drop ``t`` if nobody uses it, or shrink it to the columns its views use."""
+        if self._closed or t.built is None or t.expiry is not None:
             return
-        self._expiry = asyncio.get_running_loop().call_later(self.ttl, self._expire)
+        if self._in_use(t):
+            wanted = self._wanted(t)
+            if wanted is None or (t.columns is not None and t.columns <= wanted):
+                return  # its views use every column it holds
+        t.expiry = asyncio.get_running_loop().call_later(self.ttl, self._expire, t)
 
-    def _cancel_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+    def _cancel_expiry(self, t: ViewTable) -> None:
+        if t.expiry is not None:
+            t.expiry.cancel()
+            t.expiry = None
 
-    def _expire(self) -> None:
-        self._expiry = None
-        if not (self.subs or self._watchers or self._closed):
-            self.spawn(self._drop_unused())
+    def _expire(self, t: ViewTable) -> None:
+        t.expiry = None
+        if not self._closed:
+            self.spawn(self._drop_or_shrink(t))
 
-    async def _drop_unused(self) -> None:
-        async with self._lock:
-            if self.subs or self._watchers or self._closed or not self.has_table:
-                return
-            self.built = None
-            self._incoming = []
-            try:
-                await jobs.drop(self.process, self.key, self.budgets)
-            except ViewsLost:
-                pass
-            log.info("views of room %s: table dropped (unused for %g s)", self.name, self.ttl)
+    async def _drop_or_shrink(self, t: ViewTable) -> None:
+        try:
+            async with self._lock:
+                if self._closed or not self.live(t):
+                    return
+                if not self._in_use(t):
+                    t.built, t.incoming = None, []
+                    await jobs.drop(self.process, t.key, self.budgets)
+                    t.dropped.set()
+                    log.info(
+                        "views of room %s: table %s dropped (unused for %g s)", self.name, t.key, self.ttl
+                    )
+                    return
+                wanted = self._wanted(t)
+                if wanted is not None and (t.columns is None or not t.columns <= wanted):
+                    await self._build_locked(t, wanted)  # without the columns no view uses any more
+                    await self._reopen_locked(t)
+        except ViewsLost:
+            pass
