@@ -13,7 +13,10 @@ differences:
   subscriptions on this room's table and this connection's own views are
   forwarded; anything that would change a table, or names another table
   or someone else's view, is answered with a ``ServerError`` and never
-  reaches Perspective.
+  reaches Perspective. On a connection opened with ``edit=1`` a
+  ``table_update_req`` (a datagrid edit) is not refused: a
+  :class:`.editor.DashboardEditor` submits it to the room as coframe ops,
+  and answers it with the room's ack or error.
 
 The room's Perspective server is created with ``on_poll_request``, so
 nothing is processed until someone polls: after each forwarded request we
@@ -36,6 +39,8 @@ from protocol import CloseCode
 
 from ..ops.state import OpError
 from ..storage.types import NotFound, StorageCorrupt
+from .editor import DashboardEditor
+from .edits import wants_edit
 from .readonly import Gate, WireError, error_response
 
 if TYPE_CHECKING:
@@ -136,10 +141,14 @@ async def perspective_endpoint(ws: WebSocket) -> None:
         log.exception("dashboard for %s: the Perspective table could not be built", room.name)
         await ws.close(CloseCode.INTERNAL, f"cannot show {room.name}: {e}"[:120])
         return
+    editor = DashboardEditor.for_connection(room, settings) if wants_edit(ws.query_params) else None
     try:
-        await _serve(ws, room.views, tables, Gate(room.views.name), settings, replies)
+        gate = Gate(room.views.name, editable=editor is not None)
+        await _serve(ws, room.views, tables, gate, settings, replies, editor)
     finally:
         room.views.detach(replies.reset)
+        if editor is not None:
+            await editor.close()
 
 
 def _handle(session: Any, tables: RoomTables, data: bytes) -> None:
@@ -149,7 +158,13 @@ def _handle(session: Any, tables: RoomTables, data: bytes) -> None:
 
 
 async def _serve(
-    ws: WebSocket, views: RoomViews, tables: RoomTables, gate: Gate, settings: Settings, replies: ReplyQueue
+    ws: WebSocket,
+    views: RoomViews,
+    tables: RoomTables,
+    gate: Gate,
+    settings: Settings,
+    replies: ReplyQueue,
+    editor: DashboardEditor | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
 
@@ -181,6 +196,8 @@ async def _serve(
                     await views.call(_handle, session, tables, data)
                 except Exception as e:  # a malformed request body Perspective could not read
                     replies.push(error_response(decision, f"Perspective could not handle the request: {e}"))
+            elif decision.edit and editor is not None:  # a grid edit: coframe ops, answered by the room
+                editor.submit(decision, replies.push)
             else:
                 log.info("dashboard request refused: %s", decision.reason)
                 replies.push(error_response(decision))
