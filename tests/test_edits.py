@@ -231,7 +231,7 @@ async def test_editor_submits_as_its_connection_and_answers_from_the_room() -> N
         seq = room.seq
         editor.submit(_decision([{"__INDEX__": 1, "qty": 1.5}], msg_id=2), answers.push)
         bad = await answers.wait(2)
-        assert bad.field == 50 and b"coframe edit refused (bad_value)" in bad.body and b"qty" in bad.body
+        assert bad.field == 50 and b"coframe edit refused (bad_value): column 'qty'" in bad.body
         editor.submit(_decision([{"__INDEX__": 999, "qty": 1}], msg_id=3), answers.push)
         assert b"(no_such_row)" in (await answers.wait(3)).body
         assert room.seq == seq and editor.pending == 0

@@ -177,7 +177,10 @@ class DashboardEditor:
             push(_ok(decision))
         else:
             log.info("dashboard edit rejected by %s (%s): %s", self.room.name, msg.code, msg.message)
-            push(edit_error(decision, msg.code, msg.message))
+            # A grid user made no ops: drop the "ops[i]: " the room puts before an op's message.
+            index = msg.details.get("op_index")
+            text = msg.message.removeprefix(f"ops[{index}]: ") if isinstance(index, int) else msg.message
+            push(edit_error(decision, msg.code, text))
 
     async def close(self) -> None:
         """Forget the edits in flight (their connection is gone) and stop the session."""

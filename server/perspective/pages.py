@@ -190,7 +190,8 @@ async def dashboard_page(request: Request) -> HTMLResponse:
     query = {"branch": branch, **({"edit": "1"} if edit else {})}
     socket = f"/perspective/{quote(dataset, safe='')}?{urlencode(query)}"
     page = {"dataset": dataset, "branch": branch, "socket": socket, "config": with_defaults(config)}
-    page["edit"] = edit
+    if edit:  # dashboard.js turns on the datagrid's edit mode
+        page["edit"] = True
     head = (
         '<link rel="stylesheet" href="/assets/@perspective-dev/viewer/dist/css/themes.css">'
         '<link rel="stylesheet" href="/assets/coframe/d3fc-compat.css">'
