@@ -2,8 +2,8 @@
 // Perspective table over the server's read-only WebSocket endpoint.
 // The page (server/perspective/pages.py) puts its settings in
 // <script type="application/json" id="coframe-page">:
-//   {"dataset": "...", "branch": "...", "socket": "/perspective/...", "config": {...}, "edit": false}
-// With "edit": true (the page was opened with ?edit=1) the socket has edit=1 and
+//   {"dataset": "...", "branch": "...", "socket": "/perspective/...", "config": {...}}
+// plus "edit": true when the page was opened with ?edit=1: then the socket has edit=1 and
 // the datagrid is in its EDIT mode: a typed cell is sent as table.update(), which
 // the server turns into a coframe `set` (server/perspective/editor.py).
 // Plain ES modules from /assets/ (served from client/web/node_modules): no CDN, no bundler.
