@@ -9,6 +9,7 @@ Every error a user can see is a :class:`protocol.CoframeError`: a stable
     ├── OpError (server.ops.state)    the op's code, 400
     ├── ViewConfigError (server.perspective.config)  bad_view / no_such_column, 400
     ├── WireError (server.perspective.readonly)      bad_frame (dashboard socket closed 1008)
+    ├── EditError (server.perspective.edits)         a dashboard grid edit refused before the room, 400
     ├── ReadError (server.io)         bad_format / unreadable 400, too_large 413
     ├── StorageError (server.storage.types)          internal, 500
     │   ├── NotFound                  not_found, 404
@@ -45,6 +46,7 @@ from protocol.codec import encode_map
 from .io import ReadError
 from .ops.state import OpError
 from .perspective.config import ViewConfigError
+from .perspective.edits import EditError
 from .perspective.readonly import WireError
 from .storage.types import AlreadyExists, DatasetExists, NotFound, RefMoved, StorageCorrupt, StorageError
 
@@ -56,6 +58,7 @@ __all__ = [
     "OpError",
     "ViewConfigError",
     "WireError",
+    "EditError",
     "ReadError",
     "StorageError",
     "NotFound",

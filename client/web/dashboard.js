@@ -3,6 +3,9 @@
 // The page (server/perspective/pages.py) puts its settings in
 // <script type="application/json" id="coframe-page">:
 //   {"dataset": "...", "branch": "...", "socket": "/perspective/...", "config": {...}}
+// plus "edit": true when the page was opened with ?edit=1: then the socket has edit=1 and
+// the datagrid is in its EDIT mode: a typed cell is sent as table.update(), which
+// the server turns into a coframe `set` (server/perspective/editor.py).
 // Plain ES modules from /assets/ (served from client/web/node_modules): no CDN, no bundler.
 
 import perspective from "/assets/@perspective-dev/client/dist/cdn/perspective.js";
@@ -13,6 +16,9 @@ import { loadD3fc } from "/assets/coframe/d3fc-compat.js";
 const D3FC = "/assets/@perspective-dev/viewer-d3fc/dist/cdn/perspective-viewer-d3fc.js";
 
 const status = document.getElementById("status");
+
+// The server starts every refusal of a grid edit with this (server/perspective/edits.py EDIT_REFUSED).
+const EDIT_REFUSED = "coframe edit refused";
 
 function show(state, text) {
     document.body.dataset.state = state;
@@ -58,8 +64,45 @@ async function bind(viewer, page, config) {
     }
     await viewer.load(client);
     await viewer.restore({ ...config, table: names[0] });
-    show("live", `live: ${names[0]} (read-only; edits made elsewhere appear here)`);
+    const mode = page.edit
+        ? "editing: type into a cell, Enter to save"
+        : "read-only; edits made elsewhere appear here";
+    show("live", `live: ${names[0]} (${mode})`);
     return client;
+}
+
+// The datagrid's edit mode on top of the page's config (?edit=1 only).
+function withEditMode(config) {
+    return { ...config, plugin_config: { ...(config.plugin_config ?? {}), edit_mode: "EDIT" } };
+}
+
+// regular-table rewrites a cell only when the value it cached for it changes, so
+// after a refused edit the typed text would stay: forget the cached values of
+// the body cells (but the one being typed into) and redraw them from the view.
+async function redrawCells() {
+    const table = document.querySelector("perspective-viewer perspective-viewer-datagrid")?.regular_table;
+    if (!table) return;
+    const active = table.getRootNode().activeElement;
+    for (const td of table.querySelectorAll("tbody td")) {
+        const meta = td === active ? undefined : table.getMeta(td);
+        if (meta) meta.value = undefined;
+    }
+    await table.draw();
+}
+
+// The datagrid does not wait for table.update(): a refused edit is an unhandled
+// rejection. Show the server's message, and put the server's values back.
+function watchEdits() {
+    window.addEventListener("unhandledrejection", (event) => {
+        const text = String(event.reason?.message ?? event.reason ?? "");
+        const at = text.indexOf(EDIT_REFUSED);
+        if (at < 0) return;
+        event.preventDefault();
+        const message = text.slice(at);
+        status.dataset.editError = message;
+        status.textContent = message;
+        redrawCells().catch((err) => console.error("could not redraw the grid", err));
+    });
 }
 
 // The server closes dashboards when the table is rebuilt (a schema change) and
@@ -107,7 +150,9 @@ async function main() {
     show("connecting", `connecting to ${page.dataset} (${page.branch})…`);
     const viewer = document.querySelector("perspective-viewer");
     const title = page.branch === "main" ? page.dataset : `${page.dataset} (${page.branch})`;
-    const client = await bind(viewer, page, { plugin: "Datagrid", title, ...page.config });
+    const config = { plugin: "Datagrid", title, ...page.config };
+    if (page.edit) watchEdits();
+    const client = await bind(viewer, page, page.edit ? withEditMode(config) : config);
     watch(client, viewer, page);
 }
 

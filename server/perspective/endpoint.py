@@ -14,7 +14,10 @@ differences:
   subscriptions on this room's table and this connection's own views are
   forwarded; anything that would change a table, or names another table
   or someone else's view, is answered with a ``ServerError`` and never
-  reaches Perspective.
+  reaches Perspective. On a connection opened with ``edit=1`` a
+  ``table_update_req`` (a datagrid edit) is not refused: a
+  :class:`.editor.DashboardEditor` submits it to the room as coframe ops,
+  and answers it with the room's ack or error.
 
 Each forwarded request is one request to the views process, in order with
 the room's other view work (:meth:`.live.RoomViews.session_request`), with
@@ -37,6 +40,8 @@ from protocol import CloseCode
 
 from ..ops.state import OpError
 from ..storage.types import NotFound, StorageCorrupt
+from .editor import DashboardEditor
+from .edits import wants_edit
 from .process import ViewsFailed, ViewsLost
 from .readonly import Gate, WireError, error_response
 
@@ -135,17 +140,26 @@ async def perspective_endpoint(ws: WebSocket) -> None:
         log.exception("dashboard for %s: the Perspective table could not be built", room.name)
         await ws.close(CloseCode.INTERNAL, f"cannot show {room.name}: {e}"[:120])
         return
+    editor = DashboardEditor.for_connection(room, settings) if wants_edit(ws.query_params) else None
     try:
-        await _serve(ws, room.views, Gate(room.views.name), settings, replies)
+        gate = Gate(room.views.name, editable=editor is not None)
+        await _serve(ws, room.views, gate, settings, replies, editor)
     finally:
         room.views.detach(replies.reset)
+        if editor is not None:
+            await editor.close()
 
 
 _SIDS = itertools.count(1)
 
 
 async def _serve(
-    ws: WebSocket, views: RoomViews, gate: Gate, settings: Settings, replies: ReplyQueue
+    ws: WebSocket,
+    views: RoomViews,
+    gate: Gate,
+    settings: Settings,
+    replies: ReplyQueue,
+    editor: DashboardEditor | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     sid = next(_SIDS)
@@ -175,6 +189,8 @@ async def _serve(
                     pass  # reset() already said why: 4010 if this request overran, else 1012
                 except ViewsFailed as e:  # a malformed request body Perspective could not read
                     replies.push(error_response(decision, f"Perspective could not handle the request: {e}"))
+            elif decision.edit and editor is not None:  # a grid edit: coframe ops, answered by the room
+                editor.submit(decision, replies.push)
             else:
                 log.info("dashboard request refused: %s", decision.reason)
                 replies.push(error_response(decision))

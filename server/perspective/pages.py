@@ -2,7 +2,9 @@
 
 The dashboard page is a shell: ``client/web/dashboard.js`` connects a
 ``<perspective-viewer>`` to ``/perspective/{dataset}?branch=`` (see
-:mod:`.endpoint`) and applies the ``?config=`` viewer config. Every
+:mod:`.endpoint`) and applies the ``?config=`` viewer config. With
+``?edit=1`` it connects with ``edit=1`` and turns on the datagrid's edit
+mode: a typed cell becomes a coframe ``set`` (:mod:`.editor`). Every
 failure the page can know about up front gets its own status and a message
 that says what to do: 404 for an unknown dataset or branch, 400 for a bad
 ``config``, 503 when the browser packages are not installed.
@@ -21,6 +23,7 @@ from starlette.responses import HTMLResponse
 from ..ops import is_ref_name
 from ..storage.types import NotFound
 from .assets import missing_assets, web_root
+from .edits import wants_edit
 from .types import RID
 
 if TYPE_CHECKING:
@@ -91,7 +94,8 @@ async def index_page(request: Request) -> HTMLResponse:
     body = (
         "<header><h1>coframe</h1><span>datasets</span></header>"
         f"<main>{table}<p>Each dashboard is live and read-only; add <code>?config=</code> "
-        "with a perspective-viewer config (JSON) to open it pivoted.</p></main>"
+        "with a perspective-viewer config (JSON) to open it pivoted, or <code>?edit=1</code> "
+        "to edit cells in the grid.</p></main>"
     )
     return _page("coframe: datasets", body)
 
@@ -146,7 +150,7 @@ def _script_json(value: Any) -> str:
 
 
 async def dashboard_page(request: Request) -> HTMLResponse:
-    """``GET /d/{dataset}?branch=&config=``: a ``<perspective-viewer>`` bound live to the room."""
+    """``GET /d/{dataset}?branch=&config=&edit=``: a ``<perspective-viewer>`` bound live to the room."""
     registry: Registry = request.app.state.registry
     dataset = request.path_params["dataset"]
     branch = request.query_params.get("branch", "main")
@@ -182,8 +186,12 @@ async def dashboard_page(request: Request) -> HTMLResponse:
             "then reload this page.",
             503,
         )
-    socket = f"/perspective/{quote(dataset, safe='')}?{urlencode({'branch': branch})}"
+    edit = wants_edit(request.query_params)
+    query = {"branch": branch, **({"edit": "1"} if edit else {})}
+    socket = f"/perspective/{quote(dataset, safe='')}?{urlencode(query)}"
     page = {"dataset": dataset, "branch": branch, "socket": socket, "config": with_defaults(config)}
+    if edit:  # dashboard.js turns on the datagrid's edit mode
+        page["edit"] = True
     head = (
         '<link rel="stylesheet" href="/assets/@perspective-dev/viewer/dist/css/themes.css">'
         '<link rel="stylesheet" href="/assets/coframe/d3fc-compat.css">'

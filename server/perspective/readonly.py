@@ -23,6 +23,9 @@ table and view requests name a view this connection made, so a dashboard
 cannot reach another client's views, and that the expressions of a
 ``table_make_view_req`` or ``table_validate_expr_req`` pass
 :func:`.config.check_expression` (not too long to parse), as a ``subscribe``'s do.
+On a connection opened for editing (``edit=1``) it lets one more request
+through, differently: a ``table_update_req`` on the room's table is not
+forwarded either, but becomes coframe ops (:mod:`.edits`).
 
 Field numbers are those of perspective-python / @perspective-dev 5.5.1
 (``rust/perspective-client/perspective.proto``), checked against the
@@ -97,7 +100,7 @@ DENIED: dict[int, str] = {
     33: "table_update_req",
 }
 
-MAKE_VIEW, VALIDATE_EXPR, VIEW_DELETE = 6, 9, 11
+MAKE_VIEW, VALIDATE_EXPR, VIEW_DELETE, TABLE_UPDATE = 6, 9, 11, 33
 
 READ_ONLY_MESSAGE = (
     "this dashboard connection is read-only: '{what}' is refused. "
@@ -122,7 +125,10 @@ class Decision:
     ``allowed`` is False for a refused request; ``field`` is its
     ``client_req`` field number (0 if it had none), ``name`` its proto name,
     ``body`` the request message's own bytes, and ``reason`` (refusals only)
-    what the caller is told.
+    what the caller is told. ``edit`` is True for a ``table_update_req`` on
+    a connection opened for editing (:attr:`Gate.editable`): it is not
+    forwarded to Perspective either (``allowed`` is False) but becomes
+    coframe ops (:mod:`.edits`).
     """
 
     allowed: bool
@@ -132,6 +138,7 @@ class Decision:
     name: str
     body: bytes = b""
     reason: str = ""
+    edit: bool = False
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -220,11 +227,14 @@ class Gate:
     """One dashboard connection's gate: read-only requests, on this table and this connection's views.
 
     Call :meth:`check` on each frame; forward it only if the decision is
-    allowed, else answer with :func:`error_response`.
+    allowed; submit it as an edit if the decision is an ``edit`` (only when
+    ``editable``: the connection was opened with ``edit=1``); else answer
+    with :func:`error_response`.
     """
 
     table: str  # the room's table name, e.g. "sales/main"
     views: set[str] = field(default_factory=set)  # view ids this connection made
+    editable: bool = False  # table_update_req on this table becomes an edit instead of a refusal
 
     def check(self, frame: bytes) -> Decision:
         """The decision for ``frame`` (see :func:`check_request`), scoped to this connection.
@@ -234,6 +244,10 @@ class Gate:
         """
         d = check_request(frame)
         if not d.allowed:
+            if d.field == TABLE_UPDATE and self.editable:
+                if d.entity_id != self.table:
+                    return _refuse(d, f"no table '{d.entity_id}' here; this dashboard edits '{self.table}'")
+                return Decision(False, d.msg_id, d.entity_id, d.field, d.name, d.body, edit=True)
             return d
         if d.field in TABLE_REQUESTS and d.entity_id != self.table:
             return _refuse(d, f"no table '{d.entity_id}' here; this dashboard shows '{self.table}'")
