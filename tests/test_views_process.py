@@ -109,3 +109,16 @@ async def test_killing_the_views_process_brings_views_back_with_fresh_snapshots(
         frame = await plain.wait_for(lambda f: plain.seq >= ack.seq)
         assert frame["qty"][0] == 1000
         await grouped.wait_for(lambda f: 1000 in f["qty"].to_list() or f["qty"].sum() >= 1000)
+
+
+async def test_a_view_over_the_memory_budget_is_refused_and_the_others_go_on(make_server: Any) -> None:
+    settings = Settings(demo=False, views_memory_bytes=256 * 1024 * 1024)
+    async with make_server(settings=settings, frames={"a": _frame()}) as srv, connect(srv.url, "a") as a:
+        plain = await a.subscribe_view(columns=["name", "qty"])
+        with pytest.raises(OpRejected) as e:  # 400 MB per row, in a process that may grow by 256 MB
+            await a.subscribe_view(expressions={"v": "var v[50000000] := {1}; v[0]"}, columns=["v"])
+        assert e.value.code == "too_expensive" and "views_memory_bytes" in e.value.message
+        assert srv.registry.views.process.restarts == 0  # the allocation failed; the process lives on
+        ack = await a.set_cells([3], "qty", [7])
+        frame = await plain.wait_for(lambda f: plain.seq >= ack.seq)
+        assert frame["qty"][3] == 7 and not plain.closed

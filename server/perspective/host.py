@@ -144,6 +144,11 @@ class Host:
                 view = t.tables.table(t.name).view(**for_perspective(req["config"]))
             except Exception as e:  # PyPerspectiveError, or a serde error for a bad value
                 text = str(e).removeprefix("Abort(): ").strip()
+                if "bad_alloc" in text:  # over the address-space limit (views_memory_bytes): nothing kept
+                    raise HostError(
+                        "too_expensive",
+                        "the view needed more memory than the views process may use (views_memory_bytes)",
+                    ) from None
                 raise HostError("bad_view", f"Perspective rejected the view config: {text}") from None
             shared = t.views[vkey] = _Shared(view)
         shared.refs += 1

@@ -312,7 +312,9 @@ class RoomViews(Dashboards, Upkeep):
         except ViewsLost as e:
             self._detach(sub)
             code = ErrorCode.TOO_EXPENSIVE if e.overran else ErrorCode.INTERNAL
-            text = self._overran_reason() if e.overran else f"the views process restarted ({e.reason})"
+            text = (
+                self._overran_reason(e.reason) if e.overran else f"the views process restarted ({e.reason})"
+            )
             self._reply(session, Error(code, f"cannot open view '{msg.view}': {text}", re=msg.id))
         except Exception as e:
             self._detach(sub)
@@ -370,7 +372,9 @@ class RoomViews(Dashboards, Upkeep):
             result = await jobs.open_view(self.process, t.key, self.name, sub, self._zones, self.budgets)
         except ViewsFailed as e:
             sub.vkey = None
-            code = ErrorCode.BAD_VIEW if e.code == "bad_view" else ErrorCode.INTERNAL
+            code = {"bad_view": ErrorCode.BAD_VIEW, "too_expensive": ErrorCode.TOO_EXPENSIVE}.get(
+                e.code, ErrorCode.INTERNAL
+            )
             raise ViewConfigError(code, e.message, field="config") from None
         except BaseException:
             sub.vkey = None

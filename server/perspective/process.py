@@ -245,7 +245,13 @@ class ViewsProcess:
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             if not p.gone:
                 code = await p.proc.wait()
-                self._lose(p, f"the views process died (exit code {code}; over its memory budget?)", None)
+                # The request it was working on is the one that killed it (over views_memory_bytes).
+                head = p.pending[0] if p.pending else None
+                self._lose(
+                    p,
+                    f"the views process died working on it (exit code {code}): over views_memory_bytes?",
+                    head,
+                )
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -263,7 +269,7 @@ class ViewsProcess:
 
     def _overrun(self, p: _Proc, entry: _Pending) -> None:
         if p.pending and p.pending[0] is entry and not p.gone:
-            self._lose(p, f"a views request ran over its {entry.budget:g} s budget", entry)
+            self._lose(p, f"it ran over its {entry.budget:g} s budget (views_timeout)", entry)
 
     def _lose(self, p: _Proc, reason: str, overran: _Pending | None, *, notify: bool = True) -> None:
         """Kill ``p``, fail its requests, and tell the listeners (the next call starts a new process)."""

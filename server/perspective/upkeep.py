@@ -77,9 +77,9 @@ class Upkeep:
             sub.vkey = None
         for sub in culprits:
             if isinstance(sub, Subscription) and sub.sent:
-                self._close_sub(sub, self._overran_reason())
+                self._close_sub(sub, self._overran_reason(reason))
             elif isinstance(sub, int) and sub in self._sessions:  # a dashboard's request overran
-                self._sessions[sub](self._overran_reason(dashboard=True), CloseCode.TOO_EXPENSIVE)
+                self._sessions[sub](self._overran_reason(reason, dashboard=True), CloseCode.TOO_EXPENSIVE)
         self._sessions.clear()
         self._watchers.reset_all(f"the views process restarted ({reason}); reconnecting")
         if any(s.sent for s in self.subs.values()):
@@ -95,12 +95,13 @@ class Upkeep:
             subs = with_exprs or subs
         return subs
 
-    def _overran_reason(self, dashboard: bool = False) -> str:
+    def _overran_reason(self, why: str, dashboard: bool = False) -> str:
+        """Why a view (or a dashboard) was closed: ``why`` is the views process's reason."""
         what = "a request of this dashboard" if dashboard else "this view"
         again = "reload without it" if dashboard else "subscribe again"
         return (
-            f"{what} took longer than {self.budgets.view:g} s to compute (views_timeout) and was closed;"
-            f" make it cheaper (a simpler expression, a filter, fewer rows) and {again}"
+            f"{what} was closed and the views process restarted: {why}; make it cheaper (a simpler"
+            f" expression, a filter, fewer rows) and {again}"
         )
 
     async def _recover(self) -> None:
