@@ -57,6 +57,7 @@ from .common import (
     free_ports,
     pycrdt_argv,
     running,
+    views_process,
 )
 from .fanout import BROADCAST, COFRAME, COFRAME_DURABLE, PYCRDT, FanoutConfig, System, run_fanout
 from .profiling import profile_while
@@ -355,6 +356,12 @@ async def _views(rep: Report, cfg: ViewsConfig, profile_s: int) -> None:
                 rep.profiles[f"views_{key}"] = await profile_while(
                     f"views_{key}", live.server.pid, _view_churn(live.load, phase.plain), prof_s
                 )
+                vp = views_process(live.server.pid)
+                if vp is not None:  # where Perspective runs: the Python line of each native call
+                    log(f"views: profiling the views process (pid {vp.pid}) under the same load")
+                    rep.profiles[f"views_{key}_process"] = await profile_while(
+                        f"views_{key}_process", vp.pid, _view_churn(live.load, phase.plain), prof_s
+                    )
         finally:
             live.load.close()
             bench.retire(live.server)
