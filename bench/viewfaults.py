@@ -357,12 +357,14 @@ async def _kill_run(bench: ViewsBench, srv: ServerProcess, load: ViewLoad) -> No
         stop.set()
         await pacing
     edits = range(first, len(load.send_t))
+    for n in load.sub.closed:  # closed by the server: nothing more will come for them
+        load.views.pop(n, None)
     drained = await load.drain(edits, cfg.drain)
     r.fresh_s.add(t_all - t_kill)
     for n in names:
         r.per_view.setdefault(n, Stats()).add(got[n] - t_kill if n in got else float("nan"))
     firsts = [next(e for e in load.sub.fresh[n] if e[0] > t_kill) for n in got]
-    r.behind.add(max((acked - seq for _, seq, acked in firsts), default=0))
+    r.behind.add(max((acked - seq for _, seq, acked in firsts), default=float("nan")))
     acked_at = {load.seq[i]: load.ack_t[i] for i in range(len(load.seq)) if load.seq[i]}
     ages = [t - acked_at[seq] for t, seq, _ in firsts if seq in acked_at]
     r.age_s.add(max(ages) if ages else float("nan"))
@@ -377,6 +379,9 @@ async def _kill_run(bench: ViewsBench, srv: ServerProcess, load: ViewLoad) -> No
     r.errors.update(load.sub.errors)
     for name, config in KILL_PHASE.views:
         vl = load.sub.views.get(name)
+        if name in load.sub.closed:
+            r.checks_failed.append(f"{name}: closed by the server, no content to check")
+            continue
         if not drained or vl is None:
             r.checks_failed.append(f"{name}: not every edit was reflected within {cfg.drain:g} s")
             continue

@@ -46,15 +46,15 @@ __all__ = [
 
 
 def fmt(x: float, digits: int = 2) -> str:
-    return f"{x:.{digits}f}"
+    return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def num(x: float) -> str:
-    return f"{x:,.0f}"
+    return "-" if math.isnan(x) else f"{x:,.0f}"
 
 
 def ms(x: float) -> str:
-    return f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
+    return "-" if math.isnan(x) else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"
 
 
 def mb(x: float) -> str:
@@ -62,7 +62,7 @@ def mb(x: float) -> str:
 
 
 def runs(s: Stats, digits: int = 0, scale: float = 1.0) -> str:
-    return ", ".join(f"{x * scale:,.{digits}f}" for x in s.runs) or "-"
+    return ", ".join("-" if math.isnan(x) else f"{x * scale:,.{digits}f}" for x in s.runs) or "-"
 
 
 def status(met: bool) -> str:
@@ -267,7 +267,14 @@ def kill_md(r: ViewsResult) -> str:
     lines += [
         "",
         f"Median: every view fresh after {fmt(k.fresh_s.median)} s (goal ≤ {TARGET_FRESH_S:g} s):"
-        f" {status(ok)}. Subscribing the three views before the kill took {runs(k.open_s, 1)} s."
+        f" {status(ok)}."
+        + (
+            f" In {sum(math.isnan(x) for x in k.fresh_s.runs)} run(s) not every view got a fresh snapshot"
+            f" (within {cfg.kill_limit:g} s, or the server closed it)."
+            if any(math.isnan(x) for x in k.fresh_s.runs)
+            else ""
+        )
+        + f" Subscribing the three views before the kill took {runs(k.open_s, 1)} s."
         f" A new views process was running afterwards in {k.restarted} of {k.fresh_s.n} run(s)."
         f" Content checks: {k.checks_ok} passed, {len(k.checks_failed)} failed"
         + (f" ({'; '.join(f'`{x}`' for x in k.checks_failed[:5])})" if k.checks_failed else "")

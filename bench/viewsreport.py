@@ -167,7 +167,8 @@ def _fault_verdicts(r: ViewsResult) -> list[Verdict]:
             Verdict(
                 f"views process SIGKILLed under 1k edits/s, {k.rows:,} rows, 3 views: SIGKILL → every view's"
                 " fresh snapshot",
-                f"{fmt(k.fresh_s.median)} s (worst run {fmt(max(k.fresh_s.runs))} s)",
+                f"{fmt(k.fresh_s.median)} s (worst run {fmt(max(k.fresh_s.runs))} s)"
+                + (f"; {len(k.closed)} view(s) closed instead of rebuilt" if k.closed else ""),
                 f"subscribing the 3 views {fmt(k.open_s.median, 1)} s",
                 "-",
                 f"≤ {TARGET_FRESH_S:g} s, content checks pass",
