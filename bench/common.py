@@ -51,6 +51,7 @@ __all__ = [
     "free_ports",
     "coframe_argv",
     "coframe_running",
+    "views_process",
     "MODES",
     "MEMORY",
     "DURABLE",
@@ -161,6 +162,25 @@ def coframe_running(name: str, port: int, rows: int, mode: str) -> Iterator[Serv
         shutil.rmtree(data, ignore_errors=True)
 
 
+def views_process(server_pid: int) -> psutil.Process | None:
+    """The server's views process (issue 11): its child running ``server.perspective.worker``, if any.
+
+    Perspective runs there, not in the server, so the server's own RSS and CPU
+    leave out everything the views cost.
+    """
+    try:
+        children = psutil.Process(server_pid).children(recursive=True)
+    except psutil.Error:
+        return None
+    for c in children:
+        try:
+            if any("server.perspective.worker" in a for a in c.cmdline()):
+                return c
+        except psutil.Error:
+            continue  # exited meanwhile
+    return None
+
+
 def baseline_argv(port: int) -> list[str]:
     """The raw ``websockets`` baseline server (:mod:`bench.baseline_server`)."""
     return [sys.executable, "-m", "bench.baseline_server", "--port", str(port)]
@@ -248,6 +268,23 @@ class ServerProcess:
     def rss_bytes(self) -> int:
         assert self._ps is not None
         return int(self._ps.memory_info().rss)
+
+    def views_rss_bytes(self) -> int:
+        """RSS of the server's views process (0 while there is none)."""
+        vp = views_process(self.pid)
+        try:
+            return int(vp.memory_info().rss) if vp is not None else 0
+        except psutil.Error:
+            return 0
+
+    def views_cpu_seconds(self) -> float:
+        """CPU time (user + system) of the current views process so far (0 while there is none)."""
+        vp = views_process(self.pid)
+        try:
+            t = vp.cpu_times() if vp is not None else None
+        except psutil.Error:
+            return 0.0
+        return float(t.user + t.system) if t is not None else 0.0
 
     def log_tail(self, n: int = 30) -> str:
         try:

@@ -9,9 +9,11 @@ Runs the benchmarks of the issues' performance targets, in five groups:
 * ``storage`` (issue 3): commit of a 1-cell change, join of a 1M-row room,
   recovery of 100k WAL entries, and throughput with the WAL on vs off
   (:mod:`bench.storage`);
-* ``views`` (issue 4): live Perspective views of a 1M-row room under 1k
-  edits/s (latency to the subscriber), and the server's memory with the
-  room's table and 10 views (:mod:`bench.views`);
+* ``views`` (issue 11's targets): live Perspective views of a 1M-row room
+  under 1k edits/s (latency to the subscriber), the memory of the server
+  and its views process with the room's table and 10 views, a runaway view
+  against another room's acks, and the views process killed under load
+  (:mod:`bench.views`, :mod:`bench.viewmemory`, :mod:`bench.viewfaults`);
 * ``client`` (issue 9): the Python client's mirror applying a 1-cell delta
   at 10k and 1M rows, and its ``set_cells`` round trip against a lean
   protocol peer's (:mod:`bench.pyclient`).
@@ -55,6 +57,7 @@ from .common import (
     free_ports,
     pycrdt_argv,
     running,
+    views_process,
 )
 from .fanout import BROADCAST, COFRAME, COFRAME_DURABLE, PYCRDT, FanoutConfig, System, run_fanout
 from .profiling import profile_while
@@ -70,6 +73,8 @@ from .report import (
 )
 from .storage import StorageBench, StorageConfig, raw_join
 from .sustained import SustainedConfig, Swarm, run_sustained
+from .viewfaults import kill, runaway
+from .viewmemory import memory
 from .views import PHASES, ViewLoad, ViewsBench, ViewsConfig, missed_phases
 
 __all__ = ["main"]
@@ -102,7 +107,17 @@ def _client_config(quick: bool) -> ClientConfig:
 def _views_config(quick: bool) -> ViewsConfig:
     if quick:
         return ViewsConfig(
-            runs=1, rows=200_000, warmup=0.5, measure=3.0, mem_runs=1, mem_rows=200_000, profile_s=3
+            runs=1,
+            rows=200_000,
+            warmup=0.5,
+            measure=3.0,
+            mem_runs=1,
+            mem_rows=200_000,
+            runaway_runs=1,
+            runaway_base=3.0,
+            kill_runs=1,
+            kill_rows=200_000,
+            profile_s=3,
         )
     return ViewsConfig()
 
@@ -315,7 +330,7 @@ def _raw_joins(url: str):  # -> Workload
 
 
 async def _views(rep: Report, cfg: ViewsConfig, profile_s: int) -> None:
-    """The views group: latency (with profiles of the missed phases), then memory; each part runs."""
+    """The views group: latency (profiles of missed phases), memory, runaway, kill; each part runs."""
     bench = ViewsBench(cfg, log)
     rep.views = bench.result
     prof_s = min(profile_s, cfg.profile_s) if profile_s else 0
@@ -341,13 +356,21 @@ async def _views(rep: Report, cfg: ViewsConfig, profile_s: int) -> None:
                 rep.profiles[f"views_{key}"] = await profile_while(
                     f"views_{key}", live.server.pid, _view_churn(live.load, phase.plain), prof_s
                 )
+                vp = views_process(live.server.pid)
+                if vp is not None:  # where Perspective runs: the Python line of each native call
+                    log(f"views: profiling the views process (pid {vp.pid}) under the same load")
+                    rep.profiles[f"views_{key}_process"] = await profile_while(
+                        f"views_{key}_process", vp.pid, _view_churn(live.load, phase.plain), prof_s
+                    )
         finally:
             live.load.close()
             bench.retire(live.server)
 
     try:
         await part("5. view latency under 1k edits/s", latency)
-        await part("6. memory with the table and 10 views", bench.memory)
+        await part("6. memory of the server and its views process, table and 10 views", _bind(memory, bench))
+        await part("6b. a runaway view against another room's acks", _bind(runaway, bench))
+        await part("6c. the views process killed under load", _bind(kill, bench))
     finally:
         bench.close()
         for name, lines in bench.problems:
@@ -364,6 +387,13 @@ async def _client(rep: Report, cfg: ClientConfig, profile_s: int) -> None:
     rep.client = result
     for n in result.notes:
         rep.note("client", n)
+
+
+def _bind(fn: Callable[[ViewsBench], Awaitable[None]], bench: ViewsBench) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        await fn(bench)
+
+    return run
 
 
 def _view_churn(load: ViewLoad, plain: str):  # -> Workload
@@ -408,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs is not None:
         fan_cfg, sus_cfg = replace(fan_cfg, runs=args.runs), replace(sus_cfg, runs=args.runs)
         sto_cfg = replace(sto_cfg, runs=args.runs)
-        view_cfg = replace(view_cfg, runs=args.runs, mem_runs=args.runs)
+        view_cfg = replace(
+            view_cfg, runs=args.runs, mem_runs=args.runs, runaway_runs=args.runs, kill_runs=args.runs
+        )
         cli_cfg = replace(cli_cfg, runs=args.runs)
     if args.no_profile:
         profile_s = 0
