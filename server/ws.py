@@ -288,6 +288,7 @@ class _Pump:
             return
         self.room, self.session = room, room.join(hello, self.transport, binary=ev.binary)
         self.conn.joined()
+        self.node.trimmer.soon()  # loading a room and encoding a welcome leave freed buffers behind
 
     async def leave(self) -> None:
         if self.session is not None and self.room is not None:

@@ -160,7 +160,7 @@ async def test_open_views_per_connection_are_limited(make_server: Any) -> None:
     settings = Settings(demo=False, max_views_per_connection=3)
     async with make_server(settings=settings, frames={"sales": small_frame(20)}) as srv:
         async with connect(srv.url, "sales") as room:
-            views = [await room.subscribe_view(sort=[["qty", "desc"]]) for _ in range(3)]
+            views = [await room.subscribe_view(**SUM) for _ in range(3)]
             with pytest.raises(OpRejected) as e:
                 await room.subscribe_view(sort=[["price", "asc"]])
             assert e.value.code == "too_many"
@@ -357,7 +357,7 @@ async def test_the_registry_owns_the_views_process_and_stops_it(make_server: Any
         views = srv.registry.views
         assert isinstance(views, LiveViews)
         assert views.process.pid is None  # started on first need
-        await room.subscribe_view(columns=["qty"])
+        await room.subscribe_view(**SUM)
         assert isinstance(srv.room().views, RoomViews)
         assert srv.room().views.process is views.process
         pid = views.process.pid

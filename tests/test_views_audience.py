@@ -25,6 +25,7 @@ from tests.conftest import timeout
 
 SECRET = "salary"
 MINE = Audience(columns=frozenset({"name", "region", "qty"}), rows="region = 'EU'")
+NARROW = {"group_by": ["region"], "columns": ["qty"], "aggregates": {"qty": "sum"}}  # a Perspective view
 
 
 @dataclass(eq=False)
@@ -120,7 +121,8 @@ async def test_a_table_per_audience_holds_only_its_columns_and_rows() -> None:
         snap = await h.next_view(alice, "mine")
         assert snap.kind == "snapshot" and snap.data is not None
         assert snap.data.column("name").to_pylist() == ["ann", "cid"]  # EU rows only
-        await room.subscribe(boss, Subscribe("all", {"columns": ["name", SECRET]}))
+        boss_view = {"group_by": ["name"], "columns": [SECRET], "aggregates": {SECRET: "sum"}}
+        await room.subscribe(boss, Subscribe("all", boss_view))
         everyone = await h.next_view(boss, "all")
         assert everyone.data is not None and everyone.data.num_rows == 4
 
@@ -160,22 +162,20 @@ async def test_unused_tables_and_columns_go_after_the_ttl(ttl: float) -> None:
     room = views("staff/main", h.current, lambda: None, h.send)
     s = FakeSession("s")
     try:
-        await room.subscribe(s, Subscribe("wide", {"columns": ["name", "qty", SECRET]}, id=1))
+        wide = {"group_by": ["name"], "columns": ["qty", SECRET], "aggregates": {"qty": "sum", SECRET: "sum"}}
+        await room.subscribe(s, Subscribe("wide", wide, id=1))
         await h.next_view(s, "wide")
-        await room.subscribe(s, Subscribe("narrow", {"columns": ["qty"]}, id=2))
+        await room.subscribe(s, Subscribe("narrow", NARROW, id=2))
         await h.next_view(s, "narrow")
-        assert sorted((await views.process.stats())["staff/main"]["columns"]) == [
-            "_rid",
-            "name",
-            "qty",
-            SECRET,
-        ]
+        held = sorted((await views.process.stats())["staff/main"]["columns"])
+        assert held == ["_rid", "name", "qty", "region", SECRET]  # widened for the second view
+        assert (await h.next_view(s, "wide")).kind == "snapshot"  # the first view's fresh snapshot
         await room.unsubscribe(s, Unsubscribe("wide", id=3))
         closed = await h.next_view(s, "wide")
         assert closed.kind == "closed"
         fresh = await h.next_view(s, "narrow")  # rebuilt without the unused columns: a fresh snapshot
         assert fresh.kind == "snapshot"
-        assert (await views.process.stats())["staff/main"]["columns"] == ["_rid", "qty"]
+        assert sorted((await views.process.stats())["staff/main"]["columns"]) == ["_rid", "qty", "region"]
         await room.unsubscribe(s, Unsubscribe("narrow", id=4))
         assert (await h.next_view(s, "narrow")).kind == "closed"
         await asyncio.wait_for(room.tables[EVERYONE].dropped.wait(), timeout(10))  # unused for ttl
@@ -188,5 +188,5 @@ async def test_unused_tables_and_columns_go_after_the_ttl(ttl: float) -> None:
 
 
 async def _reopen(room: Any, h: Harness, s: FakeSession) -> View:
-    await room.subscribe(s, Subscribe("back", {"columns": ["qty"]}, id=5))
+    await room.subscribe(s, Subscribe("back", NARROW, id=5))
     return await h.next_view(s, "back")

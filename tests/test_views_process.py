@@ -49,7 +49,8 @@ async def test_a_runaway_view_is_closed_within_its_budget_and_other_rooms_keep_a
     settings = Settings(demo=False, views_timeout=BUDGET)
     async with make_server(settings=settings, frames={"a": _frame(), "b": small_frame()}) as srv:
         async with connect(srv.url, "a") as a, connect(srv.url, "b") as b:
-            plain = await a.subscribe_view(columns=["name", "qty"])
+            plain = await a.subscribe_view(group_by=["name"], columns=["qty"], aggregates={"qty": "sum"})
+            fast = await a.subscribe_view(columns=["name", "qty"])  # served from the frame, not Perspective
             runaway = await a.subscribe_view(expressions={"r": LOOP}, columns=["r"])
             assert runaway.frame["r"].to_list()[:3] == [0.0, 0.0, 0.0]  # cheap while qty is 0
             before = await _ack_times(b, None, 30)
@@ -77,6 +78,9 @@ async def test_a_runaway_view_is_closed_within_its_budget_and_other_rooms_keep_a
                 if ev.kind == "snapshot" and ev.frame["qty"].to_list() == [9] * 20:
                     break
             assert srv.registry.views.process.restarts == 1
+            # The fast view never depended on the views process: it just followed the edit.
+            await fast.wait_for(lambda f: f["qty"].to_list() == [9] * 20)
+            assert not fast.closed
 
 
 async def test_a_view_that_overruns_when_opened_is_refused_with_the_reason(make_server: Any) -> None:

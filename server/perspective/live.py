@@ -53,6 +53,7 @@ from ..rooms.outbound import EVERYONE, Audience
 from . import jobs
 from .audience import expression_columns, table_key, visible_columns
 from .config import ViewConfigError, check_columns
+from .fastviews import FastViews
 from .jobs import Budgets, vkey_of, zones_of
 from .process import ViewsFailed, ViewsLost, ViewsProcess
 from .sessions import Dashboards
@@ -69,7 +70,7 @@ __all__ = ["RoomViews", "Subscription", "Budgets"]
 log = logging.getLogger("coframe.views")
 
 
-class RoomViews(Dashboards, Upkeep):
+class RoomViews(Dashboards, Upkeep, FastViews):
     """The room's tables in the views process, its subscriptions and the dashboards watching it."""
 
     def __init__(
@@ -100,6 +101,8 @@ class RoomViews(Dashboards, Upkeep):
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._fast_dirty = False  # a tick since the fast views were last read
+        self._fast_kind = "update"  # "snapshot" after a schema change rewrote their configs
         self._unlisten = process.on_lost(self._lost)
         state, _ = current()
         self._columns = {c["id"]: c["name"] for c in state.catalog.to_wire()}
@@ -208,6 +211,8 @@ class RoomViews(Dashboards, Upkeep):
             self._schema_changed(delta)
         if self._closed:
             return
+        if any(s.fast is not None or s.demoted for s in self.subs.values()):
+            self._fast_dirty = True
         state = self._current()[0]
         for t in self.tables.values():
             if t.built is None and not t.building:
@@ -219,13 +224,22 @@ class RoomViews(Dashboards, Upkeep):
 
     def _kick(self) -> None:
         """Start the pump that applies queued deltas, unless it is running."""
-        if self._pump is None and not self._closed and any(t.incoming for t in self.tables.values()):
+        if self._pump is None and not self._closed and self._pending():
             self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name=f"views:{self.name}")
+
+    def _pending(self) -> bool:
+        return self._fast_dirty or any(t.incoming for t in self.tables.values())
 
     async def _run_pump(self) -> None:
         try:
-            while not self._closed and any(t.incoming for t in self.tables.values()):
+            while not self._closed and self._pending():
                 async with self._lock:
+                    if self._fast_dirty:
+                        self._fast_dirty = False
+                        for sub in [s for s in self.subs.values() if s.demoted]:
+                            await self._demote(sub)
+                        kind, self._fast_kind = self._fast_kind, "update"
+                        await self._update_fast(kind)
                     for t in list(self.tables.values()):
                         if t.incoming:
                             await self._pump_once(t)
@@ -283,6 +297,7 @@ class RoomViews(Dashboards, Upkeep):
         self._zones = zones_of(delta.schema)
         for sub in self.subs.values():
             sub.follow_schema(renamed, dropped, delta.seq_to)
+        self._replan()
 
     # ---------------------------------------------------------------- subscriptions
 
@@ -348,6 +363,16 @@ class RoomViews(Dashboards, Upkeep):
             self._detach(sub)
             self._reply(sub.session, Error(e.code, e.message, e.details, re=msg.id))
             return
+        sub.fast = self._plan(sub)
+        if sub.fast is not None and await self._open_fast(sub, msg.id):
+            return  # served from the frame: no Perspective table needed
+        await self._open_perspective(sub, msg.id)
+
+    async def _open_perspective(self, sub: Subscription, re: Any) -> None:
+        """Open ``sub``'s view in its audience's table (built or widened first); a snapshot follows."""
+        if sub.closing is not None:
+            self._close_sub(sub, sub.closing)
+            return
         t = self._table(getattr(sub.session, "audience", EVERYONE))
         await self._ensure_locked(t, sub.config)
         if self.subs.get(sub.key) is not sub or sub.session.closed:
@@ -358,10 +383,10 @@ class RoomViews(Dashboards, Upkeep):
             result = await self._open_locked(sub)
         except ViewConfigError as e:
             self._detach(sub)
-            self._reply(sub.session, Error(e.code, e.message, e.details, re=msg.id))
+            self._reply(sub.session, Error(e.code, e.message, e.details, re=re))
             return
         if result is not None:
-            self._deliver(sub, result, "snapshot", re=msg.id)
+            self._deliver(sub, result, "snapshot", re=re)
 
     async def _open_locked(self, sub: Subscription) -> tuple[pa.Table, int] | None:
         """Open ``sub``'s view and read it; None (and the view released) if ``sub`` went meanwhile."""
@@ -391,8 +416,7 @@ class RoomViews(Dashboards, Upkeep):
             self._reply(session, no_such_view(msg))
             return
         await self._forget(sub)
-        seq = sub.table.seq if sub.table is not None else self.seq
-        self._reply(session, View(msg.view, "closed", seq, reason="unsubscribed", re=msg.id))
+        self._reply(session, View(msg.view, "closed", self._seq_of(sub), reason="unsubscribed", re=msg.id))
 
     def drop_session(self, session: Session) -> None:
         """Delete every view of a session that left."""
@@ -404,6 +428,13 @@ class RoomViews(Dashboards, Upkeep):
         subs = [s for s in self.subs.values() if s.session is session and s.vkey is not None]
         if subs:
             self.spawn(self._resend(subs))
+        fast = [s for s in self.subs.values() if s.session is session and s.fast is not None]
+        if fast:
+            self.spawn(self._resend_fast(fast))
+
+    async def _resend_fast(self, subs: list[Subscription]) -> None:
+        async with self._lock:
+            await self._update_fast("snapshot", only=[s for s in subs if self.subs.get(s.key) is s])
 
     async def _resend(self, subs: list[Subscription]) -> None:
         try:
@@ -441,8 +472,17 @@ class RoomViews(Dashboards, Upkeep):
                 sub.last = None
                 self._deliver(sub, result, "snapshot")
 
+    def _seq_of(self, sub: Subscription) -> int:
+        """The room seq ``sub``'s content reflects (its table's, or the room's for a fast view)."""
+        return sub.table.seq if sub.table is not None and sub.fast is None else self._current()[1]
+
     def _deliver(
-        self, sub: Subscription, result: tuple[pa.Table, int] | Exception, kind: str, re: Any = None
+        self,
+        sub: Subscription,
+        result: tuple[pa.Table, int] | Exception,
+        kind: str,
+        re: Any = None,
+        seq: int | None = None,
     ) -> None:
         if self.subs.get(sub.key) is not sub:
             return  # closed meanwhile: nothing about a view follows its ``closed``
@@ -451,15 +491,14 @@ class RoomViews(Dashboards, Upkeep):
             self._close_sub(sub, f"the view could not be read ({type(result).__name__}: {result})")
             return
         table, rows = result
-        msg = sub.message(kind, sub.table.seq, table, rows, re)
+        msg = sub.message(kind, self._seq_of(sub) if seq is None else seq, table, rows, re)
         if msg is not None:
             self._send(sub.session, msg, kind == "update")
 
     def _close_sub(self, sub: Subscription, reason: str) -> None:
         self._detach(sub)  # at once, so no update can follow the ``closed``
         self.spawn(self._forget(sub))
-        seq = sub.table.seq if sub.table is not None else self.seq
-        self._reply(sub.session, View(sub.name, "closed", seq, reason=reason))
+        self._reply(sub.session, View(sub.name, "closed", self._seq_of(sub), reason=reason))
 
     def _detach(self, sub: Subscription) -> None:
         if self.subs.get(sub.key) is sub:

@@ -38,10 +38,11 @@ def view_table(ipc: bytes, zones: dict[str, str]) -> pa.Table:
     table = pa.ipc.open_stream(ipc).read_all()
     names: list[str] = []
     arrays: list[pa.ChunkedArray] = []
+    plain = {n for n in table.column_names if _GROUP_HEADER.match(n) is None}
     for name, col in zip(table.column_names, table.columns, strict=True):
         m = _GROUP_HEADER.match(name)
-        if m is not None:
-            name = m.group(1)
+        if m is not None and m.group(1) not in plain:  # grouped by a column it also aggregates: keep
+            name = m.group(1)  # Perspective's "qty (Group by 1)", so names stay unique
         if pa.types.is_dictionary(col.type):
             col = col.cast(col.type.value_type)
         if name == RID and pa.types.is_floating(col.type):

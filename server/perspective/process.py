@@ -27,6 +27,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -245,13 +246,12 @@ class ViewsProcess:
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             if not p.gone:
                 code = await p.proc.wait()
-                # The request it was working on is the one that killed it (over views_memory_bytes).
-                head = p.pending[0] if p.pending else None
-                self._lose(
-                    p,
-                    f"the views process died working on it (exit code {code}): over views_memory_bytes?",
-                    head,
-                )
+                # Killed from outside (an operator, the OOM killer): nobody's fault.
+                if code == -signal.SIGKILL:
+                    self._lose(p, "the views process was killed (SIGKILL); its tables are rebuilt", None)
+                else:  # it crashed on the request it was working on: that one is to blame
+                    head = p.pending[0] if p.pending else None
+                    self._lose(p, f"the views process crashed working on it (exit code {code})", head)
         except asyncio.CancelledError:
             raise
         except Exception as e:

@@ -38,6 +38,8 @@ class Subscription:
     viewport: tuple[int, int] | None
     vkey: str | None = None
     table: Any = None  # the ViewTable (room, audience) it reads, once subscribed
+    fast: Any = None  # its FastPlan when it is served from the frame, not Perspective (.fastviews)
+    demoted: bool = False  # leaving the fast path: Perspective serves it from its next message
     last: pa.Table | None = None  # the content last sent, to skip unchanged updates
     closing: str | None = None  # why the view cannot survive the last schema change
     sent: int = 0  # messages sent for it; 0 while its first subscribe is still waiting
