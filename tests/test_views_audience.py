@@ -190,3 +190,43 @@ async def test_unused_tables_and_columns_go_after_the_ttl(ttl: float) -> None:
 async def _reopen(room: Any, h: Harness, s: FakeSession) -> View:
     await room.subscribe(s, Subscribe("back", NARROW, id=5))
     return await h.next_view(s, "back")
+
+
+async def test_a_fast_sorted_viewport_equals_perspectives_after_random_edits() -> None:
+    """The same sorted plain view, once served from the frame (EVERYONE) and once by Perspective
+    (an audience that sees every column, so it gets a Perspective table): equal after every tick."""
+    import random
+
+    h = Harness(_state())
+    views = LiveViews()
+    room = views("staff/main", h.current, lambda: None, h.send)
+    fast, slow = (
+        FakeSession("fast"),
+        FakeSession("slow", Audience(columns=frozenset({"name", "region", "qty", SECRET}))),
+    )
+    config = {"columns": ["name", "qty", SECRET], "sort": [["qty", "desc"], ["name", "asc"]]}
+    rng = random.Random(11)
+    try:
+        await room.subscribe(fast, Subscribe("v", dict(config), viewport=(0, 3), id=1))
+        await room.subscribe(slow, Subscribe("v", dict(config), viewport=(0, 3), id=1))
+        a, b = await h.next_view(fast, "v"), await h.next_view(slow, "v")
+        subs = {s.session.client: s for s in room.subs.values()}
+        assert subs["fast"].fast is not None and subs["slow"].fast is None and subs["slow"].vkey
+        for _ in range(25):
+            assert a.data is not None and b.data is not None and a.data.equals(b.data), (a.data, b.data)
+            assert a.rows == b.rows
+            rid = rng.randrange(4)
+            col, value = rng.choice([("qty", rng.randrange(-3, 6)), (SECRET, rng.choice([None, 1.5, 9.0]))])
+            room.on_delta(h.tick([SetCells((rid,), col, (value,))]))
+            await asyncio.wait_for(room.settled(), timeout(20))
+            a, b = _latest(h, fast, a), _latest(h, slow, b)
+    finally:
+        await room.close()
+        await views.close()
+
+
+def _latest(h: Harness, session: FakeSession, last: View) -> View:
+    """The view's newest message for ``session`` (``last`` if none came: its content did not change)."""
+    mine = [m for s, m in h.sent if s is session and isinstance(m, View)]
+    h.sent[:] = [(s, m) for s, m in h.sent if s is not session]
+    return mine[-1] if mine else last

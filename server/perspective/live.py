@@ -117,6 +117,11 @@ class RoomViews(Dashboards, Upkeep, FastViews):
         task.add_done_callback(self._tasks.discard)
         return task
 
+    async def settled(self) -> None:
+        """Return once every delta handed to :meth:`on_delta` so far has reached every view."""
+        while self._pump is not None:
+            await asyncio.shield(self._pump)
+
     async def barrier(self) -> None:
         """Return once every request of this room queued before this call is done."""
         async with self._lock:
