@@ -72,9 +72,9 @@ class Host:
         self._tables: dict[str, _Table] = {}
         self._session_table: dict[int, str] = {}
         # Perspective servers whose table was dropped, for the next build. perspective-python 5.5.1
-        # never frees a Server once it made a local client (about 100 KB each, more with views),
-        # so a server per build would leak on every build; reused, they are as many as the most
-        # tables ever held at once.
+        # never frees a Server once it made a local client (about 80 KB a build with three views:
+        # 30 MB over 400 builds), so a server per build grows without bound; reused, they are as
+        # many as the most tables ever held at once (tests/test_views_memory.py).
         self._spare: list[RoomTables] = []
 
     def handle(self, req: dict[str, Any]) -> Any:
