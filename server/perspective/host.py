@@ -71,6 +71,11 @@ class Host:
         self._push = push  # (sid, bytes): a dashboard session's reply
         self._tables: dict[str, _Table] = {}
         self._session_table: dict[int, str] = {}
+        # Perspective servers whose table was dropped, for the next build. perspective-python 5.5.1
+        # never frees a Server once it made a local client (about 80 KB a build with three views:
+        # 30 MB over 400 builds), so a server per build grows without bound; reused, they are as
+        # many as the most tables ever held at once (tests/test_views_memory.py).
+        self._spare: list[RoomTables] = []
 
     def handle(self, req: dict[str, Any]) -> Any:
         op = req.get("op")
@@ -92,8 +97,12 @@ class Host:
         key, name = req["table"], req["name"]
         self._drop(key)
         data = to_perspective(pa.ipc.open_stream(req["ipc"]).read_all())
-        tables = RoomTables()
-        tables._tables[name] = tables.client.table(data, index="_rid", name=name)
+        tables = self._spare.pop() if self._spare else RoomTables()
+        try:
+            tables._tables[name] = tables.client.table(data, index="_rid", name=name)
+        except BaseException:
+            self._spare.append(tables)  # still empty
+            raise
         tables._views[name] = []
         tables.poll()
         self._tables[key] = _Table(tables, name)
@@ -114,6 +123,7 @@ class Host:
         for shared in t.views.values():
             shared.view.delete()
         t.tables.close(t.name)
+        self._spare.append(t.tables)  # empty now: the next build reuses its Perspective server
 
     def _op_apply(self, req: dict[str, Any]) -> list[Any]:
         """Apply deltas (``[removed rids, upserts IPC or None]`` each; one poll), then read ``reads``."""
