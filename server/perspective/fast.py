@@ -62,7 +62,6 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from protocol import CoframeError, ErrorCode
 from protocol.dtypes import RID, dtype_name, frame_to_arrow
 
 from .fastexpr import (
@@ -85,18 +84,18 @@ _EMPTY_KEYS = {"group_by", "split_by", "aggregates", "expressions"}  # served on
 _DIRECTIONS = {"asc": False, "desc": True}
 
 
-class NotServable(CoframeError):
+class NotServable(Exception):
     """The frame holds values this engine cannot order as Perspective does (NaN, ``-0.0`` beside
     ``0.0`` in a float sort key), or no longer has the columns the plan was made for.
 
-    Never sent to a user: the caller serves the view with Perspective instead.
+    A signal, not a user error (so not in the error tree): the caller serves
+    the view with Perspective instead.
     """
 
-    code = ErrorCode.INTERNAL
-    status = 500
-
     def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message, details=details)
+        super().__init__(message)
+        self.message = message
+        self.details = details
 
 
 @dataclass(frozen=True, slots=True)
