@@ -21,8 +21,11 @@
     100-row viewport, sorted by price desc); ``kill_before`` s into the load
     the views process (the server's child running
     ``server.perspective.worker``) gets SIGKILL. Figure: SIGKILL → every view
-    received a fresh snapshot (a ``view`` of kind ``snapshot`` without
-    ``re``), goal ≤ 10 s. Then the load goes on for ``kill_after`` s, the
+    received a message reflecting the room as of the kill or later (``seq`` at
+    least the highest acked at the kill): a Perspective view's fresh
+    ``snapshot`` without ``re`` once its table is rebuilt, or the next
+    ``update`` of a view served from the frame, which the kill does not
+    touch; goal ≤ 10 s. Then the load goes on for ``kill_after`` s, the
     run waits until every edit is reflected, and each view's content is
     checked against the expected state.
 """
@@ -348,9 +351,10 @@ async def _kill_run(bench: ViewsBench, srv: ServerProcess, load: ViewLoad) -> No
         if vp is None:
             raise RuntimeError("no views process to kill (no child runs server.perspective.worker)")
         t_kill = time.perf_counter()
+        seq_kill = load.writer.max_seq
         os.kill(vp.pid, signal.SIGKILL)
         names = list(load.views)
-        got = await _fresh(load, names, t_kill, cfg.kill_limit)
+        got = await _fresh(load, names, t_kill, seq_kill, cfg.kill_limit)
         t_all = max(got.values()) if len(got) == len(names) else float("nan")
         await asyncio.sleep(cfg.kill_after)
     finally:
@@ -363,7 +367,7 @@ async def _kill_run(bench: ViewsBench, srv: ServerProcess, load: ViewLoad) -> No
     r.fresh_s.add(t_all - t_kill)
     for n in names:
         r.per_view.setdefault(n, Stats()).add(got[n] - t_kill if n in got else float("nan"))
-    firsts = [next(e for e in load.sub.fresh[n] if e[0] > t_kill) for n in got]
+    firsts = [next(e for e in load.sub.seen[n] if e[0] > t_kill and e[1] >= seq_kill) for n in got]
     r.behind.add(max((acked - seq for _, seq, acked in firsts), default=float("nan")))
     acked_at = {load.seq[i]: load.ack_t[i] for i in range(len(load.seq)) if load.seq[i]}
     ages = [t - acked_at[seq] for t, seq, _ in firsts if seq in acked_at]
@@ -392,12 +396,18 @@ async def _kill_run(bench: ViewsBench, srv: ServerProcess, load: ViewLoad) -> No
             r.checks_failed.append(why)
 
 
-async def _fresh(load: ViewLoad, names: list[str], t0: float, limit: float) -> dict[str, float]:
-    """Per view, the receive time of its first snapshot without ``re`` after ``t0`` (those in time)."""
+async def _fresh(load: ViewLoad, names: list[str], t0: float, seq0: int, limit: float) -> dict[str, float]:
+    """Per view, the receive time of its first message after ``t0`` that reflects seq ``seq0`` or later
+    (those in time): a Perspective view's fresh snapshot after the rebuild, or the next update of a
+    view served from the frame (which the kill does not touch)."""
     deadline = time.monotonic() + limit
 
     while True:
-        got = {n: ts[0] for n in names if (ts := [e[0] for e in load.sub.fresh.get(n, []) if e[0] > t0])}
+        got = {
+            n: ts[0]
+            for n in names
+            if (ts := [e[0] for e in load.sub.seen.get(n, []) if e[0] > t0 and e[1] >= seq0])
+        }
         if len(got) == len(names) or any(n in load.sub.closed for n in names):
             return got
         left = deadline - time.monotonic()

@@ -180,6 +180,8 @@ class _Subscriber:
         # Snapshots the server sent on its own (no ``re``: a view rebuilt), per view:
         # (receive time, its seq, the writer's last acked seq then).
         self.fresh: dict[str, list[tuple[float, int, int]]] = {}
+        # every snapshot and update: (receive time, seq, the writer's highest acked seq then)
+        self.seen: dict[str, list[tuple[float, int, int]]] = {}
         self.closed: dict[str, str] = {}  # views the server closed on its own: name -> reason
 
     def on_message(self, data: bytes | bytearray | memoryview) -> None:
@@ -196,6 +198,7 @@ class _Subscriber:
                 log.seq.append(int(d["seq"]))
                 log.t.append(t)
                 log.last = bytes(data)
+                self.seen.setdefault(d["view"], []).append((t, int(d["seq"]), self.load.writer.max_seq))
                 if vk == "snapshot" and d.get("re") is None:
                     self.fresh.setdefault(d["view"], []).append((t, int(d["seq"]), self.load.writer.max_seq))
             elif vk == "closed" and d.get("re") is None:

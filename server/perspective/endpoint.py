@@ -200,7 +200,11 @@ async def _serve(
     finally:
         # Deletes this session's views; shielded, so it happens even on cancel
         # (a task the views own, so it is still awaited if the room closes first).
-        await asyncio.shield(views.spawn(views.close_session(sid)))
+        closing = views.spawn(views.close_session(sid))
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:  # the server is stopping: the views await the task on close
+            pass
         writer.cancel()
         try:
             await writer

@@ -46,6 +46,13 @@ class FastViews:
         _current: Callable[[], tuple[State, int]]
         _fast_dirty: bool
         _fast_kind: str
+        _fast_pump: asyncio.Task[None] | None
+        _closed: bool
+        _lock: asyncio.Lock
+
+        def _kick(self) -> None: ...
+
+        def spawn(self, work: Any) -> asyncio.Task[Any]: ...
 
         def _deliver(
             self, sub: Subscription, result: Result, kind: str, re: Any = None, seq: int | None = None
@@ -62,6 +69,34 @@ class FastViews:
 
     def _fast(self) -> list[Subscription]:
         return [s for s in self.subs.values() if s.fast is not None]
+
+    async def _run_fast_pump(self) -> None:
+        """Read every fast view after the ticks since the last read, until no tick is waiting.
+
+        Runs beside the Perspective pump, without the room's views lock: a fast
+        view never waits for Perspective. A view whose snapshot is not sent yet
+        is left to its ``subscribe``; views leaving the fast path are handed
+        to a task that takes the lock.
+        """
+        try:
+            while self._fast_dirty and not self._closed:
+                self._fast_dirty = False
+                demoted = [s for s in self.subs.values() if s.demoted]
+                for sub in demoted:
+                    sub.demoted = False
+                    self.spawn(self._demote_locked(sub))
+                kind, self._fast_kind = self._fast_kind, "update"
+                await self._update_fast(kind, only=[s for s in self._fast() if s.sent])
+        except Exception:
+            log.exception("fast views failed to follow the room")
+        finally:
+            self._fast_pump = None
+            self._kick()
+
+    async def _demote_locked(self, sub: Subscription) -> None:
+        async with self._lock:
+            if self.subs.get(sub.key) is sub:
+                await self._demote(sub)
 
     async def _read_fast(self, subs: list[Subscription]) -> tuple[list[Result], int]:
         """Read each of ``subs`` over the room's current frame (one worker-thread job); and the seq."""
@@ -85,6 +120,7 @@ class FastViews:
         if isinstance(result, NotServable):
             sub.fast = None
             return False
+        sub.fast_seq = seq
         self._deliver(sub, result, "snapshot", re=re, seq=seq)
         return True
 
@@ -99,8 +135,12 @@ class FastViews:
                 continue
             if isinstance(result, NotServable):
                 log.info("view %s of %s leaves the fast path: %s", sub.name, sub.session.client, result)
-                await self._demote(sub)
+                sub.fast = None
+                self.spawn(self._demote_locked(sub))
                 continue
+            if seq < sub.fast_seq or sub.fast is None:
+                continue  # a newer read was sent meanwhile (a snapshot), or it left the fast path
+            sub.fast_seq = seq
             if kind == "snapshot":
                 sub.last = None
             self._deliver(sub, result, kind, seq=seq)

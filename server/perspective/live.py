@@ -103,6 +103,7 @@ class RoomViews(Dashboards, Upkeep, FastViews):
         self._closed = False
         self._fast_dirty = False  # a tick since the fast views were last read
         self._fast_kind = "update"  # "snapshot" after a schema change rewrote their configs
+        self._fast_pump: asyncio.Task[None] | None = None  # reads the fast views; never waits for Perspective
         self._unlisten = process.on_lost(self._lost)
         state, _ = current()
         self._columns = {c["id"]: c["name"] for c in state.catalog.to_wire()}
@@ -119,8 +120,8 @@ class RoomViews(Dashboards, Upkeep, FastViews):
 
     async def settled(self) -> None:
         """Return once every delta handed to :meth:`on_delta` so far has reached every view."""
-        while self._pump is not None:
-            await asyncio.shield(self._pump)
+        while self._pump is not None or self._fast_pump is not None:
+            await asyncio.gather(*(asyncio.shield(p) for p in (self._pump, self._fast_pump) if p is not None))
 
     async def barrier(self) -> None:
         """Return once every request of this room queued before this call is done."""
@@ -228,23 +229,23 @@ class RoomViews(Dashboards, Upkeep, FastViews):
         self._kick()
 
     def _kick(self) -> None:
-        """Start the pump that applies queued deltas, unless it is running."""
-        if self._pump is None and not self._closed and self._pending():
+        """Start the pumps that apply queued deltas (tables) and read the fast views, unless running."""
+        if self._closed:
+            return
+        if self._pump is None and self._pending():
             self._pump = asyncio.get_running_loop().create_task(self._run_pump(), name=f"views:{self.name}")
+        if self._fast_pump is None and self._fast_dirty:
+            self._fast_pump = asyncio.get_running_loop().create_task(
+                self._run_fast_pump(), name=f"fast-views:{self.name}"
+            )
 
     def _pending(self) -> bool:
-        return self._fast_dirty or any(t.incoming for t in self.tables.values())
+        return any(t.incoming for t in self.tables.values())
 
     async def _run_pump(self) -> None:
         try:
             while not self._closed and self._pending():
                 async with self._lock:
-                    if self._fast_dirty:
-                        self._fast_dirty = False
-                        for sub in [s for s in self.subs.values() if s.demoted]:
-                            await self._demote(sub)
-                        kind, self._fast_kind = self._fast_kind, "update"
-                        await self._update_fast(kind)
                     for t in list(self.tables.values()):
                         if t.incoming:
                             await self._pump_once(t)
@@ -549,7 +550,8 @@ class RoomViews(Dashboards, Upkeep, FastViews):
                     except (ViewsLost, RuntimeError):
                         pass
                 t.built = None
-        tasks = [t for t in (self._pump, *self._tasks) if t is not None and t is not asyncio.current_task()]
+        pumps = (self._pump, self._fast_pump, *self._tasks)
+        tasks = [t for t in pumps if t is not None and t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,15 +10,18 @@ Requests come in one at a time, in order; each gets exactly one answer,
 answers the process may send ``{"push": sid, "data"}``: a dashboard
 session's reply from Perspective (during a request or a poll).
 
-The process limits its own address space (``RLIMIT_AS``: its size after
-start-up plus the budget it is given); an allocation over it fails,
-Perspective aborts and the process dies, and the server starts a new one.
-The server kills it too when one request runs over its time budget.
+It runs at a lower CPU priority than the server (``nice`` +10), so a
+runaway view competes with other views, not with acks. It limits its own
+address space (``RLIMIT_AS``: its size after start-up plus the budget it is
+given): an allocation over it fails, and Perspective answers ``bad_alloc``
+(the view gets ``too_expensive``). The server kills the process when one
+request runs over its time budget, and starts a new one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import struct
@@ -34,6 +37,7 @@ __all__ = ["main", "serve", "read_frame", "write_frame", "pack", "unpack", "MAX_
 log = logging.getLogger("coframe.views.worker")
 
 _LEN = struct.Struct(">I")
+NICE = 10  # the views process's CPU priority below the server's (os.nice increment)
 MAX_FRAME = (1 << 32) - 1  # a frame's length field is 32 bits
 
 
@@ -73,6 +77,10 @@ def write_frame(sock: socket.socket, obj: Any) -> None:
 def main(fd: int, memory_bytes: int) -> None:
     """The views process's entry point: serve the socket ``fd`` under ``memory_bytes``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops this process itself
+    try:
+        os.nice(NICE)  # views are best effort: on a busy machine the server's acks go first
+    except OSError:
+        pass
     logging.basicConfig(level=logging.WARNING, format="coframe views process: %(message)s")
     serve(socket.socket(fileno=fd), memory_bytes)
 
