@@ -10,7 +10,7 @@ Requests come in one at a time, in order; each gets exactly one answer,
 answers the process may send ``{"push": sid, "data"}``: a dashboard
 session's reply from Perspective (during a request or a poll).
 
-It runs at a lower CPU priority than the server (``nice`` +10), so a
+It runs at a lower CPU priority than the server (``nice`` +5), so a
 runaway view competes with other views, not with acks. It limits its own
 address space (``RLIMIT_AS``: its size after start-up plus the budget it is
 given): an allocation over it fails, and Perspective answers ``bad_alloc``
@@ -37,7 +37,7 @@ __all__ = ["main", "serve", "read_frame", "write_frame", "pack", "unpack", "MAX_
 log = logging.getLogger("coframe.views.worker")
 
 _LEN = struct.Struct(">I")
-NICE = 10  # the views process's CPU priority below the server's (os.nice increment)
+NICE = 5  # the views process's CPU priority below the server's (os.nice increment)
 MAX_FRAME = (1 << 32) - 1  # a frame's length field is 32 bits
 
 
