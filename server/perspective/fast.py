@@ -72,7 +72,6 @@ from .fastexpr import (
     filter_expr,
     has_nul,
     ptype,
-    sort_exprs,
     unsortable,
 )
 from .payload import DEFAULT_VIEWPORT_ROWS
@@ -83,6 +82,7 @@ __all__ = ["FastPlan", "NotServable", "Clause", "SortKey", "plan_fast"]
 _PLAIN_KEYS = {"columns", "sort", "filter"}
 _EMPTY_KEYS = {"group_by", "split_by", "aggregates", "expressions"}  # served only when empty
 _DIRECTIONS = {"asc": False, "desc": True}
+_FLOATS = ("Float32", "Float64")  # UInt64 is a float in Perspective, but never NaN or -0.0
 
 
 class NotServable(CoframeError):
@@ -127,27 +127,45 @@ class FastPlan:
     def read(self, frame: pl.DataFrame) -> tuple[pa.Table, int]:
         """The view's payload over ``frame`` (a room frame: ``_rid`` first, ascending).
 
+        One lazy Polars query: filter, sort by the keys then ``_rid``, slice
+        the viewport (Polars turns sort + slice into a top-k), after one pass
+        that counts the rows and checks the float sort keys.
+
         Raises:
             NotServable: the frame's values or columns are not what this plan serves.
         """
         self._check_schema(frame)
         nul = self._nul_columns(frame)
-        columns = list(frame.columns) if self.columns is None else list(self.columns)
-        df = frame
+        lf = frame.lazy()
         if self.filters:
             mask = pl.lit(True)
             for c in self.filters:
                 x = column_expr(c.column, c.dtype, nul=c.column in nul)
                 mask = mask & filter_expr(x, ptype(c.dtype) or "", c.op, c.value)
-            df = frame.filter(mask)
-        rows = df.height
+            lf = lf.filter(mask)
+        keys = [column_expr(k.column, k.dtype, nul=k.column in nul) for k in self.sort]
+        checks = [
+            unsortable(x).alias(f"{i}")
+            for i, (k, x) in enumerate(zip(self.sort, keys, strict=True))
+            if k.dtype in _FLOATS
+        ]
+        rows = frame.height
+        if self.filters or checks:
+            rows, *hits = lf.select(pl.len(), *checks).collect().row(0)
+            bad = [k.column for k, hit in zip((k for k in self.sort if k.dtype in _FLOATS), hits) if hit]
+            if bad:
+                raise NotServable(
+                    f"sort column '{bad[0]}' holds NaN or both -0.0 and 0.0, which Perspective"
+                    " orders inconsistently",
+                    column=bad[0],
+                )
+        if keys:
+            desc = [k.descending for k in self.sort]
+            # Nulls first ascending, last descending; ties in _rid order (module doc).
+            lf = lf.sort([*keys, pl.col(RID)], descending=[*desc, False], nulls_last=[*desc, False])
         start, end = self.viewport
-        end = min(end, rows)
-        if start >= end:
-            return _payload(df.clear(), columns, frame), rows
-        if self.sort:
-            df = self._top(df, end, nul)
-        return _payload(df.slice(start, end - start), columns, frame), rows
+        columns = list(frame.columns) if self.columns is None else list(self.columns)
+        return _payload(lf.slice(start, end - start).select(columns).collect(), columns, frame), rows
 
     def _check_schema(self, frame: pl.DataFrame) -> None:
         schema = frame.schema
@@ -158,39 +176,14 @@ class FastPlan:
 
     def _nul_columns(self, frame: pl.DataFrame) -> set[str]:
         """String sort and filter columns holding a NUL (cut there by Perspective)."""
-        names = {k.column for k in self.sort if k.dtype == "String"}
-        names |= {c.column for c in self.filters if c.dtype == "String"}
+        names = sorted(
+            {k.column for k in self.sort if k.dtype == "String"}
+            | {c.column for c in self.filters if c.dtype == "String"}
+        )
         if not names:
             return set()
-        found = frame.select(has_nul(n) for n in sorted(names)).row(0)
-        return {n for n, hit in zip(sorted(names), found, strict=True) if hit}
-
-    def _top(self, df: pl.DataFrame, k: int, nul: set[str]) -> pl.DataFrame:
-        """The first ``k`` rows of ``df`` in Perspective's sort order."""
-        keys: list[pl.Expr] = []
-        desc: list[bool] = []
-        checks: list[pl.Expr] = []
-        for i, key in enumerate(self.sort):
-            x = column_expr(key.column, key.dtype, nul=key.column in nul)
-            if ptype(key.dtype) == "float" and key.dtype != "UInt64":
-                checks.append(unsortable(x).alias(key.column))
-            exprs, flags = sort_exprs(x, key.descending)
-            keys += exprs
-            desc += flags
-        if checks:
-            bad = [name for name, hit in df.select(checks).row(0, named=True).items() if hit]
-            if bad:
-                raise NotServable(
-                    f"sort column '{bad[0]}' holds NaN or both -0.0 and 0.0, which Perspective"
-                    " orders inconsistently",
-                    column=bad[0],
-                )
-        names = [f"__k{i}" for i in range(len(keys))]
-        keyed = df.with_columns(e.alias(n) for e, n in zip(keys, names, strict=True))
-        by = [*names, RID]
-        flags = [*desc, False]
-        top = keyed.bottom_k(k, by=by, reverse=flags) if k < keyed.height else keyed
-        return top.sort(by, descending=flags).drop(names)
+        found = frame.select(has_nul(n) for n in names).row(0)
+        return {n for n, hit in zip(names, found, strict=True) if hit}
 
 
 def _payload(df: pl.DataFrame, columns: list[str], frame: pl.DataFrame) -> pa.Table:

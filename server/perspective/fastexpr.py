@@ -23,7 +23,6 @@ __all__ = [
     "check_value",
     "column_expr",
     "filter_expr",
-    "sort_exprs",
     "unsortable",
     "has_nul",
 ]
@@ -139,17 +138,6 @@ def filter_expr(x: pl.Expr, pt: str, op: str, value: Any) -> pl.Expr:
     return ~hit if op in ("!=", "not in") else hit
 
 
-def sort_exprs(x: pl.Expr, descending: bool) -> tuple[list[pl.Expr], list[bool]]:
-    """Keys (and their ``descending`` flags) that order rows as Perspective sorts ``x``.
-
-    Perspective puts nulls first when ascending and last when descending,
-    and breaks ties by the index (``_rid``) ascending in both directions,
-    which the caller adds as the last key. A null flag first keeps the
-    order independent of where Polars puts nulls.
-    """
-    return [x.is_not_null(), x], [descending, descending]
-
-
 def unsortable(x: pl.Expr) -> pl.Expr:
     """True when float ``x`` holds a value Perspective cannot order consistently.
 
@@ -165,4 +153,4 @@ def unsortable(x: pl.Expr) -> pl.Expr:
 
 def has_nul(name: str) -> pl.Expr:
     """String column ``name`` holds a NUL somewhere."""
-    return pl.col(name).str.contains("\x00", literal=True).any()
+    return pl.col(name).cast(pl.Binary).bin.contains(b"\x00").any()  # faster than str.contains
