@@ -76,20 +76,11 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from protocol import CoframeError, ErrorCode
-from protocol.dtypes import RID, dtype_name, frame_to_arrow
+from protocol.dtypes import RID
 
-from .fastexpr import (
-    FILTER_OPS,
-    check_value,
-    column_expr,
-    filter_expr,
-    has_nul,
-    ptype,
-    unsortable,
-)
+from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause, view_arrow
+from .fastexpr import column_expr, ptype, unsortable
 from .payload import DEFAULT_VIEWPORT_ROWS
-from .types import to_perspective
 
 __all__ = ["FastPlan", "NotServable", "Clause", "SortKey", "plan_fast"]
 
@@ -99,33 +90,11 @@ _DIRECTIONS = {"asc": False, "desc": True}
 _FLOATS = ("Float32", "Float64")  # UInt64 is a float in Perspective, but never NaN or -0.0
 
 
-class NotServable(CoframeError):
-    """The frame holds values this engine cannot order as Perspective does (NaN, ``-0.0`` beside
-    ``0.0`` in a float sort key), or no longer has the columns the plan was made for.
-
-    Never sent to a user: the caller serves the view with Perspective instead.
-    """
-
-    code = ErrorCode.INTERNAL
-    status = 500
-
-    def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message, details=details)
-
-
 @dataclass(frozen=True, slots=True)
 class SortKey:
     column: str
     dtype: str
     descending: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Clause:
-    column: str
-    dtype: str
-    op: str
-    value: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,15 +117,12 @@ class FastPlan:
         Raises:
             NotServable: the frame's values or columns are not what this plan serves.
         """
-        self._check_schema(frame)
-        nul = self._nul_columns(frame)
+        check_schema(frame, self.dtypes)
+        strings = [c.column for c in (*self.sort, *self.filters) if c.dtype == "String"]
+        nul = nul_columns(frame, strings)
         lf = frame.lazy()
         if self.filters:
-            mask = pl.lit(True)
-            for c in self.filters:
-                x = column_expr(c.column, c.dtype, nul=c.column in nul)
-                mask = mask & filter_expr(x, ptype(c.dtype) or "", c.op, c.value)
-            lf = lf.filter(mask)
+            lf = lf.filter(filter_mask(self.filters, nul))
         keys = [column_expr(k.column, k.dtype, nul=k.column in nul) for k in self.sort]
         checks = [
             unsortable(x).alias(f"{i}")
@@ -179,50 +145,7 @@ class FastPlan:
             lf = lf.sort([*keys, pl.col(RID)], descending=[*desc, False], nulls_last=[*desc, False])
         start, end = self.viewport
         columns = list(frame.columns) if self.columns is None else list(self.columns)
-        return _payload(lf.slice(start, end - start).select(columns).collect(), columns, frame), rows
-
-    def _check_schema(self, frame: pl.DataFrame) -> None:
-        schema = frame.schema
-        for name, dtype in self.dtypes:
-            got = schema.get(name)
-            if got is None or dtype_name(got) != dtype:
-                raise NotServable(f"column '{name}' is no longer {dtype}; plan the view again", column=name)
-
-    def _nul_columns(self, frame: pl.DataFrame) -> set[str]:
-        """String sort and filter columns holding a NUL (cut there by Perspective)."""
-        names = sorted(
-            {k.column for k in self.sort if k.dtype == "String"}
-            | {c.column for c in self.filters if c.dtype == "String"}
-        )
-        if not names:
-            return set()
-        found = frame.select(has_nul(n) for n in names).row(0)
-        return {n for n, hit in zip(names, found, strict=True) if hit}
-
-
-def _payload(df: pl.DataFrame, columns: list[str], frame: pl.DataFrame) -> pa.Table:
-    """``df``'s ``columns`` as :func:`.payload.view_table` returns them from Perspective."""
-    if not columns:
-        return pa.Table.from_arrays([], names=[])
-    mapped = to_perspective(frame_to_arrow(df.select(columns)))
-    arrays: list[pa.ChunkedArray] = []
-    for name, col in zip(mapped.column_names, mapped.columns, strict=True):
-        typ = frame.schema[name]
-        if name == RID:
-            col = col.cast(pa.uint64())
-        elif isinstance(typ, pl.String):
-            col = _cut_nul(col).cast(pa.string())
-        elif isinstance(typ, pl.Datetime) and typ.time_zone is not None:
-            col = col.cast(pa.timestamp("ms", "UTC")).cast(pa.timestamp("ms", typ.time_zone))
-        arrays.append(col)
-    return pa.Table.from_arrays(arrays, names=columns)
-
-
-def _cut_nul(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    values = col.to_pylist()
-    if not any(v is not None and "\x00" in v for v in values):
-        return col
-    return pa.chunked_array([pa.array([v if v is None else v.split("\x00", 1)[0] for v in values], col.type)])
+        return view_arrow(lf.slice(start, end - start).select(columns).collect(), columns), rows
 
 
 def plan_fast(
@@ -268,30 +191,8 @@ def plan_fast(
         sort.append(SortKey(clause[0], dtypes[clause[0]], _DIRECTIONS[clause[1]]))
     filters: list[Clause] = []
     for clause in config.get("filter", ()):
-        c = _clause(clause, dtypes)
+        c = parse_clause(clause, dtypes)
         if c is None or not known(c.column):
             return None
         filters.append(c)
     return FastPlan(columns, tuple(sort), tuple(filters), (start, end), tuple(used.items()))
-
-
-def _clause(clause: Any, dtypes: dict[str, str]) -> Clause | None:
-    """A filter clause this engine serves, or None."""
-    if not isinstance(clause, list) or len(clause) != 3 or clause[0] not in dtypes:
-        return None
-    name, op, value = clause
-    dtype = dtypes[name]
-    pt = ptype(dtype)
-    if pt is None:
-        return None
-    if op in ("is null", "is not null"):
-        return Clause(name, dtype, op, None)
-    if op not in FILTER_OPS[pt]:
-        return None
-    if op in ("in", "not in"):
-        if not isinstance(value, list) or not all(check_value(pt, v) for v in value):
-            return None
-        value = tuple(value)
-    elif not check_value(pt, value):
-        return None
-    return Clause(name, dtype, op, value)
