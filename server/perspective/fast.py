@@ -80,9 +80,10 @@ from protocol.dtypes import RID
 
 from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause, view_arrow
 from .fastexpr import column_expr, ptype, unsortable
+from .fastgroup import GroupedPlan, plan_grouped
 from .payload import DEFAULT_VIEWPORT_ROWS
 
-__all__ = ["FastPlan", "NotServable", "Clause", "SortKey", "plan_fast"]
+__all__ = ["FastPlan", "GroupedPlan", "NotServable", "Clause", "SortKey", "plan_fast"]
 
 _PLAIN_KEYS = {"columns", "sort", "filter"}
 _EMPTY_KEYS = {"group_by", "split_by", "aggregates", "expressions"}  # served only when empty
@@ -150,21 +151,25 @@ class FastPlan:
 
 def plan_fast(
     config: dict[str, Any], viewport: tuple[int, int] | None, schema: list[dict[str, Any]]
-) -> FastPlan | None:
-    """A :class:`FastPlan` for the view ``config`` with ``viewport`` over a room of wire
-    ``schema`` (``catalog.to_wire()``), or None when Perspective must serve it.
+) -> FastPlan | GroupedPlan | None:
+    """A plan for the view ``config`` with ``viewport`` over a room of wire ``schema``
+    (``catalog.to_wire()``), or None when Perspective must serve it.
 
     Served: plain views (no group_by, split_by, aggregates or expressions)
     whose sort directions, filter operators, operands and column dtypes are
-    those the module doc lists as proven equal to Perspective.
+    those the module doc lists as proven equal to Perspective; and grouped
+    views of ``mean``, ``count`` and integer ``sum`` (:mod:`.fastgroup`).
+    Both plans have ``read(frame) -> (table, rows)``.
     """
+    dtypes = {RID: "UInt64", **{c["name"]: c["dtype"] for c in schema}}
+    if any(ptype(d) is None for d in dtypes.values()):
+        return None
+    if config.get("group_by"):
+        return plan_grouped(config, viewport, dtypes)
     if set(config) - _PLAIN_KEYS - _EMPTY_KEYS or any(config.get(k) for k in _EMPTY_KEYS):
         return None
     start, end = (0, DEFAULT_VIEWPORT_ROWS) if viewport is None else viewport
     if start < 0 or end <= start:
-        return None
-    dtypes = {RID: "UInt64", **{c["name"]: c["dtype"] for c in schema}}
-    if any(ptype(d) is None for d in dtypes.values()):
         return None
     used: dict[str, str] = {}
 
