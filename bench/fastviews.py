@@ -2,7 +2,8 @@
 
 Builds the demo frame (:func:`server.demo.demo_sales`, 1M rows by default)
 and, for a 1-key sort (``price`` desc) and a 2-key sort (``region`` asc,
-``price`` desc), each with a 100-row viewport, reports:
+``price`` desc), each with a 100-row viewport, and two grouped views of
+``mean`` (whole result), reports:
 
 - *fast read*: :meth:`server.perspective.fast.FastPlan.read` over the frame,
   median of ``--reads`` (20);
@@ -41,6 +42,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "1-key (price desc)": {"sort": [["price", "desc"]]},
     "2-key (region asc, price desc)": {"sort": [["region", "asc"], ["price", "desc"]]},
 }
+#: Grouped views send every row (no viewport).
+GROUPED: dict[str, dict[str, Any]] = {
+    "mean price by region": {"group_by": ["region"], "columns": ["price"], "aggregates": {"price": "mean"}},
+    "mean+count by region,product": {
+        "group_by": ["region", "product"],
+        "columns": ["price", "qty"],
+        "aggregates": {"price": "mean", "qty": "count"},
+    },
+}
 
 
 def _ms(samples: list[float]) -> str:
@@ -73,8 +83,9 @@ def main() -> None:
     print(f"{'view':32} {'fast read':>11} {'Perspective update+read':>24} {'view open':>10}  equal")
     seq = 0
     try:
-        for name, config in CONFIGS.items():
-            plan = plan_fast(config, VIEWPORT, schema)
+        for name, config in {**CONFIGS, **GROUPED}.items():
+            viewport = VIEWPORT if name in CONFIGS else None
+            plan = plan_fast(config, viewport, schema)
             assert plan is not None, f"the engine does not serve {config}"
             fast = []
             for _ in range(args.reads):
@@ -89,7 +100,7 @@ def main() -> None:
                 seq += 1
                 t = time.perf_counter()
                 state = _set_price(tables, state, rid=1000 * i + 7, price=10_000.0 + seq, seq=seq)
-                want = read_view(view.handle, config, VIEWPORT, {})
+                want = read_view(view.handle, config, viewport, {})
                 slow.append(time.perf_counter() - t)
             got = plan.read(state.frame)
             equal = got[1] == want[1] and got[0].equals(want[0])

@@ -1,14 +1,19 @@
-"""The fast plain-view engine (server/perspective/fast.py) against Perspective 5.5.1 itself.
+"""The fast view engines (server/perspective/fast.py, fastgroup.py) against Perspective 5.5.1 itself.
 
 Each case builds a room state and a real Perspective table from it
 (:class:`RoomTables`), opens the view with the same config, and then after
 every tick of a random edit stream (set, insert, delete, through the real
 ops and :class:`DeltaBuilder`, so Perspective sees the deltas a room sends)
-asserts that ``FastPlan.read(frame)`` equals :func:`read_view` of the live
-Perspective view: same Arrow table (``pa.Table.equals``) and row count.
-Values come from small domains, so ties and nulls are common; floats
-include NaN and ``-0.0``, where the engine must either agree or refuse
-(:class:`NotServable`) exactly when Perspective's order is undefined.
+asserts that the plan's ``read(frame)`` equals :func:`read_view` of a
+Perspective view opened now, and of the live view where Perspective keeps
+it right (:meth:`Pair.check`): same Arrow table and row count. Equal means
+``pa.Table.equals`` except that NaN equals NaN and ``-0.0`` differs from
+``0.0`` (:func:`same`). Values come from small domains, so ties and nulls
+are common; floats include NaN and ``-0.0``, where the plain engine must
+either agree or refuse (:class:`NotServable`) exactly when Perspective's
+order is undefined. Plain views with sorts and filters, grouped views with
+mean, count and integer sum, every served filter operand, 3000-row frames
+with heavy ties, and the configs that must be refused are covered.
 """
 
 from __future__ import annotations

@@ -100,9 +100,9 @@ class SortKey:
 
 @dataclass(frozen=True, slots=True)
 class FastPlan:
-    """A plain view this engine serves: output ``columns`` (None: all), sort, filters, viewport."""
+    """A plain view this engine serves: output ``columns``, sort, filters, viewport."""
 
-    columns: tuple[str, ...] | None
+    columns: tuple[str, ...]
     sort: tuple[SortKey, ...]
     filters: tuple[Clause, ...]
     viewport: tuple[int, int]
@@ -145,7 +145,7 @@ class FastPlan:
             # Nulls first ascending, last descending; ties in _rid order (module doc).
             lf = lf.sort([*keys, pl.col(RID)], descending=[*desc, False], nulls_last=[*desc, False])
         start, end = self.viewport
-        columns = list(frame.columns) if self.columns is None else list(self.columns)
+        columns = list(self.columns)
         return view_arrow(lf.slice(start, end - start).select(columns).collect(), columns), rows
 
 
@@ -180,13 +180,10 @@ def plan_fast(
         return True
 
     columns = config.get("columns")
-    if columns is not None:
-        if len(set(columns)) != len(columns) or not all(known(c) for c in columns):
-            return None
-        columns = tuple(columns)
-    else:
-        for name in dtypes:
-            known(name)
+    if columns is None:
+        columns = list(dtypes)  # every column, in the frame's order: _rid, then the catalog's
+    if len(set(columns)) != len(columns) or not all(known(c) for c in columns):
+        return None
     sort: list[SortKey] = []
     for clause in config.get("sort", ()):
         if len(clause) != 2 or not known(clause[0]) or clause[1] not in _DIRECTIONS:
@@ -200,4 +197,4 @@ def plan_fast(
         if c is None or not known(c.column):
             return None
         filters.append(c)
-    return FastPlan(columns, tuple(sort), tuple(filters), (start, end), tuple(used.items()))
+    return FastPlan(tuple(columns), tuple(sort), tuple(filters), (start, end), tuple(used.items()))
