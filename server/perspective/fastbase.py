@@ -15,7 +15,6 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from protocol import CoframeError, ErrorCode
 from protocol.dtypes import RID, dtype_name, frame_to_arrow
 
 from .fastexpr import FILTER_OPS, check_value, column_expr, filter_expr, has_nul, ptype
@@ -32,18 +31,18 @@ __all__ = [
 ]
 
 
-class NotServable(CoframeError):
+class NotServable(Exception):
     """The frame holds values this engine cannot order as Perspective does (NaN, ``-0.0`` beside
     ``0.0`` in a float sort key), or no longer has the columns the plan was made for.
 
-    Never sent to a user: the caller serves the view with Perspective instead.
+    Not a :class:`protocol.CoframeError`: it never reaches a user (the
+    caller serves the view with Perspective instead), so it has no error
+    code. ``column`` names the column at fault.
     """
 
-    code = ErrorCode.INTERNAL
-    status = 500
-
-    def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message, details=details)
+    def __init__(self, message: str, *, column: str) -> None:
+        super().__init__(message)
+        self.column = column
 
 
 @dataclass(frozen=True, slots=True)
