@@ -1,0 +1,337 @@
+"""Cases for tests/test_fast_views.py: room states, view configs and edits, drawn from small domains,
+and the comparison of a fast plan's read against Perspective (:class:`Pair`).
+
+Every dtype the fast engines serve has a column, with values chosen for
+ties and edges: int extremes, UInt64 above 2**53, NaN, ``-0.0``, inexact
+floats (means depend on adding order), strings that differ only in case,
+accents or after a NUL, timestamps a fraction of a millisecond before 1970.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+from hypothesis import strategies as st
+
+from protocol import Delete, Insert, Op, SetCells
+from server.ops import RID, State, apply, normalize_frame, polars_dtype
+from server.perspective import RoomTables
+from server.perspective.config import for_perspective
+from server.perspective.fast import FastPlan, NotServable, plan_fast
+from server.perspective.fastexpr import FILTER_OPS, check_value, ptype
+from server.perspective.jobs import zones_of
+from server.perspective.payload import read_view
+from server.rooms.deltas import DeltaBuilder
+
+__all__ = [
+    "ROOM",
+    "COLUMNS",
+    "DOMAINS",
+    "GROUPABLE",
+    "Pair",
+    "configs",
+    "describe",
+    "edits",
+    "grouped_configs",
+    "make_state",
+    "operands",
+    "same",
+    "states",
+    "tick",
+]
+
+ROOM = "fast/main"
+TZ = "Asia/Tokyo"
+_T0 = dt.datetime(1969, 12, 31, 23, 59, 59, 999_500)
+
+#: Column name -> dtype, one per served dtype (and the narrow ints Perspective widens).
+COLUMNS: dict[str, str] = {
+    "i8": "Int8",
+    "u16": "UInt16",
+    "i32": "Int32",
+    "i64": "Int64",
+    "u32": "UInt32",
+    "u64": "UInt64",
+    "f": "Float64",
+    "f32": "Float32",
+    "s": "String",
+    "b": "Boolean",
+    "d": "Date",
+    "t": "Datetime",
+    "tz": f"Datetime[{TZ}]",
+}
+
+#: Small value domains: many ties, and the edge values of each type.
+DOMAINS: dict[str, list[Any]] = {
+    "i8": [-128, -1, 0, 1, 2, 127],
+    "u16": [0, 1, 2, 65535],
+    "i32": [-(2**31), -3, 0, 1, 5, 2**31 - 1],
+    "i64": [-(2**63), -(2**53) - 1, -1, 0, 1, 2**53 + 1, 2**63 - 1],
+    "u32": [0, 1, 7, 2**32 - 1],
+    "u64": [0, 1, 2**53, 2**53 + 1, 2**64 - 1],
+    # 0.1, 0.7 and 1/3 are inexact: a mean of them depends on the order it adds them in.
+    "f": [-math.inf, -1.5, 0.0, 0.1, 1 / 3, 0.7, 2.5, 1e300, math.inf],
+    "f32": [-2.5, 0.0, 0.1, 0.5, 3.0],
+    "s": ["", "a", "a ", "B", "b", "Z", "é", "É", "a\x00b", "a\x00c"],
+    "b": [False, True],
+    "d": [dt.date(1969, 12, 31), dt.date(2024, 2, 29), dt.date(2024, 3, 1)],
+    # -500 us and -100 us are 0 ms truncated (as Arrow casts), -1 ms floored: tied with 1970-01-01 or not.
+    "t": [
+        _T0,
+        _T0 + dt.timedelta(microseconds=400),
+        dt.datetime(1970, 1, 1),
+        dt.datetime(2024, 5, 1, 12, 0, 0, 1),
+    ],
+    "tz": [
+        dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC),
+        dt.datetime(2024, 5, 1, 12, 0, 0, 999, tzinfo=dt.UTC),
+        dt.datetime(1960, 1, 1, tzinfo=dt.UTC),
+        _T0.replace(tzinfo=dt.UTC),
+        dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+    ],
+}
+#: Values whose Perspective order is undefined: a float sort key holding one must be refused.
+UNORDERED = [math.nan, -0.0]
+
+
+def cell(draw: st.DrawFn, name: str) -> Any:
+    if name in ("f", "f32") and draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from(UNORDERED))
+    return draw(st.none() | st.sampled_from(DOMAINS[name]))
+
+
+def make_state(columns: dict[str, list[Any]], rids: list[int]) -> State:
+    series = [pl.Series(n, v, dtype=polars_dtype(COLUMNS[n])) for n, v in columns.items()]
+    frame, catalog = normalize_frame(pl.DataFrame(series))
+    frame = frame.with_columns(pl.Series(RID, rids, dtype=pl.UInt64))
+    return State(frame, catalog, (rids[-1] + 1) if rids else 0)
+
+
+@st.composite
+def states(draw: st.DrawFn) -> State:
+    """A room of 1 to 30 rows. Never empty: Perspective 5.5.1 sorts the nulls of the first
+    batch polled into a table created empty as the largest value (last ascending), and
+    every later null first; a table built from rows, as the engine models, has no such
+    history (measured, and in the module doc of server/perspective/fast.py)."""
+    n = draw(st.integers(1, 30))
+    rids = sorted(draw(st.lists(st.integers(0, 200), min_size=n, max_size=n, unique=True)))
+    return make_state({name: [cell(draw, name) for _ in range(n)] for name in COLUMNS}, rids)
+
+
+# ----------------------------------------------------------------------- configs
+
+
+def filter_clause(draw: st.DrawFn) -> list[Any]:
+    name = draw(st.sampled_from(list(COLUMNS)))
+    ops = [*FILTER_OPS[ptype(COLUMNS[name]) or ""], "is null", "is not null"]
+    op = draw(st.sampled_from(ops))
+    if op in ("is null", "is not null"):
+        return [name, op, None]
+    pick = st.sampled_from(operands(name))
+    return [name, op, draw(st.lists(pick, max_size=3)) if op in ("in", "not in") else draw(pick)]
+
+
+def operands(name: str) -> list[Any]:
+    """Served operands for column ``name``: its domain (dates and datetimes as text), edge
+    numbers, both zeros for floats; check_value drops the rest (NUL, infinities, ...)."""
+    pt = ptype(COLUMNS[name]) or ""
+    extra = {
+        "float": [-0.0, 0.0, 0, 1, 0.25, -(2**53), 2**53, 0.5, 1.8e19],
+        "date": [str(d) for d in DOMAINS["d"]] + ["2024-03-02", "1900-01-01"],
+        "datetime": [
+            "1969-12-31T23:59:59.999",
+            "1970-01-01 00:00:00",
+            "1970-01-01T00:00:00.0",
+            "2024-05-01T12:00:00.5",
+            "2024-05-01 12:00:00.05",
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00.001",
+            "1960-01-01T00:00:00",
+        ],
+    }.get(pt, [-(2**53), 2**53, 2**31 - 1])
+    return [v for v in [*DOMAINS[name], *extra] if check_value(pt, v)]
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    names = [RID, *COLUMNS]
+    config: dict[str, Any] = {}
+    if draw(st.booleans()):
+        config["columns"] = draw(st.lists(st.sampled_from(names), unique=True, max_size=5))
+    keys = draw(st.lists(st.sampled_from(names), unique=True, min_size=1, max_size=3))
+    config["sort"] = [[k, draw(st.sampled_from(["asc", "desc"]))] for k in keys]
+    if draw(st.booleans()):
+        config["filter"] = [filter_clause(draw) for _ in range(draw(st.integers(1, 2)))]
+    viewport = draw(
+        st.none()
+        | st.tuples(st.integers(0, 40), st.integers(1, 40)).map(lambda t: (t[0], t[0] + t[1]))
+        | st.just((5, 10**9))
+    )
+    return config, viewport
+
+
+GROUPABLE = [n for n in COLUMNS if n not in ("f", "f32")]
+
+
+@st.composite
+def grouped_configs(draw: st.DrawFn) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """Grouped views the engine serves: mean, count and integer sum of columns not grouped by."""
+    group_by = draw(st.lists(st.sampled_from(GROUPABLE), unique=True, min_size=1, max_size=2))
+    rest = [n for n in COLUMNS if n not in group_by]
+    columns = draw(st.lists(st.sampled_from(rest), unique=True, min_size=1, max_size=4))
+    aggregates = {}
+    for name in columns:
+        pt = ptype(COLUMNS[name])
+        options = ["count"] + (["mean"] if pt in ("int32", "int64", "float") else [])
+        options += ["sum"] if pt in ("int32", "int64") else []
+        aggregates[name] = draw(st.sampled_from(options))
+    config: dict[str, Any] = {"group_by": group_by, "columns": columns, "aggregates": aggregates}
+    if draw(st.booleans()):
+        config["filter"] = [filter_clause(draw)]
+    viewport = draw(st.none() | st.just((1, 3)))
+    return config, viewport
+
+
+# ----------------------------------------------------------------------- edits
+
+
+@st.composite
+def edits(draw: st.DrawFn, state: State) -> Op:
+    rids = state.frame.get_column(RID).to_list()
+    kind = draw(st.sampled_from(["set", "set", "insert", "delete"] if rids else ["insert"]))
+    if kind == "set":
+        name = draw(st.sampled_from(list(COLUMNS)))
+        chosen = draw(st.lists(st.sampled_from(rids), unique=True, min_size=1, max_size=4))
+        return SetCells(tuple(chosen), name, tuple(cell(draw, name) for _ in chosen))
+    if kind == "delete":
+        return Delete(rows=tuple(draw(st.lists(st.sampled_from(rids), unique=True, min_size=1, max_size=4))))
+    k = draw(st.integers(1, 4))
+    series = [
+        pl.Series(n, [cell(draw, n) for _ in range(k)], dtype=polars_dtype(COLUMNS[n])) for n in COLUMNS
+    ]
+    return Insert(pl.DataFrame(series).to_arrow())
+
+
+def tick(rt: RoomTables, state: State, draw: Callable[[State], Op], n: int, seq: int) -> State:
+    """Apply ``n`` ops (each drawn against the state the one before left) as one tick,
+    and push the built delta to Perspective."""
+    builder = DeltaBuilder()
+    after = state
+    for _ in range(n):
+        applied = apply(after, draw(after))
+        builder.add(applied.effect)
+        after = applied.state
+    rt.apply_delta(ROOM, builder.build(state, after, seq, seq, ("u1",), None), after)
+    return after
+
+
+# ----------------------------------------------------------------------- comparing
+
+
+def _plain(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows with floats as their repr: NaN equals NaN, and ``-0.0`` differs from ``0.0``."""
+    return [{k: repr(v) if isinstance(v, float) else v for k, v in row.items()} for row in table.to_pylist()]
+
+
+def same(got: pa.Table, want: pa.Table) -> bool:
+    """Equal payloads: ``pa.Table.equals``, except that NaN equals NaN and zeros keep their sign."""
+    return got.schema == want.schema and got.num_rows == want.num_rows and _plain(got) == _plain(want)
+
+
+def describe(got: pa.Table, want: pa.Table) -> str:
+    """A readable diff of two view payloads: schemas, then the first rows that differ."""
+    lines = []
+    if got.schema != want.schema:
+        lines.append(f"schema: fast\n{got.schema}\nperspective\n{want.schema}")
+    g, w = _plain(got), _plain(want)
+    if len(g) != len(w):
+        lines.append(f"rows: fast {len(g)}, perspective {len(w)}")
+    shown = 0
+    for i, (a, b) in enumerate(zip(g, w, strict=False)):
+        if a != b and shown < 5:
+            lines.append(f"row {i}: fast {a}\n        perspective {b}")
+            shown += 1
+    return "\n".join(lines) or "tables differ in a way to_pylist does not show (NaN or nulls)"
+
+
+def unordered_key(rt: RoomTables, plan: FastPlan, frame: pl.DataFrame, config: dict[str, Any]) -> str | None:
+    """The float sort key the engine must refuse, judged by Python on the rows Perspective keeps."""
+    kept = rt.query(ROOM, columns=[RID], filter=config.get("filter", []))
+    view = set(kept[RID].cast(pl.UInt64).to_list())
+    rids = frame[RID].to_list()
+    for key in plan.sort:
+        if key.dtype not in ("Float64", "Float32"):
+            continue
+        values = [
+            v for r, v in zip(rids, frame[key.column].to_list(), strict=True) if r in view and v is not None
+        ]
+        zeros = {math.copysign(1.0, v) for v in values if v == 0.0}
+        if any(math.isnan(v) for v in values) or len(zeros) == 2:
+            return key.column
+    return None
+
+
+class Pair:
+    """A room state and its Perspective table, with one open view to compare."""
+
+    def __init__(
+        self, rt: RoomTables, state: State, config: dict[str, Any], viewport: tuple[int, int] | None
+    ):
+        self.rt, self.state, self.config, self.viewport = rt, state, config, viewport
+        rt.open(ROOM, state)
+        self.view = rt.view(ROOM, **for_perspective(config))
+        plan = plan_fast(config, viewport, state.catalog.to_wire())
+        assert plan is not None, f"the engine refused a config it serves: {config}"
+        self.plan = plan
+        self.seq = 0
+        # The live view missed a null written to a filter or group column (or is grouped and filtered).
+        self.stale = bool(config.get("group_by") and config.get("filter"))
+
+    def check(self) -> None:
+        """The engine's read equals a view opened now, and the live view until it went stale.
+
+        Perspective 5.5.1's live views go stale when an update sets a cell of
+        a filter or group_by column to null: the row is neither re-filtered
+        nor regrouped (and a later value can list it twice). A live view both
+        grouped and filtered by ``is null``, ``!=`` or ``not in`` loses or
+        miscounts its null group on inserts, so those are never compared. A
+        new subscriber gets the fresh view's rows, which the engine must equal.
+        """
+        frame = self.state.frame
+        zones = zones_of(self.state.catalog.to_wire())
+        fresh = self.rt.view(ROOM, **for_perspective(self.config))
+        try:
+            want = read_view(fresh.handle, self.config, self.viewport, zones)
+        finally:
+            fresh.delete()
+        try:
+            got = self.plan.read(frame)
+        except NotServable:
+            assert unordered_key(self.rt, self.plan, frame, self.config), "refused a view it can serve"
+            return
+        self.compare(got, want, "a new view")
+        if not self.stale:
+            self.compare(got, read_view(self.view.handle, self.config, self.viewport, zones), "the live view")
+
+    def compare(self, got: tuple[pa.Table, int], want: tuple[pa.Table, int], what: str) -> None:
+        assert got[1] == want[1], f"row count: fast {got[1]}, {what} {want[1]}"
+        ctx = f"{self.config} {self.viewport} against {what}"
+        assert same(got[0], want[0]), f"{ctx}\n{describe(got[0], want[0])}\n{self.state.frame}"
+
+    def step(self, draw: Callable[[State], Op], n: int) -> None:
+        watched = {c[0] for c in self.config.get("filter", [])} | set(self.config.get("group_by", []))
+
+        def drawn(state: State) -> Op:
+            op = draw(state)
+            if isinstance(op, SetCells) and op.col in watched and None in op.values:
+                self.stale = True
+            return op
+
+        self.seq += 1
+        self.state = tick(self.rt, self.state, drawn, n, self.seq)
+        self.check()
