@@ -207,8 +207,10 @@ def test_overlay_matches_the_general_path(seed: int, gaps: bool) -> None:
         fast.flush()
         slow.flush()
         assert fast.state.frame.equals(slow.state.frame)
-        _same_delta(fb.build(f_before, fast.state, seq_from, fast.seq, (), None),
-                    sb.build(s_before, slow.state, seq_from, slow.seq, (), None))
+        _same_delta(
+            fb.build(f_before, fast.state, seq_from, fast.seq, (), None),
+            sb.build(s_before, slow.state, seq_from, slow.seq, (), None),
+        )
         if rng.random() < 0.3:
             fast.clock.prune(fast.seq - 3)
             slow.clock.prune(slow.seq - 3)
@@ -255,8 +257,10 @@ def test_a_tick_of_sets_to_one_column_reads_its_delta_from_the_plans(col: str, g
             slow.add_cells(before.catalog.resolve(col).id, np.asarray(rows, dtype=np.uint64))
         assert slow.plans is None and fast.plans is not None  # the two builds take different paths
         core.flush()
-        _same_delta(fast.build(before, core.state, seq_from, core.seq, ("a",), None),
-                    slow.build(before, core.state, seq_from, core.seq, ("a",), None))
+        _same_delta(
+            fast.build(before, core.state, seq_from, core.seq, ("a",), None),
+            slow.build(before, core.state, seq_from, core.seq, ("a",), None),
+        )
 
 
 def test_the_overlay_comparison_saw_every_case() -> None:

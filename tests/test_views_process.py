@@ -49,7 +49,10 @@ async def test_a_runaway_view_is_closed_within_its_budget_and_other_rooms_keep_a
     settings = Settings(demo=False, views_timeout=BUDGET)
     async with make_server(settings=settings, frames={"a": _frame(), "b": small_frame()}) as srv:
         async with connect(srv.url, "a") as a, connect(srv.url, "b") as b:
-            plain = await a.subscribe_view(group_by=["name"], columns=["qty"], aggregates={"qty": "sum"})
+            # A float sum: served by Perspective (its order of additions is not reproducible).
+            plain = await a.subscribe_view(
+                group_by=["name"], columns=["qty", "price"], aggregates={"qty": "sum", "price": "sum"}
+            )
             fast = await a.subscribe_view(columns=["name", "qty"])  # served from the frame, not Perspective
             runaway = await a.subscribe_view(expressions={"r": LOOP}, columns=["r"])
             assert runaway.frame["r"].to_list()[:3] == [0.0, 0.0, 0.0]  # cheap while qty is 0
@@ -97,7 +100,9 @@ async def test_a_view_that_overruns_when_opened_is_refused_with_the_reason(make_
 
 async def test_killing_the_views_process_brings_views_back_with_fresh_snapshots(make_server: Any) -> None:
     async with make_server(frames={"sales": small_frame(50)}) as srv, connect(srv.url, "sales") as room:
-        grouped = await room.subscribe_view(group_by=["region"], columns=["qty"], aggregates={"qty": "sum"})
+        grouped = await room.subscribe_view(
+            group_by=["region"], columns=["qty", "price"], aggregates={"qty": "sum", "price": "sum"}
+        )
         plain = await room.subscribe_view(columns=["qty"], sort=[["qty", "desc"]])
         stream = grouped.updates()
         process = srv.registry.views.process
