@@ -289,18 +289,25 @@ class Pair:
         assert plan is not None, f"the engine refused a config it serves: {config}"
         self.plan = plan
         self.seq = 0
-        # The live view missed a null written to a filter or group column (or is grouped and filtered).
-        self.stale = bool(config.get("group_by") and config.get("filter"))
+        # The live view missed a null written to a filter, group or aggregated column
+        # (or is grouped and filtered, or sums an int32 column: see check).
+        int32_sum = any(
+            a == "sum" and ptype(COLUMNS[c]) == "int32" for c, a in config.get("aggregates", {}).items()
+        )
+        self.stale = bool(config.get("group_by") and config.get("filter")) or int32_sum
 
     def check(self) -> None:
         """The engine's read equals a view opened now, and the live view until it went stale.
 
         Perspective 5.5.1's live views go stale when an update sets a cell of
-        a filter or group_by column to null: the row is neither re-filtered
-        nor regrouped (and a later value can list it twice). A live view both
+        a filter, group_by or aggregated column to null: the row is neither
+        re-filtered nor regrouped, nor its old value taken out of the
+        aggregate (and a later value can list the row twice). A live view both
         grouped and filtered by ``is null``, ``!=`` or ``not in`` loses or
-        miscounts its null group on inserts, so those are never compared. A
-        new subscriber gets the fresh view's rows, which the engine must equal.
+        miscounts its null group on inserts, and a live ``sum`` of an int32
+        column subtracts a removed ``-2**31`` by adding it (the negation
+        wraps in int32), so those are never compared. A new subscriber gets
+        the fresh view's rows, which the engine must equal.
         """
         frame = self.state.frame
         zones = zones_of(self.state.catalog.to_wire())
@@ -325,6 +332,8 @@ class Pair:
 
     def step(self, draw: Callable[[State], Op], n: int) -> None:
         watched = {c[0] for c in self.config.get("filter", [])} | set(self.config.get("group_by", []))
+        if self.config.get("group_by"):
+            watched |= set(self.config.get("columns", []))
 
         def drawn(state: State) -> Op:
             op = draw(state)
