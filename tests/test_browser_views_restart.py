@@ -119,7 +119,11 @@ async def test_a_dashboard_reconnects_by_itself_after_the_views_process_is_kille
     await page.screenshot(path=str(ARTIFACTS / "views_restart_before.png"))
 
     async with connect(demo.url, "sales") as room:
-        view = await room.subscribe_view(columns=["order_id", "price"], viewport=(0, 10))
+        # An expression keeps it a Perspective view (a plain view is served from the frame, which the
+        # kill does not touch).
+        view = await room.subscribe_view(
+            columns=["order_id", "price", "twice"], expressions={"twice": '"price" * 2'}, viewport=(0, 10)
+        )
         assert view.frame["price"][0] == KNOWN
         updates = view.updates()
         process = demo.registry.views.process
