@@ -83,7 +83,7 @@ Lost = Callable[[str, Any], None]  # (reason, tag of the request that overran or
 class _Proc:
     """One running views process and the server's end of its socket."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader, writer: Any) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], reader: asyncio.StreamReader, writer: Any) -> None:
         self.proc = proc
         self.reader = reader
         self.writer = writer
@@ -195,10 +195,9 @@ class ViewsProcess:
     async def _spawn(self) -> _Proc:
         ours, theirs = socket.socketpair()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *[sys.executable, "-I", "-c", _BOOT, _ROOT, str(theirs.fileno()), str(self.memory_bytes)],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
+            argv = [sys.executable, "-I", "-c", _BOOT, _ROOT, str(theirs.fileno()), str(self.memory_bytes)]
+            proc = await asyncio.to_thread(
+                subprocess.Popen, argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL
             )
         except BaseException:
             ours.close()
@@ -215,7 +214,7 @@ class ViewsProcess:
         except BaseException as e:
             writer.close()
             proc.kill()
-            await proc.wait()
+            await asyncio.to_thread(proc.wait)
             raise RuntimeError(f"the views process could not start: {e!r}") from None
         self.generation += 1
         self._proc = p
@@ -245,7 +244,7 @@ class ViewsProcess:
                     entry.future.set_result(msg.get("ok"))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             if not p.gone:
-                code = await p.proc.wait()
+                code = await asyncio.to_thread(p.proc.wait)
                 # Killed from outside (an operator, the OOM killer): nobody's fault.
                 if code == -signal.SIGKILL:
                     self._lose(p, "the views process was killed (SIGKILL); its tables are rebuilt", None)
@@ -285,7 +284,7 @@ class ViewsProcess:
         p.writer.close()
         if p.task is not None and p.task is not asyncio.current_task():
             p.task.cancel()
-        self._reaping.add(asyncio.ensure_future(p.proc.wait()))  # reap it
+        self._reaping.add(asyncio.ensure_future(asyncio.to_thread(p.proc.wait)))  # reap it
         self._reaping = {t for t in self._reaping if not t.done()}
         self.restarts += 1
         self.last_loss = reason
