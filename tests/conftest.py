@@ -224,3 +224,12 @@ def server_thread() -> Any:
     yield stop["live"]
     stop["loop"].call_soon_threadsafe(stop["event"].set)
     t.join(timeout(15))
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A headless Debian chromium (tests/browsing.py); skipped, or failed under CI=true, without it."""
+    from tests.browsing import launched
+
+    async with launched() as b:
+        yield b

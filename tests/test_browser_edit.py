@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -28,36 +26,11 @@ import pytest
 
 from client import connect
 from server.demo import demo_sales
-from server.perspective.assets import WEB_ROOT, missing_assets
+from tests.browsing import ARTIFACTS, MS
 from tests.conftest import LiveServer
-from tests.pg import require_service
 from tests.serving import timeout
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run"]  # fmt: skip
-ARTIFACTS = Path(__file__).parent / "artifacts"
 COLUMNS = {"columns": ["_rid", "qty", "price", "note"]}
-MS = 1000
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        require_service(f"Chromium not found at {CHROMIUM}: run `sh tests/browser.sh` (make test does)")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        require_service("the playwright package is not installed: run `make install-test`")
-    missing = missing_assets(WEB_ROOT)
-    if missing:
-        require_service(f"client/web/node_modules/{missing[0]} is missing: run `make install` (npm ci)")
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from protocol import (
     SetCells,
 )
 
-from .cells import SetPlan, apply_fill_null, apply_set, apply_set_plans, plan_set, read_cells
+from .cells import SetPlan, apply_set, apply_set_plans, plan_set, read_cells
 from .columns import (
     apply_add_column,
     apply_cast_column,
@@ -35,6 +35,7 @@ from .columns import (
     apply_restore_column,
 )
 from .exprcost import IN_PROCESS, ExprCost
+from .fill import apply_fill_null
 from .rows import apply_delete, apply_insert, apply_restore_rows
 from .state import Applied, OpError, State
 

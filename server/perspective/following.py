@@ -90,11 +90,6 @@ class Following:
         t = self.tables.get(EVERYONE)
         return t is not None and self.live(t)
 
-    @property
-    def seq(self) -> int:
-        t = self.tables.get(EVERYONE)
-        return 0 if t is None else t.seq
-
     def _wanted(self, t: ViewTable, extra: list[dict[str, Any]] = ()) -> set[str] | None:  # type: ignore[assignment]
         configs = [s.config for s in self.subs.values() if s.table is t and s.closing is None]
         everything = t.audience == EVERYONE and bool(self._watchers)
