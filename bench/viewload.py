@@ -34,6 +34,7 @@ __all__ = [
     "COLUMN",
     "Phase",
     "GROUPED",
+    "GROUPED_MAX",
     "PLAIN",
     "SORTED",
     "Expected",
@@ -59,6 +60,8 @@ class Phase:
 
 
 GROUPED = ("grouped", {"group_by": ["region"], "columns": [COLUMN], "aggregates": {COLUMN: "sum"}})
+# A max: a grouped view Perspective serves (sums, means and counts are computed from the room's frame).
+GROUPED_MAX = ("grouped_max", {"group_by": ["region"], "columns": [COLUMN], "aggregates": {COLUMN: "max"}})
 PLAIN = ("plain", {})
 SORTED = ("sorted", {"sort": [[COLUMN, "desc"]]})
 
@@ -101,7 +104,11 @@ class Expected:
         assert isinstance(frame, pl.DataFrame)
         price = self.price()
         if config.get("group_by"):
-            sums = np.bincount(self.codes, weights=np.nan_to_num(price), minlength=len(self.names))
+            if config["aggregates"][COLUMN] == "max":
+                sums = np.full(len(self.names), -np.inf)
+                np.fmax.at(sums, self.codes, price)  # fmax skips NaN (null prices)
+            else:
+                sums = np.bincount(self.codes, weights=np.nan_to_num(price), minlength=len(self.names))
             got = dict(
                 zip(frame.get_column("region").to_list(), frame.get_column(COLUMN).to_list(), strict=True)
             )

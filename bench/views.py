@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .common import ServerProcess, Stats, coframe_argv, free_port, percentile
-from .viewload import GROUPED, PLAIN, SORTED, Expected, Phase, ViewLoad, ViewLog
+from .viewload import GROUPED, GROUPED_MAX, PLAIN, SORTED, Expected, Phase, ViewLoad, ViewLog
 
 __all__ = [
     "ViewsConfig",
@@ -121,11 +121,15 @@ PHASES = (
     Phase("base", "A. no views (no Perspective table)", (), "rids"),
     Phase("plain", "B. grouped + plain view", (GROUPED, PLAIN), "rids"),
     Phase("sorted", "C. grouped + sorted plain view", (GROUPED, SORTED), "max"),
+    Phase("perspective", "D. grouped max (Perspective) + plain view", (GROUPED_MAX, PLAIN), "rids"),
 )
 
 
-def view_target_ms(view: str) -> float:
-    """The send → view p99 goal of a phase view: 100 ms for the sorted one, else 30 ms."""
+def view_target_ms(view: str) -> float | None:
+    """The send → view p99 goal of a phase view: 100 ms for the sorted one, none (reported
+    beside) for the grouped max that Perspective serves, else 30 ms."""
+    if view == GROUPED_MAX[0]:
+        return None
     return TARGET_SORTED_P99_MS if view == SORTED[0] else TARGET_VIEW_P99_MS
 
 
@@ -264,7 +268,8 @@ def missed_phases(r: ViewsResult) -> list[str]:
     for key, ph in r.latency.phases.items():
         for name in ph.views:
             lat = ph.lat.get(f"send→{name}")
-            if lat is not None and lat.p99.n and not lat.p99.median <= view_target_ms(name):
+            goal = view_target_ms(name)
+            if lat is not None and lat.p99.n and goal is not None and not lat.p99.median <= goal:
                 if key not in out:
                     out.append(key)
     return out

@@ -8,12 +8,15 @@ asserts that the plan's ``read(frame)`` equals :func:`read_view` of a
 Perspective view opened now, and of the live view where Perspective keeps
 it right (:meth:`Pair.check`): same Arrow table and row count. Equal means
 ``pa.Table.equals`` except that NaN equals NaN and ``-0.0`` differs from
-``0.0`` (:func:`same`). Values come from small domains, so ties and nulls
-are common; floats include NaN and ``-0.0``, where the plain engine must
-either agree or refuse (:class:`NotServable`) exactly when Perspective's
-order is undefined. Plain views with sorts and filters, grouped views with
-mean, count and integer sum, every served filter operand, 3000-row frames
-with heavy ties, and the configs that must be refused are covered.
+``0.0`` (:func:`same`); a grouped view's float sums and means must be the
+exact value rounded once (Python fractions) and Perspective's within its
+rounding bound (:func:`assert_same_view`). Values come from small domains,
+so ties and nulls are common; floats include NaN and ``-0.0``, where the
+plain engine must either agree or refuse (:class:`NotServable`) exactly
+when Perspective's order is undefined. Plain views with sorts and filters,
+grouped views with sum, mean and count, every served filter operand,
+3000-row frames with heavy ties, and the configs that must be refused are
+covered.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from hypothesis import strategies as st
 
 from protocol import Delete, Insert, Op, SetCells
 from server.ops import RID, State, polars_dtype
-from server.perspective import RoomTables
+from server.perspective import RoomTables, fastgroup
 from server.perspective.config import for_perspective
 from server.perspective.fast import NotServable, plan_fast
 from server.perspective.fastexpr import FILTER_OPS, ptype
@@ -41,6 +44,7 @@ from tests.fast_cases import (
     DOMAINS,
     ROOM,
     Pair,
+    assert_same_view,
     configs,
     describe,
     edits,
@@ -138,6 +142,14 @@ BIG_CONFIGS: list[tuple[dict[str, Any], tuple[int, int] | None]] = [
         },
         None,
     ),
+    (
+        {
+            "group_by": ["u16"],
+            "columns": ["f", "f32", "u64", "i64"],
+            "aggregates": {"f": "sum", "f32": "sum", "u64": "sum", "i64": "sum"},
+        },
+        (1, 3),
+    ),
 ]
 
 
@@ -188,11 +200,11 @@ def test_equal_at_scale_with_heavy_ties(rt: RoomTables) -> None:
                 want, want_rows = read_view(fresh.handle, config, viewport, zones)
             finally:
                 fresh.delete()
-            assert rows == want_rows, (config, rows, want_rows)
-            assert same(got, want), f"{config} {viewport} tick {seq}\n{describe(got, want)}"
+            case = (plan, config, viewport, state.frame, (got, rows))
+            assert_same_view(*case, (want, want_rows), f"a new view, tick {seq}")
             if not config.get("filter"):
-                live_table, _ = read_view(live.handle, config, viewport, zones)
-                assert same(got, live_table), f"{config} live, tick {seq}\n{describe(got, live_table)}"
+                live_view = read_view(live.handle, config, viewport, zones)
+                assert_same_view(*case, live_view, f"the live view, tick {seq}", live=True)
 
 
 # ----------------------------------------------------------------------- every filter
@@ -357,3 +369,18 @@ def test_unsupported_dtype_in_the_room_is_refused() -> None:
         plan_fast({"sort": [["s", "asc"]]}, None, [*SCHEMA, {"id": 99, "name": "x", "dtype": "Decimal"}])
         is None
     )
+
+
+def test_too_many_groups_go_to_perspective(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_GROUPS the tally refuses the read (the room then opens the view in Perspective)."""
+    monkeypatch.setattr(fastgroup, "MAX_GROUPS", 3)
+    columns = {name: [DOMAINS[name][0]] * 5 for name in COLUMNS} | {"i32": [1, 2, 3, 4, 5]}
+    state = make_state(columns, [0, 1, 2, 3, 4])
+    config = {"group_by": ["i32"], "columns": ["f"], "aggregates": {"f": "sum"}}
+    plan = plan_fast(config, None, state.catalog.to_wire())
+    assert isinstance(plan, fastgroup.GroupedPlan)
+    with pytest.raises(NotServable, match="more than 3 groups"):
+        plan.read(state.frame)
+    config["group_by"] = ["b"]
+    plan = plan_fast(config, None, state.catalog.to_wire())
+    assert plan is not None and plan.read(state.frame)[1] == 1

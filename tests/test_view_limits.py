@@ -33,7 +33,13 @@ from tests.conftest import small_frame, timeout
 from tests.helpers import FakeTransport
 from tests.wire import RawPeer
 
-SUM = {"group_by": ["region"], "columns": ["price", "qty"], "aggregates": {"price": "sum", "qty": "sum"}}
+# Sorted: a grouped view with a sort is served by Perspective (unsorted sums come from the frame).
+SUM = {
+    "group_by": ["region"],
+    "columns": ["price", "qty"],
+    "aggregates": {"price": "sum", "qty": "sum"},
+    "sort": [["region", "asc"]],
+}
 
 LONG = "1 + " * 5_000 + "1"  # over MAX_EXPRESSION_CHARS
 BUDGETED = [  # no longer refused: the views process's budgets bound them

@@ -25,6 +25,8 @@ from tests.helpers import FakeTransport
 from tests.wire import RawPeer
 
 SUM = {"group_by": ["region"], "columns": ["price", "qty"], "aggregates": {"price": "sum", "qty": "sum"}}
+# The same sums, sorted: a grouped view with a sort is served by Perspective, not from the frame.
+PSUM = {**SUM, "sort": [["region", "asc"]]}
 
 
 def expected_sums(frame: pl.DataFrame) -> dict[tuple[str, str], float]:
@@ -165,8 +167,10 @@ async def test_schema_changes_keep_subscribers(make_server: Any) -> None:
 async def test_unsubscribe_and_leave_delete_views(make_server: Any) -> None:
     async with make_server(frames={"sales": small_frame(10)}) as srv:
         async with connect(srv.url, "sales") as room:
-            a = await room.subscribe_view(**SUM)
-            c = await room.subscribe_view(columns=["price"], group_by=["region"], aggregates={"price": "sum"})
+            a = await room.subscribe_view(**PSUM)
+            c = await room.subscribe_view(
+                columns=["price"], group_by=["region"], aggregates={"price": "sum"}, sort=[["region", "asc"]]
+            )
             b = await room.subscribe_view(
                 columns=["qty"]
             )  # plain: served from the frame, no Perspective view
@@ -200,7 +204,9 @@ async def test_tables_are_lazy_one_per_room_and_hold_only_used_columns(make_serv
         views = srv.room().views
         assert views.built is None  # nobody watches: no Perspective table yet
         await room.set_cells([0], "qty", [1])
-        qty = await room.subscribe_view(group_by=["region"], columns=["price"], aggregates={"price": "sum"})
+        qty = await room.subscribe_view(
+            group_by=["region"], columns=["price"], aggregates={"price": "sum"}, sort=[["region", "asc"]]
+        )
         held = await views.process.stats()
         assert list(held) == ["sales/main"] and sorted(held["sales/main"]["columns"]) == [
             "_rid",
@@ -208,7 +214,7 @@ async def test_tables_are_lazy_one_per_room_and_hold_only_used_columns(make_serv
             "region",
         ]
         snapshots = qty.updates()
-        await room.subscribe_view(**SUM)  # needs qty too: the table is rebuilt wider
+        await room.subscribe_view(**PSUM)  # needs qty too: the table is rebuilt wider
         held = await views.process.stats()
         assert list(held) == ["sales/main"]
         assert sorted(held["sales/main"]["columns"]) == ["_rid", "price", "qty", "region"]
@@ -283,7 +289,7 @@ async def test_views_survive_a_reconnect(make_server: Any) -> None:
 async def test_edits_during_the_table_build_are_not_lost(make_server: Any) -> None:
     # Big enough that the build (in a worker thread) overlaps the edits below.
     async with make_server(frames={"sales": small_frame(200_000)}) as srv, connect(srv.url, "sales") as room:
-        subscribing = asyncio.ensure_future(room.subscribe_view(**SUM))
+        subscribing = asyncio.ensure_future(room.subscribe_view(**PSUM))
         acks = [await room.set_cells([i], "price", [10_000.0 + i]) for i in range(20)]
         await room.delete_rows([100, 101])
         view = await subscribing
@@ -349,7 +355,7 @@ async def test_a_resynced_client_gets_fresh_view_snapshots() -> None:
     room.start()
     t = GatedTransport()
     s = room.join(Hello("slow"), t, binary=True)
-    room.submit(s, Subscribe("g", dict(SUM), id=1))
+    room.submit(s, Subscribe("g", dict(PSUM), id=1))
     # Perspective jobs run one at a time, in order: once this no-op ran, the
     # subscribe (queued first) has opened its view.
     await asyncio.wait_for(room.views.ensure(), timeout(10))

@@ -1,10 +1,12 @@
-"""Grouped views with ``mean``, ``count`` and integer ``sum`` aggregates, equal to Perspective's.
+"""Grouped views with ``mean``, ``count`` and ``sum`` aggregates, equal to Perspective's.
 
 A grouped view sends its whole result (or its viewport, when it has one).
 :func:`plan_grouped` serves the configs :mod:`.fast` routes here; the
 result equals :func:`.payload.read_view` of a Perspective view opened with
 the same config (``group_rollup_mode`` ``flat``, as coframe opens grouped
-views: leaf groups only, no total row).
+views: leaf groups only, no total row), float sums and means to within
+Perspective's own rounding (below). The aggregates are kept per group by a
+:class:`.fasttally.Tally`, updated from the rows that changed between reads.
 
 What Perspective 5.5.1 computes, measured on this machine and checked by
 tests/test_fast_views.py after random edits:
@@ -16,26 +18,31 @@ tests/test_fast_views.py after random edits:
 - Columns: the group columns under their own names, then ``columns`` in
   order. A group column also listed in ``columns`` comes out twice under
   one name: not served.
-- ``mean``: the sum of the group's non-null values, added one by one in
-  index (``_rid``) order as doubles, over their count; null when there
-  are none. This holds after removes, inserts and regrouping updates (the
-  group is recomputed). NaN and infinities propagate as in IEEE sums.
-  Integers are converted to double before adding (a mean of ``2**62``,
-  ``2**62``, 1, 3 is the double sum over 4, not the exact one).
 - ``count``: the group's rows, nulls included (int64).
-- ``sum`` of integers: int64, wrapping on overflow. ``sum`` of floats is
-  not added in index order, insertion order or any order tried (the last
-  bits differ): not served.
+- ``sum`` of integers: int64, wrapping on overflow.
+- ``sum`` of floats (and of UInt64, which Perspective holds as doubles):
+  0.0 for a group without values; NaN and infinities propagate as in IEEE
+  sums. Perspective adds in an order of its own (a fresh view matches no
+  index or insertion order; a live one adds ``new - old`` to the old sum
+  per update, drifting from a fresh view), so no engine can match its last
+  bits. The tally's sum is exact, rounded once; both are within the
+  recursive-summation bound ``n * 2**-53 * sum(|x|)`` of the true sum.
+- ``mean``: the sum of the group's non-null values over their count (the
+  exact quotient rounded once here; Perspective divides its double sum),
+  null when there are none. Integers are converted to double first, as
+  Perspective does (a mean of ``2**62 + 1`` is that of ``2**62``).
 
 Not served: ``_rid`` anywhere, float group columns (NaN and ``-0.0``
 group and order inconsistently), a ``columns`` entry without an explicit
 aggregate, aggregates of columns not shown, any other aggregate, sorts,
-``split_by``, expressions, other rollup modes.
+``split_by``, expressions, other rollup modes, more than
+:data:`MAX_GROUPS` groups.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -43,8 +50,9 @@ import pyarrow as pa
 
 from protocol.dtypes import RID
 
-from .fastbase import Clause, check_schema, filter_mask, nul_columns, parse_clause, view_arrow
+from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause, view_arrow
 from .fastexpr import column_expr, ptype
+from .fasttally import Tally
 
 __all__ = ["GroupedPlan", "plan_grouped"]
 
@@ -52,6 +60,12 @@ _KEYS = {"group_by", "columns", "aggregates", "filter", "group_rollup_mode"}
 _EMPTY_KEYS = {"split_by", "sort", "expressions"}  # served only when empty
 _NUMBERS = ("int32", "int64", "float")
 _GROUPABLE = ("int32", "int64", "bool", "str", "date", "datetime")  # and UInt64, a float without NaN
+_OUT = {"count": pl.Int64, "mean": pl.Float64, "fsum": pl.Float64, "isum": pl.Int64}
+
+#: A view with more groups is served by Perspective (the tally holds a Python object per group).
+MAX_GROUPS = 100_000
+#: More changed rows than this since the last read: group the whole frame again.
+MAX_UPDATE_ROWS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,32 +73,83 @@ class GroupedPlan:
     """A grouped view this engine serves: group columns, (column, aggregate) pairs, filters."""
 
     group_by: tuple[tuple[str, str], ...]  # (column, dtype)
-    aggregates: tuple[tuple[str, str, str], ...]  # (column, dtype, aggregate)
+    aggregates: tuple[tuple[str, str, str], ...]  # (column, dtype, Tally kind: count, mean, isum, fsum)
     filters: tuple[Clause, ...]
     viewport: tuple[int, int] | None
     dtypes: tuple[tuple[str, str], ...]  # (column, dtype) the plan was made for
 
+    cache: _Cache = field(default_factory=lambda: _Cache(), compare=False, repr=False)
+
     def read(self, frame: pl.DataFrame) -> tuple[pa.Table, int]:
         """The view's payload over ``frame`` (a room frame: ``_rid`` first, ascending).
 
+        The first read groups the whole frame; later ones update the
+        :class:`.fasttally.Tally` from the rows whose used columns changed
+        since the read before, unless rows were added or removed (or too many
+        changed), when it groups the whole frame again.
+
         Raises:
-            NotServable: the frame no longer has the columns this plan was made for.
+            NotServable: the frame no longer has the columns this plan was made for,
+                or it has more than :data:`MAX_GROUPS` groups.
         """
         check_schema(frame, self.dtypes)
-        strings = [n for n, d in self.group_by if d == "String"]
-        nul = nul_columns(frame, strings + [c.column for c in self.filters if c.dtype == "String"])
-        lf = frame.lazy()
-        if self.filters:
-            lf = lf.filter(filter_mask(self.filters, nul))
-        keys = [_key(n, d, nul=n in nul).alias(n) for n, d in self.group_by]
-        aggs = [_aggregate(n, d, agg).alias(n) for n, d, agg in self.aggregates]
-        names = [n for n, _ in self.group_by]
-        out = lf.group_by(keys).agg(aggs).sort(names, nulls_last=False).collect()
+        used = [RID, *(n for n, _ in self.dtypes if n != RID)]
+        cur = frame.select(used)
+        c = self.cache
+        with c.lock:
+            nkeys = len(self.group_by)
+            if c.tally is None:
+                c.tally = Tally([kind for _, _, kind in self.aggregates])
+            prev, c.prev = c.prev, None
+            changed = _changed(prev, cur, used[1:])
+            if changed is None or len(changed) > MAX_UPDATE_ROWS:
+                c.tally.build(self._rows(cur), nkeys)
+            elif len(changed):
+                c.tally.update(self._rows(prev[changed]), self._rows(cur[changed]), nkeys)  # type: ignore[index]
+            if len(c.tally.groups) > MAX_GROUPS:
+                raise NotServable(
+                    f"more than {MAX_GROUPS:,} groups: served by Perspective", column=self.group_by[0][0]
+                )
+            c.prev = cur
+            names = [n for n, _ in self.group_by]
+            schema = dict(zip(names, c.tally.key_schema.values(), strict=True))
+            schema.update({n: _OUT[agg] for n, _, agg in self.aggregates})
+            out = pl.DataFrame(list(c.tally.values()), schema=schema, orient="row")
+        out = out.sort(names, nulls_last=False)
         rows = out.height
         if self.viewport is not None:
             start, end = self.viewport
             out = out.slice(start, max(end - start, 0))
         return view_arrow(out, [*names, *(n for n, _, _ in self.aggregates)]), rows
+
+    def _rows(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame``'s rows as :class:`.fasttally.Tally` takes them: keys, values, ``keep``."""
+        strings = [n for n, d in self.group_by if d == "String"]
+        nul = nul_columns(frame, strings + [c.column for c in self.filters if c.dtype == "String"])
+        keep = filter_mask(self.filters, nul) if self.filters else pl.lit(True)
+        keys = [_key(n, d, nul=n in nul).alias(f"k{i}") for i, (n, d) in enumerate(self.group_by)]
+        values = [_value(n, agg).alias(f"v{i}") for i, (n, _, agg) in enumerate(self.aggregates)]
+        return frame.lazy().select(*keys, *values, keep.alias("keep")).collect()
+
+
+class _Cache:
+    """What a plan keeps between reads: the tally and the used columns it was last updated to."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.prev: pl.DataFrame | None = None
+        self.tally: Tally | None = None
+
+
+def _changed(prev: pl.DataFrame | None, cur: pl.DataFrame, columns: list[str]) -> pl.Series | None:
+    """Positions of the rows whose ``columns`` differ, or None when the rows themselves differ."""
+    if prev is None or prev.height != cur.height or not prev.get_column(RID).equals(cur.get_column(RID)):
+        return None
+    mask = None
+    for name in columns:
+        m = prev.get_column(name).ne_missing(cur.get_column(name))
+        mask = m if mask is None else mask | m
+    return mask.arg_true() if mask is not None else pl.Series([], dtype=pl.UInt32)
 
 
 def _key(name: str, dtype: str, *, nul: bool) -> pl.Expr:
@@ -97,15 +162,13 @@ def _key(name: str, dtype: str, *, nul: bool) -> pl.Expr:
     return x
 
 
-def _aggregate(name: str, dtype: str, agg: str) -> pl.Expr:
-    col = pl.col(name)
+def _value(name: str, agg: str) -> pl.Expr:
+    """The value a :class:`.fasttally.Tally` adds up for ``agg`` (Perspective means add doubles)."""
     if agg == "count":
-        return pl.len().cast(pl.Int64)
-    if agg == "sum":
-        return col.cast(pl.Int64).sum()
-    # mean: a running sum in row (_rid) order, which cum_sum is; Polars' sum adds in another order.
-    x = col.cast(pl.Float64).drop_nulls()
-    return x.cum_sum().last() / x.len().cast(pl.Float64)
+        return pl.lit(0, dtype=pl.Int8)
+    if agg == "isum":
+        return pl.col(name).cast(pl.Int64)
+    return pl.col(name).cast(pl.Float64)
 
 
 def plan_grouped(
@@ -141,13 +204,10 @@ def plan_grouped(
         dtype = dtypes.get(name) if isinstance(name, str) and name != RID else None
         agg = aggregates[name]
         pt = ptype(dtype) if dtype else None
-        if dtype is None or not (
-            agg == "count"
-            or (agg == "mean" and pt in _NUMBERS)
-            or (agg == "sum" and pt in ("int32", "int64"))
-        ):
+        if dtype is None or not (agg == "count" or (agg in ("mean", "sum") and pt in _NUMBERS)):
             return None
-        aggs.append((name, dtype, agg))
+        kind = ("isum" if pt in ("int32", "int64") else "fsum") if agg == "sum" else agg
+        aggs.append((name, dtype, kind))
         used[name] = dtype
     filters: list[Clause] = []
     for clause in config.get("filter", ()):
