@@ -384,3 +384,30 @@ def test_too_many_groups_go_to_perspective(monkeypatch: pytest.MonkeyPatch) -> N
     config["group_by"] = ["b"]
     plan = plan_fast(config, None, state.catalog.to_wire())
     assert plan is not None and plan.read(state.frame)[1] == 1
+
+
+def test_grouped_reads_take_the_changed_rows_from_the_deltas(rt: RoomTables) -> None:
+    """Read as a room reads it (seq and the deltas' upserted rids), a grouped plan updates from those
+    rows only, and equals a plan that compared every column; a delete falls back to comparing."""
+    rng = np.random.default_rng(3)
+    n = 2000
+    state = make_state({name: _numpy_column(rng, name, n).to_list() for name in COLUMNS}, list(range(n)))
+    config = {"group_by": ["s"], "columns": ["f", "i64"], "aggregates": {"f": "sum", "i64": "mean"}}
+    plan = plan_fast(config, None, state.catalog.to_wire())
+    assert isinstance(plan, fastgroup.GroupedPlan)
+    plan.read(state.frame, 0, [])
+    touched: list[tuple[int, int, Any]] = []
+    rt.open(ROOM, state)
+    for seq in range(1, 6):
+        rids = [int(r) for r in rng.choice(n, 5, replace=False)]
+        values = tuple(_numpy_column(rng, "f", 5).to_list())
+        state = tick(rt, state, lambda s, r=rids, v=values: SetCells(tuple(r), "f", v), 1, seq, touched)
+        got = plan.read(state.frame, seq, touched)
+        fresh = plan_fast(config, None, state.catalog.to_wire())
+        assert fresh is not None
+        want = fresh.read(state.frame)
+        assert got[1] == want[1] and same(got[0], want[0]), describe(got[0], want[0])
+    assert plan.cache.from_deltas == 5
+    state = tick(rt, state, lambda s: Delete(rows=(0, 1)), 1, 6, touched)
+    assert same(plan.read(state.frame, 6, touched)[0], fresh.read(state.frame)[0])
+    assert plan.cache.from_deltas == 5  # rows were deleted: compared instead

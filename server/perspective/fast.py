@@ -108,8 +108,11 @@ class FastPlan:
     viewport: tuple[int, int]
     dtypes: tuple[tuple[str, str], ...]  # (column, dtype) the plan was made for
 
-    def read(self, frame: pl.DataFrame) -> tuple[pa.Table, int]:
+    def read(self, frame: pl.DataFrame, seq: int | None = None, touched: Any = ()) -> tuple[pa.Table, int]:
         """The view's payload over ``frame`` (a room frame: ``_rid`` first, ascending).
+
+        ``seq`` and ``touched`` are for :meth:`.fastgroup.GroupedPlan.read`: each read
+        here is a fresh query.
 
         One lazy Polars query: filter, sort by the keys then ``_rid``, slice
         the viewport (Polars turns sort + slice into a top-k), after one pass

@@ -42,9 +42,11 @@ aggregate, aggregates of columns not shown, any other aggregate, sorts,
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 
@@ -54,13 +56,17 @@ from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_column
 from .fastexpr import column_expr, ptype
 from .fasttally import Tally
 
-__all__ = ["GroupedPlan", "plan_grouped"]
+__all__ = ["GroupedPlan", "Touched", "plan_grouped"]
 
 _KEYS = {"group_by", "columns", "aggregates", "filter", "group_rollup_mode"}
 _EMPTY_KEYS = {"split_by", "sort", "expressions"}  # served only when empty
 _NUMBERS = ("int32", "int64", "float")
 _GROUPABLE = ("int32", "int64", "bool", "str", "date", "datetime")  # and UInt64, a float without NaN
 _OUT = {"count": pl.Int64, "mean": pl.Float64, "fsum": pl.Float64, "isum": pl.Int64}
+
+#: The rows each delta upserted: (seq_from, seq_to, their rids), or None as rids when the delta
+#: deleted rows or changed the schema; oldest first.
+Touched = Sequence[tuple[int, int, np.ndarray | None]]
 
 #: A view with more groups is served by Perspective (the tally holds a Python object per group).
 MAX_GROUPS = 100_000
@@ -80,13 +86,18 @@ class GroupedPlan:
 
     cache: _Cache = field(default_factory=lambda: _Cache(), compare=False, repr=False)
 
-    def read(self, frame: pl.DataFrame) -> tuple[pa.Table, int]:
+    def read(
+        self, frame: pl.DataFrame, seq: int | None = None, touched: Touched = ()
+    ) -> tuple[pa.Table, int]:
         """The view's payload over ``frame`` (a room frame: ``_rid`` first, ascending).
 
         The first read groups the whole frame; later ones update the
-        :class:`.fasttally.Tally` from the rows whose used columns changed
-        since the read before, unless rows were added or removed (or too many
-        changed), when it groups the whole frame again.
+        :class:`.fasttally.Tally` from the rows that changed since the read
+        before, unless rows were added or removed (or too many changed), when
+        it groups the whole frame again. The changed rows are those the
+        deltas in ``touched`` upserted, when ``frame`` is the state at ``seq``
+        and ``touched`` covers every delta since the last read; else the rows
+        whose used columns differ (about 2 ms per column at 1M rows).
 
         Raises:
             NotServable: the frame no longer has the columns this plan was made for,
@@ -100,8 +111,11 @@ class GroupedPlan:
             nkeys = len(self.group_by)
             if c.tally is None:
                 c.tally = Tally([kind for _, _, kind in self.aggregates])
-            prev, c.prev = c.prev, None
-            changed = _changed(prev, cur, used[1:])
+            prev, prev_seq, c.prev, c.seq = c.prev, c.seq, None, None
+            changed = _noted(prev, prev_seq, cur, seq, touched)
+            c.from_deltas += changed is not None
+            if changed is None:
+                changed = _changed(prev, cur, used[1:])
             if changed is None or len(changed) > MAX_UPDATE_ROWS:
                 c.tally.build(self._rows(cur), nkeys)
             elif len(changed):
@@ -110,7 +124,7 @@ class GroupedPlan:
                 raise NotServable(
                     f"more than {MAX_GROUPS:,} groups: served by Perspective", column=self.group_by[0][0]
                 )
-            c.prev = cur
+            c.prev, c.seq = cur, seq
             names = [n for n, _ in self.group_by]
             schema = dict(zip(names, c.tally.key_schema.values(), strict=True))
             schema.update({n: _OUT[agg] for n, _, agg in self.aggregates})
@@ -138,7 +152,37 @@ class _Cache:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.prev: pl.DataFrame | None = None
+        self.seq: int | None = None  # the room's seq of ``prev``, when the reader gave it
+        self.from_deltas = 0  # reads that took the changed rows from the deltas' upserted rids
         self.tally: Tally | None = None
+
+
+def _noted(
+    prev: pl.DataFrame | None, prev_seq: int | None, cur: pl.DataFrame, seq: int | None, touched: Touched
+) -> pl.Series | None:
+    """Positions of the rows the deltas of ``touched`` upserted after ``prev_seq`` up to ``seq``, or
+    None when they cannot tell (a gap, deleted rows, a schema change, rows differ)."""
+    if prev is None or prev_seq is None or seq is None or seq < prev_seq:
+        return None
+    rids = []
+    covered = prev_seq
+    for seq_from, seq_to, upserted in touched:
+        if seq_to <= prev_seq or seq_from > seq:
+            continue
+        if seq_from > covered + 1 or seq_to > seq or upserted is None:
+            return None
+        covered = seq_to
+        rids.append(upserted)
+    if covered != seq or not cur.height or prev.height != cur.height:
+        return None
+    if not prev.get_column(RID).equals(cur.get_column(RID)):
+        return None
+    if not rids:
+        return pl.Series([], dtype=pl.UInt32)
+    all_rids = cur.get_column(RID).to_numpy()
+    wanted = np.unique(np.concatenate(rids))
+    at = np.minimum(np.searchsorted(all_rids, wanted), len(all_rids) - 1)
+    return pl.Series(at[all_rids[at] == wanted], dtype=pl.UInt32)
 
 
 def _changed(prev: pl.DataFrame | None, cur: pl.DataFrame, columns: list[str]) -> pl.Series | None:

@@ -21,17 +21,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
-from ..ops.state import State
+from ..ops.state import RID, State
 from ..rooms.outbound import EVERYONE
 from .fast import FastPlan, NotServable, plan_fast
 from .subscription import Subscription
 
-__all__ = ["FastViews"]
+__all__ = ["FastViews", "TOUCHED_DELTAS", "upserted_rids"]
+
+#: How many recent deltas' upserted rids a room keeps for its grouped fast views; a view last
+#: read before them finds its changed rows by comparing columns instead.
+TOUCHED_DELTAS = 4096
+
+
+def upserted_rids(delta: Any) -> np.ndarray | None:
+    """The rids ``delta`` upserted, or None when it also deleted rows or changed the schema."""
+    if delta.deleted or delta.schema is not None:
+        return None
+    if delta.upserts is None:
+        return np.empty(0, dtype=np.uint64)
+    return np.asarray(delta.upserts.column(RID).to_numpy(), dtype=np.uint64)
+
 
 log = logging.getLogger("coframe.views")
 
@@ -47,6 +63,7 @@ class FastViews:
         _fast_dirty: bool
         _fast_kind: str
         _fast_pump: asyncio.Task[None] | None
+        _touched: deque[tuple[int, int, np.ndarray | None]]
         _closed: bool
         _lock: asyncio.Lock
 
@@ -102,12 +119,13 @@ class FastViews:
         """Read each of ``subs`` over the room's current frame (one worker-thread job); and the seq."""
         state, seq = self._current()
         plans = [s.fast for s in subs]
+        touched = list(self._touched)
 
         def work() -> list[Result]:
             out: list[Result] = []
             for plan in plans:
                 try:
-                    out.append(plan.read(state.frame))  # type: ignore[union-attr]
+                    out.append(plan.read(state.frame, seq, touched))  # type: ignore[union-attr]
                 except NotServable as e:
                     out.append(e)
             return out

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from protocol import Delta
 
@@ -22,6 +25,7 @@ from ..ops.state import State
 from ..rooms.outbound import EVERYONE, Audience
 from . import jobs
 from .audience import table_key, visible_columns
+from .fastviews import upserted_rids
 from .jobs import Budgets, zones_of
 from .process import ViewsFailed, ViewsLost, ViewsProcess
 from .subscription import Subscription
@@ -49,6 +53,7 @@ class Following:
         _lock: asyncio.Lock
         _pump: asyncio.Task[None] | None
         _fast_pump: asyncio.Task[None] | None
+        _touched: deque[tuple[int, int, np.ndarray | None]]
         _fast_dirty: bool
         _closed: bool
         _columns: dict[int, str]
@@ -154,6 +159,7 @@ class Following:
             return
         if any(s.fast is not None or s.demoted for s in self.subs.values()):
             self._fast_dirty = True
+        self._touched.append((delta.seq_from, delta.seq_to, upserted_rids(delta)))
         state = self._current()[0]
         for t in self.tables.values():
             if t.built is None and not t.building:

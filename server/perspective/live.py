@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from protocol import Error, ErrorCode, Subscribe, Unsubscribe, View
@@ -53,7 +55,7 @@ from ..rooms.outbound import EVERYONE, Audience
 from . import jobs
 from .audience import expression_columns, visible_columns
 from .config import ViewConfigError, check_columns
-from .fastviews import FastViews
+from .fastviews import TOUCHED_DELTAS, FastViews
 from .following import Following
 from .jobs import Budgets, vkey_of, zones_of
 from .process import ViewsFailed, ViewsLost, ViewsProcess
@@ -104,6 +106,8 @@ class RoomViews(Following, Dashboards, Upkeep, FastViews):
         self._closed = False
         self._fast_dirty = False  # a tick since the fast views were last read
         self._fast_kind = "update"  # "snapshot" after a schema change rewrote their configs
+        # The rows each recent delta upserted, for the grouped fast views (GroupedPlan.read).
+        self._touched: deque[tuple[int, int, np.ndarray | None]] = deque(maxlen=TOUCHED_DELTAS)
         self._fast_pump: asyncio.Task[None] | None = None  # reads the fast views; never waits for Perspective
         self._unlisten = process.on_lost(self._lost)
         state, _ = current()
