@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Sequence
 
+from .auth_types import ROLES
 from .types import Manifest, WalEntry
 
 __all__ = [
@@ -24,6 +25,9 @@ __all__ = [
     "MIN_PREFIX",
     "check_schema",
     "check_kind",
+    "check_role",
+    "encode_hide",
+    "decode_hide",
     "encode_manifest",
     "decode_manifest",
     "prefix_bounds",
@@ -55,6 +59,21 @@ def check_kind(kind: str) -> None:
     """Raises ValueError unless ``kind`` is ``"branch"`` or ``"tag"``."""
     if kind not in KINDS:
         raise ValueError(f"ref kind {kind!r} is not 'branch' or 'tag'")
+
+
+def check_role(role: str) -> None:
+    """Raises ValueError unless ``role`` is one of ``auth_types.ROLES``."""
+    if role not in ROLES:
+        raise ValueError(f"grant role {role!r} is not one of {', '.join(repr(r) for r in ROLES)}")
+
+
+def encode_hide(hide: Sequence[int]) -> str:
+    """A grant's hidden column ids in their stored form: a compact JSON list of ints."""
+    return json.dumps([int(c) for c in hide], separators=(",", ":"))
+
+
+def decode_hide(text: str) -> tuple[int, ...]:
+    return tuple(int(c) for c in json.loads(text))
 
 
 def encode_manifest(manifest: Manifest) -> str:
@@ -163,6 +182,33 @@ class Messages:
             f"WAL append to '{dataset}'@{branch} rejected, nothing was written: seq {shown} {where}; "
             "every entry needs a new seq after the last durable one (read_wal to see it)"
         )
+
+    @staticmethod
+    def user_missing(name: str) -> str:
+        return f"user '{name}' does not exist; add the user first (or check the name)"
+
+    @staticmethod
+    def user_exists(name: str) -> str:
+        return f"user '{name}' already exists; pick another name or change the existing user"
+
+    @staticmethod
+    def token_missing(token_id: str) -> str:
+        return f"token '{token_id}' not found; list the user's tokens to see which exist"
+
+    @staticmethod
+    def token_exists(token_id: str) -> str:
+        return f"token id '{token_id}' is already taken; issue the token with a new id"
+
+    @staticmethod
+    def grant_missing(dataset: str, user: str) -> str:
+        return (
+            f"user '{user}' has no grant on dataset '{dataset}'; "
+            "list the grants to see what exists (a '*' grant is deleted as dataset '*')"
+        )
+
+    @staticmethod
+    def signing_key_exists(kid: str) -> str:
+        return f"signing key '{kid}' already exists; give the new key another kid"
 
 
 msg = Messages()

@@ -110,6 +110,84 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        2,
+        "identity: signing keys, users, tokens, grants and the auth version",
+        sqlite=(
+            """CREATE TABLE auth_keys (
+                kid TEXT PRIMARY KEY,
+                secret BLOB NOT NULL,
+                created REAL NOT NULL
+            )""",
+            """CREATE TABLE users (
+                name TEXT PRIMARY KEY,
+                display TEXT NOT NULL,
+                disabled INTEGER NOT NULL CHECK (disabled IN (0, 1)),
+                can_create INTEGER NOT NULL CHECK (can_create IN (0, 1)),
+                created REAL NOT NULL
+            )""",
+            """CREATE TABLE tokens (
+                id TEXT PRIMARY KEY,
+                user_name TEXT NOT NULL REFERENCES users(name),
+                issued REAL NOT NULL,
+                expires REAL,
+                revoked REAL
+            )""",
+            "CREATE INDEX tokens_user ON tokens(user_name, issued)",
+            # Not foreign-keyed to datasets: a '*' grant has no dataset row, and a
+            # grant may name a dataset before it is uploaded.
+            """CREATE TABLE grants (
+                dataset TEXT NOT NULL,
+                user_name TEXT NOT NULL REFERENCES users(name),
+                role TEXT NOT NULL CHECK (role IN ('viewer', 'editor', 'admin')),
+                rows_predicate TEXT,
+                hide TEXT NOT NULL,
+                PRIMARY KEY (dataset, user_name)
+            )""",
+            "CREATE INDEX grants_user ON grants(user_name)",
+            """CREATE TABLE auth_state (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                version INTEGER NOT NULL
+            )""",
+            "INSERT INTO auth_state (id, version) VALUES (1, 0)",
+        ),
+        postgres=(
+            """CREATE TABLE auth_keys (
+                kid text COLLATE "C" PRIMARY KEY,
+                secret bytea NOT NULL,
+                created double precision NOT NULL
+            )""",
+            """CREATE TABLE users (
+                name text COLLATE "C" PRIMARY KEY,
+                display text NOT NULL,
+                disabled boolean NOT NULL,
+                can_create boolean NOT NULL,
+                created double precision NOT NULL
+            )""",
+            """CREATE TABLE tokens (
+                id text COLLATE "C" PRIMARY KEY,
+                user_name text COLLATE "C" NOT NULL REFERENCES users(name),
+                issued double precision NOT NULL,
+                expires double precision,
+                revoked double precision
+            )""",
+            "CREATE INDEX tokens_user ON tokens(user_name, issued)",
+            """CREATE TABLE grants (
+                dataset text COLLATE "C" NOT NULL,
+                user_name text COLLATE "C" NOT NULL REFERENCES users(name),
+                role text NOT NULL CHECK (role IN ('viewer', 'editor', 'admin')),
+                rows_predicate text,
+                hide text NOT NULL,
+                PRIMARY KEY (dataset, user_name)
+            )""",
+            "CREATE INDEX grants_user ON grants(user_name)",
+            """CREATE TABLE auth_state (
+                id integer PRIMARY KEY CHECK (id = 1),
+                version bigint NOT NULL
+            )""",
+            "INSERT INTO auth_state (id, version) VALUES (1, 0)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
