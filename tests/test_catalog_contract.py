@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from server.storage.auth_types import AuthStore
 from server.storage.catalog import open_catalog, split_pg_url
 from server.storage.catalog_memory import MemoryCatalog
 from server.storage.catalog_pg import PostgresCatalog
@@ -156,10 +157,12 @@ def wal(seq: int, client: str = "c1") -> WalEntry:
 def test_backend_implements_protocol_signatures(impl: type) -> None:
     wanted = {
         name: inspect.signature(fn)
-        for name, fn in vars(CatalogStore).items()
+        for proto in (AuthStore, CatalogStore)  # CatalogStore inherits AuthStore's methods
+        for name, fn in vars(proto).items()
         if inspect.iscoroutinefunction(fn) and not name.startswith("_")
     }
-    assert {"open", "close", "append_wal", "move_branch"} <= set(wanted)
+    assert {"open", "close", "append_wal", "move_branch", "add_user", "put_grant"} <= set(wanted)
+    assert AuthStore in CatalogStore.__mro__
     for name, sig in wanted.items():
         got = getattr(impl, name)
         assert inspect.iscoroutinefunction(got), name

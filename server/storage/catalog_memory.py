@@ -19,6 +19,9 @@ Nothing survives a restart, but within the process a branch is still loaded
 ``live_state`` of a branch with no open room) and when a client resends a
 batch after a reconnect, so it gets its first ack again. An append costs a
 few dict inserts; commits trim the WAL as on disk, so it stays bounded.
+
+The identity methods (users, tokens, grants, signing keys) are in
+:mod:`.catalog_memory_auth`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .catalog_common import (
     msg,
     prefix_bounds,
 )
+from .catalog_memory_auth import MemoryAuth
 from .types import AlreadyExists, DatasetExists, Manifest, NotFound, Ref, RefMoved, WalEntry
 
 __all__ = ["MemoryCatalog"]
@@ -49,10 +53,11 @@ class _Dataset:
     wal: dict[str, dict[int, WalEntry]] = field(default_factory=dict)  # branch → seq → entry
 
 
-class MemoryCatalog:
+class MemoryCatalog(MemoryAuth):
     """CatalogStore in this process's memory (nothing is written anywhere)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._datasets: dict[str, _Dataset] = {}
 
     def __repr__(self) -> str:

@@ -4,7 +4,8 @@ Each method is one transaction, run by the plumbing this class inherits from
 :class:`~.sqlite_thread.SqliteThread` (one dedicated thread; writes take
 ``BEGIN IMMEDIATE``). ``journal_mode=WAL`` plus ``synchronous=FULL`` make a
 committed ``append_wal`` survive kill -9 and power loss (PROTOCOL.md §13: an
-op is acked only once durable).
+op is acked only once durable). The identity methods (users, tokens, grants,
+signing keys) are in :mod:`.catalog_sqlite_auth`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .catalog_common import (
     msg,
     prefix_bounds,
 )
-from .sqlite_thread import SqliteThread
+from .catalog_sqlite_auth import SqliteAuth
 from .types import AlreadyExists, DatasetExists, Manifest, NotFound, Ref, RefMoved, WalEntry
 
 __all__ = ["SqliteCatalog"]
@@ -45,7 +46,7 @@ FROM commits, json_each(commits.manifest, '$.chunks') AS c
 """
 
 
-class SqliteCatalog(SqliteThread):
+class SqliteCatalog(SqliteAuth):
     """CatalogStore on a SQLite file (``":memory:"`` works too, for one process).
 
     ``busy_timeout`` is how long a write waits for another process holding the

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from protocol import CoframeError, ErrorCode
 
+from .auth_types import AuthStore
+
 __all__ = [
     "ChunkRef",
     "Manifest",
@@ -42,11 +44,11 @@ class StorageError(CoframeError):
 
 
 class NotFound(StorageError):
-    """No such dataset, commit, branch or tag.
+    """No such dataset, commit, branch or tag (or user, token or grant).
 
     ``details["missing"]`` says which: ``dataset``, ``commit``, ``branch``,
-    ``tag`` or ``ref``; ``details["ambiguous"]`` is true when a commit
-    prefix matched several commits.
+    ``tag``, ``ref``, ``user``, ``token`` or ``grant``; ``details["ambiguous"]``
+    is true when a commit prefix matched several commits.
     """
 
     code = ErrorCode.NOT_FOUND
@@ -54,7 +56,7 @@ class NotFound(StorageError):
 
 
 class AlreadyExists(StorageError):
-    """A branch or tag (or a WAL seq) that is already taken."""
+    """A branch or tag (or a WAL seq, user name, token id or signing key id) that is already taken."""
 
     code = ErrorCode.ALREADY_EXISTS
     status = 409
@@ -200,8 +202,8 @@ class Ref:
     kind: str  # "branch" | "tag"
 
 
-class CatalogStore(Protocol):
-    """The catalog: datasets, refs, commits and the WAL.
+class CatalogStore(AuthStore, Protocol):
+    """The catalog: datasets, refs, commits and the WAL, plus identity (:class:`.auth_types.AuthStore`).
 
     Every method is a coroutine. Names are validated by the caller.
     Raises NotFound / AlreadyExists / RefMoved as documented.
