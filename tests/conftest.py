@@ -30,6 +30,7 @@ from server.rooms import Registry, Room
 from server.settings import Settings
 from server.storage.catalog import open_catalog
 from server.storage.catalog_memory import MemoryCatalog
+from server.storage.catalog_pg import PostgresCatalog
 from server.storage.service import Storage
 from server.storage.types import CatalogStore
 from tests.pg import PgUnavailable, fresh_schema_sync, require_service
@@ -118,13 +119,31 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 
 async def _empty(b: Backend) -> None:
-    """Drop every dataset (with its commits, refs and WAL) from ``b``'s catalog."""
+    """Drop every dataset (with its commits, refs and WAL) and every user, token, grant and key.
+
+    The catalog has no call that deletes users or keys, so those tables are
+    emptied with SQL; ``auth_version`` is left as it is (it only ever grows).
+    """
     catalog = await b.open_catalog()
     try:
         for name in await catalog.list_datasets():
             await catalog.drop_dataset(name)
+        assert isinstance(catalog, PostgresCatalog)
+        await catalog.pool.execute(
+            "DELETE FROM grants; DELETE FROM tokens; DELETE FROM users; DELETE FROM auth_keys"
+        )
     finally:
         await catalog.close()
+
+
+@pytest.fixture
+async def catalog(backend: Backend) -> AsyncIterator[CatalogStore]:
+    """An open catalog on ``backend`` (closed after the test)."""
+    store = await backend.open_catalog()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @dataclass

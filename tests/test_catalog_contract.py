@@ -47,15 +47,6 @@ from tests.pg import fresh_schema
 # -- fixtures ------------------------------------------------------------------
 
 
-@pytest.fixture
-async def catalog(backend: Backend) -> AsyncIterator[CatalogStore]:
-    store = await backend.open_catalog()
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
 @asynccontextmanager
 async def fresh(backend: Backend) -> AsyncIterator[Backend]:
     """Empty persistent storage of the same kind: a new directory, or a new schema."""
