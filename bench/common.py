@@ -133,7 +133,8 @@ def coframe_argv(port: int, demo_rows: int | None) -> list[str]:
     exe = Path(sys.executable).with_name("coframe")
     head = [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
     demo = ["--no-demo"] if demo_rows is None else ["--demo-rows", str(demo_rows)]
-    return [*head, "serve", "--host", HOST, "--port", str(port), *demo, "--log-level", "warning"]
+    auth = ["--auth", "none"]  # the benchmarks measure the data path; tokens are checked once per connection
+    return [*head, "serve", "--host", HOST, "--port", str(port), *demo, *auth, "--log-level", "warning"]
 
 
 MEMORY, DURABLE = "memory", "durable"

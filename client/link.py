@@ -57,7 +57,14 @@ log = logging.getLogger("coframe.client")
 RESUBSCRIBE = "resubscribe:"  # request id prefix of the subscribes sent again after a reconnect
 
 # Close codes after which reconnecting cannot help.
-_FATAL_CLOSE = {CloseCode.POLICY, CloseCode.NO_SUCH_DATASET, CloseCode.REPLACED, CloseCode.STORAGE_CORRUPT}
+_FATAL_CLOSE = {
+    CloseCode.POLICY,
+    CloseCode.NO_SUCH_DATASET,
+    CloseCode.REPLACED,
+    CloseCode.STORAGE_CORRUPT,
+    CloseCode.UNAUTHENTICATED,  # reconnecting with the same token would be refused again
+    CloseCode.FORBIDDEN,
+}
 
 
 class _Socket(Socket):

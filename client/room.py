@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import os
 import urllib.parse
 import uuid
 from collections.abc import Sequence
@@ -89,6 +90,7 @@ class Room(RoomLink):
     ) -> None:
         base = url.rstrip("/")
         params = {"at": at} if at is not None else {"branch": branch}
+        token = token if token is not None else os.environ.get("COFRAME_TOKEN")
         if token:
             params["token"] = token
         query = "?" + urllib.parse.urlencode(params)

@@ -71,6 +71,8 @@ class ErrorCode(enum.StrEnum):
     UNREADABLE = "unreadable"  # a file that cannot be read as its format
     ALREADY_EXISTS = "already_exists"  # a branch or tag name in use
     DATASET_EXISTS = "dataset_exists"  # a dataset name in use
+    UNAUTHENTICATED = "unauthenticated"  # no token, or a bad, expired or revoked one (HTTP 401)
+    FORBIDDEN = "forbidden"  # the user's role does not allow this (HTTP 403)
 
     ALL: ClassVar[frozenset[str]]
 
@@ -93,7 +95,9 @@ class CloseCode(enum.IntEnum):
     RELOADING = 1012  # the room reloaded (revert) or its Perspective table was rebuilt: reconnect
     TRY_AGAIN_LATER = 1013  # the server is at a node-wide cap (connections, bytes queued)
     REPLACED = 4001  # a newer connection with the same client id took over
-    NO_SUCH_DATASET = 4004
+    NO_SUCH_DATASET = 4004  # also: a dataset this user may not read (it does not exist for them)
+    UNAUTHENTICATED = 4401  # no token, or a bad, expired or revoked one: sign in again
+    FORBIDDEN = 4403  # the user's grant on this dataset was revoked, or a cross-site upgrade
     SLOW_CONSUMER = 4008  # fell behind and stayed behind
     STORAGE_CORRUPT = 4009  # the room's storage is corrupt (a chunk missing or failing its hash)
     TOO_EXPENSIVE = 4010  # a dashboard's request ran over the views budget (its view was closed)

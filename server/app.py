@@ -12,11 +12,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from .api import routes as api_routes
+from .auth import Auth, Signer
+from .auth.bootstrap import bootstrap
+from .auth.http import AuthMiddleware, identity_of, login
+from .auth.service import run_auth
+from .auth.tokens import env_key
 from .demo import demo_sales
 from .errors import exception_handlers
 from .health import Health
@@ -30,7 +36,7 @@ from .settings import Settings
 from .storage.service import Storage
 from .ws import websocket_endpoint
 
-__all__ = ["create_app", "load_file", "open_registry", "room_config", "READY_TIMEOUT"]
+__all__ = ["create_app", "load_file", "open_registry", "room_config", "start_auth", "READY_TIMEOUT"]
 
 log = logging.getLogger("coframe.app")
 
@@ -129,8 +135,20 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def list_datasets(request: Request) -> JSONResponse:
+    """The datasets the user may read (the others do not exist for them)."""
     registry: Registry = request.app.state.registry
-    return JSONResponse(await registry.describe())
+    auth: Auth = request.app.state.auth
+    readable = set(await auth.readable(identity_of(request), await registry.names()))
+    return JSONResponse([d for d in await registry.describe() if d.get("name") in readable])
+
+
+async def start_auth(settings: Settings, registry: Registry) -> tuple[Auth, str | None]:
+    """The server's :class:`Auth` on the registry's catalog, and the sign-in token to print (or None)."""
+    catalog = registry.storage.catalog
+    extra = env_key(settings.secret) if settings.secret else None
+    auth = Auth(catalog, Signer(catalog, extra), mode=settings.auth, poll=settings.auth_poll)
+    await auth.start()
+    return auth, await bootstrap(auth, signin=settings.signin)
 
 
 def create_app(settings: Settings | None = None, registry: Registry | None = None) -> Starlette:
@@ -150,12 +168,16 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             if reg is None:
                 reg = await open_registry(settings)
             app.state.registry = reg
+            app.state.auth, app.state.signin_token = await start_auth(settings, reg)
+            watcher = asyncio.get_running_loop().create_task(run_auth(app.state.auth), name="auth")
             app.state.node.budget = reg.config.session.budget
             reg.storage.start_gc(settings.chunk_gc_grace)  # a pass now, then periodically (stopped on close)
             log.info("coframe ready: datasets %s", ", ".join(await reg.names()) or "(none)")
             try:
                 yield
             finally:
+                watcher.cancel()
+                await app.state.auth.close()
                 await _close_registry(reg, settings.shutdown_timeout)
         finally:
             app.state.node.close()
@@ -165,6 +187,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/login", login),
             Route("/api/datasets", list_datasets),
             *api_routes,
             WebSocketRoute("/ws/{dataset}", websocket_endpoint),
@@ -172,6 +195,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         ],
         lifespan=lifespan,
         exception_handlers=exception_handlers,
+        middleware=[Middleware(AuthMiddleware)],
     )
     app.state.settings = settings
     app.state.health = health

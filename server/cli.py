@@ -13,6 +13,7 @@ broken.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -105,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the chunk GC keeps unreferenced chunks younger than this, and runs this often"
         " (at least every minute; default %(default)s)",
     )  # fmt: skip
+    serve.add_argument(
+        "--auth", choices=("token", "none"), default="token",
+        help="token (the default): every entry point needs a signed token; none: no identity, every"
+        " client is admin (refused unless --host is a loopback address)",
+    )  # fmt: skip
     serve.add_argument("--log-level", default="info")
     add_data_commands(sub)
     return parser
@@ -127,6 +133,16 @@ _NODE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("--views-memory-bytes", int, "views process address space past start-up; over it: restarted"),
     ("--views-table-ttl", float, "seconds an unused Perspective table is kept"),
 )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost`` (nothing else can reach it)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _field(flag: str) -> str:
@@ -192,7 +208,17 @@ def _server(args: argparse.Namespace) -> Server:
         max_upload_bytes=args.max_upload_bytes,
         **{_field(f): v for f, _, _ in _NODE_OPTIONS if (v := getattr(args, _field(f))) is not None},
         chunk_gc_grace=args.chunk_gc_grace,
+        auth=args.auth,
+        secret=os.environ.get("COFRAME_SECRET") or None,
+        signin=args.auth == "token",
     )
+    if args.auth == "none":
+        if not is_loopback(args.host):
+            raise ValueError(
+                f"--auth none is refused on {args.host}: anyone who reaches the port would be admin;"
+                " bind to 127.0.0.1 or use tokens"
+            )
+        print("coframe: WARNING: --auth none: no identity; every client is admin of everything", flush=True)
     from .app import create_app, load_file
     from .rooms.registry import check_name
     from .serve import Server

@@ -28,6 +28,7 @@ from rich.table import Table
 from protocol import ErrorCode
 
 from .api import MAX_LOG_LIMIT, check_ref_name, commit_json, refs_json, resolve, side_label
+from .cli_auth import AUTH_COMMANDS, add_auth_commands
 from .cli_upkeep import UPKEEP_COMMANDS, add_upkeep_commands
 from .errors import CliError
 from .io import DEFAULT_MAX_BYTES, FORMATS, ReadError, check_format, format_from_name, load_file, write_file
@@ -110,6 +111,7 @@ def add_data_commands(sub: Any) -> None:
     p.add_argument("--at", default="main", help="a commit, tag or branch (default main)")
 
     add_upkeep_commands(sub, common)
+    add_auth_commands(sub, common)
 
 
 def run_data_command(args: argparse.Namespace) -> int:
@@ -137,7 +139,7 @@ def _precheck(args: argparse.Namespace) -> None:
                 " raise --max-bytes or split the file",
                 code=ErrorCode.TOO_LARGE,
             )
-    if args.command != "import" and not args.catalog and not data_dir.is_dir():
+    if args.command not in ("import", *AUTH_COMMANDS) and not args.catalog and not data_dir.is_dir():
         raise CliError(f"no data directory '{data_dir}'; pass --data-dir (or import a dataset first)")
 
 
@@ -320,4 +322,5 @@ _COMMANDS: dict[str, Command] = {
     "branch": _branch,
     "tag": _tag,
     **UPKEEP_COMMANDS,
+    **AUTH_COMMANDS,
 }

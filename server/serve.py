@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from types import FrameType
 from typing import Any
@@ -29,15 +30,39 @@ from .settings import Settings
 from .workers import abandon_all
 from .ws import expose_send
 
-__all__ = ["Server", "uvicorn_config"]
+__all__ = ["Server", "uvicorn_config", "RedactTokens"]
 
 log = logging.getLogger("coframe.serve")
 
 COMMIT_SHARE = 0.5  # of shutdown_timeout, for step 2 (the rooms' commits)
 
 
+class RedactTokens(logging.Filter):
+    """Rewrites ``token=<anything>`` in a log record (uvicorn's access log shows query strings)."""
+
+    _TOKEN = re.compile(r"(token=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(
+                self._TOKEN.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in args
+            )  # noqa: E501
+        if isinstance(record.msg, str):
+            record.msg = self._TOKEN.sub(r"\1<redacted>", record.msg)
+        return True
+
+
+def redact_logs() -> None:
+    """Install :class:`RedactTokens` on uvicorn's loggers (idempotent)."""
+    for name in ("uvicorn.access", "uvicorn.error", "uvicorn"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
 def uvicorn_config(app: object, settings: Settings, **kw: object) -> uvicorn.Config:
-    return uvicorn.Config(
+    config = uvicorn.Config(
         # The WebSocket endpoint finds uvicorn's connection through the raw
         # ASGI send (server.ws.DirectWriter, the fast delivery path).
         expose_send(app),  # type: ignore[arg-type]
@@ -54,6 +79,8 @@ def uvicorn_config(app: object, settings: Settings, **kw: object) -> uvicorn.Con
         log_level=str(kw.pop("log_level", "info")),
         **kw,  # type: ignore[arg-type]
     )
+    redact_logs()  # after Config: it applies uvicorn's logging config
+    return config
 
 
 class Server(uvicorn.Server):
@@ -85,6 +112,9 @@ class Server(uvicorn.Server):
                 self.port = sock.getsockname()[1]
         if self.announce:  # with --port 0, this line tells scripts and tests the real port
             print(f"coframe listening on http://{self.config.host}:{self.port}", flush=True)
+            token = getattr(self.app.state, "signin_token", None) if self.app is not None else None
+            if token:  # as Jupyter does: open this URL to sign in (the token is valid 30 days)
+                print(f"Sign in: http://{self.config.host}:{self.port}/login?token={token}", flush=True)
         self.ready.set()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -66,4 +66,10 @@ class Settings:
     shutdown_timeout: float = 15.0  # SIGTERM: autocommit, then exit within this many seconds
     # Storage self-repair.
     chunk_gc_grace: float = 3600.0  # unreferenced chunks younger than this are kept
+    # Identity (docs/security.md): "token" requires a signed token on every entry point;
+    # "none" is the explicit opt-out (the CLI refuses it unless the server binds to loopback).
+    auth: str = "token"
+    auth_poll: float = 0.5  # seconds between checks for revocations and grant changes
+    secret: str | None = None  # COFRAME_SECRET: one more signing key, never stored
+    signin: bool = False  # issue a sign-in token for the first admin at start (coframe serve)
     extra: dict[str, str] = field(default_factory=dict)

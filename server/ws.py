@@ -21,6 +21,7 @@ an ``error`` ``overloaded`` and is closed with 1013.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -42,6 +43,9 @@ from protocol.server_conn import (
     ServerConnection,
 )
 
+from .auth import Auth, AuthFailed, Identity, at_least, required_role
+from .auth.http import same_origin, token_of
+from .auth.service import Watch
 from .node import Node, Ticket
 from .ops.state import OpError
 from .rooms import Registry, Room, Session
@@ -204,9 +208,18 @@ class _Pump:
     """One connection: the core, the room it joined, and the socket."""
 
     def __init__(
-        self, ws: WebSocket, registry: Registry, settings: Settings, node: Node, ticket: Ticket
+        self,
+        ws: WebSocket,
+        registry: Registry,
+        settings: Settings,
+        node: Node,
+        ticket: Ticket,
+        identity: Identity,
+        role: str,
     ) -> None:
         self.ws = ws
+        self.identity, self.role = identity, role
+        self.unwatch: Any = None
         self.registry = registry
         self.node, self.ticket = node, ticket
         self.transport = _StarletteTransport(ws)
@@ -241,7 +254,15 @@ class _Pump:
             for ev in events:
                 if isinstance(ev, MessageReceived):
                     assert self.room is not None and self.session is not None
-                    self.room.submit(self.session, ev.msg)
+                    needed = required_role(ev.msg)
+                    if at_least(self.role, needed):
+                        self.room.submit(self.session, ev.msg)
+                    else:
+                        what = getattr(ev.msg, "type", "this")
+                        message = f"your role on '{self.dataset}' is {self.role}; {what} needs {needed}"
+                        details = {"role": self.role, "needed": needed}
+                        re = getattr(ev.msg, "id", None)
+                        self.room.reply(self.session, Error(ErrorCode.FORBIDDEN, message, details, re=re))
                 elif isinstance(ev, ReplyNeeded):
                     if self.room is not None and self.session is not None:
                         self.room.reply(self.session, ev.msg)
@@ -264,6 +285,10 @@ class _Pump:
 
     async def join(self, ev: HelloReceived) -> None:
         hello = ev.hello
+        if not self.identity.local:
+            # Client ids are the user's own: another user's "same" id can neither replace this
+            # connection nor share its exactly-once state, and `by` names the user.
+            hello = dataclasses.replace(hello, client=f"{self.identity.user}:{hello.client}")
         try:
             room = await (
                 self.registry.open_at(self.dataset, self.at)
@@ -288,9 +313,21 @@ class _Pump:
             return
         self.room, self.session = room, room.join(hello, self.transport, binary=ev.binary)
         self.conn.joined()
+        session = self.session
+
+        async def close(code: int, reason: str) -> None:
+            await session.finish(code, reason[:120])
+
+        def on_role(role: str) -> None:
+            self.role = role
+
+        auth: Auth = self.ws.app.state.auth
+        self.unwatch = auth.watch(Watch(self.identity, self.dataset, self.role, close, on_role))
         self.node.trimmer.soon()  # loading a room and encoding a welcome leave freed buffers behind
 
     async def leave(self) -> None:
+        if self.unwatch is not None:
+            self.unwatch()
         if self.session is not None and self.room is not None:
             await self.room.leave(self.session)
 
@@ -306,11 +343,21 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         if ticket.refused is not None:
             await _refuse(ws, ticket.refused)
             return
-        if not await registry.exists(dataset):
-            known = ", ".join(await registry.names()) or "(none)"
+        auth: Auth = ws.app.state.auth
+        if not same_origin(ws):
+            await ws.close(CloseCode.FORBIDDEN, "a WebSocket from another site is refused")
+            return
+        try:  # identity first: nobody makes the server load data they may not read
+            identity = await auth.authenticate(token_of(ws)[0])
+        except AuthFailed as e:
+            await ws.close(e.close, e.message[:120])
+            return
+        role = await auth.role(identity, dataset)
+        if role is None or not await registry.exists(dataset):
+            known = ", ".join(await auth.readable(identity, await registry.names())) or "(none)"
             await ws.close(CloseCode.NO_SUCH_DATASET, f"no dataset {dataset!r}; known: {known}"[:120])
             return
-        pump = _Pump(ws, registry, settings, node, ticket)
+        pump = _Pump(ws, registry, settings, node, ticket, identity, role)
         try:
             await pump.run()
         except WebSocketDisconnect:

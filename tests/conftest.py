@@ -173,16 +173,21 @@ def small_frame(rows: int = 20) -> pl.DataFrame:
 def make_server() -> Callable[..., Any]:
     """``async with make_server(settings=..., frames={...}) as srv``.
 
-    With ``settings.data_dir`` the registry is on disk (SQLite or PostgreSQL
+    The server runs with ``auth="none"`` (one local identity, admin of
+    everything) unless ``auth="token"`` is given: the identity tests ask
+    for it. With ``settings.data_dir`` the registry is on disk (SQLite or PostgreSQL
     catalog + chunk files); otherwise on the memory backend. Each frame is
     created as a dataset (one commit on ``main``).
     """
 
     class _Ctx:
         def __init__(
-            self, settings: Settings | None = None, frames: dict[str, pl.DataFrame] | None = None
+            self,
+            settings: Settings | None = None,
+            frames: dict[str, pl.DataFrame] | None = None,
+            auth: str = "none",
         ) -> None:
-            self.settings = settings or Settings(demo=False)
+            self.settings = dataclasses.replace(settings or Settings(demo=False), auth=auth)
             self.frames = frames if frames is not None else {"sales": small_frame()}
             self.stack = contextlib.AsyncExitStack()
 
@@ -223,7 +228,7 @@ def server_thread() -> Any:
 
     def run() -> None:
         async def main() -> None:
-            settings = Settings(demo=False)
+            settings = Settings(demo=False, auth="none")
             registry = await open_registry(settings)
             await registry.create("sales", small_frame())
             async with running(settings, registry, bind_port0()) as live:

@@ -80,7 +80,8 @@ async def start_server(
     ``preexec_fn`` runs in the child before ``exec`` (e.g. to set a resource limit);
     ``module`` is what ``python -m`` runs (a test's variant of the CLI).
     """
-    cmd = [sys.executable, "-m", module, "serve", "--port", "0", "--data-dir", str(data_dir), *args]
+    auth = [] if "--auth" in args else ["--auth", "none"]  # the identity tests pass their own
+    cmd = [sys.executable, "-m", module, "serve", "--port", "0", "--data-dir", str(data_dir), *auth, *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, preexec_fn=preexec_fn

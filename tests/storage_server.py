@@ -46,7 +46,7 @@ class DurableServer:
 @asynccontextmanager
 async def durable_server(backend: Backend, **settings: Any) -> AsyncIterator[DurableServer]:
     """A live server whose registry is on ``backend`` (``settings`` override the defaults)."""
-    cfg = backend.settings(**settings)
+    cfg = backend.settings(**{"auth": "none", **settings})
     registry = await open_registry(cfg)
     async with running(cfg, registry, bind_port0()) as live:
         port = live.port

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from server.app import create_app, open_registry
+from server.app import create_app, open_registry, start_auth
 from server.perspective.assets import ASSETS, REQUIRED, WEB_ROOT, missing_assets, resolve
 from server.perspective.pages import RID_COLUMN_CONFIG, parse_config, with_defaults
 from server.settings import Settings
@@ -157,8 +157,10 @@ async def test_missing_node_modules_page_says_run_make_install(tmp_path: Path) -
     """Without client/web/node_modules the app still serves, and the dashboard says what to do."""
     registry = await open_registry(Settings(demo=False))
     await registry.create("sales", small_frame())
-    app = create_app(Settings(demo=False), registry)
+    settings = Settings(demo=False, auth="none")
+    app = create_app(settings, registry)
     app.state.registry = registry  # what the lifespan does; pages need nothing else
+    app.state.auth, _ = await start_auth(settings, registry)
     app.state.web_root = tmp_path  # a checkout where `npm ci` has not run
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://coframe") as c:
         assert (await c.get("/healthz")).status_code == 200

@@ -67,11 +67,17 @@ def dashboard_href(dataset: str, branch: str = "main") -> str:
 
 
 async def index_page(request: Request) -> HTMLResponse:
-    """``GET /``: every dataset, with its row count and a link to each branch's dashboard."""
+    """``GET /``: each dataset the user may read: its row count, a link to each branch's dashboard."""
     registry: Registry = request.app.state.registry
+    described = await registry.describe()
+    # The identity the auth middleware proved (server.auth.http); the others do not exist for it.
+    auth, identity = request.app.state.auth, request.scope["coframe.identity"]
+    readable = set(await auth.readable(identity, [str(d["name"]) for d in described]))
     rows = []
-    for d in await registry.describe():
+    for d in described:
         name = str(d["name"])
+        if name not in readable:
+            continue
         if d.get("broken"):  # listed, not linked: it cannot load (see the listing's "broken")
             rows.append(
                 f'<tr class="broken"><td>{escape(name)}</td><td>-</td>'

@@ -1,0 +1,226 @@
+"""Turning a token into an identity, and an identity into its role on a dataset.
+
+:class:`Auth` is one per server. ``authenticate`` checks a token's
+signature and expiry (:class:`.tokens.Signer`), that the catalog still
+knows its id unrevoked and its user enabled. ``role`` reads the user's
+grants: one on the dataset overrides one on ``*``; none means the dataset
+does not exist for that user. Grants and revocations are cached per
+catalog ``auth_version``; :meth:`Auth.run` polls that version (every
+``poll`` seconds, 0.5 by default) and re-checks every open connection
+(:meth:`Auth.watch`), so a revocation or a grant change reaches them
+within a second, through whichever node made it.
+
+With ``mode="none"`` (``--auth none``) every request is the one local
+identity, admin of everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from protocol import CloseCode
+
+from ..storage.auth_types import ANY_DATASET, AuthStore, Grant, TokenRecord, User
+from ..storage.types import NotFound
+from .tokens import Signer, TokenInvalid
+
+__all__ = ["Auth", "AuthFailed", "Identity", "LOCAL", "Watch", "run_auth"]
+
+log = logging.getLogger("coframe.auth")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user: str
+    display: str = ""
+    token_id: str | None = None
+    can_create: bool = False
+    local: bool = False  # --auth none: admin of everything
+
+
+LOCAL = Identity("local", "local", None, can_create=True, local=True)
+
+
+class AuthFailed(Exception):
+    """Not signed in (4401 / HTTP 401), or no longer allowed (4403 / HTTP 403)."""
+
+    def __init__(self, message: str, *, close: int = CloseCode.UNAUTHENTICATED) -> None:
+        super().__init__(message)
+        self.message = message
+        self.close = close
+
+    @property
+    def status(self) -> int:
+        return 401 if self.close == CloseCode.UNAUTHENTICATED else 403
+
+
+@dataclass(eq=False)
+class Watch:
+    """An open connection :class:`Auth` re-checks after every change: ``close`` ends it."""
+
+    identity: Identity
+    dataset: str
+    role: str
+    close: Callable[[int, str], Awaitable[None]]
+    on_role: Callable[[str], None] | None = None
+
+
+class Auth:
+    def __init__(self, store: AuthStore, signer: Signer, *, mode: str = "token", poll: float = 0.5) -> None:
+        if mode not in ("token", "none"):
+            raise ValueError(f"unknown auth mode {mode!r}: use token or none")
+        self.store, self.signer, self.mode, self.poll = store, signer, mode, poll
+        self.version = -1
+        self._grants: dict[str, list[Grant]] = {}
+        self._watches: set[Watch] = set()
+        self.failures = 0  # failed authentications (counted, not logged one by one)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "token"
+
+    async def start(self) -> None:
+        if self.enabled:
+            await self.signer.load()
+        self.version = await self.store.auth_version()
+
+    # ------------------------------------------------------------ tokens
+
+    async def issue(self, user: str, ttl: float) -> str:
+        """A new token for ``user`` (recorded in the catalog, so it can be revoked)."""
+        token, claims = self.signer.issue(user, ttl)
+        await self.store.add_token(TokenRecord(claims.token_id, user, claims.issued, claims.expires))
+        return token
+
+    async def authenticate(self, token: str | None) -> Identity:
+        """The identity ``token`` proves.
+
+        Raises:
+            AuthFailed: (4401) no token, a bad or expired one, a revoked one, a disabled user.
+        """
+        if not self.enabled:
+            return LOCAL
+        if not token:
+            self.failures += 1
+            raise AuthFailed("sign in: pass a token (?token=, Authorization: Bearer, or /login?token=)")
+        try:
+            claims = await self.signer.verify(token)
+            record = await self.store.get_token(claims.token_id)
+            user = await self.store.get_user(claims.user)
+        except TokenInvalid as e:
+            self.failures += 1
+            raise AuthFailed(e.reason) from None
+        except NotFound:
+            self.failures += 1
+            raise AuthFailed(
+                "the token is not known here (revoked or from another catalog): ask for a new one"
+            )
+        if record.revoked is not None or record.user != user.name:
+            self.failures += 1
+            raise AuthFailed("the token was revoked: ask for a new one (coframe token create)")
+        if user.disabled:
+            self.failures += 1
+            raise AuthFailed(f"user {user.name!r} is disabled: ask an admin")
+        return Identity(user.name, user.display or user.name, claims.token_id, user.can_create)
+
+    # ------------------------------------------------------------ grants
+
+    async def _user_grants(self, user: str) -> list[Grant]:
+        grants = self._grants.get(user)
+        if grants is None:
+            grants = self._grants[user] = await self.store.list_grants(user=user)
+        return grants
+
+    async def grant(self, identity: Identity, dataset: str) -> Grant | None:
+        """The grant that applies to ``dataset`` (the dataset's own, else ``*``), or None."""
+        if identity.local:
+            return Grant(dataset, identity.user, "admin")
+        grants = await self._user_grants(identity.user)
+        own = next((g for g in grants if g.dataset == dataset), None)
+        g = own or next((g for g in grants if g.dataset == ANY_DATASET), None)
+        if g is not None and (g.rows is not None or g.hide):
+            # Row predicates and hidden columns are not enforced on every channel yet: such a
+            # grant gives no access at all (fail closed) rather than more than it says.
+            return None
+        return g
+
+    async def role(self, identity: Identity, dataset: str) -> str | None:
+        g = await self.grant(identity, dataset)
+        return None if g is None else g.role
+
+    async def readable(self, identity: Identity, names: list[str]) -> list[str]:
+        """The datasets of ``names`` ``identity`` may read (the others do not exist for it)."""
+        return [n for n in names if await self.role(identity, n) is not None]
+
+    # ------------------------------------------------------------ following changes
+
+    def watch(self, w: Watch) -> Callable[[], None]:
+        """Re-check ``w`` after every change; returns the function that stops it."""
+        self._watches.add(w)
+        return lambda: self._watches.discard(w)
+
+    async def run(self) -> None:
+        """Poll the catalog's auth version; after a change, re-check every open connection."""
+        while True:
+            await asyncio.sleep(self.poll)
+            try:
+                version = await self.store.auth_version()
+            except Exception:  # the catalog is down: keep what we know, try again
+                log.exception("reading the auth version failed")
+                continue
+            if version != self.version:
+                self.version = version
+                self._grants.clear()
+                await self.recheck()
+
+    async def recheck(self) -> None:
+        for w in list(self._watches):
+            try:
+                await self._recheck(w)
+            except Exception:
+                log.exception("re-checking a connection of %s failed", w.identity.user)
+
+    async def _recheck(self, w: Watch) -> None:
+        if w.identity.local:
+            return
+        reason = await self._revoked(w.identity)
+        if reason is not None:
+            self._watches.discard(w)
+            await w.close(CloseCode.UNAUTHENTICATED, reason)
+            return
+        role = await self.role(w.identity, w.dataset)
+        if role is None:
+            self._watches.discard(w)
+            await w.close(CloseCode.FORBIDDEN, f"your access to '{w.dataset}' was revoked: ask an admin")
+        elif role != w.role:
+            w.role = role
+            if w.on_role is not None:
+                w.on_role(role)
+
+    async def _revoked(self, identity: Identity) -> str | None:
+        try:
+            user: User = await self.store.get_user(identity.user)
+            record = await self.store.get_token(identity.token_id or "")
+        except NotFound:
+            return "your token or user was removed: sign in again"
+        if record.revoked is not None:
+            return "your token was revoked: ask for a new one"
+        if user.disabled:
+            return "your user was disabled: ask an admin"
+        if record.expires is not None and record.expires < time.time():
+            return "your token expired: sign in again"
+        return None
+
+    async def close(self) -> None:
+        self._watches.clear()
+
+
+async def run_auth(auth: Auth) -> None:
+    """:meth:`Auth.run` until cancelled."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await auth.run()
