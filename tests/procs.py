@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ServerProcess", "start_server"]
+from tests.serving import timeout
+
+__all__ = ["ServerProcess", "start_server", "cli"]
 
 _READY = re.compile(r"coframe listening on http://[\d.]+:(\d+)")
 
@@ -101,3 +103,19 @@ async def start_server(
     server = ServerProcess(proc, int(m.group(1)), log)
     server.drainer = asyncio.get_running_loop().create_task(_drain(proc.stdout, server))
     return server
+
+
+async def cli(*args: str, data: Path, catalog: str | None = None) -> tuple[int, str, str]:
+    """Run ``python -m server.cli ARGS --data-dir DATA [--catalog URL]``; (exit code, stdout, stderr)."""
+    cmd = [sys.executable, "-m", "server.cli", *args, "--data-dir", str(data)]
+    if catalog:
+        cmd += ["--catalog", catalog]
+    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
+    env.pop("COFRAME_DATA", None)
+    env.pop("COFRAME_CATALOG", None)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=data.parent, env=env
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout(120))
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -16,8 +16,7 @@ import pytest
 from client import connect
 from client.errors import ConnectionClosed, OpRejected
 from tests.conftest import timeout
-from tests.procs import start_server
-from tests.test_cli import cli
+from tests.procs import cli, start_server
 
 
 async def test_serve_prints_a_sign_in_url_and_the_operator_commands_work_on_a_running_server(

@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +21,12 @@ from polars.testing import assert_frame_equal
 from client import connect
 from server.io import read_frame
 from server.storage.service import Storage
-from tests.conftest import Backend, persistent_only, timeout
+from tests.conftest import Backend, persistent_only
 from tests.helpers import brute_diff, frame
+from tests.procs import cli
 from tests.storage_server import durable_server
 
 IMPORTED = re.compile(r"^imported (\S+): (\d+) rows × (\d+) columns \(commit ([0-9a-f]{12})\)$", re.M)
-
-
-async def cli(*args: str, data: Path, catalog: str | None = None) -> tuple[int, str, str]:
-    """Run ``python -m server.cli ARGS --data-dir DATA [--catalog URL]``; (exit code, stdout, stderr)."""
-    cmd = [sys.executable, "-m", "server.cli", *args, "--data-dir", str(data)]
-    if catalog:
-        cmd += ["--catalog", catalog]
-    env = {**os.environ, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"}
-    env.pop("COFRAME_DATA", None)
-    env.pop("COFRAME_CATALOG", None)
-    proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=data.parent, env=env
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout(120))
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def write_input(df: pl.DataFrame, path: Path) -> Path:
