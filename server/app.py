@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from .api import routes as api_routes
+from .api_admin import routes as admin_routes
 from .auth import Auth, Signer
 from .auth.bootstrap import bootstrap
 from .auth.http import AuthMiddleware, identity_of, login
@@ -189,6 +190,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             Route("/readyz", readyz),
             Route("/login", login),
             Route("/api/datasets", list_datasets),
+            *admin_routes,  # before the API's: its upload route would take POST .../grants
             *api_routes,
             WebSocketRoute("/ws/{dataset}", websocket_endpoint),
             *dashboard_routes,

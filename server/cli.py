@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="token (the default): every entry point needs a signed token; none: no identity, every"
         " client is admin (refused unless --host is a loopback address)",
     )  # fmt: skip
+    serve.add_argument("--ssl-certfile", default=None, help="serve HTTPS and WSS with this certificate (PEM)")
+    serve.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
     serve.add_argument("--log-level", default="info")
     add_data_commands(sub)
     return parser
@@ -229,7 +231,15 @@ def _server(args: argparse.Namespace) -> Server:
     app = create_app(settings)
     where = "memory" if settings.data_dir is None else (settings.catalog or settings.data_dir)
     print(f"coframe starting (storage: {where})", flush=True)
-    return Server.for_app(app, settings, announce=True, log_level=args.log_level)
+    tls: dict[str, object] = {}
+    if args.ssl_certfile or args.ssl_keyfile:
+        if not (args.ssl_certfile and args.ssl_keyfile):
+            raise ValueError("give both --ssl-certfile and --ssl-keyfile (or neither)")
+        for path in (args.ssl_certfile, args.ssl_keyfile):
+            if not os.path.isfile(path):
+                raise ValueError(f"no such file: {path}")
+        tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
+    return Server.for_app(app, settings, announce=True, log_level=args.log_level, **tls)
 
 
 if __name__ == "__main__":

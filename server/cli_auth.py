@@ -17,15 +17,13 @@ import os
 import time
 from typing import Any
 
-from .auth.tokens import Signer, env_key, parse_duration
+from .auth.tokens import DEFAULT_EXPIRES, Signer, env_key, parse_duration
 from .errors import CliError
 from .storage.auth_types import ANY_DATASET, ROLES, Grant, TokenRecord, User
 from .storage.service import Storage
 from .storage.types import NotFound
 
-__all__ = ["add_auth_commands", "AUTH_COMMANDS", "DEFAULT_EXPIRES"]
-
-DEFAULT_EXPIRES = "30d"
+__all__ = ["add_auth_commands", "AUTH_COMMANDS"]
 
 
 def add_auth_commands(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -111,10 +111,11 @@ class Server(uvicorn.Server):
             for sock in server.sockets:
                 self.port = sock.getsockname()[1]
         if self.announce:  # with --port 0, this line tells scripts and tests the real port
-            print(f"coframe listening on http://{self.config.host}:{self.port}", flush=True)
+            scheme = "https" if self.config.ssl_certfile else "http"
+            print(f"coframe listening on {scheme}://{self.config.host}:{self.port}", flush=True)
             token = getattr(self.app.state, "signin_token", None) if self.app is not None else None
             if token:  # as Jupyter does: open this URL to sign in (the token is valid 30 days)
-                print(f"Sign in: http://{self.config.host}:{self.port}/login?token={token}", flush=True)
+                print(f"Sign in: {scheme}://{self.config.host}:{self.port}/login?token={token}", flush=True)
         self.ready.set()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:

@@ -15,7 +15,7 @@ from tests.serving import timeout
 
 __all__ = ["ServerProcess", "start_server", "cli"]
 
-_READY = re.compile(r"coframe listening on http://[\d.]+:(\d+)")
+_READY = re.compile(r"coframe listening on https?://[\d.]+:(\d+)")
 
 
 @dataclass

@@ -75,16 +75,16 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def _dataset_of(path: str) -> tuple[str | None, str]:
-    """(dataset, what) for a per-dataset path: ``what`` is the sub-resource ('' for the dataset)."""
+    """(dataset, what) for a per-dataset path: ``what`` is the sub-resource ('' for the dataset).
+
+    Dataset names never hold a ``/`` (the naming rule), so the first segment is the dataset.
+    """
     for prefix in ("/api/datasets/", "/d/", "/perspective/"):
         if path.startswith(prefix):
-            rest = path[len(prefix) :]
+            dataset, _, rest = path[len(prefix) :].partition("/")
             if prefix != "/api/datasets/":
-                return rest, "page"
-            for tail in ("/export", "/log", "/diff", "/refs", "/branches", "/tags", "/revert", "/grants"):
-                if rest.endswith(tail):
-                    return rest[: -len(tail)], tail[1:]
-            return rest, ""
+                return dataset, "page"
+            return dataset, rest.split("/", 1)[0]
     return None, ""
 
 
@@ -157,5 +157,6 @@ async def login(request: Request) -> Response:
         return _error(401, "unauthenticated", e.message)
     response = RedirectResponse("/", status_code=303)
     if token:
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        secure = request.url.scheme == "https"  # served over TLS (--ssl-certfile): never sent in clear
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/", secure=secure)
     return response

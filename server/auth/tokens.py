@@ -24,9 +24,10 @@ import jwt
 
 from ..storage.auth_types import AuthStore, SigningKey
 
-__all__ = ["ALGORITHM", "Claims", "Signer", "TokenInvalid", "parse_duration", "env_key"]
+__all__ = ["ALGORITHM", "DEFAULT_EXPIRES", "Claims", "Signer", "TokenInvalid", "parse_duration", "env_key"]
 
 ALGORITHM = "HS256"
+DEFAULT_EXPIRES = "30d"  # a token's life when none is asked for (coframe token create, POST /api/tokens)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

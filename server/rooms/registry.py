@@ -230,6 +230,23 @@ class Registry:
         await room.close()
         log.info("unloaded room %s at seq %d", room.name, room.core.seq)
 
+    async def delete(self, dataset: str) -> None:
+        """Close the dataset's open rooms (4004, "deleted") and delete it from storage.
+
+        Its chunks go at the next chunk GC. Raises NotFound for an unknown dataset.
+        """
+        async with self._lock:
+            keys = [k for k in self.rooms if k[0] == dataset]
+            for key in keys:
+                timer = self._unloaders.pop(key, None)
+                if timer is not None:
+                    timer.cancel()
+            rooms = [self.rooms.pop(k) for k in keys]
+            reason = f"dataset '{dataset}' was deleted"
+            closing = (r.close(CloseCode.NO_SUCH_DATASET, reason) for r in rooms)
+            await asyncio.gather(*closing, return_exceptions=True)
+            await self.storage.delete_dataset(dataset)
+
     async def close_rooms(self, code: int = CloseCode.GOING_AWAY, reason: str = "room unloading") -> None:
         """Close every open room at once: each commits its WAL tail and closes its sessions.
 

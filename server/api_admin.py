@@ -1,0 +1,162 @@
+"""The identity operations over HTTP, for admins (docs/security.md "Users, roles and grants").
+
+- ``GET /api/users``, ``POST /api/users`` ``{"name", "display", "can_create"}``,
+  ``POST /api/users/{name}/disable``: admins of every dataset (a ``*`` admin grant);
+- ``POST /api/tokens`` ``{"user", "expires": "8h"}`` (the token is in the reply, once),
+  ``DELETE /api/tokens/{id}``: the same;
+- ``GET|POST /api/datasets/{name}/grants`` ``{"user", "role", "rows", "hide": [columns]}``,
+  ``DELETE /api/datasets/{name}/grants/{user}``: admins of that dataset;
+- ``DELETE /api/datasets/{name}``: admins of that dataset; its rooms close with 4004.
+
+The auth middleware has already proved the identity and, on dataset paths,
+the role it needs; these handlers check what is left (a global admin for
+users and tokens, admin for reading grants). Errors are the API's JSON
+errors (PROTOCOL.md §11).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from protocol import ErrorCode
+
+from .api import _dataset, _json_body, _str_field
+from .auth import Auth, parse_duration
+from .auth.http import identity_of
+from .auth.tokens import DEFAULT_EXPIRES
+from .errors import ApiError
+from .storage.auth_types import ANY_DATASET, ROLES, Grant, User
+
+__all__ = ["routes"]
+
+
+def _auth(request: Request) -> Auth:
+    return request.app.state.auth  # type: ignore[no-any-return]
+
+
+async def _global_admin(request: Request) -> Auth:
+    auth = _auth(request)
+    if await auth.role(identity_of(request), ANY_DATASET) != "admin":
+        raise ApiError(
+            403, ErrorCode.FORBIDDEN, "only an admin of every dataset (a * admin grant) may do this"
+        )
+    return auth
+
+
+def _user_json(u: User) -> dict[str, Any]:
+    return {"name": u.name, "display": u.display, "disabled": u.disabled, "can_create": u.can_create}
+
+
+async def list_users(request: Request) -> Response:
+    auth = await _global_admin(request)
+    return JSONResponse([_user_json(u) for u in await auth.store.list_users()])
+
+
+async def add_user(request: Request) -> Response:
+    auth = await _global_admin(request)
+    body = await _json_body(request)
+    user = User(
+        _str_field(body, "name"),
+        str(body.get("display") or ""),
+        False,
+        bool(body.get("can_create")),
+        time.time(),
+    )
+    await auth.store.add_user(user)
+    return JSONResponse(_user_json(user), status_code=201)
+
+
+async def disable_user(request: Request) -> Response:
+    auth = await _global_admin(request)
+    name = request.path_params["name"]
+    await auth.store.set_user(name, disabled=True)
+    return JSONResponse({"name": name, "disabled": True})
+
+
+async def create_token(request: Request) -> Response:
+    auth = await _global_admin(request)
+    body = await _json_body(request)
+    user = _str_field(body, "user")
+    try:
+        ttl = parse_duration(str(body.get("expires") or DEFAULT_EXPIRES))
+    except ValueError as e:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, str(e)) from None
+    await auth.store.get_user(user)  # 404 for an unknown user
+    token = await auth.issue(user, ttl)
+    record = (await auth.store.list_tokens(user))[-1]
+    return JSONResponse(
+        {"id": record.id, "user": user, "expires": record.expires, "token": token}, status_code=201
+    )
+
+
+async def revoke_token(request: Request) -> Response:
+    auth = await _global_admin(request)
+    token_id = request.path_params["id"]
+    await auth.store.revoke_token(token_id, time.time())
+    return JSONResponse({"id": token_id, "revoked": True})
+
+
+async def _dataset_admin(request: Request) -> tuple[Auth, str]:
+    _, name = await _dataset(request)
+    auth = _auth(request)
+    if await auth.role(identity_of(request), name) != "admin":
+        raise ApiError(403, ErrorCode.FORBIDDEN, f"only an admin of '{name}' may see or change its grants")
+    return auth, name
+
+
+def _grant_json(g: Grant) -> dict[str, Any]:
+    return {"dataset": g.dataset, "user": g.user, "role": g.role, "rows": g.rows, "hide": list(g.hide)}
+
+
+async def grants(request: Request) -> Response:
+    auth, name = await _dataset_admin(request)
+    if request.method == "GET":
+        return JSONResponse([_grant_json(g) for g in await auth.store.list_grants(dataset=name)])
+    body = await _json_body(request)
+    role = _str_field(body, "role")
+    if role not in ROLES:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"role must be one of {', '.join(ROLES)}")
+    hide_names = body.get("hide") or []
+    if not isinstance(hide_names, list) or not all(isinstance(c, str) for c in hide_names):
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "give 'hide' as a list of column names")
+    state = await request.app.state.registry.live_state(name)
+    ids = {c.name: c.id for c in state.catalog.columns}
+    missing = [c for c in hide_names if c not in ids]
+    if missing:
+        raise ApiError(400, ErrorCode.NO_SUCH_COLUMN, f"no column '{missing[0]}' in '{name}'")
+    rows = body.get("rows")
+    if rows is not None and not isinstance(rows, str):
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "give 'rows' as a SQL predicate string")
+    grant = Grant(name, _str_field(body, "user"), role, rows, tuple(ids[c] for c in hide_names))
+    await auth.store.put_grant(grant)
+    return JSONResponse(_grant_json(grant), status_code=201)
+
+
+async def delete_grant(request: Request) -> Response:
+    auth, name = await _dataset_admin(request)
+    user = request.path_params["user"]
+    await auth.store.delete_grant(name, user)
+    return JSONResponse({"dataset": name, "user": user, "revoked": True})
+
+
+async def delete_dataset(request: Request) -> Response:
+    registry, name = await _dataset(request)
+    await registry.delete(name)
+    return JSONResponse({"name": name, "deleted": True})
+
+
+routes = [
+    Route("/api/users", list_users, methods=["GET"]),
+    Route("/api/users", add_user, methods=["POST"]),
+    Route("/api/users/{name}/disable", disable_user, methods=["POST"]),
+    Route("/api/tokens", create_token, methods=["POST"]),
+    Route("/api/tokens/{id}", revoke_token, methods=["DELETE"]),
+    Route("/api/datasets/{name}/grants", grants, methods=["GET", "POST"]),
+    Route("/api/datasets/{name}/grants/{user}", delete_grant, methods=["DELETE"]),
+    Route("/api/datasets/{name}", delete_dataset, methods=["DELETE"]),
+]
