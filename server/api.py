@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 from protocol import ErrorCode
 
+from .auth.http import identity_of
 from .errors import ApiError
 from .io import (
     check_format,
@@ -50,6 +51,7 @@ from .ops import check_ref_name as _check_ref_name
 from .ops.state import State
 from .rooms.registry import Registry
 from .settings import Settings
+from .storage.auth_types import Grant
 from .storage.diff import diff_states
 from .storage.service import Storage
 from .storage.types import AlreadyExists, DatasetExists, Manifest, NotFound
@@ -241,9 +243,13 @@ async def upload(request: Request) -> Response:
         frame = await asyncio.to_thread(read_frame, spool, fmt, name=filename or "the upload")
     finally:
         spool.close()
-    author = q.get("author") or "http"
+    identity = identity_of(request)
+    author = (q.get("author") or "http") if identity.local else identity.user
     message = q.get("message") or f"import of {filename or 'an upload'}"
     manifest = await registry.create(name, frame, author=author, message=message, rids=rids)
+    if not identity.local:  # the uploader administers the new dataset
+        await request.app.state.auth.store.put_grant(Grant(name, identity.user, "admin"))
+        request.app.state.auth.forget(identity.user)
     body = {"name": name, "rows": manifest.rows, "columns": len(manifest.schema), "commit": manifest.id}
     log.info("uploaded dataset %s: %d rows × %d columns", name, manifest.rows, len(manifest.schema))
     return JSONResponse(body, status_code=201)
@@ -355,7 +361,8 @@ async def revert(request: Request) -> Response:
     to = _str_field(body, "to")
     target = await resolve(storage, name, to)
     await storage.catalog.get_ref(name, branch, "branch")  # 404 before anyone is disconnected
-    m = await registry.revert(name, branch, target.id, author="http")
+    identity = identity_of(request)
+    m = await registry.revert(name, branch, target.id, author="http" if identity.local else identity.user)
     return JSONResponse({"branch": branch, "reverted_to": target.id, **commit_json(m)}, status_code=201)
 
 

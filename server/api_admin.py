@@ -134,6 +134,7 @@ async def grants(request: Request) -> Response:
         raise ApiError(400, ErrorCode.BAD_REQUEST, "give 'rows' as a SQL predicate string")
     grant = Grant(name, _str_field(body, "user"), role, rows, tuple(ids[c] for c in hide_names))
     await auth.store.put_grant(grant)
+    auth.forget(grant.user)
     return JSONResponse(_grant_json(grant), status_code=201)
 
 
@@ -141,6 +142,7 @@ async def delete_grant(request: Request) -> Response:
     auth, name = await _dataset_admin(request)
     user = request.path_params["user"]
     await auth.store.delete_grant(name, user)
+    auth.forget(user)
     return JSONResponse({"dataset": name, "user": user, "revoked": True})
 
 

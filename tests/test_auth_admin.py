@@ -140,3 +140,32 @@ async def test_serve_over_tls_prints_an_https_sign_in_url_and_sets_a_secure_cook
             assert (await http.get("/healthz")).status_code == 200
     finally:
         await server.stop()
+
+
+async def test_uploads_need_can_create_and_make_the_uploader_admin(make_server: Any) -> None:
+    async with make_server(auth="token") as srv:
+        auth = srv.app.state.auth
+        await auth.store.add_user(User("uma", "Uma", can_create=True, created=time.time()))
+        await auth.store.add_user(User("nik", "Nik", created=time.time()))
+        uma, nik = str(await auth.issue("uma", 600)), str(await auth.issue("nik", 600))
+        csv = b"a,b\n1,x\n2,y\n"
+        async with httpx.AsyncClient(base_url=srv.http) as http:
+            refused = await http.post(
+                "/api/datasets/notes?format=csv", content=csv, headers={"Authorization": f"Bearer {nik}"}
+            )
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+            r = await http.post(
+                "/api/datasets/notes?format=csv&author=someone-else",
+                content=csv,
+                headers={"Authorization": f"Bearer {uma}"},
+            )
+            assert r.status_code == 201, r.text
+            log = (
+                await http.get("/api/datasets/notes/log", headers={"Authorization": f"Bearer {uma}"})
+            ).json()
+            assert log[0]["author"] == "uma"  # the identity, not the query's author
+            # The existing dataset: nik may not even learn it exists, uma may not overwrite it.
+            assert (
+                await http.get("/api/datasets/notes/log", headers={"Authorization": f"Bearer {nik}"})
+            ).status_code == 404
+        assert await auth.role(await auth.authenticate(uma), "notes") == "admin"

@@ -149,6 +149,10 @@ class Auth:
             return None
         return g
 
+    def forget(self, user: str) -> None:
+        """Drop ``user``'s cached grants (after this node changed them; other nodes poll)."""
+        self._grants.pop(user, None)
+
     async def role(self, identity: Identity, dataset: str) -> str | None:
         g = await self.grant(identity, dataset)
         return None if g is None else g.role
