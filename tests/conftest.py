@@ -119,10 +119,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 
 async def _empty(b: Backend) -> None:
-    """Drop every dataset (with its commits, refs and WAL) and every user, token, grant and key.
+    """Drop every dataset (commits, refs and WAL with it), user, token, grant, key and audit row.
 
-    The catalog has no call that deletes users or keys, so those tables are
-    emptied with SQL; ``auth_version`` is left as it is (it only ever grows).
+    The catalog has no call that deletes users, keys or audit rows, so those
+    tables are emptied with SQL; ``auth_version`` is left as it is (it only
+    ever grows), and so is the audit table's id sequence.
     """
     catalog = await b.open_catalog()
     try:
@@ -130,7 +131,8 @@ async def _empty(b: Backend) -> None:
             await catalog.drop_dataset(name)
         assert isinstance(catalog, PostgresCatalog)
         await catalog.pool.execute(
-            "DELETE FROM grants; DELETE FROM tokens; DELETE FROM users; DELETE FROM auth_keys"
+            "DELETE FROM grants; DELETE FROM tokens; DELETE FROM users; DELETE FROM auth_keys; "
+            "DELETE FROM audit"
         )
     finally:
         await catalog.close()

@@ -335,7 +335,7 @@ async def test_a_second_node_on_the_same_catalog_sees_identity(
 async def test_catalog_at_the_previous_version_upgrades(
     backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    previous = migrations.LATEST - 1
+    previous = 1  # the last version without the identity tables
     async with catalog_url(backend.kind, prefix="coframe_test_auth") as url:  # empty storage
         # A catalog made by the coframe before the identity tables existed...
         monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:previous])

@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from server.storage.audit_types import AuditStore
 from server.storage.auth_types import AuthStore
 from server.storage.catalog import open_catalog, split_pg_url
 from server.storage.catalog_memory import MemoryCatalog
@@ -148,12 +149,13 @@ def wal(seq: int, client: str = "c1") -> WalEntry:
 def test_backend_implements_protocol_signatures(impl: type) -> None:
     wanted = {
         name: inspect.signature(fn)
-        for proto in (AuthStore, CatalogStore)  # CatalogStore inherits AuthStore's methods
+        for proto in (AuthStore, AuditStore, CatalogStore)  # CatalogStore inherits their methods
         for name, fn in vars(proto).items()
         if inspect.iscoroutinefunction(fn) and not name.startswith("_")
     }
     assert {"open", "close", "append_wal", "move_branch", "add_user", "put_grant"} <= set(wanted)
-    assert AuthStore in CatalogStore.__mro__
+    assert {"add_audit", "count_audit", "list_audit"} <= set(wanted)
+    assert AuthStore in CatalogStore.__mro__ and AuditStore in CatalogStore.__mro__
     for name, sig in wanted.items():
         got = getattr(impl, name)
         assert inspect.iscoroutinefunction(got), name

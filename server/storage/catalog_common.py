@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Sequence
 
+from .audit_types import AUDIT_KINDS
 from .auth_types import ROLES
 from .types import Manifest, WalEntry
 
@@ -26,6 +27,9 @@ __all__ = [
     "check_schema",
     "check_kind",
     "check_role",
+    "check_audit_kind",
+    "audit_limit",
+    "AUDIT_LIMIT_MAX",
     "encode_hide",
     "decode_hide",
     "encode_manifest",
@@ -65,6 +69,20 @@ def check_role(role: str) -> None:
     """Raises ValueError unless ``role`` is one of ``auth_types.ROLES``."""
     if role not in ROLES:
         raise ValueError(f"grant role {role!r} is not one of {', '.join(repr(r) for r in ROLES)}")
+
+
+AUDIT_LIMIT_MAX = 10_000  # most rows one list_audit returns
+
+
+def check_audit_kind(kind: str) -> None:
+    """Raises ValueError unless ``kind`` is one of ``audit_types.AUDIT_KINDS``."""
+    if kind not in AUDIT_KINDS:
+        raise ValueError(f"audit kind {kind!r} is not one of {', '.join(repr(k) for k in AUDIT_KINDS)}")
+
+
+def audit_limit(limit: int) -> int:
+    """``list_audit``'s ``limit`` clamped to 1..AUDIT_LIMIT_MAX."""
+    return max(1, min(int(limit), AUDIT_LIMIT_MAX))
 
 
 def encode_hide(hide: Sequence[int]) -> str:

@@ -21,7 +21,7 @@ batch after a reconnect, so it gets its first ack again. An append costs a
 few dict inserts; commits trim the WAL as on disk, so it stays bounded.
 
 The identity methods (users, tokens, grants, signing keys) are in
-:mod:`.catalog_memory_auth`.
+:mod:`.catalog_memory_auth`, the audit trail in :mod:`.catalog_memory_audit`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from .catalog_common import (
     msg,
     prefix_bounds,
 )
+from .catalog_memory_audit import MemoryAudit
 from .catalog_memory_auth import MemoryAuth
 from .types import AlreadyExists, DatasetExists, Manifest, NotFound, Ref, RefMoved, WalEntry
 
@@ -53,7 +54,7 @@ class _Dataset:
     wal: dict[str, dict[int, WalEntry]] = field(default_factory=dict)  # branch → seq → entry
 
 
-class MemoryCatalog(MemoryAuth):
+class MemoryCatalog(MemoryAuth, MemoryAudit):
     """CatalogStore in this process's memory (nothing is written anywhere)."""
 
     def __init__(self) -> None:

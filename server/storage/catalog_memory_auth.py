@@ -28,6 +28,7 @@ class MemoryAuth:
     """AuthStore in this process's memory."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._auth_version = 0
         self._users: dict[str, User] = {}
         self._tokens: dict[str, TokenRecord] = {}

@@ -7,7 +7,7 @@ durable when the call returns (the server's ``synchronous_commit`` decides
 the fsync; keep it ``on``). ``schema`` puts the tables in their own schema
 via ``search_path`` (created on open), which is how the tests isolate runs.
 The identity methods (users, tokens, grants, signing keys) are in
-:mod:`.catalog_pg_auth`.
+:mod:`.catalog_pg_auth`, the audit trail in :mod:`.catalog_pg_audit`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .catalog_common import (
     msg,
     prefix_bounds,
 )
+from .catalog_pg_audit import PostgresAudit
 from .catalog_pg_auth import PostgresAuth
 from .migrations import apply_postgres
 from .types import AlreadyExists, DatasetExists, Manifest, NotFound, Ref, RefMoved, StorageError, WalEntry
@@ -56,7 +57,7 @@ def _commit_row(m: Manifest) -> tuple[str, str, str | None, int, float, str]:
     return (m.dataset, m.id, m.parents[0] if m.parents else None, m.seq, m.time, encode_manifest(m))
 
 
-class PostgresCatalog(PostgresAuth):
+class PostgresCatalog(PostgresAuth, PostgresAudit):
     """CatalogStore on PostgreSQL.
 
     ``dsn`` is an asyncpg URL without the ``schema`` query key (see

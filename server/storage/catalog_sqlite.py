@@ -5,7 +5,8 @@ Each method is one transaction, run by the plumbing this class inherits from
 ``BEGIN IMMEDIATE``). ``journal_mode=WAL`` plus ``synchronous=FULL`` make a
 committed ``append_wal`` survive kill -9 and power loss (PROTOCOL.md §13: an
 op is acked only once durable). The identity methods (users, tokens, grants,
-signing keys) are in :mod:`.catalog_sqlite_auth`.
+signing keys) are in :mod:`.catalog_sqlite_auth`, the audit trail in
+:mod:`.catalog_sqlite_audit`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .catalog_common import (
     msg,
     prefix_bounds,
 )
+from .catalog_sqlite_audit import SqliteAudit
 from .catalog_sqlite_auth import SqliteAuth
 from .types import AlreadyExists, DatasetExists, Manifest, NotFound, Ref, RefMoved, WalEntry
 
@@ -46,7 +48,7 @@ FROM commits, json_each(commits.manifest, '$.chunks') AS c
 """
 
 
-class SqliteCatalog(SqliteAuth):
+class SqliteCatalog(SqliteAuth, SqliteAudit):
     """CatalogStore on a SQLite file (``":memory:"`` works too, for one process).
 
     ``busy_timeout`` is how long a write waits for another process holding the

@@ -188,6 +188,41 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO auth_state (id, version) VALUES (1, 0)",
         ),
     ),
+    # ``counted`` marks the rows of count_audit: one per (kind, detail, minute),
+    # found again through the partial unique index by INSERT ... ON CONFLICT.
+    # Rows of add_audit are never counted, so they never conflict.
+    Migration(
+        3,
+        "the audit trail",
+        sqlite=(
+            """CREATE TABLE audit (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                time REAL NOT NULL,
+                kind TEXT NOT NULL,
+                user_name TEXT NOT NULL,
+                dataset TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                count INTEGER NOT NULL,
+                counted INTEGER NOT NULL CHECK (counted IN (0, 1))
+            )""",
+            "CREATE INDEX audit_time ON audit(time, id)",
+            "CREATE UNIQUE INDEX audit_counted ON audit(kind, detail, time) WHERE counted = 1",
+        ),
+        postgres=(
+            """CREATE TABLE audit (
+                id bigserial PRIMARY KEY,
+                time double precision NOT NULL,
+                kind text COLLATE "C" NOT NULL,
+                user_name text COLLATE "C" NOT NULL,
+                dataset text COLLATE "C" NOT NULL,
+                detail text COLLATE "C" NOT NULL,
+                count bigint NOT NULL,
+                counted boolean NOT NULL
+            )""",
+            "CREATE INDEX audit_time ON audit(time, id)",
+            "CREATE UNIQUE INDEX audit_counted ON audit(kind, detail, time) WHERE counted",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

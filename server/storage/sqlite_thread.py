@@ -8,7 +8,8 @@ processes on the same file queue up instead of failing half-way. Opening
 sets ``journal_mode=WAL`` (retried while another process holds a fresh
 file) plus ``synchronous=FULL``, so a committed transaction survives kill -9
 and power loss, and runs the pending migrations. The queries themselves are
-in :mod:`.catalog_sqlite` and :mod:`.catalog_sqlite_auth`.
+in :mod:`.catalog_sqlite`, :mod:`.catalog_sqlite_auth` and
+:mod:`.catalog_sqlite_audit`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from protocol import CoframeError, ErrorCode
 
+from .audit_types import AuditStore
 from .auth_types import AuthStore
 
 __all__ = [
@@ -202,8 +203,10 @@ class Ref:
     kind: str  # "branch" | "tag"
 
 
-class CatalogStore(AuthStore, Protocol):
-    """The catalog: datasets, refs, commits and the WAL, plus identity (:class:`.auth_types.AuthStore`).
+class CatalogStore(AuthStore, AuditStore, Protocol):
+    """The catalog: datasets, refs, commits and the WAL, plus identity and the audit trail.
+
+    Identity is :class:`.auth_types.AuthStore`, the audit trail :class:`.audit_types.AuditStore`.
 
     Every method is a coroutine. Names are validated by the caller.
     Raises NotFound / AlreadyExists / RefMoved as documented.
