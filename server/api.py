@@ -247,9 +247,11 @@ async def upload(request: Request) -> Response:
     author = (q.get("author") or "http") if identity.local else identity.user
     message = q.get("message") or f"import of {filename or 'an upload'}"
     manifest = await registry.create(name, frame, author=author, message=message, rids=rids)
+    auth = request.app.state.auth
     if not identity.local:  # the uploader administers the new dataset
-        await request.app.state.auth.store.put_grant(Grant(name, identity.user, "admin"))
-        request.app.state.auth.forget(identity.user)
+        await auth.store.put_grant(Grant(name, identity.user, "admin"))
+        auth.forget(identity.user)
+    await auth.audit.record("upload", identity.user, name, f"{manifest.rows} rows, commit {manifest.id[:12]}")
     body = {"name": name, "rows": manifest.rows, "columns": len(manifest.schema), "commit": manifest.id}
     log.info("uploaded dataset %s: %d rows × %d columns", name, manifest.rows, len(manifest.schema))
     return JSONResponse(body, status_code=201)
@@ -332,6 +334,9 @@ async def create_branch(request: Request) -> Response:
     source = _str_field(body, "from", "main")
     m = await resolve(storage, name, source)
     await storage.create_branch(name, new, m.id)
+    await request.app.state.auth.audit.record(
+        "branch", identity_of(request).user, name, f"{new} at {m.id[:12]}"
+    )
     return JSONResponse({"name": new, "commit": m.id, "from": source}, status_code=201)
 
 
@@ -350,6 +355,7 @@ async def create_tag(request: Request) -> Response:
             f"tag '{tag}' already exists at commit {existing.commit[:12]} and tags never move;"
             " create a new tag instead"
         ) from None
+    await request.app.state.auth.audit.record("tag", identity_of(request).user, name, f"{tag} at {m.id[:12]}")
     return JSONResponse({"name": tag, "commit": m.id, "at": at}, status_code=201)
 
 
@@ -363,6 +369,7 @@ async def revert(request: Request) -> Response:
     await storage.catalog.get_ref(name, branch, "branch")  # 404 before anyone is disconnected
     identity = identity_of(request)
     m = await registry.revert(name, branch, target.id, author="http" if identity.local else identity.user)
+    await request.app.state.auth.audit.record("revert", identity.user, name, f"{branch} to {target.id[:12]}")
     return JSONResponse({"branch": branch, "reverted_to": target.id, **commit_json(m)}, status_code=201)
 
 

@@ -30,6 +30,7 @@ from .auth import Auth, parse_duration
 from .auth.http import identity_of
 from .auth.tokens import DEFAULT_EXPIRES
 from .errors import ApiError
+from .storage.audit_types import AuditEvent
 from .storage.auth_types import ANY_DATASET, ROLES, Grant, User
 
 __all__ = ["routes"]
@@ -46,6 +47,13 @@ async def _global_admin(request: Request) -> Auth:
             403, ErrorCode.FORBIDDEN, "only an admin of every dataset (a * admin grant) may do this"
         )
     return auth
+
+
+def audit_json(e: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": e.id, "time": e.time, "kind": e.kind, "user": e.user, "dataset": e.dataset,
+        "detail": e.detail, "count": e.count,
+    }  # fmt: skip
 
 
 def _user_json(u: User) -> dict[str, Any]:
@@ -68,6 +76,7 @@ async def add_user(request: Request) -> Response:
         time.time(),
     )
     await auth.store.add_user(user)
+    await auth.audit.record("user_add", identity_of(request).user, detail=user.name)
     return JSONResponse(_user_json(user), status_code=201)
 
 
@@ -75,6 +84,7 @@ async def disable_user(request: Request) -> Response:
     auth = await _global_admin(request)
     name = request.path_params["name"]
     await auth.store.set_user(name, disabled=True)
+    await auth.audit.record("user_disable", identity_of(request).user, detail=name)
     return JSONResponse({"name": name, "disabled": True})
 
 
@@ -88,16 +98,17 @@ async def create_token(request: Request) -> Response:
         raise ApiError(400, ErrorCode.BAD_REQUEST, str(e)) from None
     await auth.store.get_user(user)  # 404 for an unknown user
     token = await auth.issue(user, ttl)
-    record = (await auth.store.list_tokens(user))[-1]
-    return JSONResponse(
-        {"id": record.id, "user": user, "expires": record.expires, "token": token}, status_code=201
-    )
+    claims = await auth.signer.verify(token)
+    await auth.audit.record("token_create", identity_of(request).user, detail=f"{claims.token_id} for {user}")
+    reply = {"id": claims.token_id, "user": user, "expires": claims.expires, "token": token}
+    return JSONResponse(reply, status_code=201)
 
 
 async def revoke_token(request: Request) -> Response:
     auth = await _global_admin(request)
     token_id = request.path_params["id"]
     await auth.store.revoke_token(token_id, time.time())
+    await auth.audit.record("token_revoke", identity_of(request).user, detail=token_id)
     return JSONResponse({"id": token_id, "revoked": True})
 
 
@@ -135,6 +146,7 @@ async def grants(request: Request) -> Response:
     grant = Grant(name, _str_field(body, "user"), role, rows, tuple(ids[c] for c in hide_names))
     await auth.store.put_grant(grant)
     auth.forget(grant.user)
+    await auth.audit.record("grant", identity_of(request).user, name, f"{grant.user} {role}")
     return JSONResponse(_grant_json(grant), status_code=201)
 
 
@@ -143,16 +155,32 @@ async def delete_grant(request: Request) -> Response:
     user = request.path_params["user"]
     await auth.store.delete_grant(name, user)
     auth.forget(user)
+    await auth.audit.record("revoke", identity_of(request).user, name, user)
     return JSONResponse({"dataset": name, "user": user, "revoked": True})
+
+
+async def audit(request: Request) -> Response:
+    """``GET /api/audit?since=1h&user=&kind=&limit=``: the audit trail, newest first (global admins)."""
+    auth = await _global_admin(request)
+    q = request.query_params
+    try:
+        since = time.time() - parse_duration(q["since"]) if q.get("since") else None
+        limit = int(q.get("limit") or 100)
+    except ValueError as e:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"bad parameter: {e}") from None
+    rows = await auth.store.list_audit(since=since, user=q.get("user"), kind=q.get("kind"), limit=limit)
+    return JSONResponse([audit_json(e) for e in rows])
 
 
 async def delete_dataset(request: Request) -> Response:
     registry, name = await _dataset(request)
     await registry.delete(name)
+    await _auth(request).audit.record("delete_dataset", identity_of(request).user, name)
     return JSONResponse({"name": name, "deleted": True})
 
 
 routes = [
+    Route("/api/audit", audit, methods=["GET"]),
     Route("/api/users", list_users, methods=["GET"]),
     Route("/api/users", add_user, methods=["POST"]),
     Route("/api/users/{name}/disable", disable_user, methods=["POST"]),

@@ -17,8 +17,10 @@ import os
 import time
 from typing import Any
 
+from .auth.audit import OPERATOR, Audit
 from .auth.tokens import DEFAULT_EXPIRES, Signer, env_key, parse_duration
 from .errors import CliError
+from .storage.audit_types import AUDIT_KINDS
 from .storage.auth_types import ANY_DATASET, ROLES, Grant, TokenRecord, User
 from .storage.service import Storage
 from .storage.types import NotFound
@@ -58,6 +60,11 @@ def add_auth_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("role", choices=ROLES)
     p.add_argument("--rows", default=None, metavar="SQL", help='row predicate, e.g. "owner = current_user()"')
     p.add_argument("--hide", default="", metavar="COL,...", help="columns the user may not see")
+    p = sub.add_parser("audit", parents=[common], help="the audit trail, newest first")
+    p.add_argument("--since", default=None, help="only this recent, e.g. 1h, 7d")
+    p.add_argument("--user", default=None)
+    p.add_argument("--kind", default=None, choices=AUDIT_KINDS)
+    p.add_argument("--limit", type=int, default=100)
     p = sub.add_parser("revoke", parents=[common], help="remove a user's grant on a dataset")
     p.add_argument("grant_dataset", metavar="DATASET")
     p.add_argument("user")
@@ -71,6 +78,7 @@ async def _user(args: argparse.Namespace, storage: Storage) -> None:
     catalog = storage.catalog
     if args.action == "add":
         await catalog.add_user(User(args.name, args.display, can_create=args.can_create, created=time.time()))
+        await Audit(catalog).record("user_add", OPERATOR, detail=args.name)
         _out(f"added user {args.name}" + (" (may create datasets)" if args.can_create else ""))
     elif args.action == "list":
         grants = await catalog.list_grants()
@@ -81,6 +89,7 @@ async def _user(args: argparse.Namespace, storage: Storage) -> None:
             _out(f"{u.name}{display}  {roles}" + (f"  [{', '.join(flags)}]" if flags else ""))
     else:
         await catalog.set_user(args.name, disabled=True)
+        await Audit(catalog).record("user_disable", OPERATOR, detail=args.name)
         _out(f"disabled user {args.name}")
 
 
@@ -88,6 +97,7 @@ async def _token(args: argparse.Namespace, storage: Storage) -> None:
     catalog = storage.catalog
     if args.action == "revoke":
         await catalog.revoke_token(args.id, time.time())
+        await Audit(catalog).record("token_revoke", OPERATOR, detail=args.id)
         _out(f"revoked token {args.id}")
         return
     ttl = parse_duration(args.expires)
@@ -99,6 +109,7 @@ async def _token(args: argparse.Namespace, storage: Storage) -> None:
     await signer.load()
     token, claims = signer.issue(args.name, ttl)
     await catalog.add_token(TokenRecord(claims.token_id, args.name, claims.issued, claims.expires))
+    await Audit(catalog).record("token_create", OPERATOR, detail=f"{claims.token_id} for {args.name}")
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(claims.expires))
     _out(f"token {claims.token_id} for {args.name}, expires {when}")
     _out(token)
@@ -122,6 +133,7 @@ async def _columns(storage: Storage, dataset: str, names: list[str]) -> tuple[in
 async def _grant(args: argparse.Namespace, storage: Storage) -> None:
     hide = await _columns(storage, args.grant_dataset, [c.strip() for c in args.hide.split(",") if c.strip()])
     await storage.catalog.put_grant(Grant(args.grant_dataset, args.user, args.role, args.rows, hide))
+    await Audit(storage.catalog).record("grant", OPERATOR, args.grant_dataset, f"{args.user} {args.role}")
     extra = (f", rows where {args.rows}" if args.rows else "") + (f", hiding {args.hide}" if hide else "")
     _out(f"granted {args.role} on {args.grant_dataset} to {args.user}{extra}")
     if extra:
@@ -133,7 +145,20 @@ async def _grant(args: argparse.Namespace, storage: Storage) -> None:
 
 async def _revoke(args: argparse.Namespace, storage: Storage) -> None:
     await storage.catalog.delete_grant(args.grant_dataset, args.user)
+    await Audit(storage.catalog).record("revoke", OPERATOR, args.grant_dataset, args.user)
     _out(f"revoked {args.user}'s grant on {args.grant_dataset}")
 
 
-AUTH_COMMANDS = {"user": _user, "token": _token, "grant": _grant, "revoke": _revoke}
+async def _audit(args: argparse.Namespace, storage: Storage) -> None:
+    since = time.time() - parse_duration(args.since) if args.since else None
+    rows = await storage.catalog.list_audit(since=since, user=args.user, kind=args.kind, limit=args.limit)
+    for e in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.time))
+        times = f" ×{e.count}" if e.count > 1 else ""
+        where = f" {e.dataset}" if e.dataset else ""
+        _out(f"{when}  {e.kind}{times}  {e.user or '-'}{where}  {e.detail}".rstrip())
+    if not rows:
+        _out("(no audit rows)")
+
+
+AUTH_COMMANDS = {"user": _user, "token": _token, "grant": _grant, "revoke": _revoke, "audit": _audit}

@@ -55,6 +55,10 @@ async def test_serve_prints_a_sign_in_url_and_the_operator_commands_work_on_a_ru
             await asyncio.wait_for(asyncio.shield(room._task), timeout(5))
             with pytest.raises(ConnectionClosed, match="4401"):
                 await room.set_cells([0], "qty", [1])
+        code, out, err = await cli("audit", "--since", "1h", data=data)
+        assert code == 0, err
+        assert "grant  (operator) sales  alice viewer" in out and "token_revoke  (operator)" in out
+        assert token not in out
         log = "\n".join(server.log)
         assert admin_token not in log.replace(line, "") and token not in log  # only the sign-in line
     finally:

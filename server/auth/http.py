@@ -152,9 +152,10 @@ async def login(request: Request) -> Response:
     auth: Auth = request.app.state.auth
     token = request.query_params.get("token")
     try:
-        await auth.authenticate(token)
+        identity = await auth.authenticate(token)
     except AuthFailed as e:
         return _error(401, "unauthenticated", e.message)
+    await auth.audit.record("sign_in", identity.user)
     response = RedirectResponse("/", status_code=303)
     if token:
         secure = request.url.scheme == "https"  # served over TLS (--ssl-certfile): never sent in clear

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 from protocol import CloseCode
 
-from ..storage.auth_types import ANY_DATASET, AuthStore, Grant, TokenRecord, User
-from ..storage.types import NotFound
+from ..storage.auth_types import ANY_DATASET, Grant, TokenRecord, User
+from ..storage.types import CatalogStore, NotFound
+from .audit import Audit
 from .tokens import Signer, TokenInvalid
 
 __all__ = ["Auth", "AuthFailed", "Identity", "LOCAL", "Watch", "run_auth"]
@@ -71,10 +72,13 @@ class Watch:
 
 
 class Auth:
-    def __init__(self, store: AuthStore, signer: Signer, *, mode: str = "token", poll: float = 0.5) -> None:
+    def __init__(
+        self, store: CatalogStore, signer: Signer, *, mode: str = "token", poll: float = 0.5
+    ) -> None:
         if mode not in ("token", "none"):
             raise ValueError(f"unknown auth mode {mode!r}: use token or none")
         self.store, self.signer, self.mode, self.poll = store, signer, mode, poll
+        self.audit = Audit(store)
         self.version = -1
         self._grants: dict[str, list[Grant]] = {}
         self._watches: set[Watch] = set()
@@ -98,33 +102,37 @@ class Auth:
         return token
 
     async def authenticate(self, token: str | None) -> Identity:
-        """The identity ``token`` proves.
+        """The identity ``token`` proves. A failure is counted (``failures``, and per reason
+        and minute in the audit trail), never logged one by one.
 
         Raises:
             AuthFailed: (4401) no token, a bad or expired one, a revoked one, a disabled user.
         """
         if not self.enabled:
             return LOCAL
-        if not token:
+        try:
+            return await self._authenticate(token)
+        except AuthFailed as e:
             self.failures += 1
+            await self.audit.failed(e.message)
+            raise
+
+    async def _authenticate(self, token: str | None) -> Identity:
+        if not token:
             raise AuthFailed("sign in: pass a token (?token=, Authorization: Bearer, or /login?token=)")
         try:
             claims = await self.signer.verify(token)
             record = await self.store.get_token(claims.token_id)
             user = await self.store.get_user(claims.user)
         except TokenInvalid as e:
-            self.failures += 1
             raise AuthFailed(e.reason) from None
         except NotFound:
-            self.failures += 1
             raise AuthFailed(
-                "the token is not known here (revoked or from another catalog): ask for a new one"
-            )
+                "the token is not known here (from another catalog?): ask for a new one"
+            ) from None
         if record.revoked is not None or record.user != user.name:
-            self.failures += 1
             raise AuthFailed("the token was revoked: ask for a new one (coframe token create)")
         if user.disabled:
-            self.failures += 1
             raise AuthFailed(f"user {user.name!r} is disabled: ask an admin")
         return Identity(user.name, user.display or user.name, claims.token_id, user.can_create)
 
