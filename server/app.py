@@ -22,6 +22,7 @@ from .api_admin import routes as admin_routes
 from .auth import Auth, Signer
 from .auth.bootstrap import bootstrap
 from .auth.http import AuthMiddleware, identity_of, login
+from .auth.limits import UserLimits
 from .auth.service import run_auth
 from .auth.tokens import env_key
 from .demo import demo_sales
@@ -202,6 +203,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.settings = settings
     app.state.health = health
     app.state.node = Node(settings)
+    app.state.user_limits = UserLimits(
+        settings.max_connections_per_user, settings.user_ops_per_second, settings.user_ops_burst
+    )
     return app
 
 

@@ -134,6 +134,8 @@ _NODE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("--views-build-timeout", float, "seconds building one Perspective table may take"),
     ("--views-memory-bytes", int, "views process address space past start-up; over it: restarted"),
     ("--views-table-ttl", float, "seconds an unused Perspective table is kept"),
+    ("--max-connections-per-user", int, "one user's connections; over it: too_many, close 1013"),
+    ("--user-ops-per-second", float, "op messages per second across one user's connections"),
 )
 
 

@@ -72,4 +72,8 @@ class Settings:
     auth_poll: float = 0.5  # seconds between checks for revocations and grant changes
     secret: str | None = None  # COFRAME_SECRET: one more signing key, never stored
     signin: bool = False  # issue a sign-in token for the first admin at start (coframe serve)
+    # Per-user limits on this node (server.auth.limits): not under auth="none".
+    max_connections_per_user: int = 64  # over it: too_many, close 1013
+    user_ops_per_second: float = 5_000.0  # op/undo/redo messages across all of a user's connections
+    user_ops_burst: int = 10_000
     extra: dict[str, str] = field(default_factory=dict)

@@ -45,6 +45,7 @@ from protocol.server_conn import (
 
 from .auth import Auth, AuthFailed, Identity, at_least, required_role
 from .auth.http import same_origin, token_of
+from .auth.limits import UserLimits
 from .auth.service import Watch
 from .node import Node, Ticket
 from .ops.state import OpError
@@ -220,6 +221,7 @@ class _Pump:
         self.ws = ws
         self.identity, self.role = identity, role
         self.unwatch: Any = None
+        self.limits: UserLimits = ws.app.state.user_limits
         self.registry = registry
         self.node, self.ticket = node, ticket
         self.transport = _StarletteTransport(ws)
@@ -255,7 +257,12 @@ class _Pump:
                 if isinstance(ev, MessageReceived):
                     assert self.room is not None and self.session is not None
                     needed = required_role(ev.msg)
-                    if at_least(self.role, needed):
+                    limited = self.limits.take(
+                        self.identity, getattr(ev.msg, "type", ""), getattr(ev.msg, "id", None)
+                    )
+                    if limited is not None:
+                        self.room.reply(self.session, limited)
+                    elif at_least(self.role, needed):
                         self.room.submit(self.session, ev.msg)
                     else:
                         what = getattr(ev.msg, "type", "this")
@@ -357,21 +364,27 @@ async def websocket_endpoint(ws: WebSocket) -> None:
             known = ", ".join(await auth.readable(identity, await registry.names())) or "(none)"
             await ws.close(CloseCode.NO_SUCH_DATASET, f"no dataset {dataset!r}; known: {known}"[:120])
             return
+        limits: UserLimits = ws.app.state.user_limits
+        refused = limits.connect(identity)
+        if refused is not None:
+            await _refuse(ws, refused, reason=refused.message)
+            return
         pump = _Pump(ws, registry, settings, node, ticket, identity, role)
         try:
             await pump.run()
         except WebSocketDisconnect:
             return
         finally:
+            limits.disconnect(identity)
             await pump.leave()
     finally:
         node.release(ticket)
 
 
-async def _refuse(ws: WebSocket, err: Error) -> None:
-    """Over a node-wide cap: the error as a JSON text frame (any client reads it), then close 1013."""
+async def _refuse(ws: WebSocket, err: Error, reason: str = "server overloaded; retry later") -> None:
+    """Over a cap: the error as a JSON text frame (any client reads it), then close 1013."""
     try:
         await ws.send_text(encode(err, binary=False))  # type: ignore[arg-type]
-        await ws.close(CloseCode.TRY_AGAIN_LATER, "server overloaded; retry later")
+        await ws.close(CloseCode.TRY_AGAIN_LATER, reason[:120])
     except (WebSocketDisconnect, RuntimeError, OSError):  # the peer left first
         pass
