@@ -33,7 +33,7 @@ from .errors import ApiError
 from .storage.audit_types import AuditEvent
 from .storage.auth_types import ANY_DATASET, ROLES, Grant, User
 
-__all__ = ["routes"]
+__all__ = ["routes", "late_routes"]
 
 
 def _auth(request: Request) -> Auth:
@@ -188,5 +188,7 @@ routes = [
     Route("/api/tokens/{id}", revoke_token, methods=["DELETE"]),
     Route("/api/datasets/{name}/grants", grants, methods=["GET", "POST"]),
     Route("/api/datasets/{name}/grants/{user}", delete_grant, methods=["DELETE"]),
-    Route("/api/datasets/{name}", delete_dataset, methods=["DELETE"]),
 ]
+
+#: After the API's routes: its more specific ``/api/datasets/{name}/...`` routes match first.
+late_routes = [Route("/api/datasets/{name:path}", delete_dataset, methods=["DELETE"])]

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
 from .api import routes as api_routes
+from .api_admin import late_routes as admin_late_routes
 from .api_admin import routes as admin_routes
 from .auth import Auth, Signer
 from .auth.bootstrap import bootstrap
@@ -193,6 +194,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             Route("/api/datasets", list_datasets),
             *admin_routes,  # before the API's: its upload route would take POST .../grants
             *api_routes,
+            *admin_late_routes,
             WebSocketRoute("/ws/{dataset}", websocket_endpoint),
             *dashboard_routes,
         ],
