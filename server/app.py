@@ -24,7 +24,6 @@ from .auth import Auth, Signer
 from .auth.bootstrap import bootstrap
 from .auth.http import AuthMiddleware, identity_of, login
 from .auth.limits import UserLimits
-from .auth.service import run_auth
 from .auth.tokens import env_key
 from .demo import demo_sales
 from .errors import exception_handlers
@@ -172,7 +171,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 reg = await open_registry(settings)
             app.state.registry = reg
             app.state.auth, app.state.signin_token = await start_auth(settings, reg)
-            watcher = asyncio.get_running_loop().create_task(run_auth(app.state.auth), name="auth")
+            watcher = asyncio.get_running_loop().create_task(app.state.auth.run(), name="auth")
             app.state.node.budget = reg.config.session.budget
             reg.storage.start_gc(settings.chunk_gc_grace)  # a pass now, then periodically (stopped on close)
             log.info("coframe ready: datasets %s", ", ".join(await reg.names()) or "(none)")

@@ -8,13 +8,14 @@ or in tests/storage_server.py (a server on durable storage).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import polars as pl
 
 from protocol import decode_server
 
-__all__ = ["FakeTransport", "brute_diff", "frame"]
+__all__ = ["FakeTransport", "brute_diff", "frame", "signed_in"]
 
 
 class FakeTransport:
@@ -80,3 +81,17 @@ def brute_diff(a: pl.DataFrame, b: pl.DataFrame, renames: dict[str, str]) -> dic
             if va != vb and not (va is None and vb is None):
                 changed.add((rid, new_name, ta[old_name][ia[rid]], tb[new_name][ib[rid]]))
     return {"added": sorted(rb - ra), "deleted": sorted(ra - rb), "changed": changed}
+
+
+async def signed_in(
+    srv: Any, name: str, role: str | None = "viewer", dataset: str = "sales", ttl: float = 3600.0
+) -> str:
+    """Add user ``name`` to a token server's catalog with ``role`` on ``dataset`` (None: no
+    grant), as ``coframe user add`` and ``grant`` do, and return a fresh token for them."""
+    from server.storage.auth_types import Grant, User
+
+    auth = srv.app.state.auth
+    await auth.store.add_user(User(name, name.title(), created=time.time()))
+    if role is not None:
+        await auth.store.put_grant(Grant(dataset, name, role))
+    return str(await auth.issue(name, ttl))

@@ -29,17 +29,8 @@ from client.errors import OpRejected
 from protocol import CloseCode, decode_client
 from server.auth import at_least, required_role
 from server.serve import RedactTokens
-from server.storage.auth_types import Grant, User
 from tests.conftest import small_frame, timeout
-
-
-async def _user(srv: Any, name: str, role: str | None = "viewer", dataset: str = "sales") -> str:
-    """Add ``name`` with ``role`` on ``dataset`` (None: no grant) and return a fresh token."""
-    auth = srv.app.state.auth
-    await auth.store.add_user(User(name, name.title(), created=time.time()))
-    if role is not None:
-        await auth.store.put_grant(Grant(dataset, name, role))
-    return str(await auth.issue(name, 3600))
+from tests.helpers import signed_in
 
 
 async def _closed_with(url: str, **kw: Any) -> tuple[int, str]:
@@ -64,7 +55,7 @@ def _forge(payload: dict[str, Any], header: dict[str, Any]) -> str:
 
 async def test_every_bad_token_is_refused_with_4401_and_counted(make_server: Any) -> None:
     async with make_server(auth="token") as srv:
-        good = await _user(srv, "ann")
+        good = await signed_in(srv, "ann")
         auth = srv.app.state.auth
         header = jwt.get_unverified_header(good)
         claims = jwt.decode(good, options={"verify_signature": False})
@@ -110,7 +101,7 @@ async def test_every_bad_token_is_refused_with_4401_and_counted(make_server: Any
 
 async def test_a_dataset_without_a_grant_does_not_exist_for_that_user(make_server: Any) -> None:
     async with make_server(auth="token", frames={"sales": small_frame(), "hr": small_frame(3)}) as srv:
-        token = await _user(srv, "bob", "viewer", dataset="sales")
+        token = await signed_in(srv, "bob", "viewer", dataset="sales")
         code, unknown = await _closed_with(f"{srv.url}/ws/nope?token={token}")
         code2, hidden = await _closed_with(f"{srv.url}/ws/hr?token={token}")
         assert code == code2 == CloseCode.NO_SUCH_DATASET
@@ -127,9 +118,9 @@ async def test_a_dataset_without_a_grant_does_not_exist_for_that_user(make_serve
 
 async def test_roles_gate_ops_and_leave_the_state_unchanged(make_server: Any) -> None:
     async with make_server(auth="token") as srv:
-        viewer = await _user(srv, "vic", "viewer")
-        editor = await _user(srv, "eve", "editor")
-        admin = await _user(srv, "ada", "admin")
+        viewer = await signed_in(srv, "vic", "viewer")
+        editor = await signed_in(srv, "eve", "editor")
+        admin = await signed_in(srv, "ada", "admin")
         async with connect(srv.url, "sales", token=viewer) as v:
             before = v.frame
             with pytest.raises(OpRejected) as e:
@@ -153,8 +144,8 @@ async def test_roles_gate_ops_and_leave_the_state_unchanged(make_server: Any) ->
 async def test_a_revocation_reaches_open_connections_within_a_second(make_server: Any) -> None:
     async with make_server(auth="token") as srv:
         auth = srv.app.state.auth
-        token = await _user(srv, "ray", "editor")
-        other = await _user(srv, "sam", "editor")
+        token = await signed_in(srv, "ray", "editor")
+        other = await signed_in(srv, "sam", "editor")
         async with (
             websockets.connect(f"{srv.url}/ws/sales?token={token}") as ws,
             websockets.connect(f"{srv.url}/ws/sales?token={other}") as ws2,
@@ -180,7 +171,7 @@ async def test_a_revocation_reaches_open_connections_within_a_second(make_server
 
 async def test_browser_sign_in_sets_a_strict_cookie_and_refuses_other_sites(make_server: Any) -> None:
     async with make_server(auth="token") as srv:
-        token = await _user(srv, "cat", "admin")
+        token = await signed_in(srv, "cat", "admin")
         async with httpx.AsyncClient(base_url=srv.http) as http:
             r = await http.get(f"/login?token={token}")
             assert r.status_code == 303

@@ -18,22 +18,16 @@ from cryptography.x509.oid import NameOID
 
 from client import connect
 from protocol import CloseCode
-from server.storage.auth_types import Grant, User
+from server.storage.auth_types import User
 from tests.conftest import small_frame, timeout
+from tests.helpers import signed_in
 from tests.procs import start_server
-
-
-async def _token(srv: Any, name: str, dataset: str, role: str) -> str:
-    auth = srv.app.state.auth
-    await auth.store.add_user(User(name, name, created=time.time()))
-    await auth.store.put_grant(Grant(dataset, name, role))
-    return str(await auth.issue(name, 600))
 
 
 async def test_admins_manage_users_tokens_and_grants_over_http(make_server: Any) -> None:
     async with make_server(auth="token", frames={"sales": small_frame(), "hr": small_frame(2)}) as srv:
         root = str(await srv.app.state.auth.issue("admin", 600))  # the first start's admin (* admin)
-        owner = await _token(srv, "olga", "sales", "admin")  # admin of sales only
+        owner = await signed_in(srv, "olga", "admin", dataset="sales", ttl=600)  # admin of sales only
         as_root = {"Authorization": f"Bearer {root}"}
         as_owner = {"Authorization": f"Bearer {owner}"}
         async with httpx.AsyncClient(base_url=srv.http) as http:
@@ -75,8 +69,8 @@ async def test_admins_manage_users_tokens_and_grants_over_http(make_server: Any)
 
 async def test_an_admin_deletes_a_dataset_and_its_open_rooms_close_with_4004(make_server: Any) -> None:
     async with make_server(auth="token", frames={"sales": small_frame(), "hr": small_frame(2)}) as srv:
-        editor = await _token(srv, "ed", "hr", "editor")
-        admin = await _token(srv, "al", "hr", "admin")
+        editor = await signed_in(srv, "ed", "editor", dataset="hr", ttl=600)
+        admin = await signed_in(srv, "al", "admin", dataset="hr", ttl=600)
         async with websockets.connect(f"{srv.url}/ws/hr?token={editor}") as ws:
             import msgpack
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import msgpack
@@ -15,21 +14,17 @@ from client import connect
 from client.errors import OpRejected
 from protocol import CloseCode
 from server.settings import Settings
-from server.storage.auth_types import Grant, User
 from tests.conftest import timeout
-
-
-async def _editor(srv: Any, name: str) -> str:
-    auth = srv.app.state.auth
-    await auth.store.add_user(User(name, name, created=time.time()))
-    await auth.store.put_grant(Grant("sales", name, "editor"))
-    return str(await auth.issue(name, 600))
+from tests.helpers import signed_in
 
 
 async def test_a_users_connections_and_op_rate_are_capped_across_connections(make_server: Any) -> None:
     settings = Settings(demo=False, max_connections_per_user=2, user_ops_per_second=0.001, user_ops_burst=3)
     async with make_server(settings, auth="token") as srv:
-        una, other = await _editor(srv, "una"), await _editor(srv, "otto")
+        una, other = (
+            await signed_in(srv, "una", "editor", ttl=600),
+            await signed_in(srv, "otto", "editor", ttl=600),
+        )
         async with connect(srv.url, "sales", token=una) as a, connect(srv.url, "sales", token=una) as b:
             async with websockets.connect(f"{srv.url}/ws/sales?token={una}") as third:
                 err = json.loads(await asyncio.wait_for(third.recv(), timeout(10)))

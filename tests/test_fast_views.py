@@ -83,11 +83,18 @@ def rt() -> Iterator[RoomTables]:
 def test_equal_to_perspective_after_every_edit(
     state: State, cv: tuple[dict[str, Any], tuple[int, int] | None], data: st.DataObject
 ) -> None:
+    _edit_and_compare(state, cv, data, ticks=6)
+
+
+def _edit_and_compare(
+    state: State, cv: tuple[dict[str, Any], tuple[int, int] | None], data: st.DataObject, ticks: int
+) -> None:
+    """Open the view on ``state``, then compare after each of 1 to ``ticks`` ticks of drawn edits."""
     tables = RoomTables()
     try:
         pair = Pair(tables, state, *cv)
         pair.check()
-        for _ in range(data.draw(st.integers(1, 6))):
+        for _ in range(data.draw(st.integers(1, ticks))):
             pair.step(lambda state: data.draw(edits(state)), data.draw(st.integers(1, 3)))
     finally:
         tables.close_all()
@@ -104,14 +111,7 @@ def test_equal_to_perspective_after_every_edit(
 def test_grouped_equal_to_perspective_after_every_edit(
     state: State, cv: tuple[dict[str, Any], tuple[int, int] | None], data: st.DataObject
 ) -> None:
-    tables = RoomTables()
-    try:
-        pair = Pair(tables, state, *cv)
-        pair.check()
-        for _ in range(data.draw(st.integers(1, 5))):
-            pair.step(lambda state: data.draw(edits(state)), data.draw(st.integers(1, 3)))
-    finally:
-        tables.close_all()
+    _edit_and_compare(state, cv, data, ticks=5)
 
 
 # ----------------------------------------------------------------------- at scale

@@ -17,7 +17,6 @@ identity, admin of everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from ..storage.types import CatalogStore, NotFound
 from .audit import Audit
 from .tokens import Signer, TokenInvalid
 
-__all__ = ["Auth", "AuthFailed", "Identity", "LOCAL", "Watch", "run_auth"]
+__all__ = ["Auth", "AuthFailed", "Identity", "LOCAL", "Watch"]
 
 log = logging.getLogger("coframe.auth")
 
@@ -231,8 +230,3 @@ class Auth:
     async def close(self) -> None:
         self._watches.clear()
 
-
-async def run_auth(auth: Auth) -> None:
-    """:meth:`Auth.run` until cancelled."""
-    with contextlib.suppress(asyncio.CancelledError):
-        await auth.run()

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .audit_types import AUDIT_KINDS
 from .auth_types import ROLES
@@ -29,6 +30,7 @@ __all__ = [
     "check_role",
     "check_audit_kind",
     "audit_limit",
+    "audit_where",
     "AUDIT_LIMIT_MAX",
     "encode_hide",
     "decode_hide",
@@ -78,6 +80,26 @@ def check_audit_kind(kind: str) -> None:
     """Raises ValueError unless ``kind`` is one of ``audit_types.AUDIT_KINDS``."""
     if kind not in AUDIT_KINDS:
         raise ValueError(f"audit kind {kind!r} is not one of {', '.join(repr(k) for k in AUDIT_KINDS)}")
+
+
+def audit_where(
+    since: float | None, user: str | None, kind: str | None, placeholder: Callable[[int], str]
+) -> tuple[str, list[Any]]:
+    """``list_audit``'s filter: the WHERE clause (``placeholder(i)`` is the i-th parameter's
+    marker, 1-based) and its parameters, with the kind checked."""
+    if kind is not None:
+        check_audit_kind(kind)
+    given = [
+        (column, value)
+        for column, value in (
+            ("time >=", None if since is None else float(since)),
+            ("user_name =", user),
+            ("kind =", kind),
+        )
+        if value is not None
+    ]
+    clause = " AND ".join(f"{c} {placeholder(i + 1)}" for i, (c, _) in enumerate(given))
+    return (f" WHERE {clause}" if given else ""), [v for _, v in given]
 
 
 def audit_limit(limit: int) -> int:

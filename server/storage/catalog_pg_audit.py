@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from .audit_types import AuditEvent
-from .catalog_common import audit_limit, check_audit_kind
+from .catalog_common import audit_limit, audit_where, check_audit_kind
 
 __all__ = ["PostgresAudit"]
 
@@ -54,23 +54,10 @@ class PostgresAudit:
         kind: str | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
-        if kind is not None:
-            check_audit_kind(kind)
-        where = [
-            (c, v)
-            for c, v in (
-                ("time >=", None if since is None else float(since)),
-                ("user_name =", user),
-                ("kind =", kind),
-            )
-            if v is not None
-        ]
-        sql = f"SELECT {_COLUMNS}, id FROM audit" + "".join(
-            f" {'AND' if i else 'WHERE'} {c} ${i + 1}" for i, (c, _) in enumerate(where)
-        )
+        where, params = audit_where(since, user, kind, lambda i: f"${i}")
         rows = await self.pool.fetch(
-            f"{sql} ORDER BY time DESC, id DESC LIMIT ${len(where) + 1}",
-            *(v for _, v in where),
+            f"SELECT {_COLUMNS}, id FROM audit{where} ORDER BY time DESC, id DESC LIMIT ${len(params) + 1}",
+            *params,
             audit_limit(limit),
         )
         return [_event(r) for r in rows]

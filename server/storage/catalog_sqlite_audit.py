@@ -13,7 +13,7 @@ import sqlite3
 from typing import Any
 
 from .audit_types import AuditEvent
-from .catalog_common import audit_limit, check_audit_kind
+from .catalog_common import audit_limit, audit_where, check_audit_kind
 from .sqlite_thread import SqliteThread
 
 __all__ = ["SqliteAudit"]
@@ -57,19 +57,11 @@ class SqliteAudit(SqliteThread):
         kind: str | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
-        if kind is not None:
-            check_audit_kind(kind)
-        where = [
-            (c, v)
-            for c, v in (("time >= ?", since), ("user_name = ?", user), ("kind = ?", kind))
-            if v is not None
-        ]
-        sql = f"SELECT {_COLUMNS}, id FROM audit" + "".join(
-            f" {'AND' if i else 'WHERE'} {c}" for i, (c, _) in enumerate(where)
-        )
-        params = [v for _, v in where] + [audit_limit(limit)]
+        where, params = audit_where(since, user, kind, lambda i: "?")
+        sql = f"SELECT {_COLUMNS}, id FROM audit{where} ORDER BY time DESC, id DESC LIMIT ?"
+        params.append(audit_limit(limit))
 
         def fn(conn: sqlite3.Connection) -> list[AuditEvent]:
-            return [_event(r) for r in conn.execute(f"{sql} ORDER BY time DESC, id DESC LIMIT ?", params)]
+            return [_event(r) for r in conn.execute(sql, params)]
 
         return await self._tx(fn, write=False)
