@@ -30,6 +30,7 @@ from .auth import Auth, parse_duration
 from .auth.http import identity_of
 from .auth.tokens import DEFAULT_EXPIRES
 from .errors import ApiError
+from .rooms.policy import check_rows
 from .storage.audit_types import AuditEvent
 from .storage.auth_types import ANY_DATASET, ROLES, Grant, User
 
@@ -143,6 +144,8 @@ async def grants(request: Request) -> Response:
     rows = body.get("rows")
     if rows is not None and not isinstance(rows, str):
         raise ApiError(400, ErrorCode.BAD_REQUEST, "give 'rows' as a SQL predicate string")
+    if rows is not None:
+        check_rows(rows, state.catalog.names())  # bad_expr (400) names what is wrong
     grant = Grant(name, _str_field(body, "user"), role, rows, tuple(ids[c] for c in hide_names))
     await auth.store.put_grant(grant)
     auth.forget(grant.user)

@@ -20,6 +20,7 @@ from typing import Any
 from .auth.audit import OPERATOR, Audit
 from .auth.tokens import DEFAULT_EXPIRES, Signer, env_key, parse_duration
 from .errors import CliError
+from .rooms.policy import check_rows
 from .storage.audit_types import AUDIT_KINDS
 from .storage.auth_types import ANY_DATASET, ROLES, Grant, TokenRecord, User
 from .storage.service import Storage
@@ -115,15 +116,21 @@ async def _token(args: argparse.Namespace, storage: Storage) -> None:
     _out(token)
 
 
-async def _columns(storage: Storage, dataset: str, names: list[str]) -> tuple[int, ...]:
-    """The ids of the columns ``names`` of ``dataset``'s ``main`` (ids survive renames)."""
-    if not names:
+async def _columns(storage: Storage, dataset: str, names: list[str], rows: str | None) -> tuple[int, ...]:
+    """The ids of the columns ``names`` of ``dataset``'s ``main`` (ids survive renames),
+    after checking the row predicate ``rows`` against its columns."""
+    if not names and rows is None:
         return ()
     if dataset == ANY_DATASET:
-        raise CliError("--hide names columns of one dataset: grant on that dataset, not *")
+        if names:
+            raise CliError("--hide names columns of one dataset: grant on that dataset, not *")
+        check_rows(rows or "true", None)
+        return ()
     head = await storage.catalog.get_ref(dataset, "main", "branch")
     schema = (await storage.catalog.get_commit(dataset, head.commit)).schema
     ids = {c["name"]: int(c["id"]) for c in schema}
+    if rows is not None:
+        check_rows(rows, list(ids))
     missing = [n for n in names if n not in ids]
     if missing:
         raise NotFound(f"no column {missing[0]!r} in {dataset}; columns: {', '.join(ids)}", missing="column")
@@ -131,16 +138,12 @@ async def _columns(storage: Storage, dataset: str, names: list[str]) -> tuple[in
 
 
 async def _grant(args: argparse.Namespace, storage: Storage) -> None:
-    hide = await _columns(storage, args.grant_dataset, [c.strip() for c in args.hide.split(",") if c.strip()])
+    names = [c.strip() for c in args.hide.split(",") if c.strip()]
+    hide = await _columns(storage, args.grant_dataset, names, args.rows)
     await storage.catalog.put_grant(Grant(args.grant_dataset, args.user, args.role, args.rows, hide))
     await Audit(storage.catalog).record("grant", OPERATOR, args.grant_dataset, f"{args.user} {args.role}")
     extra = (f", rows where {args.rows}" if args.rows else "") + (f", hiding {args.hide}" if hide else "")
     _out(f"granted {args.role} on {args.grant_dataset} to {args.user}{extra}")
-    if extra:
-        _out(
-            "note: row predicates and hidden columns are not enforced yet, so this grant gives no"
-            " access until they are (docs/security.md)"
-        )
 
 
 async def _revoke(args: argparse.Namespace, storage: Storage) -> None:

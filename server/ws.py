@@ -50,6 +50,7 @@ from .auth.service import Watch
 from .node import Node, Ticket
 from .ops.state import OpError
 from .rooms import Registry, Room, Session
+from .rooms.policy import Audience, PolicyBroken, row_filter
 from .settings import Settings
 from .storage.types import NotFound, StorageCorrupt
 
@@ -217,9 +218,10 @@ class _Pump:
         ticket: Ticket,
         identity: Identity,
         role: str,
+        audience: Audience,
     ) -> None:
         self.ws = ws
-        self.identity, self.role = identity, role
+        self.identity, self.role, self.audience = identity, role, audience
         self.unwatch: Any = None
         self.limits: UserLimits = ws.app.state.user_limits
         self.registry = registry
@@ -318,18 +320,25 @@ class _Pump:
             reason = f"storage of '{self.dataset}' is corrupt: run coframe fsck {self.dataset}"
             self.conn.fail(CloseCode.STORAGE_CORRUPT, reason[:120], err)
             return
-        self.room, self.session = room, room.join(hello, self.transport, binary=ev.binary)
+        try:  # a row predicate that no longer compiles: no access rather than more than granted
+            row_filter(room.state, self.audience)
+        except PolicyBroken as e:
+            self.conn.fail(CloseCode.FORBIDDEN, e.message[:120], Error(e.code, e.message, re=hello.id))
+            return
+        session = room.join(hello, self.transport, binary=ev.binary, audience=self.audience, role=self.role)
+        self.room, self.session = room, session
         self.conn.joined()
-        session = self.session
 
         async def close(code: int, reason: str) -> None:
             await session.finish(code, reason[:120])
 
-        def on_role(role: str) -> None:
-            self.role = role
+        def on_change(role: str, audience: Audience) -> None:
+            self.role, self.audience = role, audience
+            room.refilter(session, audience, role)
 
         auth: Auth = self.ws.app.state.auth
-        self.unwatch = auth.watch(Watch(self.identity, self.dataset, self.role, close, on_role))
+        watch = Watch(self.identity, self.dataset, self.role, close, on_change, self.audience)
+        self.unwatch = auth.watch(watch)
         self.node.trimmer.soon()  # loading a room and encoding a welcome leave freed buffers behind
 
     async def leave(self) -> None:
@@ -359,8 +368,8 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         except AuthFailed as e:
             await ws.close(e.close, e.message[:120])
             return
-        role = await auth.role(identity, dataset)
-        if role is None or not await registry.exists(dataset):
+        access = await auth.access(identity, dataset)
+        if access is None or not await registry.exists(dataset):
             known = ", ".join(await auth.readable(identity, await registry.names())) or "(none)"
             await ws.close(CloseCode.NO_SUCH_DATASET, f"no dataset {dataset!r}; known: {known}"[:120])
             return
@@ -369,7 +378,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         if refused is not None:
             await _refuse(ws, refused, reason=refused.message)
             return
-        pump = _Pump(ws, registry, settings, node, ticket, identity, role)
+        pump = _Pump(ws, registry, settings, node, ticket, identity, *access)
         try:
             await pump.run()
         except WebSocketDisconnect:

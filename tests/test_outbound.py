@@ -26,6 +26,7 @@ class Sub:
     binary: bool = True
     audience: Audience = EVERYONE
     codecs: tuple[str, ...] = ()
+    role: str = "editor"
     got: list[tuple[Any, bool]] = field(default_factory=list)
 
     def push(self, data: Any, *, droppable: bool = False) -> None:
@@ -78,7 +79,7 @@ def test_subscribers_are_grouped_by_audience_and_rendered_once_per_audience(
 ) -> None:
     rendered: list[Audience] = []
 
-    def render(payload: Any, audience: Audience) -> Any:
+    def render(payload: Any, audience: Audience, state: Any = None) -> Any:
         rendered.append(audience)
         return payload.msg
 

@@ -28,13 +28,23 @@ from urllib.parse import urlsplit
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from ..rooms.policy import EVERYONE, Audience
 from .roles import at_least
 from .service import Auth, AuthFailed, Identity
 
-__all__ = ["AuthMiddleware", "COOKIE", "login", "identity_of", "token_of", "same_origin"]
+__all__ = [
+    "AuthMiddleware",
+    "COOKIE",
+    "login",
+    "identity_of",
+    "audience_of_request",
+    "token_of",
+    "same_origin",
+]
 
 COOKIE = "coframe_session"
 IDENTITY = "coframe.identity"
+AUDIENCE = "coframe.audience"
 _OPEN = ("/healthz", "/readyz", "/login", "/assets/")
 _SAFE = ("GET", "HEAD", "OPTIONS")
 
@@ -68,6 +78,11 @@ def same_origin(conn: HTTPConnection) -> bool:
 def identity_of(conn: HTTPConnection) -> Identity:
     """The identity the middleware proved for this request."""
     return conn.scope[IDENTITY]  # type: ignore[no-any-return]
+
+
+def audience_of_request(conn: HTTPConnection) -> Audience:
+    """What the request's user may see of the dataset its path names (everything without one)."""
+    return conn.scope.get(AUDIENCE, EVERYONE)  # type: ignore[no-any-return]
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -132,7 +147,10 @@ class AuthMiddleware:
         dataset, what = _dataset_of(scope["path"])
         if not dataset:
             return None
-        role = await auth.role(identity, dataset)
+        access = await auth.access(identity, dataset)
+        role = None if access is None else access[0]
+        if access is not None:
+            scope[AUDIENCE] = access[1]
         if method == "POST" and what == "":  # an upload: a new dataset, or a clash with an existing one
             if role is None and not (identity.can_create or identity.local):
                 return _error(403, "forbidden", "you may not create datasets: ask an admin for --can-create")

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 
 from protocol import CloseCode
 
+from ..rooms.policy import EVERYONE, Audience, bind_user
 from ..storage.auth_types import ANY_DATASET, Grant, TokenRecord, User
 from ..storage.types import CatalogStore, NotFound
 from .audit import Audit
 from .tokens import Signer, TokenInvalid
 
-__all__ = ["Auth", "AuthFailed", "Identity", "LOCAL", "Watch"]
+__all__ = ["Auth", "AuthFailed", "Identity", "LOCAL", "Watch", "audience_of"]
 
 log = logging.getLogger("coframe.auth")
 
@@ -59,15 +60,26 @@ class AuthFailed(Exception):
         return 401 if self.close == CloseCode.UNAUTHENTICATED else 403
 
 
+def audience_of(grant: Grant, user: str) -> Audience:
+    """What ``grant`` lets ``user`` see: its hidden columns, and its row predicate with
+    ``current_user()`` bound to ``user`` (so such a predicate makes one audience per user)."""
+    if grant.rows is None and not grant.hide:
+        return EVERYONE
+    rows = None if grant.rows is None else bind_user(grant.rows, user)
+    return Audience(rows=rows, hide=frozenset(grant.hide))
+
+
 @dataclass(eq=False)
 class Watch:
-    """An open connection :class:`Auth` re-checks after every change: ``close`` ends it."""
+    """An open connection :class:`Auth` re-checks after every change: ``close`` ends it,
+    ``on_change`` gives it a changed role or audience (the room re-filters it)."""
 
     identity: Identity
     dataset: str
     role: str
     close: Callable[[int, str], Awaitable[None]]
-    on_role: Callable[[str], None] | None = None
+    on_change: Callable[[str, Audience], None] | None = None
+    audience: Audience = EVERYONE
 
 
 class Auth:
@@ -149,12 +161,7 @@ class Auth:
             return Grant(dataset, identity.user, "admin")
         grants = await self._user_grants(identity.user)
         own = next((g for g in grants if g.dataset == dataset), None)
-        g = own or next((g for g in grants if g.dataset == ANY_DATASET), None)
-        if g is not None and (g.rows is not None or g.hide):
-            # Row predicates and hidden columns are not enforced on every channel yet: such a
-            # grant gives no access at all (fail closed) rather than more than it says.
-            return None
-        return g
+        return own or next((g for g in grants if g.dataset == ANY_DATASET), None)
 
     def forget(self, user: str) -> None:
         """Drop ``user``'s cached grants (after this node changed them; other nodes poll)."""
@@ -163,6 +170,13 @@ class Auth:
     async def role(self, identity: Identity, dataset: str) -> str | None:
         g = await self.grant(identity, dataset)
         return None if g is None else g.role
+
+    async def access(self, identity: Identity, dataset: str) -> tuple[str, Audience] | None:
+        """``identity``'s role on ``dataset`` and what it may see there (None: no access)."""
+        g = await self.grant(identity, dataset)
+        if g is None:
+            return None
+        return g.role, audience_of(g, identity.user)
 
     async def readable(self, identity: Identity, names: list[str]) -> list[str]:
         """The datasets of ``names`` ``identity`` may read (the others do not exist for it)."""
@@ -204,14 +218,14 @@ class Auth:
             self._watches.discard(w)
             await w.close(CloseCode.UNAUTHENTICATED, reason)
             return
-        role = await self.role(w.identity, w.dataset)
-        if role is None:
+        access = await self.access(w.identity, w.dataset)
+        if access is None:
             self._watches.discard(w)
             await w.close(CloseCode.FORBIDDEN, f"your access to '{w.dataset}' was revoked: ask an admin")
-        elif role != w.role:
-            w.role = role
-            if w.on_role is not None:
-                w.on_role(role)
+        elif access != (w.role, w.audience):
+            w.role, w.audience = access
+            if w.on_change is not None:
+                w.on_change(*access)
 
     async def _revoked(self, identity: Identity) -> str | None:
         try:

@@ -36,9 +36,8 @@ import pyarrow as pa
 from protocol import Delta
 from protocol.dtypes import RID, frame_to_arrow
 
-from ..ops.sandbox import compile_expr
 from ..ops.state import State
-from ..rooms.outbound import EVERYONE, Audience
+from ..rooms.policy import EVERYONE, Audience, row_filter, visible_names
 
 __all__ = [
     "needed_columns",
@@ -76,8 +75,7 @@ def needed_columns(config: dict[str, Any]) -> set[str] | None:
 
 def visible_columns(state: State, audience: Audience) -> list[str]:
     """The room's columns ``audience`` may see, in the room's order (``_rid`` not included)."""
-    names = [n for n in state.frame.columns if n != RID]
-    return names if audience.columns is None else [n for n in names if n in audience.columns]
+    return visible_names(state.catalog, audience)
 
 
 def table_key(room: str, audience: Audience) -> str:
@@ -85,7 +83,8 @@ def table_key(room: str, audience: Audience) -> str:
     if audience == EVERYONE:
         return room
     cols = "\x1f".join(sorted(audience.columns)) if audience.columns is not None else "*"
-    digest = hashlib.sha256(f"{cols}\x1e{audience.rows or ''}".encode()).hexdigest()[:16]
+    hide = ",".join(str(i) for i in sorted(audience.hide))
+    digest = hashlib.sha256(f"{cols}\x1e{audience.rows or ''}\x1e{hide}".encode()).hexdigest()[:16]
     return f"{room}#{digest}"
 
 
@@ -98,10 +97,7 @@ def _held(state: State, audience: Audience, columns: Iterable[str] | None) -> li
 
 
 def _predicate(state: State, audience: Audience) -> pl.Expr | None:
-    if audience.rows is None:
-        return None
-    names = [n for n in state.frame.columns if n != RID]
-    return compile_expr(audience.rows, names).fill_null(False)
+    return row_filter(state, audience)
 
 
 def frame_for(state: State, audience: Audience, columns: Iterable[str] | None) -> pl.DataFrame:

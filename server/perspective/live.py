@@ -257,6 +257,11 @@ class RoomViews(Following, Dashboards, Upkeep, FastViews):
         for sub in [s for s in self.subs.values() if s.session is session]:
             self.spawn(self._forget(sub))
 
+    def close_session(self, session: Session, reason: str) -> None:
+        """Close every view of ``session`` with ``reason`` (its access changed)."""
+        for sub in [s for s in self.subs.values() if s.session is session]:
+            self._close_sub(sub, reason)
+
     def resend(self, session: Session) -> None:
         """Queue a fresh snapshot of each of ``session``'s views (after a resync dropped updates)."""
         subs = [s for s in self.subs.values() if s.session is session and s.vkey is not None]

@@ -22,7 +22,7 @@ from ..ops.cells import SetPlan, take_wire, written_wire
 from ..ops.state import RID, Effect, State
 
 # frame_to_arrow is the dtype vocabulary's (protocol.dtypes), re-exported for its callers here.
-__all__ = ["DeltaBuilder", "DeltaLog", "EncodedDelta", "frame_to_arrow"]
+__all__ = ["DeltaBuilder", "DeltaLog", "EncodedDelta", "frame_to_arrow", "row_positions"]
 
 
 _EMPTY = np.empty(0, dtype=np.uint64)
@@ -46,7 +46,7 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return unique_sorted(np.concatenate([np.asarray(p, dtype=np.uint64) for p in parts]))
 
 
-def _positions(state: State, rids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def row_positions(state: State, rids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(mask, positions)``: which ``rids`` are in ``state`` and the row positions of those."""
     base = state.dense_base()
     if base is not None:
@@ -131,7 +131,7 @@ class DeltaBuilder:
             upserts = frame_to_arrow(after.frame.select(names))
         elif cols:
             rids = _cat([inserted, *(r for parts in self.cells.values() for r in parts)])
-            found, pos = _positions(after, rids)  # without rows deleted later in the tick
+            found, pos = row_positions(after, rids)  # without rows deleted later in the tick
             if len(pos):
                 # Arrow takes, not a Polars frame: no query plan per tick (issue 9).
                 frame = after.frame

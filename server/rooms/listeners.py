@@ -50,6 +50,9 @@ class RoomListener(Protocol):
     def drop_session(self, session: Any) -> None:
         """Forget every view of a session that left."""
 
+    def close_session(self, session: Any, reason: str) -> None:
+        """Close every view of ``session``, each with a ``closed`` naming ``reason``."""
+
     async def close(self) -> None: ...
 
 
@@ -99,6 +102,9 @@ class NoViews:
         return None
 
     def drop_session(self, session: Any) -> None:
+        return None
+
+    def close_session(self, session: Any, reason: str) -> None:
         return None
 
     async def close(self) -> None:

@@ -289,6 +289,26 @@ class MetaDoc:
 
     # -------------------------------------------------------------- presence
 
+    def narrowed(self, hide: frozenset[int]) -> bytes:
+        """A fresh doc for an audience that may not see the columns ``hide`` (ids), as one update.
+
+        It holds the visible columns' order, names, dtypes and descriptions,
+        nothing else: no hidden column's entry and no other top-level type
+        (a client's own notes may name a hidden column).
+        """
+        doc: Doc = Doc()
+        order: Array[str] = doc.get("order", type=Array)
+        columns: Map[Any] = doc.get("columns", type=Map)
+        visible = [c for c in self._catalog.columns if c.id not in hide]
+        with doc.transaction():
+            order.extend([str(c.id) for c in visible])
+            for c in visible:
+                entry = self.columns.get(str(c.id))
+                text = entry.get("description") if isinstance(entry, Map) else None
+                description = text if isinstance(text, str) else ""
+                columns[str(c.id)] = Map({"name": c.name, "dtype": c.dtype, "description": description})
+        return doc.get_update()
+
     def set_presence(self, awareness_id: int, clock: int, client: str, state: dict[str, Any] | None) -> bytes:
         """Apply one client's presence state; return the awareness update to relay."""
         update = _awareness_update(awareness_id, clock, state)

@@ -10,17 +10,18 @@ renders the payload once per audience and encodes it once per group, then
 writes the same bytes to every subscriber of the group (PROTOCOL.md §10:
 encode once, never wait for the slowest reader).
 
-Today there is one audience, :data:`EVERYONE`, and rendering is the
-identity. Identity with row and column policies will give audiences their
-meaning here, in :func:`render`, without another rework: a delta carries the
-changed rids and columns plus the room state after the tick, which is what a
-row predicate needs to turn an edit that moves a row out of view into a
-delete.
+Audiences (:mod:`.policy`) come from a user's grant: hidden columns and a
+row predicate. :func:`render` gives each audience its view of a payload
+(:func:`.policy.render_delta` for deltas, :mod:`.narrow` for the other
+messages); a payload an audience may not see at all is not sent to it. A
+delta carries the room state before and after its tick, which is what a row
+predicate needs to turn an edit that moves a row out of view into a delete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +32,8 @@ from protocol.dtypes import RID
 
 from ..ops.state import State
 from .deltas import EncodedDelta, frame_to_arrow
+from .narrow import NOT_SENT, render_message
+from .policy import EVERYONE, Audience, narrow_schema, narrow_state, render_delta
 
 __all__ = [
     "Audience",
@@ -53,26 +56,12 @@ BIG_SNAPSHOT_ROWS = 50_000
 Payload = bytes | str
 
 
-@dataclass(frozen=True, slots=True)
-class Audience:
-    """What a subscriber may see: visible columns and a row predicate.
-
-    ``columns=None`` means every column and ``rows=None`` every row. Equal
-    audiences share one rendering and one encoding of each payload.
-    """
-
-    columns: frozenset[str] | None = None
-    rows: str | None = None
-
-
-EVERYONE = Audience()
-
-
 class Subscriber(Protocol):
     """What :meth:`Outbound.deliver` needs from a session."""
 
     client: str
     audience: Audience
+    role: str
     binary: bool
     codecs: tuple[str, ...]
 
@@ -101,6 +90,7 @@ class DeltaOut:
 
     encoded: EncodedDelta
     after: State | None = None  # None for deltas replayed from the resume log
+    before: State | None = None  # the room's state before the tick (for row predicates)
 
     @property
     def delta(self) -> Delta:
@@ -138,6 +128,7 @@ class WelcomeOut:
     meta: bytes
     role: str
     limits: dict[str, Any]
+    narrow_meta: Callable[[frozenset[int]], bytes] | None = None  # the doc without some columns
     re: Any = None
     snapshot: bool = True
 
@@ -145,15 +136,22 @@ class WelcomeOut:
 Outgoing = Message | DeltaOut | WelcomeOut
 
 
-def render(payload: Message | DeltaOut, audience: Audience) -> Any:
-    """The message ``audience`` may see of ``payload`` (the identity for :data:`EVERYONE`).
+def render(payload: Message | DeltaOut, audience: Audience, state: State | None = None) -> Any:
+    """The message ``audience`` may see of ``payload``, or :data:`~.narrow.NOT_SENT`.
+
+    The identity for :data:`EVERYONE`. ``state`` is the room's current state
+    (the outbound's last), which messages other than deltas are read against.
 
     Raises:
-        NotImplementedError: an audience narrower than EVERYONE (policies come with identity).
+        PolicyBroken: the audience's row predicate no longer compiles.
     """
-    if audience != EVERYONE:  # pragma: no cover - no narrower audience exists yet
-        raise NotImplementedError("row and column policies are not implemented yet")
-    return payload.msg if isinstance(payload, Message) else payload.delta
+    if audience == EVERYONE:
+        return payload.msg if isinstance(payload, Message) else payload.delta
+    if isinstance(payload, Message):
+        return render_message(payload.msg, audience, state)
+    if payload.after is None:  # the room never replays the resume log to a restricted audience
+        raise ValueError("a delta without its state cannot be rendered for a restricted audience")
+    return render_delta(payload.delta, payload.before, payload.after, audience)
 
 
 class Outbound:
@@ -161,6 +159,7 @@ class Outbound:
 
     def __init__(self) -> None:
         self._snapshots: dict[tuple[Audience, str], tuple[State, bytes]] = {}
+        self.state: State | None = None  # the last state a welcome or delta carried
         self.encodes = 0  # encodings made (the encode-once tests read it)
 
     def deliver(self, payload: Outgoing, subscribers: Iterable[Subscriber]) -> None:
@@ -170,22 +169,29 @@ class Outbound:
         policy (PROTOCOL.md section 10).
         """
         if isinstance(payload, WelcomeOut):
+            self.state = payload.state
             for s in subscribers:
                 s.push(self._welcome(payload, s))
             return
-        if isinstance(payload, DeltaOut) and payload.after is not None and self._snapshots:
-            self.forget()  # the room's state moved on: no join can use a snapshot of the old one
+        if isinstance(payload, DeltaOut) and payload.after is not None:
+            self.state = payload.after
+            if self._snapshots:
+                self.forget()  # the room's state moved on: no join can use a snapshot of the old one
         droppable = payload.droppable if isinstance(payload, Message) else True
         subs = subscribers if isinstance(subscribers, list) else list(subscribers)
         if len(subs) == 1:  # a reply: one subscriber, one group (the tick sends one per batch)
             s = subs[0]
-            s.push(self._encode(payload, s.audience, s.binary), droppable=droppable)
+            data = self._encode(payload, s.audience, s.binary)
+            if data is not None:
+                s.push(data, droppable=droppable)
             return
         groups: dict[tuple[Audience, bool], list[Subscriber]] = {}
         for s in subs:
             groups.setdefault((s.audience, s.binary), []).append(s)
         for (audience, binary), subs in groups.items():
             data = self._encode(payload, audience, binary)
+            if data is None:
+                continue
             for s in subs:
                 s.push(data, droppable=droppable)
 
@@ -198,16 +204,23 @@ class Outbound:
         """
         self._snapshots.clear()
 
-    def _encode(self, payload: Message | DeltaOut, audience: Audience, binary: bool) -> Payload:
+    def _encode(self, payload: Message | DeltaOut, audience: Audience, binary: bool) -> Payload | None:
+        """``payload`` rendered for ``audience`` and encoded, or None when it gets nothing."""
         if isinstance(payload, DeltaOut) and audience == EVERYONE:
             return payload.encoded.payload(binary)
+        msg = render(payload, audience, self.state)
+        if msg is NOT_SENT:
+            return None
         self.encodes += 1
-        return encode(render(payload, audience), binary=binary)
+        return encode(msg, binary=binary)
 
     # ------------------------------------------------------------ welcome
 
     def _welcome(self, w: WelcomeOut, s: Subscriber) -> Callable[[], Awaitable[Payload]] | Payload:
         """The welcome for ``s``: big snapshots are encoded in a worker thread, when sent."""
+        if s.audience != EVERYONE:  # the metadata it may see, read now, on the loop thread
+            assert w.narrow_meta is not None, "a restricted audience needs the room's narrowed doc"
+            w = dataclasses.replace(w, meta=w.narrow_meta(s.audience.hide))
         if w.reason == "resume" or not w.snapshot:
             return encode(self._welcome_msg(w, s, None), binary=s.binary)
         if w.state.frame.height < BIG_SNAPSHOT_ROWS:
@@ -238,9 +251,7 @@ class Outbound:
 
     @staticmethod
     def _frame(state: State, audience: Audience) -> Any:
-        if audience != EVERYONE:  # pragma: no cover - no narrower audience exists yet
-            raise NotImplementedError("row and column policies are not implemented yet")
-        return state.frame
+        return narrow_state(state, audience).frame
 
     @staticmethod
     def _welcome_msg(w: WelcomeOut, s: Subscriber, snapshot: Any) -> Welcome:
@@ -248,10 +259,10 @@ class Outbound:
             room=w.room,
             seq=w.seq,
             client=s.client,
-            schema=tuple(w.state.catalog.to_wire()),
+            schema=narrow_schema(w.state.catalog.to_wire(), s.audience),
             snapshot=snapshot,
             meta=w.meta,
-            role=w.role,
+            role=w.role if w.role == "viewer" else s.role,
             resumed=w.reason == "resume" or not w.snapshot,
             reason=w.reason,
             limits=w.limits,

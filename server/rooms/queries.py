@@ -17,6 +17,7 @@ from protocol import Error, ErrorCode, Query, Result
 from ..ops.state import OpError, State
 from ..storage.diff import diff_states
 from ..storage.types import NotFound, StorageCorrupt
+from .policy import EVERYONE, Audience, PolicyBroken, narrow_state
 
 if TYPE_CHECKING:
     from ..storage.service import Storage
@@ -59,8 +60,10 @@ def _storage(room: Source) -> Storage:
     return room.storage
 
 
-def _log_rows(manifests: list[Any]) -> list[dict[str, Any]]:
-    return [
+def _log_rows(manifests: list[Any], *, counts: bool = True) -> list[dict[str, Any]]:
+    """The log's rows; without ``counts`` (a restricted audience) no row count, which
+    would reveal how many rows it does not see."""
+    rows = [
         {
             "commit": m.id,
             "parents": list(m.parents),
@@ -72,32 +75,41 @@ def _log_rows(manifests: list[Any]) -> list[dict[str, Any]]:
         }
         for m in manifests
     ]
+    if not counts:
+        for r in rows:
+            del r["rows"]
+    return rows
 
 
-async def answer(room: Source, q: Query) -> Result | Error:
-    """The ``result`` for ``q``, or an ``error`` naming what was not found; never raises."""
+async def answer(room: Source, q: Query, audience: Audience = EVERYONE) -> Result | Error:
+    """The ``result`` for ``q`` as ``audience`` may see it, or an ``error`` naming what was
+    not found; never raises. A diff compares the audience's rows and columns of each side."""
     try:
-        return await _answer(room, q)
+        return await _answer(room, q, audience)
     except Exception as e:  # a bug must surface as a coded error, not a silent drop
         log.exception("query %s failed in %s", q.kind, room.dataset)
         return Error(ErrorCode.INTERNAL, f"query failed ({type(e).__name__})", re=q.id)
 
 
-async def _answer(room: Source, q: Query) -> Result | Error:
+async def _answer(room: Source, q: Query, audience: Audience) -> Result | Error:
     try:
         if q.kind == "log":
             ref = q.from_ or room.log_ref
             manifests = await _storage(room).log(room.dataset, ref, q.limit or 100)
-            rows = _log_rows(manifests)
+            rows = _log_rows(manifests, counts=audience == EVERYONE)
             table = pa.Table.from_pylist(rows) if rows else pa.table({"commit": pa.array([], pa.string())})
             return Result("log", {"log": table}, rows, re=q.id)
         a = await _version(room, q.from_ or "live")
         b = await _version(room, q.to or "live")
-        diff = await asyncio.to_thread(diff_states, a, b)
+        diff = await asyncio.to_thread(
+            lambda: diff_states(narrow_state(a, audience), narrow_state(b, audience))
+        )
         data = {"summary": diff.summary(), "schema": diff.schema, "from": q.from_, "to": q.to or "live"}
         return Result("diff", diff.to_arrow(), data, re=q.id)
     except NotFound as e:
         return Error(ErrorCode.NOT_FOUND, str(e), re=q.id)
+    except PolicyBroken as e:  # the predicate names a column that version does not have
+        return Error(ErrorCode.FORBIDDEN, e.message, re=q.id)
     except OpError as e:  # bad_name: a version that breaks the naming rule (a NUL, a newline)
         return Error(e.code, e.message, e.details, re=q.id)
     except StorageCorrupt as e:  # the version's chunks: one log line, no traceback

@@ -52,7 +52,7 @@ class Requests:
         self,
         config: RoomConfig,
         views: RoomListener,
-        answer: Callable[[Query], Awaitable[Any]],
+        answer: Callable[[Query, Any], Awaitable[Any]],
         reply: Callable[[Session, Any], None],
         spawn: Callable[[Awaitable[Any]], None],
     ) -> None:
@@ -82,7 +82,7 @@ class Requests:
 
     async def _run_query(self, session: Session, q: Query) -> None:
         try:
-            self._reply(session, await self._answer(q))
+            self._reply(session, await self._answer(q, session.audience))
         finally:
             session.when_sent(lambda: self._query_done(session))
 

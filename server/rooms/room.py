@@ -41,6 +41,7 @@ from .lifecycle import ROOM, next_state
 from .listeners import MakeViews, NoViews, RoomListener
 from .metadoc import MetaDoc
 from .outbound import DeltaOut, Message, Outbound, WelcomeOut
+from .policy import EVERYONE, Audience
 from .queries import answer
 from .requests import Requests
 from .session import Session, Transport
@@ -117,7 +118,9 @@ class Room:
             else NoViews(self.name, self._send)
         )
         # Queries in flight and view requests in order, per session, with their limits.
-        self.requests = Requests(self.config, self.views, lambda q: answer(self, q), self.reply, self._spawn)
+        self.requests = Requests(
+            self.config, self.views, lambda q, audience: answer(self, q, audience), self.reply, self._spawn
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -174,8 +177,19 @@ class Room:
 
     # ------------------------------------------------------------ joining
 
-    def join(self, hello: Hello, transport: Transport, *, binary: bool) -> Session:
+    def join(
+        self,
+        hello: Hello,
+        transport: Transport,
+        *,
+        binary: bool,
+        audience: Audience = EVERYONE,
+        role: str = "editor",
+    ) -> Session:
         """Register a session and queue its welcome (and any resume deltas).
+
+        A restricted ``audience`` (a row or column policy) always gets a
+        snapshot: the resume log keeps deltas as everyone sees them.
 
         Synchronous, so the welcome's state and the deltas that follow it
         are consistent: no tick can run in between. The connection core
@@ -185,12 +199,19 @@ class Room:
         if old is not None:
             old.abort(CloseCode.REPLACED, "replaced by a newer connection of the same client")
         session = Session(
-            hello.client, transport, binary=binary, limits=self.config.session, resync=self._resync
+            hello.client,
+            transport,
+            binary=binary,
+            limits=self.config.session,
+            resync=self._resync,
+            audience=audience,
+            role=role,
         )
         session.awareness_id = random.getrandbits(31)
         session.codecs = hello.codecs
         state, seq = self._published
-        replay = self.log.since(hello.since, seq) if hello.since is not None else None
+        resumable = hello.since is not None and audience == EVERYONE
+        replay = self.log.since(hello.since, seq) if resumable else None
         session.base_seq = seq if replay is None else hello.since or 0
         self.sessions[hello.client] = session
         reason = "join" if replay is None else "resume"
@@ -211,6 +232,7 @@ class Room:
             seq=seq,
             reason=reason,
             meta=self.meta.state(),  # captured now, with the state, on the loop thread
+            narrow_meta=self.meta.narrowed,
             role="viewer" if self.read_only else "editor",
             limits={
                 "max_message_bytes": c.max_message_bytes,
@@ -231,6 +253,19 @@ class Room:
         session.base_seq = seq
         self.outbound.deliver(self._welcome(state, seq, "resync", None), [session])
         self.views.resend(session)  # view updates were dropped too: fresh snapshots follow the welcome
+
+    def refilter(self, session: Session, audience: Audience, role: str) -> None:
+        """``session``'s grant changed: from now on it sees what the new one allows.
+
+        A changed audience closes its views (they read the old audience's
+        table) and sends a fresh snapshot (a ``welcome``, reason ``resync``).
+        """
+        session.role = role
+        if audience == session.audience:
+            return
+        session.audience = audience
+        self.views.close_session(session, "your access changed: subscribe again")
+        self._resync(session)
 
     async def leave(self, session: Session) -> None:
         self.requests.leave(session)
@@ -255,6 +290,13 @@ class Room:
         if isinstance(msg, Presence):
             self.shared.presence(session, msg)
         elif isinstance(msg, Meta):
+            if session.audience != EVERYONE:
+                message = (
+                    "metadata sync is not available under a row or column policy: your welcome"
+                    " carries the metadata you may see"
+                )
+                self.reply(session, Error(ErrorCode.FORBIDDEN, message, re=msg.id))
+                return
             self.shared.sync(session, msg)
         elif isinstance(msg, Query):
             self.requests.query(session, msg)
@@ -370,7 +412,7 @@ class Room:
             for session, reply in done.replies:
                 self.reply(session, reply)
             if delta is not None:
-                self.outbound.deliver(DeltaOut(delta, core.state), sessions)
+                self.outbound.deliver(DeltaOut(delta, core.state, done.before), sessions)
         finally:
             for s in sessions:
                 s.release()

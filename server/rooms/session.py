@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 from protocol import CloseCode, Error, ErrorCode, encode
 
-from .outbound import EVERYONE, Audience
+from .policy import EVERYONE, Audience
 from .transport import CLOSE_GRACE, DirectWrite, Item, Payload, SendBudget, SessionLimits, Transport
 
 __all__ = ["Transport", "DirectWrite", "Payload", "Session", "SessionLimits", "SendBudget"]
@@ -60,11 +60,13 @@ class Session:
         limits: SessionLimits,
         resync: Callable[[Session], None],
         audience: Audience = EVERYONE,
+        role: str = "editor",
     ) -> None:
         self.client = client
         self.transport = transport
         self.binary = binary
-        self.audience = audience  # what this client may see (server.rooms.outbound)
+        self.audience = audience  # what this client may see (server.rooms.policy)
+        self.role = role  # its role on the dataset (the welcome says it)
         self.limits = limits
         self.base_seq = 0  # latest base_seq seen from this client (low-water mark input)
         self.codecs: tuple[str, ...] = ()  # Arrow IPC compressions the client reads

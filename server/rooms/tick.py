@@ -15,13 +15,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol import Ack, Error, ErrorCode, RestoreColumn, SetCells
+from protocol import Ack, Error, ErrorCode, RestoreColumn, RestoreRows, SetCells
+from protocol.dtypes import RID
 
 from ..ops import IN_PROCESS, ExprCost
 from ..ops.state import OpError, State
 from ..storage.types import WalEntry
 from .core import RoomCore, is_heavy, run_general
 from .deltas import DeltaBuilder
+from .policy import EVERYONE, Audience, check_kept, check_ops
 from .setgroup import GroupItem, apply_group, groupable
 from .wal import make_entry
 
@@ -108,7 +110,7 @@ def _group_window(core: RoomCore, batches: list[Batch], i: int, max_rows: int) -
     seen: set[tuple[str, int]] = set()
     cells = 0
     for b in batches[i : i + GROUP_MESSAGES]:
-        if b.kind != "op" or not groupable(b.msg.ops, max_rows):
+        if b.kind != "op" or not groupable(b.msg.ops, max_rows) or _audience(b) != EVERYONE:
             break
         key = (b.client, b.msg.client_seq)
         if key in seen or core.replies.get(*key) is not None:
@@ -119,6 +121,10 @@ def _group_window(core: RoomCore, batches: list[Batch], i: int, max_rows: int) -
             break
         window.append(b)
     return window
+
+
+def _audience(b: Batch) -> Audience:
+    return getattr(b.sender, "audience", EVERYONE)
 
 
 def _item(b: Batch) -> GroupItem:
@@ -152,15 +158,20 @@ async def _apply_one(
         err = core.clock.explain(e)
         core.replies.put(client, msg.client_seq, err)
         return err
+    audience = _audience(b)
     try:
-        if kind == "op" and all(isinstance(o, SetCells) for o in ops):
+        if kind == "op" and audience == EVERYONE and all(isinstance(o, SetCells) for o in ops):
             return core.apply_sets(client, msg.client_seq, msg.base_seq, ops, builder)
         core.flush()
+        if audience != EVERYONE:  # a row or column policy: checked against the exact state
+            check_ops(core.state, audience, ops, undo=kind != "op")
         base = msg.base_seq if kind == "op" else core.seq
         if is_heavy(ops):
             result = await asyncio.to_thread(run_general, core.state, core.clock, client, base, ops, exprs)
         else:
             result = run_general(core.state, core.clock, client, base, ops, exprs)
+        if audience != EVERYONE:
+            check_kept(result.state, audience, _written_rids(ops, result.rids))
         return core.commit_general(client, msg.client_seq, result, builder, kind)
     except OpError as e:
         if kind != "op":
@@ -168,6 +179,17 @@ async def _apply_one(
         err = core.clock.explain(e)
         core.replies.put(client, msg.client_seq, err)
         return err
+
+
+def _written_rids(ops: tuple[Any, ...], inserted: list[int]) -> list[int]:
+    """The rows ``ops`` set, inserted or restored (those a policy's ``WITH CHECK`` looks at)."""
+    out = list(inserted)
+    for op in ops:
+        if isinstance(op, SetCells):
+            out += op.rows
+        elif isinstance(op, RestoreRows) and RID in op.rows.column_names:
+            out += op.rows.column(RID).to_pylist()
+    return out
 
 
 def op_rows(op: Any) -> int:
