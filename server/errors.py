@@ -11,6 +11,7 @@ Every error a user can see is a :class:`protocol.CoframeError`: a stable
     ├── WireError (server.perspective.readonly)      bad_frame (dashboard socket closed 1008)
     ├── EditError (server.perspective.edits)         a dashboard grid edit refused before the room, 400
     ├── ReadError (server.io)         bad_format / unreadable 400, too_large 413
+    ├── PolicyBroken (server.rooms.policy)  forbidden, 403: a grant's row predicate no longer compiles
     ├── StorageError (server.storage.types)          internal, 500
     │   ├── NotFound                  not_found, 404
     │   ├── AlreadyExists             already_exists, 409
@@ -48,6 +49,7 @@ from .ops.state import OpError
 from .perspective.config import ViewConfigError
 from .perspective.edits import EditError
 from .perspective.readonly import WireError
+from .rooms.policy import PolicyBroken
 from .storage.types import AlreadyExists, DatasetExists, NotFound, RefMoved, StorageCorrupt, StorageError
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "WireError",
     "EditError",
     "ReadError",
+    "PolicyBroken",
     "StorageError",
     "NotFound",
     "AlreadyExists",

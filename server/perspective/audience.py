@@ -37,6 +37,7 @@ from protocol import Delta
 from protocol.dtypes import RID, frame_to_arrow
 
 from ..ops.state import State
+from ..rooms.deltas import row_positions
 from ..rooms.policy import EVERYONE, Audience, row_filter, visible_names
 
 __all__ = [
@@ -138,7 +139,8 @@ def stream_for(
     if not touched:
         return []
     rids = np.unique(np.concatenate(touched)).astype(np.uint64)
-    rows = state.frame.filter(pl.col(RID).is_in(pl.Series(rids, dtype=pl.UInt64)))
+    _, pos = row_positions(state, rids)
+    rows = state.frame[pl.Series(pos, dtype=pl.Int64)]
     visible = rows.filter(pred).select(held)
     kept = set(visible[RID].to_list())
     removed = [int(r) for r in rids if int(r) not in kept]
