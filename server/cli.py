@@ -121,8 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the provider token's claim that names the coframe user (default sub); the user must"
         " exist (coframe user add)",
     )  # fmt: skip
-    serve.add_argument("--auth-jwks-audience", default=None, help="provider tokens must carry this aud")
-    serve.add_argument("--auth-jwks-issuer", default=None, help="provider tokens must carry this iss")
+    for what, metavar in (("audience", "AUD"), ("issuer", "ISS")):
+        serve.add_argument(
+            f"--auth-jwks-{what}", default=None, metavar=metavar,
+            help=f"provider tokens must name this {what} ({metavar.lower()} claim); unchecked without it",
+        )  # fmt: skip
     serve.add_argument("--ssl-certfile", default=None, help="serve HTTPS and WSS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
     serve.add_argument("--log-level", default="info")

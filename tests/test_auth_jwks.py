@@ -34,7 +34,7 @@ from protocol import CloseCode
 from server.settings import Settings
 from tests.conftest import timeout
 from tests.helpers import closed_with, signed_in
-from tests.procs import cli
+from tests.procs import cli, start_server
 
 ISSUER = "https://idp.example"
 AUDIENCE = "coframe"
@@ -252,7 +252,9 @@ async def test_a_rotated_key_set_is_read_again_without_a_restart(
         assert code == CloseCode.UNAUTHENTICATED and "not in --auth-jwks" in reason  # rsa-1 was rotated out
 
 
-async def test_serve_refuses_a_bad_jwks_file_before_listening(tmp_path: Path) -> None:
+async def test_serve_refuses_a_bad_jwks_file_before_listening_and_takes_a_good_one(
+    tmp_path: Path, provider: Provider
+) -> None:
     data = tmp_path / "data"
     missing = tmp_path / "missing.json"
     garbled = tmp_path / "garbled.json"
@@ -269,3 +271,15 @@ async def test_serve_refuses_a_bad_jwks_file_before_listening(tmp_path: Path) ->
         assert err.strip() == err.strip().splitlines()[0], err  # one line
         assert f"coframe: --auth-jwks {path}: {words}" in err, err
         assert "listening" not in out
+    args = ("--auth", "token", "--demo-rows", "50", "--auth-jwks", str(provider.path))
+    server = await start_server(*args, "--auth-jwks-audience", AUDIENCE, data_dir=data)
+    try:
+        for command in (("user", "add", "id-ann"), ("grant", "sales", "id-ann", "viewer")):
+            code, _, err = await cli(*command, data=data)
+            assert code == 0, err
+        async with connect(server.url, "sales", token=provider.sign("ann"), reconnect=False) as room:
+            assert room.frame.height == 50  # the default claim, sub, names the user
+        code, reason = await closed_with(f"{server.url}/ws/sales?token={provider.sign('ann', aud='x')}")
+        assert code == CloseCode.UNAUTHENTICATED and "not for this server" in reason
+    finally:
+        await server.stop()
