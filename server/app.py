@@ -23,6 +23,7 @@ from .api_admin import routes as admin_routes
 from .auth import Auth, Signer
 from .auth.bootstrap import bootstrap
 from .auth.http import AuthMiddleware, identity_of, login
+from .auth.jwks import JwksVerifier
 from .auth.limits import UserLimits
 from .auth.tokens import env_key
 from .demo import demo_sales
@@ -38,7 +39,15 @@ from .settings import Settings
 from .storage.service import Storage
 from .ws import websocket_endpoint
 
-__all__ = ["create_app", "load_file", "open_registry", "room_config", "start_auth", "READY_TIMEOUT"]
+__all__ = [
+    "create_app",
+    "jwks_verifier",
+    "load_file",
+    "open_registry",
+    "room_config",
+    "start_auth",
+    "READY_TIMEOUT",
+]
 
 log = logging.getLogger("coframe.app")
 
@@ -144,11 +153,30 @@ async def list_datasets(request: Request) -> JSONResponse:
     return JSONResponse([d for d in await registry.describe() if d.get("name") in readable])
 
 
-async def start_auth(settings: Settings, registry: Registry) -> tuple[Auth, str | None]:
-    """The server's :class:`Auth` on the registry's catalog, and the sign-in token to print (or None)."""
+def jwks_verifier(settings: Settings) -> JwksVerifier | None:
+    """The verifier of ``settings.auth_jwks`` (``--auth-jwks``), or None without one.
+
+    Raises:
+        ValueError: the JWKS file is missing, not JSON, or holds no usable key.
+    """
+    if settings.auth_jwks is None:
+        return None
+    return JwksVerifier(
+        settings.auth_jwks,
+        claim=settings.auth_jwks_claim,
+        audience=settings.auth_jwks_audience,
+        issuer=settings.auth_jwks_issuer,
+    )
+
+
+async def start_auth(
+    settings: Settings, registry: Registry, jwks: JwksVerifier | None = None
+) -> tuple[Auth, str | None]:
+    """The server's :class:`Auth` on the registry's catalog (with ``jwks``, the identity
+    provider's tokens too), and the sign-in token to print (or None)."""
     catalog = registry.storage.catalog
     extra = env_key(settings.secret) if settings.secret else None
-    auth = Auth(catalog, Signer(catalog, extra), mode=settings.auth, poll=settings.auth_poll)
+    auth = Auth(catalog, Signer(catalog, extra), mode=settings.auth, poll=settings.auth_poll, jwks=jwks)
     await auth.start()
     return auth, await bootstrap(auth, signin=settings.signin)
 
@@ -158,9 +186,13 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     Errors of HTTP routes become ``{"error": {...}}`` replies through
     :data:`server.errors.exception_handlers` (PROTOCOL.md section 11).
+
+    Raises:
+        ValueError: ``settings.auth_jwks`` names a bad JWKS file (read here, before any start-up).
     """
     settings = settings or Settings()
     health = Health(settings)
+    jwks = jwks_verifier(settings) if settings.auth == "token" else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -170,7 +202,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             if reg is None:
                 reg = await open_registry(settings)
             app.state.registry = reg
-            app.state.auth, app.state.signin_token = await start_auth(settings, reg)
+            app.state.auth, app.state.signin_token = await start_auth(settings, reg, jwks)
             watcher = asyncio.get_running_loop().create_task(app.state.auth.run(), name="auth")
             app.state.node.budget = reg.config.session.budget
             reg.storage.start_gc(settings.chunk_gc_grace)  # a pass now, then periodically (stopped on close)

@@ -111,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="token (the default): every entry point needs a signed token; none: no identity, every"
         " client is admin (refused unless --host is a loopback address)",
     )  # fmt: skip
+    serve.add_argument(
+        "--auth-jwks", default=None, metavar="FILE",
+        help="also accept RS256/ES256 tokens of an external identity provider whose JSON Web Key Set"
+        " (the document at its jwks_uri) is FILE; never fetched over the network",
+    )  # fmt: skip
+    serve.add_argument(
+        "--auth-jwks-claim", default="sub", metavar="NAME",
+        help="the provider token's claim that names the coframe user (default sub); the user must"
+        " exist (coframe user add)",
+    )  # fmt: skip
+    for what, metavar in (("audience", "AUD"), ("issuer", "ISS")):
+        serve.add_argument(
+            f"--auth-jwks-{what}", default=None, metavar=metavar,
+            help=f"provider tokens must name this {what} ({metavar.lower()} claim); unchecked without it",
+        )  # fmt: skip
     serve.add_argument("--ssl-certfile", default=None, help="serve HTTPS and WSS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
     serve.add_argument("--log-level", default="info")
@@ -215,7 +230,13 @@ def _server(args: argparse.Namespace) -> Server:
         auth=args.auth,
         secret=os.environ.get("COFRAME_SECRET") or None,
         signin=args.auth == "token",
+        auth_jwks=args.auth_jwks,
+        auth_jwks_claim=args.auth_jwks_claim,
+        auth_jwks_audience=args.auth_jwks_audience,
+        auth_jwks_issuer=args.auth_jwks_issuer,
     )
+    if args.auth_jwks and args.auth == "none":
+        raise ValueError("--auth-jwks needs --auth token: under --auth none nobody signs in")
     if args.auth == "none":
         if not is_loopback(args.host):
             raise ValueError(

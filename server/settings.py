@@ -72,6 +72,12 @@ class Settings:
     auth_poll: float = 0.5  # seconds between checks for revocations and grant changes
     secret: str | None = None  # COFRAME_SECRET: one more signing key, never stored
     signin: bool = False  # issue a sign-in token for the first admin at start (coframe serve)
+    # An external identity provider (server.auth.jwks): its JWKS file, the claim naming the
+    # coframe user, and the audience and issuer its tokens must carry (None: not checked).
+    auth_jwks: str | None = None
+    auth_jwks_claim: str = "sub"
+    auth_jwks_audience: str | None = None
+    auth_jwks_issuer: str | None = None
     # Per-user limits on this node (server.auth.limits): not under auth="none".
     max_connections_per_user: int = 64  # over it: too_many, close 1013
     user_ops_per_second: float = 5_000.0  # op/undo/redo messages across all of a user's connections

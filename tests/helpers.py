@@ -11,11 +11,15 @@ import asyncio
 import time
 from typing import Any
 
+import msgpack
 import polars as pl
+import websockets
+from websockets.exceptions import ConnectionClosed
 
 from protocol import decode_server
+from tests.serving import timeout
 
-__all__ = ["FakeTransport", "brute_diff", "frame", "signed_in"]
+__all__ = ["FakeTransport", "brute_diff", "closed_with", "frame", "signed_in"]
 
 
 class FakeTransport:
@@ -95,3 +99,16 @@ async def signed_in(
     if role is not None:
         await auth.store.put_grant(Grant(dataset, name, role))
     return str(await auth.issue(name, ttl))
+
+
+async def closed_with(url: str, **kw: Any) -> tuple[int, str]:
+    """Open a raw WebSocket, say hello, and return how the server closed it (code, reason)."""
+    async with websockets.connect(url, **kw) as ws:
+        try:
+            await ws.send(msgpack.packb({"type": "hello", "id": 0, "client": "raw", "version": 1}))
+            while True:
+                await asyncio.wait_for(ws.recv(), timeout(10))
+        except ConnectionClosed as e:
+            assert e.rcvd is not None
+            return e.rcvd.code, e.rcvd.reason
+    raise AssertionError("not closed")

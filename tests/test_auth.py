@@ -30,20 +30,7 @@ from protocol import CloseCode, decode_client
 from server.auth import at_least, required_role
 from server.serve import RedactTokens
 from tests.conftest import small_frame, timeout
-from tests.helpers import signed_in
-
-
-async def _closed_with(url: str, **kw: Any) -> tuple[int, str]:
-    """Open a raw WebSocket, say hello, and return how the server closed it."""
-    async with websockets.connect(url, **kw) as ws:
-        try:
-            await ws.send(msgpack.packb({"type": "hello", "id": 0, "client": "raw", "version": 1}))
-            while True:
-                await asyncio.wait_for(ws.recv(), timeout(10))
-        except ConnectionClosed as e:
-            assert e.rcvd is not None
-            return e.rcvd.code, e.rcvd.reason
-    raise AssertionError("not closed")
+from tests.helpers import closed_with, signed_in
 
 
 def _forge(payload: dict[str, Any], header: dict[str, Any]) -> str:
@@ -85,7 +72,7 @@ async def test_every_bad_token_is_refused_with_4401_and_counted(make_server: Any
         for what, token in bad.items():
             before = auth.failures
             query = "" if token is None else f"?token={token}"
-            code, reason = await _closed_with(f"{srv.url}/ws/sales{query}")
+            code, reason = await closed_with(f"{srv.url}/ws/sales{query}")
             assert code == CloseCode.UNAUTHENTICATED, (what, code, reason)
             assert reason, what
             assert auth.failures == before + 1, what
@@ -102,8 +89,8 @@ async def test_every_bad_token_is_refused_with_4401_and_counted(make_server: Any
 async def test_a_dataset_without_a_grant_does_not_exist_for_that_user(make_server: Any) -> None:
     async with make_server(auth="token", frames={"sales": small_frame(), "hr": small_frame(3)}) as srv:
         token = await signed_in(srv, "bob", "viewer", dataset="sales")
-        code, unknown = await _closed_with(f"{srv.url}/ws/nope?token={token}")
-        code2, hidden = await _closed_with(f"{srv.url}/ws/hr?token={token}")
+        code, unknown = await closed_with(f"{srv.url}/ws/nope?token={token}")
+        code2, hidden = await closed_with(f"{srv.url}/ws/hr?token={token}")
         assert code == code2 == CloseCode.NO_SUCH_DATASET
         assert unknown.replace("'nope'", "X") == hidden.replace("'hr'", "X")  # the same words
         assert "hr" not in hidden.split("known:")[1]
@@ -190,7 +177,7 @@ async def test_browser_sign_in_sets_a_strict_cookie_and_refuses_other_sites(make
                 headers={"Origin": f"http://{host}"},
             )
             assert ok.status_code != 403, ok.text
-        code, _ = await _closed_with(
+        code, _ = await closed_with(
             f"{srv.url}/ws/sales?token={token}", additional_headers={"Origin": "https://evil.example"}
         )
         assert code == CloseCode.FORBIDDEN

@@ -10,6 +10,12 @@ catalog ``auth_version``; :meth:`Auth.run` polls that version (every
 (:meth:`Auth.watch`), so a revocation or a grant change reaches them
 within a second, through whichever node made it.
 
+With a :class:`.jwks.JwksVerifier` (``--auth-jwks``), RS256/ES256 tokens of an
+external identity provider are accepted beside coframe's own: the claim it
+names maps to a catalog user, who must exist and be enabled. Such a token
+has no catalog record, so it cannot be revoked by itself; disabling its
+user closes its connections, and so does its ``exp``.
+
 With ``mode="none"`` (``--auth none``) every request is the one local
 identity, admin of everything.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,11 +35,14 @@ from ..rooms.policy import EVERYONE, Audience, bind_user
 from ..storage.auth_types import ANY_DATASET, Grant, TokenRecord, User
 from ..storage.types import CatalogStore, NotFound
 from .audit import Audit
+from .jwks import JwksVerifier
 from .tokens import Signer, TokenInvalid
 
 __all__ = ["Auth", "AuthFailed", "Identity", "LOCAL", "Watch", "audience_of"]
 
 log = logging.getLogger("coframe.auth")
+
+_EXPIRED = "your token expired: sign in to your identity provider again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +52,8 @@ class Identity:
     token_id: str | None = None
     can_create: bool = False
     local: bool = False  # --auth none: admin of everything
+    external: bool = False  # an identity provider's token (--auth-jwks): no catalog token record
+    expires: float | None = None  # when an external token expires (coframe's: in the catalog)
 
 
 LOCAL = Identity("local", "local", None, can_create=True, local=True)
@@ -84,11 +96,18 @@ class Watch:
 
 class Auth:
     def __init__(
-        self, store: CatalogStore, signer: Signer, *, mode: str = "token", poll: float = 0.5
+        self,
+        store: CatalogStore,
+        signer: Signer,
+        *,
+        mode: str = "token",
+        poll: float = 0.5,
+        jwks: JwksVerifier | None = None,
     ) -> None:
         if mode not in ("token", "none"):
             raise ValueError(f"unknown auth mode {mode!r}: use token or none")
         self.store, self.signer, self.mode, self.poll = store, signer, mode, poll
+        self.jwks = jwks
         self.audit = Audit(store)
         self.version = -1
         self._grants: dict[str, list[Grant]] = {}
@@ -131,6 +150,8 @@ class Auth:
     async def _authenticate(self, token: str | None) -> Identity:
         if not token:
             raise AuthFailed("sign in: pass a token (?token=, Authorization: Bearer, or /login?token=)")
+        if self.jwks is not None and self.jwks.owns(token):
+            return await self._external(self.jwks, token)
         try:
             claims = await self.signer.verify(token)
             record = await self.store.get_token(claims.token_id)
@@ -146,6 +167,25 @@ class Auth:
         if user.disabled:
             raise AuthFailed(f"user {user.name!r} is disabled: ask an admin")
         return Identity(user.name, user.display or user.name, claims.token_id, user.can_create)
+
+    async def _external(self, jwks: JwksVerifier, token: str) -> Identity:
+        """The identity of an identity provider's token: its claim names a known, enabled user."""
+        try:
+            claims = jwks.verify(token)
+        except TokenInvalid as e:
+            raise AuthFailed(e.reason) from None
+        try:
+            user = await self.store.get_user(claims.user)
+        except NotFound:
+            name = claims.user[:48]
+            raise AuthFailed(
+                f"user {name!r} is not known here: ask an admin to run coframe user add {shlex.quote(name)}"
+            ) from None
+        if user.disabled:
+            raise AuthFailed(f"user {user.name!r} is disabled: ask an admin")
+        return Identity(
+            user.name, user.display or user.name, None, user.can_create, external=True, expires=claims.expires
+        )
 
     # ------------------------------------------------------------ grants
 
@@ -193,6 +233,7 @@ class Auth:
         """Poll the catalog's auth version; after a change, re-check every open connection."""
         while True:
             await asyncio.sleep(self.poll)
+            await self.expire()
             try:
                 version = await self.store.auth_version()
             except Exception:  # the catalog is down: keep what we know, try again
@@ -202,6 +243,17 @@ class Auth:
                 self.version = version
                 self._grants.clear()
                 await self.recheck()
+
+    async def expire(self, now: float | None = None) -> None:
+        """Close the connections of identity provider tokens past their ``exp`` (no catalog
+        change announces that, so every poll looks)."""
+        now = time.time() if now is None else now
+        for w in [w for w in self._watches if w.identity.expires is not None and w.identity.expires < now]:
+            self._watches.discard(w)
+            try:
+                await w.close(CloseCode.UNAUTHENTICATED, _EXPIRED)
+            except Exception:
+                log.exception("closing an expired connection of %s failed", w.identity.user)
 
     async def recheck(self) -> None:
         for w in list(self._watches):
@@ -228,9 +280,11 @@ class Auth:
                 w.on_change(*access)
 
     async def _revoked(self, identity: Identity) -> str | None:
+        if identity.external or identity.token_id is None:
+            return await self._external_revoked(identity)
         try:
             user: User = await self.store.get_user(identity.user)
-            record = await self.store.get_token(identity.token_id or "")
+            record = await self.store.get_token(identity.token_id)
         except NotFound:
             return "your token or user was removed: sign in again"
         if record.revoked is not None:
@@ -241,6 +295,17 @@ class Auth:
             return "your token expired: sign in again"
         return None
 
+    async def _external_revoked(self, identity: Identity) -> str | None:
+        """An identity provider's token has no record to revoke: its user and its expiry decide."""
+        try:
+            user = await self.store.get_user(identity.user)
+        except NotFound:
+            return "your user was removed: ask an admin"
+        if user.disabled:
+            return "your user was disabled: ask an admin"
+        if identity.expires is not None and identity.expires < time.time():
+            return _EXPIRED
+        return None
+
     async def close(self) -> None:
         self._watches.clear()
-
