@@ -243,7 +243,7 @@ async def _serve(
     finally:
         # Deletes this session's views; shielded, so it happens even on cancel
         # (a task the views own, so it is still awaited if the room closes first).
-        closing = views.spawn(views.close_session(sid))
+        closing = views.spawn(views.close_dashboard(sid))
         try:
             await asyncio.shield(closing)
         except asyncio.CancelledError:  # the server is stopping: the views await the task on close

@@ -119,7 +119,9 @@ class Dashboards:
                 tag=Tag("session", self.name, (sid,)),
             )
 
-    async def close_session(self, sid: int) -> None:
+    async def close_dashboard(self, sid: int) -> None:
+        """Close dashboard session ``sid`` (its views go with it). Not ``close_session``:
+        :meth:`RoomViews.close_session` closes a coframe session's views."""
         self.process.on_push(sid, None)
         t = self._session_tables.pop(sid, None)
         if sid not in self._sessions:
