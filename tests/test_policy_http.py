@@ -12,6 +12,7 @@ is scanned, and its table holds only her rows and columns.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -24,8 +25,15 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from client import connect
+from server.ops import normalize_frame
+from server.ops.state import State
+from server.perspective.editor import DashboardEditor
+from server.perspective.readonly import Decision, check_request
+from server.rooms import Room
+from server.rooms.policy import Audience
 from server.storage.auth_types import Grant, User
 from tests.browsing import MS
+from tests.conftest import timeout
 
 HIDDEN_NAME = "zqsecretcolumnname"  # the hidden column's name
 HIDDEN_CELL = "zqhiddencellvalue"  # in the hidden column, on every row
@@ -204,3 +212,58 @@ async def test_a_restricted_dashboard_gets_only_its_audience_table(
         for f in frames:
             _clean(f, "a dashboard WebSocket frame")
         await context.close()
+
+
+# ---------------------------------------------------------------- grid edits (?edit=1) of a restricted user
+
+
+def _pb_len(field: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field (lengths under 128 bytes)."""
+    assert len(data) < 128
+    return bytes([field << 3 | 2, len(data)]) + data
+
+
+def _grid_edit(rows: list[dict[str, Any]], msg_id: int) -> Decision:
+    """A ``table_update_req`` as the datagrid sends it (``from_rows`` JSON), marked as an edit."""
+    body = _pb_len(1, _pb_len(4, json.dumps(rows).encode())) + b"\x10\x01"
+    return Decision(False, msg_id, "sales/main", 33, "table_update_req", body, edit=True)
+
+
+async def test_a_restricted_users_grid_edits_pass_the_rooms_policy_checks() -> None:
+    df, catalog = normalize_frame(_frame())
+    room = Room("sales", "main", State(df, catalog, df.height))
+    room.start()
+    hidden = next(c.id for c in catalog.columns if c.name == HIDDEN_NAME)
+    audience = Audience(rows="owner = 'rita'", hide=frozenset({hidden}))
+    editor = DashboardEditor(room, audience=audience)
+    answers: dict[int, bytes] = {}
+    got = asyncio.Event()
+
+    def push(data: bytes) -> None:
+        answers[check_request(data).msg_id] = data
+        got.set()
+
+    async def answer(msg_id: int) -> bytes:
+        while msg_id not in answers:
+            got.clear()
+            await asyncio.wait_for(got.wait(), timeout(10))
+        return answers[msg_id]
+
+    mine = int(df.filter(pl.col("owner") == "rita")["_rid"][0])
+    other = int(df.filter(pl.col("owner") == "other")["_rid"][0])
+    try:
+        editor.submit(_grid_edit([{"__INDEX__": mine, "qty": 42}], 1), push)
+        assert check_request(await answer(1)).field == 33  # acked: her row, a visible column
+        editor.submit(_grid_edit([{"__INDEX__": other, "qty": 77}], 2), push)
+        assert b"(no_such_row)" in await answer(2)  # a hidden row is as a missing one
+        editor.submit(_grid_edit([{"__INDEX__": mine, HIDDEN_NAME: "x"}], 3), push)
+        refused = await answer(3)
+        assert b"(no_such_column)" in refused and HIDDEN_CELL.encode() not in refused
+        editor.submit(_grid_edit([{"__INDEX__": mine, "owner": "other"}], 4), push)
+        assert b"(forbidden)" in await answer(4)  # WITH CHECK: it would leave her rows
+        row = room.state.frame.filter(pl.col("_rid") == mine)
+        assert (row["qty"].item(), row["owner"].item()) == (42, "rita")
+        assert room.state.frame.filter(pl.col("_rid") == other)["qty"].item() != 77
+    finally:
+        await editor.close()
+        await room.close()
