@@ -10,6 +10,11 @@ Routes (``routes``, added to the app by :func:`server.app.create_app`):
 - ``GET /api/datasets/{name}/refs``
 - ``POST /api/datasets/{name}/branches`` | ``/tags`` | ``/revert`` (JSON bodies)
 
+Under a row or column policy (the request's audience, :func:`server.auth.http.audience_of_request`)
+nothing hidden leaves: an export is the audience's rows and visible columns, a diff compares
+those of each side, and the log and commits carry no row count (it would tell how many rows
+are hidden). docs/security.md "HTTP and dashboards".
+
 Every error is ``{"error": {"code", "message", "details"}}`` with the status
 of the :class:`~protocol.CoframeError` raised (PROTOCOL.md section 11), and
 the message says what to do: a handler just raises, and
@@ -35,7 +40,7 @@ from starlette.routing import Route
 
 from protocol import ErrorCode
 
-from .auth.http import identity_of
+from .auth.http import audience_of_request, identity_of
 from .errors import ApiError
 from .io import (
     check_format,
@@ -49,6 +54,7 @@ from .io import (
 from .ops import RID_MODES
 from .ops import check_ref_name as _check_ref_name
 from .ops.state import State
+from .rooms.policy import EVERYONE, Audience, narrow_state
 from .rooms.registry import Registry
 from .settings import Settings
 from .storage.auth_types import Grant
@@ -104,8 +110,10 @@ async def resolve(storage: Storage, dataset: str, ref: str) -> Manifest:
         ) from None
 
 
-def commit_json(m: Manifest) -> dict[str, Any]:
-    return {
+def commit_json(m: Manifest, *, counts: bool = True) -> dict[str, Any]:
+    """A commit as JSON; without ``counts`` (a restricted audience) no ``rows``, which would
+    tell how many rows the audience does not see."""
+    out: dict[str, Any] = {
         "commit": m.id,
         "parents": list(m.parents),
         "author": m.author,
@@ -114,6 +122,9 @@ def commit_json(m: Manifest) -> dict[str, Any]:
         "seq": m.seq,
         "rows": m.rows,
     }
+    if not counts:
+        del out["rows"]
+    return out
 
 
 async def refs_json(storage: Storage, dataset: str) -> dict[str, list[dict[str, str]]]:
@@ -186,6 +197,17 @@ async def _state_at(registry: Registry, name: str, side: str) -> tuple[State, di
     storage = registry.storage
     m = await resolve(storage, name, ref)
     return await storage.state_of(m), {"ref": side, "live": False, "commit": m.id, "seq": m.seq}
+
+
+async def _narrowed(state: State, audience: Audience) -> State:
+    """``state`` as ``audience`` sees it (:func:`server.rooms.policy.narrow_state`, off the loop).
+
+    Raises:
+        PolicyBroken: 403 ``forbidden``: the row predicate no longer compiles for this state.
+    """
+    if audience == EVERYONE:
+        return state
+    return await asyncio.to_thread(narrow_state, state, audience)
 
 
 def _filename(*parts: str) -> str:
@@ -272,6 +294,7 @@ async def export(request: Request) -> Response:
     else:
         state, _ = await _state_at(registry, name, "live:" + branch)
         stem = _filename(name, "" if branch == "main" else branch)
+    state = await _narrowed(state, audience_of_request(request))
     data = await asyncio.to_thread(write_frame, state.frame, fmt)
     headers["Content-Disposition"] = f'attachment; filename="{stem}.{fmt}"'
     headers["X-Coframe-Rows"] = str(state.frame.height)
@@ -287,7 +310,8 @@ async def history(request: Request) -> Response:
         raise ApiError(400, ErrorCode.BAD_REQUEST, f"limit must be a whole number from 1 to {MAX_LOG_LIMIT}")
     await resolve(storage, name, ref)
     commits = await storage.log(name, ref, int(raw))
-    return JSONResponse([commit_json(m) for m in commits])
+    counts = audience_of_request(request) == EVERYONE
+    return JSONResponse([commit_json(m, counts=counts) for m in commits])
 
 
 async def diff(request: Request) -> Response:
@@ -302,6 +326,8 @@ async def diff(request: Request) -> Response:
     if fmt not in ("json", "parquet"):
         raise ApiError(400, ErrorCode.BAD_FORMAT, f"unknown diff format {fmt!r}; use json or parquet")
     (sa, da), (sb, db) = await _state_at(registry, name, a), await _state_at(registry, name, b)
+    audience = audience_of_request(request)  # each side as the user sees it
+    sa, sb = await _narrowed(sa, audience), await _narrowed(sb, audience)
     d = await asyncio.to_thread(diff_states, sa, sb)
     if fmt == "json":
         return JSONResponse({**d.to_json(), "from": da, "to": db})
@@ -370,7 +396,9 @@ async def revert(request: Request) -> Response:
     identity = identity_of(request)
     m = await registry.revert(name, branch, target.id, author="http" if identity.local else identity.user)
     await request.app.state.auth.audit.record("revert", identity.user, name, f"{branch} to {target.id[:12]}")
-    return JSONResponse({"branch": branch, "reverted_to": target.id, **commit_json(m)}, status_code=201)
+    counts = audience_of_request(request) == EVERYONE
+    body = {"branch": branch, "reverted_to": target.id, **commit_json(m, counts=counts)}
+    return JSONResponse(body, status_code=201)
 
 
 routes = [

@@ -34,6 +34,8 @@ from .node import Node
 from .perspective.service import LiveViews
 from .perspective.web import routes as dashboard_routes
 from .rooms import Registry, RoomConfig, SessionLimits
+from .rooms.listing import listing
+from .rooms.policy import Audience
 from .rooms.transport import SendBudget
 from .settings import Settings
 from .storage.service import Storage
@@ -146,11 +148,17 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def list_datasets(request: Request) -> JSONResponse:
-    """The datasets the user may read (the others do not exist for them)."""
+    """The datasets the user may read (the others do not exist for them), each as they may see
+    it: under a row or column policy, its visible columns and rows (:mod:`server.rooms.listing`)."""
     registry: Registry = request.app.state.registry
     auth: Auth = request.app.state.auth
-    readable = set(await auth.readable(identity_of(request), await registry.names()))
-    return JSONResponse([d for d in await registry.describe() if d.get("name") in readable])
+    identity = identity_of(request)
+
+    async def audience_of(name: str) -> Audience | None:
+        access = await auth.access(identity, name)
+        return None if access is None else access[1]
+
+    return JSONResponse(await listing(registry, audience_of))
 
 
 def jwks_verifier(settings: Settings) -> JwksVerifier | None:

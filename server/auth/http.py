@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from ..rooms.policy import EVERYONE, Audience
 from .roles import at_least
-from .service import Auth, AuthFailed, Identity
+from .service import Auth, AuthFailed, Identity, Watch
 
 __all__ = [
     "AuthMiddleware",
@@ -45,6 +45,7 @@ __all__ = [
 COOKIE = "coframe_session"
 IDENTITY = "coframe.identity"
 AUDIENCE = "coframe.audience"
+WATCH = "coframe.watch"  # for the dashboard socket: follow changes to its user's access
 _OPEN = ("/healthz", "/readyz", "/login", "/assets/")
 _SAFE = ("GET", "HEAD", "OPTIONS")
 
@@ -87,6 +88,20 @@ def audience_of_request(conn: HTTPConnection) -> Audience:
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, "details": {}}}, status_code=status)
+
+
+def _watcher(
+    auth: Auth, identity: Identity, dataset: str, role: str, audience: Audience
+) -> Callable[[Callable[[int, str], Awaitable[None]], Callable[[str, Audience], None]], Callable[[], None]]:
+    """``watch(close, on_change) -> unwatch`` for the dashboard socket (server.perspective.endpoint):
+    :meth:`Auth.watch` re-checks it after every grant or token change."""
+
+    def watch(
+        close: Callable[[int, str], Awaitable[None]], on_change: Callable[[str, Audience], None]
+    ) -> Callable[[], None]:
+        return auth.watch(Watch(identity, dataset, role, close, on_change, audience))
+
+    return watch
 
 
 def _dataset_of(path: str) -> tuple[str | None, str]:
@@ -151,6 +166,8 @@ class AuthMiddleware:
         role = None if access is None else access[0]
         if access is not None:
             scope[AUDIENCE] = access[1]
+            if scope["type"] == "websocket":
+                scope[WATCH] = _watcher(auth, identity, dataset, *access)
         if method == "POST" and what == "":  # an upload: a new dataset, or a clash with an existing one
             if role is None and not (identity.can_create or identity.local):
                 return _error(403, "forbidden", "you may not create datasets: ask an admin for --can-create")

@@ -35,6 +35,7 @@ from protocol.codec import decode_server
 from protocol.server_conn import TokenBucket
 
 from ..rooms import Session
+from ..rooms.policy import EVERYONE, Audience
 from .edits import MAX_EDIT_BYTES, MAX_EDIT_ROWS, EditError, TableUpdate, decode_update, edit_error, to_ops
 from .edits import update_response as _ok
 from .readonly import Decision
@@ -90,6 +91,7 @@ class DashboardEditor:
         max_rows: int = MAX_EDIT_ROWS,
         max_bytes: int = MAX_EDIT_BYTES,
         max_pending: int = MAX_PENDING_EDITS,
+        audience: Audience = EVERYONE,
     ) -> None:
         self.room = room
         self.client = client or f"dashboard-{secrets.token_hex(6)}"
@@ -98,16 +100,24 @@ class DashboardEditor:
         self._seq = time.time_ns() // 1000
         self._bucket = TokenBucket(ops_per_second, ops_burst, time.monotonic())
         self._pending: dict[int, tuple[Decision, Push]] = {}
+        # The user's audience: the tick checks a restricted sender's ops against it (rows by rid,
+        # visible columns and rows only, WITH CHECK), exactly as for a /ws client.
         self.session = Session(
-            self.client, _Answers(self._reply), binary=False, limits=room.config.session, resync=_no_resync
+            self.client,
+            _Answers(self._reply),
+            binary=False,
+            limits=room.config.session,
+            resync=_no_resync,
+            audience=audience,
         )
         self.session.start()
 
     @classmethod
-    def for_connection(cls, room: Room, settings: Settings) -> DashboardEditor:
-        """An editor with the server's per-connection op rate and row limits."""
+    def for_connection(cls, room: Room, settings: Settings, audience: Audience = EVERYONE) -> DashboardEditor:
+        """An editor with the server's per-connection op rate and row limits, for ``audience``."""
         return cls(
             room,
+            audience=audience,
             ops_per_second=settings.ops_per_second,
             ops_burst=settings.ops_burst,
             max_rows=min(MAX_EDIT_ROWS, settings.max_rows_per_message, settings.max_rows_per_op),

@@ -19,6 +19,14 @@ differences:
   :class:`.editor.DashboardEditor` submits it to the room as coframe ops,
   and answers it with the room's ack or error.
 
+**Audiences.** A user under a row or column policy (an audience other
+than EVERYONE, which the auth middleware puts in the scope) is served
+that audience's own table: its rows and visible columns only, so every
+aggregate is over what the user may see (docs/security.md "HTTP and
+dashboards"). The middleware also hands the endpoint a ``watch`` function
+(``coframe.watch`` in the scope): a grant change reconnects the dashboard
+(1012; it comes back under the new grant), a revocation closes it.
+
 Each forwarded request is one request to the views process, in order with
 the room's other view work (:meth:`.live.RoomViews.session_request`), with
 the views time budget: a request over it (a runaway expression) gets the
@@ -32,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -39,6 +48,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from protocol import CloseCode
 
 from ..ops.state import OpError
+from ..rooms.policy import EVERYONE, Audience, PolicyBroken, row_filter
 from ..storage.types import NotFound, StorageCorrupt
 from .editor import DashboardEditor
 from .edits import wants_edit
@@ -50,7 +60,11 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from .live import RoomViews
 
-__all__ = ["perspective_endpoint", "ReplyQueue"]
+__all__ = ["perspective_endpoint", "ReplyQueue", "AUDIENCE", "WATCH"]
+
+#: Scope keys the auth middleware (server.auth.http) fills: what the user may see, and how to
+#: follow changes to their access (a layer below auth cannot import it, so it is handed down).
+AUDIENCE, WATCH = "coframe.audience", "coframe.watch"
 
 log = logging.getLogger("coframe.dashboard")
 
@@ -133,21 +147,49 @@ async def perspective_endpoint(ws: WebSocket) -> None:
         reason = f"storage of {dataset!r} is corrupt: run coframe fsck"
         await ws.close(CloseCode.STORAGE_CORRUPT, reason[:120])
         return
+    audience: Audience = ws.scope.get(AUDIENCE, EVERYONE)
+    try:  # a row predicate that no longer compiles: no access rather than more than granted
+        row_filter(room.state, audience)
+    except PolicyBroken as e:
+        await ws.close(CloseCode.FORBIDDEN, e.message[:120])
+        return
     replies = ReplyQueue(settings.send_queue_messages, settings.send_queue_bytes)
     try:
-        await room.views.attach(replies.reset)
+        await room.views.attach(replies.reset, audience)
+    except PolicyBroken as e:  # the predicate broke meanwhile
+        await ws.close(CloseCode.FORBIDDEN, e.message[:120])
+        return
     except Exception as e:
         log.exception("dashboard for %s: the Perspective table could not be built", room.name)
         await ws.close(CloseCode.INTERNAL, f"cannot show {room.name}: {e}"[:120])
         return
-    editor = DashboardEditor.for_connection(room, settings) if wants_edit(ws.query_params) else None
+    unwatch = _watch(ws, replies)
+    editor = None
+    if wants_edit(ws.query_params):  # its writes are checked against the user's policy in the tick
+        editor = DashboardEditor.for_connection(room, settings, audience=audience)
     try:
         gate = Gate(room.views.name, editable=editor is not None)
-        await _serve(ws, room.views, gate, settings, replies, editor)
+        await _serve(ws, room.views, gate, settings, replies, editor, audience)
     finally:
+        unwatch()
         room.views.detach(replies.reset)
         if editor is not None:
             await editor.close()
+
+
+def _watch(ws: WebSocket, replies: ReplyQueue) -> Callable[[], None]:
+    """Follow changes to the user's access (see the module doc); returns the function that stops."""
+    watch = ws.scope.get(WATCH)
+    if watch is None:  # no auth middleware in front (an in-process test): nothing to follow
+        return lambda: None
+
+    async def close(code: int, reason: str) -> None:
+        replies.reset(reason, code)
+
+    def on_change(role: str, audience: Audience) -> None:
+        replies.reset("your access to this dataset changed; reconnecting")
+
+    return watch(close, on_change)  # type: ignore[no-any-return]
 
 
 _SIDS = itertools.count(1)
@@ -160,10 +202,11 @@ async def _serve(
     settings: Settings,
     replies: ReplyQueue,
     editor: DashboardEditor | None = None,
+    audience: Audience = EVERYONE,
 ) -> None:
     loop = asyncio.get_running_loop()
     sid = next(_SIDS)
-    await views.open_session(sid, replies.push, replies.reset)
+    await views.open_session(sid, replies.push, replies.reset, audience)
     writer = loop.create_task(replies.run(ws), name="dashboard-writer")
     try:
         while replies.overflow is None and replies.closing is None:
@@ -200,7 +243,7 @@ async def _serve(
     finally:
         # Deletes this session's views; shielded, so it happens even on cancel
         # (a task the views own, so it is still awaited if the room closes first).
-        closing = views.spawn(views.close_session(sid))
+        closing = views.spawn(views.close_dashboard(sid))
         try:
             await asyncio.shield(closing)
         except asyncio.CancelledError:  # the server is stopping: the views await the task on close

@@ -97,18 +97,19 @@ class Following:
 
     def _wanted(self, t: ViewTable, extra: list[dict[str, Any]] = ()) -> set[str] | None:  # type: ignore[assignment]
         configs = [s.config for s in self.subs.values() if s.table is t and s.closing is None]
-        everything = t.audience == EVERYONE and bool(self._watchers)
+        everything = self._watchers.watching(t.audience)
         return wanted_columns([*configs, *extra], everything)
 
-    async def ensure(self) -> None:
-        """Build the EVERYONE table with every column (for a dashboard), if it is not.
+    async def ensure(self, audience: Audience = EVERYONE) -> None:
+        """Build ``audience``'s table with every visible column (for a dashboard), if it is not.
 
         Raises:
             ValueError: a column has no Perspective type (named in the message).
+            PolicyBroken: the audience's row predicate no longer compiles.
             RuntimeError: the room is closing.
         """
         async with self._lock:
-            await self._ensure_locked()
+            await self._ensure_locked(self._table(audience))
 
     async def _ensure_locked(self, t: ViewTable | None = None, config: dict[str, Any] | None = None) -> None:
         """Build ``t`` (default: EVERYONE's) if it is not, with the columns ``config`` needs too."""
@@ -206,12 +207,10 @@ class Following:
             return
         batch, state = [d for d, _ in items], items[-1][1]
         if any(d.schema is not None for d in batch):
-            if t.audience == EVERYONE:  # dashboards hold views on the old table: they reconnect
+            if self._watchers.watching(t.audience):  # dashboards hold views on the old table: they reconnect
                 reason = f"the schema changed at seq {batch[-1].seq_to}; reconnect to see the new columns"
-                self._watchers.reset_all(reason)
-            if not any(s.table is t for s in self.subs.values()) and not (
-                t.audience == EVERYONE and self._watchers
-            ):
+                self._watchers.reset_for(t.audience, reason)
+            if not any(s.table is t for s in self.subs.values()) and not self._watchers.watching(t.audience):
                 await jobs.drop(self.process, t.key, self.budgets)  # rebuilt on next need
                 t.built = None
                 return

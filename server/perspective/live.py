@@ -100,6 +100,7 @@ class RoomViews(Following, Dashboards, Upkeep, FastViews):
         self.caught_up = 0  # deltas that arrived while a table was being built
         self._watchers = Watchers(on_idle)  # the dashboards attached
         self._sessions: dict[int, Callable[..., Any]] = {}  # dashboard sessions in the process: sid -> reset
+        self._session_tables: dict[int, ViewTable] = {}  # sid -> the table its session is on
         self._lock = asyncio.Lock()  # one request at a time for this room
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -21,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from ..ops import is_ref_name
+from ..rooms.listing import listing
+from ..rooms.policy import Audience
 from ..storage.types import NotFound
 from .assets import missing_assets, web_root
 from .edits import wants_edit
@@ -67,17 +69,19 @@ def dashboard_href(dataset: str, branch: str = "main") -> str:
 
 
 async def index_page(request: Request) -> HTMLResponse:
-    """``GET /``: each dataset the user may read: its row count, a link to each branch's dashboard."""
+    """``GET /``: each dataset the user may read: its row count (under a row policy, of the
+    user's rows, or ``-`` while the dataset is not loaded), a link to each branch's dashboard."""
     registry: Registry = request.app.state.registry
-    described = await registry.describe()
     # The identity the auth middleware proved (server.auth.http); the others do not exist for it.
     auth, identity = request.app.state.auth, request.scope["coframe.identity"]
-    readable = set(await auth.readable(identity, [str(d["name"]) for d in described]))
+
+    async def audience_of(name: str) -> Audience | None:
+        access = await auth.access(identity, name)
+        return None if access is None else access[1]  # type: ignore[no-any-return]
+
     rows = []
-    for d in described:
+    for d in await listing(registry, audience_of):
         name = str(d["name"])
-        if name not in readable:
-            continue
         if d.get("broken"):  # listed, not linked: it cannot load (see the listing's "broken")
             rows.append(
                 f'<tr class="broken"><td>{escape(name)}</td><td>-</td>'
@@ -88,7 +92,7 @@ async def index_page(request: Request) -> HTMLResponse:
         links = " ".join(f'<a href="{escape(dashboard_href(name, b))}">{escape(b)}</a>' for b in branches)
         rows.append(
             f'<tr><td><a class="dataset" href="{escape(dashboard_href(name))}">{escape(name)}</a></td>'
-            f"<td>{d['rows']:,}</td><td>{links}</td></tr>"
+            f"<td>{'-' if d['rows'] is None else format(d['rows'], ',')}</td><td>{links}</td></tr>"
         )
     table = (
         '<table class="datasets"><tr><th>dataset</th><th>rows</th><th>branches</th></tr>'

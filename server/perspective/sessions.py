@@ -1,9 +1,11 @@
 """The dashboards watching one room, and their Perspective sessions in the views process.
 
 :class:`Dashboards` is the part of :class:`~.live.RoomViews` that the
-dashboard endpoint (:mod:`.endpoint`) uses: a dashboard attaches (which pins
-the room and builds its table), opens a session on the room's table in the
-views process, forwards its allowed requests one at a time, in order with
+dashboard endpoint (:mod:`.endpoint`) uses: a dashboard attaches for its
+user's audience (which pins the room and builds that audience's table: its
+rows and every visible column, :mod:`.audience`), opens a session on that
+table in the views process (its own Perspective server, so the session sees
+no other table), forwards its allowed requests one at a time, in order with
 the room's other view work, and closes the session when it leaves.
 """
 
@@ -33,11 +35,11 @@ class Dashboards:
         _lock: asyncio.Lock
         _watchers: Watchers
         _sessions: dict[int, Callable[..., Any]]
+        _session_tables: dict[int, ViewTable]
 
-        @property
-        def has_table(self) -> bool: ...
+        def live(self, t: ViewTable) -> bool: ...
 
-        async def ensure(self) -> None: ...
+        async def ensure(self, audience: Audience = EVERYONE) -> None: ...
 
         async def _ensure_locked(
             self, t: ViewTable | None = None, config: dict[str, Any] | None = None
@@ -54,39 +56,52 @@ class Dashboards:
         """Dashboards attached (they keep the room loaded)."""
         return len(self._watchers)
 
-    async def attach(self, reset: Reset) -> None:
-        """Pin the room for a dashboard and build its table if needed.
+    async def attach(self, reset: Reset, audience: Audience = EVERYONE) -> None:
+        """Pin the room for a dashboard of ``audience`` and build that audience's table if needed.
 
         Before the table is rebuilt after a schema change, dropped, or lost
         with the views process, ``reset(reason)`` is called on the loop (see
         :mod:`.watchers`): the dashboard must reconnect. Call :meth:`detach`
         with the same ``reset`` once the dashboard is gone.
+
+        Raises:
+            PolicyBroken: the audience's row predicate no longer compiles.
+            ValueError: a column has no Perspective type.
         """
-        self._watchers.add(reset)
-        self._cancel_expiry(self._table(EVERYONE))
+        self._watchers.add(reset, audience)
+        self._cancel_expiry(self._table(audience))
         try:
-            await self.ensure()
+            await self.ensure(audience)
         except BaseException:
             self.detach(reset)
             raise
 
     def detach(self, reset: Reset) -> None:
-        self._watchers.remove(reset)
-        self._maybe_expire(self._table(EVERYONE))
+        audience = self._watchers.remove(reset)
+        if audience is not None:
+            self._maybe_expire(self._table(audience))
 
-    async def open_session(self, sid: int, push: Callable[[bytes], None], reset: Callable[..., Any]) -> None:
-        """Open dashboard session ``sid`` on the room's table; its replies go to ``push``.
+    async def open_session(
+        self,
+        sid: int,
+        push: Callable[[bytes], None],
+        reset: Callable[..., Any],
+        audience: Audience = EVERYONE,
+    ) -> None:
+        """Open dashboard session ``sid`` on ``audience``'s table; its replies go to ``push``.
 
         ``reset(reason, code)`` closes the dashboard with 4010 if one of its
         own requests runs over the views budget.
         """
         async with self._lock:
-            await self._ensure_locked()
+            t = self._table(audience)
+            await self._ensure_locked(t)
             self.process.on_push(sid, push)
             await self.process.call(
-                {"op": "session_open", "table": self.key, "sid": sid}, budget=self.budgets.view, tag=None
+                {"op": "session_open", "table": t.key, "sid": sid}, budget=self.budgets.view, tag=None
             )
             self._sessions[sid] = reset
+            self._session_tables[sid] = t
 
     async def session_request(self, sid: int, data: bytes) -> None:
         """Forward one (allowed) Perspective request of dashboard ``sid``.
@@ -104,14 +119,17 @@ class Dashboards:
                 tag=Tag("session", self.name, (sid,)),
             )
 
-    async def close_session(self, sid: int) -> None:
+    async def close_dashboard(self, sid: int) -> None:
+        """Close dashboard session ``sid`` (its views go with it). Not ``close_session``:
+        :meth:`RoomViews.close_session` closes a coframe session's views."""
         self.process.on_push(sid, None)
+        t = self._session_tables.pop(sid, None)
         if sid not in self._sessions:
             return
         self._sessions.pop(sid, None)
         try:
             async with self._lock:
-                if self.has_table:
+                if t is not None and self.live(t):
                     await self.process.call(
                         {"op": "session_close", "sid": sid}, budget=self.budgets.view, tag=None
                     )

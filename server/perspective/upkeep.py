@@ -10,7 +10,7 @@
   are blamed (the others are plain reads Perspective does in bounded time);
   if none has one, all the views the request read are.
 - **An unused table** is dropped ``ttl`` seconds after its last view (and,
-  for the EVERYONE table, dashboard) left (:meth:`Upkeep._maybe_expire`),
+  for a table dashboards are on, the last dashboard) left (:meth:`Upkeep._maybe_expire`),
   and built again on next need. A table that holds columns its remaining
   views no longer use is rebuilt without them, ``ttl`` seconds after the
   last view that used them left (its views get a fresh snapshot).
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from protocol import CloseCode
 
-from ..rooms.outbound import EVERYONE, Audience
+from ..rooms.outbound import Audience
 from . import jobs
 from .jobs import Budgets, Tag
 from .process import ViewsLost, ViewsProcess
@@ -127,9 +127,7 @@ class Upkeep:
     # ---------------------------------------------------------------- unused tables and columns
 
     def _in_use(self, t: ViewTable) -> bool:
-        return any(s.table is t for s in self.subs.values()) or (
-            t.audience == EVERYONE and bool(self._watchers)
-        )
+        return any(s.table is t for s in self.subs.values()) or self._watchers.watching(t.audience)
 
     def _maybe_expire(self, t: ViewTable) -> None:
         """In ``ttl`` seconds, drop ``t`` if nobody uses it, or shrink it to the columns its views use."""

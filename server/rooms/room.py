@@ -95,6 +95,9 @@ class Room:
         self.log = DeltaLog(max_entries=self.config.delta_log_entries, max_bytes=self.config.delta_log_bytes)
         self.sessions: dict[str, Session] = {}
         self.outbound = Outbound()
+        # A restricted sender's ack is read against the outbound's state: a room no welcome or
+        # delta went through yet (only a dashboard's editor in it) must still answer its first edit.
+        self.outbound.state = state
         self.lifecycle = "loading"
         self.ticks = 0
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
