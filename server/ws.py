@@ -325,7 +325,16 @@ class _Pump:
         except PolicyBroken as e:
             self.conn.fail(CloseCode.FORBIDDEN, e.message[:120], Error(e.code, e.message, re=hello.id))
             return
-        session = room.join(hello, self.transport, binary=ev.binary, audience=self.audience, role=self.role)
+        me = self.identity
+        session = room.join(
+            hello,
+            self.transport,
+            binary=ev.binary,
+            audience=self.audience,
+            role=self.role,
+            user=None if me.local else me.user,
+            display=None if me.local else me.display or me.user,
+        )
         self.room, self.session = room, session
         self.conn.joined()
 

@@ -221,3 +221,17 @@ def test_the_role_an_op_batch_needs(kinds: list[str]) -> None:
     assert not at_least("viewer", needed)
     assert at_least("editor", needed) == (not SCHEMA_OPS & set(kinds))
     assert at_least("admin", needed)
+
+
+async def test_commits_are_authored_by_the_user_and_presence_names_who_it_is(make_server: Any) -> None:
+    async with make_server(auth="token") as srv:
+        ann, bea = await signed_in(srv, "ann", "editor"), await signed_in(srv, "bea", "viewer")
+        async with connect(srv.url, "sales", token=ann) as a, connect(srv.url, "sales", token=bea) as b:
+            await a.set_cells([0], "qty", [5])
+            await a.commit("by ann")
+            assert (await b.log(1))[0]["author"] == "ann"
+            await a.set_presence({"cursor": {"rid": 0, "col": "qty"}, "user": "bea", "display": "Bea"})
+            await a.ping()
+            await b.ping()  # ann's presence was relayed to bea before bea's pong
+            states = [s for s in b.presence.values() if s is not None]
+            assert states == [{"cursor": {"rid": 0, "col": "qty"}, "user": "ann", "display": "Ann"}]

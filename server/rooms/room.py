@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,6 @@ from protocol import (
     Commit,
     Error,
     ErrorCode,
-    Hello,
     Meta,
     OpBatch,
     Presence,
@@ -37,14 +35,15 @@ from .config import RoomConfig
 from .core import RoomCore
 from .deltas import DeltaLog, EncodedDelta
 from .durability import Durability
+from .joins import Joins
 from .lifecycle import ROOM, next_state
 from .listeners import MakeViews, NoViews, RoomListener
 from .metadoc import MetaDoc
-from .outbound import DeltaOut, Message, Outbound, WelcomeOut
-from .policy import EVERYONE, Audience
+from .outbound import DeltaOut, Message, Outbound
+from .policy import EVERYONE
 from .queries import answer
 from .requests import Requests
-from .session import Session, Transport
+from .session import Session
 from .sharing import Sharing
 from .tick import Batch, apply_batches
 
@@ -58,7 +57,7 @@ __all__ = ["Room", "RoomConfig"]
 log = logging.getLogger("coframe.room")
 
 
-class Room:
+class Room(Joins):
     """One open (dataset, branch), or a read-only room at a past version."""
 
     def __init__(
@@ -178,98 +177,6 @@ class Room:
     def broken(self) -> str | None:
         return self.durability.broken
 
-    # ------------------------------------------------------------ joining
-
-    def join(
-        self,
-        hello: Hello,
-        transport: Transport,
-        *,
-        binary: bool,
-        audience: Audience = EVERYONE,
-        role: str = "editor",
-    ) -> Session:
-        """Register a session and queue its welcome (and any resume deltas).
-
-        A restricted ``audience`` (a row or column policy) always gets a
-        snapshot: the resume log keeps deltas as everyone sees them.
-
-        Synchronous, so the welcome's state and the deltas that follow it
-        are consistent: no tick can run in between. The connection core
-        (protocol.server_conn) has already checked the protocol version.
-        """
-        old = self.sessions.pop(hello.client, None)
-        if old is not None:
-            old.abort(CloseCode.REPLACED, "replaced by a newer connection of the same client")
-        session = Session(
-            hello.client,
-            transport,
-            binary=binary,
-            limits=self.config.session,
-            resync=self._resync,
-            audience=audience,
-            role=role,
-        )
-        session.awareness_id = random.getrandbits(31)
-        session.codecs = hello.codecs
-        state, seq = self._published
-        resumable = hello.since is not None and audience == EVERYONE
-        replay = self.log.since(hello.since, seq) if resumable else None
-        session.base_seq = seq if replay is None else hello.since or 0
-        self.sessions[hello.client] = session
-        reason = "join" if replay is None else "resume"
-        self.outbound.deliver(self._welcome(state, seq, reason, hello.id), [session])
-        for d in replay or ():
-            self.outbound.deliver(DeltaOut(d), [session])
-        presence = self.shared.joined()
-        if presence is not None:
-            self.outbound.deliver(Message(presence, droppable=True), [session])
-        session.start()
-        return session
-
-    def _welcome(self, state: State, seq: int, reason: str, re: Any, *, snapshot: bool = True) -> WelcomeOut:
-        c = self.config
-        return WelcomeOut(
-            room=self.name,
-            state=state,
-            seq=seq,
-            reason=reason,
-            meta=self.meta.state(),  # captured now, with the state, on the loop thread
-            narrow_meta=self.meta.narrowed,
-            role="viewer" if self.read_only else "editor",
-            limits={
-                "max_message_bytes": c.max_message_bytes,
-                "max_rows_per_op": c.max_rows_per_op,
-                "max_rows_per_message": c.max_rows_per_message,
-                "max_presence_bytes": c.max_presence_bytes,
-                "max_meta_bytes": c.max_meta_bytes,
-                "send_queue": c.session.max_messages,
-            },
-            re=re,
-            snapshot=snapshot,
-        )
-
-    def _resync(self, session: Session) -> None:
-        """Called by a session's writer once it caught up after an overflow."""
-        state, seq = self._published
-        session.resync_pending = False  # deltas after this point queue behind the welcome
-        session.base_seq = seq
-        self.outbound.deliver(self._welcome(state, seq, "resync", None), [session])
-        self.views.resend(session)  # view updates were dropped too: fresh snapshots follow the welcome
-
-    def refilter(self, session: Session, audience: Audience, role: str) -> None:
-        """``session``'s grant changed: from now on it sees what the new one allows.
-
-        A changed audience closes its views (they read the old audience's
-        table) and sends a fresh snapshot (a ``welcome``, reason ``resync``).
-        """
-        session.role = role
-        if audience == session.audience:
-            return
-        session.audience = audience
-        self.views.close_session(session, "your access changed: subscribe again")
-        self._resync(session)
-
     async def leave(self, session: Session) -> None:
         self.requests.leave(session)
         self.views.drop_session(session)
@@ -348,16 +255,6 @@ class Room:
         self.outbound.deliver(
             Message(msg, droppable=True), [s for s in self.sessions.values() if s is not skip]
         )
-
-    def _meta_resync(self) -> None:
-        """The metadata doc was compacted: every client gets it in a welcome without a snapshot.
-
-        The resume log goes too: its deltas' ``meta`` updates belong to the old doc.
-        """
-        self.log.clear()
-        state, seq = self._published
-        for s in list(self.sessions.values()):
-            self.outbound.deliver(self._welcome(state, seq, "resync", None, snapshot=False), [s])
 
     # ------------------------------------------------------------ tick loop
 
@@ -454,7 +351,8 @@ class Room:
         self._spawn(self.durability.autocommit(prepared, message))
 
     async def _answer_commit(self, b: Batch, prepared: Any) -> None:
-        self.reply(b.sender, await self.durability.answer(prepared, b.client, b.msg))
+        author = getattr(b.sender, "user", None) or b.client  # the signed-in user, else the client id
+        self.reply(b.sender, await self.durability.answer(prepared, author, b.msg))
 
     # ------------------------------------------------------------ waiting
 

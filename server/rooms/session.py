@@ -61,12 +61,15 @@ class Session:
         resync: Callable[[Session], None],
         audience: Audience = EVERYONE,
         role: str = "editor",
+        user: str | None = None,
+        display: str | None = None,
     ) -> None:
         self.client = client
         self.transport = transport
         self.binary = binary
         self.audience = audience  # what this client may see (server.rooms.policy)
         self.role = role  # its role on the dataset (the welcome says it)
+        self.user, self.display = user, display  # who signed in (None under --auth none)
         self.limits = limits
         self.base_seq = 0  # latest base_seq seen from this client (low-water mark input)
         self.codecs: tuple[str, ...] = ()  # Arrow IPC compressions the client reads

@@ -47,7 +47,11 @@ class Sharing:
             self._set(session, None)
 
     def presence(self, session: Session, msg: Presence) -> None:
-        self._set(session, msg.state)
+        state = msg.state
+        if state is not None and session.user is not None:
+            # Who it is comes from the token, never from the client: no one can pose as another.
+            state = {**state, "user": session.user, "display": session.display or session.user}
+        self._set(session, state)
 
     def _set(self, session: Session, state: dict[str, Any] | None) -> None:
         session.awareness_clock += 1
