@@ -43,13 +43,14 @@ from protocol.server_conn import (
     ServerConnection,
 )
 
-from .auth import Auth, AuthFailed, Identity, at_least, required_role
+from .auth import Auth, AuthFailed, Identity, at_least, ops_role, required_role
 from .auth.http import same_origin, token_of
 from .auth.limits import UserLimits
 from .auth.service import Watch
 from .node import Node, Ticket
 from .ops.state import OpError
 from .rooms import Registry, Room, Session
+from .rooms.tick import Gate
 from .settings import Settings
 from .storage.types import NotFound, StorageCorrupt
 
@@ -263,7 +264,7 @@ class _Pump:
                     if limited is not None:
                         self.room.reply(self.session, limited)
                     elif at_least(self.role, needed):
-                        self.room.submit(self.session, ev.msg)
+                        self.room.submit(self.session, ev.msg, self._gate(ev.msg))
                     else:
                         what = getattr(ev.msg, "type", "this")
                         message = f"your role on '{self.dataset}' is {self.role}; {what} needs {needed}"
@@ -289,6 +290,29 @@ class _Pump:
                         await self.transport.close(ev.code, ev.reason)
                     return False
         return True
+
+    def _gate(self, msg: Any) -> Gate | None:
+        """For an undo or redo: the check of the batch it pops, against the role when it applies.
+
+        The message needs only editor, but what it applies may be a schema op
+        (the undo of an ``add_column`` this client made while it was admin).
+        """
+        kind = getattr(msg, "type", None)
+        if kind not in ("undo", "redo"):
+            return None
+
+        def gate(ops: tuple[Any, ...]) -> Error | None:
+            needed = ops_role(ops)
+            if at_least(self.role, needed):
+                return None
+            kinds = ", ".join(sorted({op.op for op in ops}))
+            message = (
+                f"your role on '{self.dataset}' is {self.role}; this {kind} would apply {kinds},"
+                f" which needs {needed}; it stays on your {kind} stack"
+            )
+            return Error(ErrorCode.FORBIDDEN, message, {"role": self.role, "needed": needed}, re=msg.id)
+
+        return gate
 
     async def join(self, ev: HelloReceived) -> None:
         hello = ev.hello
