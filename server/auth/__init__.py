@@ -6,7 +6,7 @@ turns a token into an :class:`~.service.Identity` and a dataset into that
 identity's role, following revocations and grant changes.
 """
 
-from .roles import ROLE_RANK, at_least, required_role
+from .roles import ROLE_RANK, at_least, ops_role, required_role
 from .service import LOCAL, Auth, AuthFailed, Identity
 from .tokens import Signer, parse_duration
 
@@ -18,6 +18,7 @@ __all__ = [
     "ROLE_RANK",
     "Signer",
     "at_least",
+    "ops_role",
     "parse_duration",
     "required_role",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..storage.auth_types import ROLES
 
-__all__ = ["ROLE_RANK", "at_least", "required_role", "OP_ROLES", "MESSAGE_ROLES"]
+__all__ = ["ROLE_RANK", "at_least", "ops_role", "required_role", "OP_ROLES", "MESSAGE_ROLES"]
 
 ROLE_RANK = {role: i for i, role in enumerate(ROLES)}
 
@@ -51,14 +51,27 @@ def at_least(role: str | None, needed: str) -> bool:
     return role is not None and ROLE_RANK[role] >= ROLE_RANK[needed]
 
 
+def ops_role(ops: Any) -> str:
+    """The weakest role that may apply ``ops``: their strongest op's (unknown ops need admin).
+
+    Also what an ``undo`` or ``redo`` needs for the batch it pops: the undo
+    of an ``add_column`` is a ``drop_column``, whoever asks for it.
+    """
+    needed = "viewer"
+    for op in ops:
+        role = OP_ROLES.get(getattr(op, "op", ""), "admin")
+        if ROLE_RANK[role] > ROLE_RANK[needed]:
+            needed = role
+    return needed
+
+
 def required_role(msg: Any) -> str:
-    """The weakest role that may send ``msg`` (a decoded client message); unknown types need admin."""
+    """The weakest role that may send ``msg`` (a decoded client message); unknown types need admin.
+
+    For ``undo`` and ``redo`` this is the role to ask at all; the batch they
+    pop is checked again with :func:`ops_role` when it is applied.
+    """
     kind = getattr(msg, "type", None)
     if kind == "op":
-        needed = "viewer"
-        for op in getattr(msg, "ops", ()):
-            role = OP_ROLES.get(getattr(op, "op", ""), "admin")
-            if ROLE_RANK[role] > ROLE_RANK[needed]:
-                needed = role
-        return needed
+        return ops_role(getattr(msg, "ops", ()))
     return MESSAGE_ROLES.get(str(kind), "admin")

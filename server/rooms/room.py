@@ -45,7 +45,7 @@ from .queries import answer
 from .requests import Requests
 from .session import Session
 from .sharing import Sharing
-from .tick import Batch, apply_batches
+from .tick import Batch, Gate, apply_batches
 
 WAKE = Batch("wake", "", None, None)  # queued to make the loop look at its autocommit timer again
 
@@ -195,8 +195,8 @@ class Room(Joins):
 
     # ------------------------------------------------------------ input
 
-    def submit(self, session: Session, msg: Any) -> None:
-        """Take one decoded client message (after hello)."""
+    def submit(self, session: Session, msg: Any, gate: Gate | None = None) -> None:
+        """Take one decoded client message (after hello); ``gate`` checks what an undo or redo pops."""
         if isinstance(msg, Presence):
             self.shared.presence(session, msg)
         elif isinstance(msg, Meta):
@@ -219,7 +219,7 @@ class Room(Joins):
                 return
             if not isinstance(msg, Commit):
                 session.base_seq = max(session.base_seq, msg.base_seq)
-            self._queue.put_nowait(Batch(msg.type, session.client, msg, session))
+            self._queue.put_nowait(Batch(msg.type, session.client, msg, session, gate))
         else:  # pragma: no cover - the endpoint handles ping and hello
             raise TypeError(type(msg).__name__)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,14 +33,24 @@ __all__ = ["Batch", "TickResult", "apply_batches", "check_limits", "op_rows", "w
 log = logging.getLogger("coframe.room")
 
 
+#: Checks the batch an ``undo`` or ``redo`` pops before it applies: an error refuses it.
+Gate = Callable[[tuple[Any, ...]], Error | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """One queued ``op``, ``undo`` or ``redo`` message and who sent it."""
+    """One queued ``op``, ``undo`` or ``redo`` message and who sent it.
+
+    ``gate`` (from the endpoint, which knows the sender's role) checks the
+    batch an undo or redo pops: the inverse of an admin's ``add_column`` is a
+    ``drop_column`` even after the sender became an editor.
+    """
 
     kind: str  # op | undo | redo
     client: str
     msg: Any
     sender: Any  # the session to answer
+    gate: Gate | None = None
 
 
 @dataclass(slots=True)
@@ -159,6 +170,9 @@ async def _apply_one(
         core.replies.put(client, msg.client_seq, err)
         return err
     audience = _audience(b)
+    if kind != "op" and b.gate is not None and (refusal := b.gate(ops)) is not None:
+        core.restore_undo(client, kind, ops)  # not cached: the same client_seq may pass after a grant
+        return refusal
     try:
         if kind == "op" and audience == EVERYONE and all(isinstance(o, SetCells) for o in ops):
             return core.apply_sets(client, msg.client_seq, msg.base_seq, ops, builder)
