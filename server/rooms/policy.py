@@ -281,9 +281,14 @@ def check_ops(state: State, audience: Audience, ops: Sequence[Op], *, undo: bool
             elif isinstance(op, RestoreRows) and undo:
                 pass  # the user's own deleted rows; check_kept sees that they come back visible
             elif isinstance(op, Insert):
+                if RID in op.rows.column_names:  # a chosen rid could probe for hidden rows
+                    raise OpError(
+                        ErrorCode.FORBIDDEN,
+                        "an insert under a row or column policy may not give '_rid': the server assigns it",
+                        op="insert",
+                    )
                 for name in op.rows.column_names:
-                    if name != RID:
-                        _check_column(state.catalog, audience, name)
+                    _check_column(state.catalog, audience, name)
             else:
                 raise OpError(
                     ErrorCode.FORBIDDEN,

@@ -101,9 +101,9 @@ async def _answer(room: Source, q: Query, audience: Audience) -> Result | Error:
             return Result("log", {"log": table}, rows, re=q.id)
         a = await _version(room, q.from_ or "live")
         b = await _version(room, q.to or "live")
-        diff = await asyncio.to_thread(
-            lambda: diff_states(narrow_state(a, audience), narrow_state(b, audience))
-        )
+        if audience != EVERYONE:  # each side as the audience sees it
+            a, b = await asyncio.to_thread(lambda: (narrow_state(a, audience), narrow_state(b, audience)))
+        diff = await asyncio.to_thread(diff_states, a, b)
         data = {"summary": diff.summary(), "schema": diff.schema, "from": q.from_, "to": q.to or "live"}
         return Result("diff", diff.to_arrow(), data, re=q.id)
     except NotFound as e:
