@@ -50,6 +50,7 @@ __all__ = [
     "free_port",
     "free_ports",
     "coframe_argv",
+    "coframe_cmd",
     "coframe_running",
     "views_process",
     "MODES",
@@ -128,13 +129,22 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def coframe_argv(port: int, demo_rows: int | None) -> list[str]:
-    """``coframe serve`` on ``port``; ``demo_rows=None`` means ``--no-demo``."""
+def coframe_cmd() -> list[str]:
+    """The ``coframe`` command: the script beside this Python, else ``python -m server.cli``."""
     exe = Path(sys.executable).with_name("coframe")
-    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "server.cli"]
+
+
+def coframe_argv(port: int, demo_rows: int | None, auth: str = "none") -> list[str]:
+    """``coframe serve`` on ``port``; ``demo_rows=None`` means ``--no-demo``.
+
+    ``auth`` is ``none`` by default: the benchmarks measure the data path, and
+    tokens are checked once per connection. The policy group needs identities
+    (``token``).
+    """
     demo = ["--no-demo"] if demo_rows is None else ["--demo-rows", str(demo_rows)]
-    auth = ["--auth", "none"]  # the benchmarks measure the data path; tokens are checked once per connection
-    return [*head, "serve", "--host", HOST, "--port", str(port), *demo, *auth, "--log-level", "warning"]
+    head = [*coframe_cmd(), "serve", "--host", HOST, "--port", str(port)]
+    return [*head, *demo, "--auth", auth, "--log-level", "warning"]
 
 
 MEMORY, DURABLE = "memory", "durable"

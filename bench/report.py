@@ -1,7 +1,7 @@
 """Render ``bench/RESULTS.md`` from the benchmark results.
 
-Each benchmark group (``fanout``, ``sustained``, ``storage``, ``views``, ``client``) renders its own
-section file, ``bench/results/<group>.md``: its summary rows, its sections,
+Each benchmark group (``fanout``, ``sustained``, ``storage``, ``views``, ``client``,
+``policy``) renders its own section file, ``bench/results/<group>.md``: its summary rows, its sections,
 its profiles and its findings, each part under an HTML comment marker.
 ``RESULTS.md`` is then assembled from every section file present, so a run of
 one group (``--only storage``) replaces that group's figures and keeps the
@@ -23,6 +23,8 @@ import psutil
 
 from .common import BENCH_DIR, Stats, median
 from .fanout import COFRAME_DURABLE, FanoutResult, SystemResult
+from .policyfanout import PolicyResult
+from .policyreport import policy_md, policy_verdicts
 from .profiling import Profile
 from .pyclient import ClientResult
 from .storage import (
@@ -65,9 +67,10 @@ __all__ = [
     "storage_verdicts",
     "views_verdicts",
     "client_verdicts",
+    "policy_verdicts",
 ]
 
-GROUPS = ("fanout", "sustained", "storage", "views", "client")
+GROUPS = ("fanout", "sustained", "storage", "views", "client", "policy")
 RESULTS_DIR = BENCH_DIR / "results"
 
 PACKAGES = (
@@ -111,6 +114,7 @@ class Report:
     storage: StorageResult | None = None
     views: ViewsResult | None = None
     client: ClientResult | None = None
+    policy: PolicyResult | None = None
     profiles: dict[str, Profile] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)  # by group
     ran: list[str] = field(default_factory=list)  # groups this run attempted
@@ -740,6 +744,9 @@ def _sections(rep: Report) -> list[Section]:
         elif group == "client" and rep.client is not None:
             sec.summary = [_verdict_row(v) for v in client_verdicts(rep.client)]
             sec.bodies = [("7", client_md(rep.client))]
+        elif group == "policy" and rep.policy is not None:
+            sec.summary = [_verdict_row(v) for v in policy_verdicts(rep.policy)]
+            sec.bodies = [("8", policy_md(rep.policy))]
         sec.profiles = [p.markdown() for k, p in rep.profiles.items() if k.startswith(group)]
         sec.notes = list(rep.notes.get(group, []))
         out.append(sec)

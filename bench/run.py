@@ -1,6 +1,6 @@
 """Entry point: ``python -m bench.run [--quick] [--only GROUP] [--modes memory,durable] [--no-profile]``.
 
-Runs the benchmarks of the issues' performance targets, in five groups:
+Runs the benchmarks of the issues' performance targets, in six groups:
 
 * ``fanout`` (issue 2): 1. fan-out latency, 1 writer → N readers, and
   3. server CPU per delivered message (:mod:`bench.fanout`);
@@ -16,7 +16,10 @@ Runs the benchmarks of the issues' performance targets, in five groups:
   (:mod:`bench.views`, :mod:`bench.viewmemory`, :mod:`bench.viewfaults`);
 * ``client`` (issue 9): the Python client's mirror applying a 1-cell delta
   at 10k and 1M rows, and its ``set_cells`` round trip against a lean
-  protocol peer's (:mod:`bench.pyclient`).
+  protocol peer's (:mod:`bench.pyclient`);
+* ``policy`` (issue 12): fan-out to 50 readers split over 5 row/column
+  policies against the same 50 readers without policies, tokens required,
+  default durable mode, with leak checks (:mod:`bench.policyfanout`).
 
 Each server runs in its own subprocess on 127.0.0.1 and is killed on exit;
 the load generator runs here. The fan-out and sustained groups run coframe
@@ -60,6 +63,9 @@ from .common import (
     views_process,
 )
 from .fanout import BROADCAST, COFRAME, COFRAME_DURABLE, PYCRDT, FanoutConfig, System, run_fanout
+from .policydata import prepared, serve_argv
+from .policyfanout import NONE_SIDE, POLICIES_SIDE, PolicyConfig, PolicyResult, Side, run_policy
+from .policyreport import policy_verdicts
 from .profiling import profile_while
 from .pyclient import ClientConfig, run_client
 from .report import (
@@ -102,6 +108,12 @@ def _client_config(quick: bool) -> ClientConfig:
     if quick:
         return ClientConfig(runs=3, deltas=200, rt_edits=150, rt_warmup=20)
     return ClientConfig()
+
+
+def _policy_config(quick: bool) -> PolicyConfig:
+    if quick:
+        return PolicyConfig(runs=2, edits=200, warmup=20, profile_s=4)
+    return PolicyConfig()
 
 
 def _views_config(quick: bool) -> ViewsConfig:
@@ -389,6 +401,47 @@ async def _client(rep: Report, cfg: ClientConfig, profile_s: int) -> None:
         rep.note("client", n)
 
 
+async def _policy(rep: Report, cfg: PolicyConfig, profile_s: int) -> None:
+    """The policy group: prepare one data directory with the CLI, serve two copies, measure both sides."""
+    res = PolicyResult(cfg)
+    rep.policy = res
+    t0 = time.monotonic()
+    with (
+        prepared((POLICIES_SIDE, NONE_SIDE), cfg.rows, log) as (dirs, tokens),
+        contextlib.ExitStack() as stack,
+    ):
+        res.prepare_s = time.monotonic() - t0
+        servers: dict[str, ServerProcess] = {}
+        for name, port in zip((POLICIES_SIDE, NONE_SIDE), free_ports(2), strict=True):
+            argv = serve_argv(port, cfg.rows, dirs[name])
+            servers[name] = stack.enter_context(running(f"coframe-{name}", argv, port))
+        log("policy: " + ", ".join(f"{k} pid {v.pid}" for k, v in servers.items()) + f"; {cfg.rows:,} rows")
+        sides = await run_policy(servers, tokens, cfg, res, log)
+        try:
+            prof_s = min(profile_s, cfg.profile_s) if profile_s else 0
+            if prof_s and any(not v.met for v in policy_verdicts(res)):
+                log("policy: target missed; profiling the policies server under the same closed loop")
+                side = sides[POLICIES_SIDE]
+                rep.profiles["policy_fanout"] = await profile_while(
+                    "policy_fanout", side.server.pid, _policy_edits(side), prof_s
+                )
+        finally:
+            for s in sides.values():
+                s.close()
+    _check_logs(rep, "policy", list(servers.values()))
+    for n in res.notes:
+        rep.note("policy", n)
+
+
+def _policy_edits(side: Side):  # -> Workload
+    async def work(stop: asyncio.Event) -> None:
+        async with asyncio.timeout(300):
+            while not stop.is_set():
+                await side.one_edit()
+
+    return work
+
+
 def _bind(fn: Callable[[ViewsBench], Awaitable[None]], bench: ViewsBench) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
         await fn(bench)
@@ -431,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     fan_cfg, sus_cfg, sto_cfg, profile_s = _configs(args.quick)
     view_cfg = _views_config(args.quick)
     cli_cfg = _client_config(args.quick)
+    pol_cfg = _policy_config(args.quick)
     modes = tuple(m for m in MODES if m in {x.strip() for x in args.modes.split(",")})
     if not modes:
         parser.error(f"--modes: expected a comma-separated subset of {', '.join(MODES)}")
@@ -442,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
             view_cfg, runs=args.runs, mem_runs=args.runs, runaway_runs=args.runs, kill_runs=args.runs
         )
         cli_cfg = replace(cli_cfg, runs=args.runs)
+        pol_cfg = replace(pol_cfg, runs=args.runs)
     if args.no_profile:
         profile_s = 0
     if args.no_pycrdt:
@@ -463,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         ("storage", _storage, sto_cfg),
         ("views", _views, view_cfg),
         ("client", _client, cli_cfg),
+        ("policy", _policy, pol_cfg),
     ]
     for name, fn, cfg in steps:
         if name not in only:
