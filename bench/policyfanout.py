@@ -283,8 +283,14 @@ def _admits(policy: Policy, values: list[Any]) -> list[bool]:
     return [policy.admits(v) for v in values]
 
 
-def _check_table(policy: Policy, table: pa.Table, where: str) -> None:
+def _check_table(
+    policy: Policy, table: pa.Table, where: str, truth: Callable[[int], Any] | None = None
+) -> None:
     """No hidden column, and every row satisfies the predicate.
+
+    A delta that changed no column the predicate reads carries only the
+    changed cells: then ``truth`` (a row's predicate value in the writer's
+    full snapshot) judges each row.
 
     Raises:
         PolicyLeak: naming the policy and what leaked.
@@ -292,9 +298,12 @@ def _check_table(policy: Policy, table: pa.Table, where: str) -> None:
     hidden = set(policy.hide) & set(table.column_names)
     if hidden:
         raise PolicyLeak(f"{where}: {policy.user} received hidden column(s) {sorted(hidden)}")
-    if policy.column not in table.column_names:
+    if policy.column in table.column_names:
+        values = table.column(policy.column).to_pylist()
+    elif truth is not None:
+        values = [truth(int(r)) for r in table.column(RID).to_pylist()]
+    else:
         raise PolicyLeak(f"{where}: {policy.user}'s rows lack their predicate column {policy.column!r}")
-    values = table.column(policy.column).to_pylist()
     bad = [v for v, ok in zip(values, _admits(policy, values), strict=True) if not ok]
     if bad:
         raise PolicyLeak(
@@ -355,8 +364,10 @@ def check_samples(side: Side, res: PolicyResult) -> None:
             got = [] if table is None else [int(x) for x in table.column(RID).to_pylist()]
             p = r.policy
             visible = True if p is None else p.admits(side.truth[p.column][pos[rid]])
+            # An edit of a column the policy hides changes nothing its reader may see: no row.
+            visible = visible and (p is None or "price" not in p.hide)
             if p is not None and table is not None:
-                _check_table(p, table, where)
+                _check_table(p, table, where, lambda x, c=p.column: side.truth[c][pos[x]])
                 res.checked_rows += table.num_rows
                 if visible:
                     res.visible_edits[p.user] = res.visible_edits.get(p.user, 0) + 1

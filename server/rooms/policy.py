@@ -16,6 +16,7 @@ shown more than the grant says.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -119,28 +120,47 @@ def visible_names(catalog: Catalog, audience: Audience) -> list[str]:
     return [c.name for c in catalog.columns if c.name not in hidden]
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(rows: str, names: tuple[str, ...]) -> tuple[pl.Expr, frozenset[str]] | OpError:
+    """``rows`` compiled over ``names`` and the columns it reads (or why it does not compile).
+
+    Cached per (predicate, column names): a delta is rendered for each audience on every tick.
+    """
+    try:
+        expr = compile_expr(rows, list(names))
+    except OpError as e:
+        return e
+    return expr.fill_null(False), frozenset(expr.meta.root_names())
+
+
+def _predicate(state: State, audience: Audience) -> tuple[pl.Expr, frozenset[str]] | None:
+    if audience.rows is None:
+        return None
+    got = _compiled(audience.rows, tuple(state.catalog.names()))
+    if isinstance(got, OpError):
+        raise PolicyBroken(
+            "your row policy no longer matches this dataset's columns; ask an admin to fix your grant",
+            code=ErrorCode.FORBIDDEN,
+            details={"reason": got.code},
+        )
+    return got
+
+
 def row_filter(state: State, audience: Audience) -> pl.Expr | None:
     """The audience's row predicate compiled for ``state`` (None: every row is visible).
 
     Raises:
         PolicyBroken: it names a column the room no longer has, or does not compile.
     """
-    if audience.rows is None:
-        return None
-    try:
-        return compile_expr(audience.rows, state.catalog.names()).fill_null(False)
-    except OpError as e:
-        raise PolicyBroken(
-            "your row policy no longer matches this dataset's columns; ask an admin to fix your grant",
-            code=ErrorCode.FORBIDDEN,
-            details={"reason": e.code},
-        ) from None
+    got = _predicate(state, audience)
+    return None if got is None else got[0]
 
 
-def _rows_at(state: State, rids: np.ndarray) -> pl.DataFrame:
-    """The rows of ``state`` with these rids (those it has), in rid order."""
+def _rows_at(state: State, rids: np.ndarray, names: list[str] | None = None) -> pl.DataFrame:
+    """The rows of ``state`` with these rids (those it has), in rid order; ``names`` only."""
+    frame = state.frame if names is None else state.frame.select(names)
     _, pos = row_positions(state, rids)
-    return state.frame[pl.Series(pos, dtype=pl.Int64)] if len(pos) else state.frame.clear()
+    return frame[pl.Series(pos, dtype=pl.Int64)] if len(pos) else frame.clear()
 
 
 def visible_rids(state: State, audience: Audience, rids: Iterable[int] | np.ndarray) -> np.ndarray:
@@ -148,11 +168,12 @@ def visible_rids(state: State, audience: Audience, rids: Iterable[int] | np.ndar
     req = np.unique(np.asarray(list(rids) if not isinstance(rids, np.ndarray) else rids, dtype=np.uint64))
     if not len(req):
         return _EMPTY
-    pred = row_filter(state, audience)
-    rows = _rows_at(state, req)
-    if pred is not None:
-        rows = rows.filter(pred)
-    return rows.get_column(RID).to_numpy().astype(np.uint64)
+    got = _predicate(state, audience)
+    if got is None:
+        return _rows_at(state, req, [RID]).get_column(RID).to_numpy().astype(np.uint64)
+    pred, reads = got
+    rows = _rows_at(state, req, [RID, *(n for n in state.catalog.names() if n in reads)])
+    return rows.filter(pred).get_column(RID).to_numpy().astype(np.uint64)
 
 
 def narrow_state(state: State, audience: Audience) -> State:
@@ -186,9 +207,12 @@ def render_delta(delta: Delta, before: State | None, after: State, audience: Aud
     changed none of them still carries its seqs). With one, every touched
     row that is visible after the tick is upserted whole (a row that enters
     the audience needs all its visible columns), and a touched row that was
-    visible before (in ``before``) but is not after is deleted. The metadata
-    doc's updates are not sent (a restricted client gets the metadata it may
-    see in its welcome).
+    visible before (in ``before``) but is not after is deleted. A tick that
+    only updated existing rows in columns the predicate does not read moves
+    no row in or out: its upserts are just cut to the visible rows and
+    columns (the common edit; no whole-row gather). The metadata doc's
+    updates are not sent (a restricted client gets the metadata it may see
+    in its welcome).
     """
     keep = [RID, *visible_names(after.catalog, audience)]
     schema = None if delta.schema is None else narrow_schema(delta.schema, audience)
@@ -198,6 +222,26 @@ def render_delta(delta: Delta, before: State | None, after: State, audience: Aud
             names = [n for n in keep if n in upserts.column_names]
             upserts = upserts.select(names) if len(names) > 1 and upserts.num_rows else None
         return Delta(delta.seq_from, delta.seq_to, delta.by, upserts, delta.deleted, schema, None)
+    reads = _predicate(after, audience)[1]  # type: ignore[index]
+    if (
+        before is not None
+        and before.catalog is after.catalog
+        and upserts is not None
+        and upserts.num_rows
+        and not reads & set(upserts.column_names)
+        and not _has_new(upserts, before)
+    ):
+        # Updates of rows that already existed, in columns the predicate does not read: no row
+        # moved in or out, so the visible ones keep their changed cells and the rest go unsaid.
+        seen = visible_rids(after, audience, upserts.column(RID).to_numpy())
+        mask = pa.array(np.isin(upserts.column(RID).to_numpy().astype(np.uint64), seen))
+        names = [n for n in keep if n in upserts.column_names]
+        cut = upserts.filter(mask).select(names) if len(names) > 1 else None
+        gone = visible_rids(before, audience, np.asarray(delta.deleted, dtype=np.uint64))
+        out_cut = cut if cut is not None and cut.num_rows else None
+        return Delta(
+            delta.seq_from, delta.seq_to, delta.by, out_cut, tuple(int(r) for r in gone), schema, None
+        )
     parts = [np.asarray(delta.deleted, dtype=np.uint64)]
     if upserts is not None and upserts.num_rows:
         parts.append(upserts.column(RID).to_numpy().astype(np.uint64))
@@ -214,6 +258,12 @@ def render_delta(delta: Delta, before: State | None, after: State, audience: Aud
             was = _EMPTY
     gone = np.setdiff1d(was, seen, assume_unique=True)
     return Delta(delta.seq_from, delta.seq_to, delta.by, out, tuple(int(r) for r in gone), schema, None)
+
+
+def _has_new(upserts: pa.Table, before: State) -> bool:
+    """Whether ``upserts`` holds a row ``before`` did not have (an insert)."""
+    found, _ = row_positions(before, upserts.column(RID).to_numpy().astype(np.uint64))
+    return not bool(found.all())
 
 
 # ---------------------------------------------------------------- writes
