@@ -40,6 +40,7 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 __all__ = [
+    "SeqTracker",
     "HOST",
     "BENCH_DIR",
     "PROFILE_DIR",
@@ -472,3 +473,19 @@ async def connect_peer(uri: str, on_message: OnMessage | None = None, limit: flo
         await loop.create_connection(lambda: peer, u.host, u.port)
         await peer.opened
     return peer
+
+
+class SeqTracker:
+    """Counts the readers that have seen the ``target`` seq; its future completes when all have
+    (the closed-loop fan-out benchmarks: :mod:`bench.fanout`, :mod:`bench.policyfanout`)."""
+
+    def __init__(self) -> None:
+        self.target = 0
+        self.remaining = 0
+        self.last = 0.0
+        self.done: asyncio.Future[None] | None = None
+
+    def arm(self, target: int, readers: int) -> asyncio.Future[None]:
+        self.target, self.remaining, self.last = target, readers, 0.0
+        self.done = asyncio.get_running_loop().create_future()
+        return self.done

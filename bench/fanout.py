@@ -42,7 +42,7 @@ from typing import Any
 
 import msgpack
 
-from .common import MODES, Peer, ServerProcess, Stats, connect_peer, median, percentile
+from .common import MODES, Peer, SeqTracker, ServerProcess, Stats, connect_peer, median, percentile
 
 __all__ = [
     "FanoutConfig",
@@ -90,21 +90,6 @@ class FanoutResult:
     systems: dict[str, SystemResult] = field(default_factory=dict)
 
 
-class _Tracker:
-    """Counts readers that have seen ``target`` seq; completes when all have."""
-
-    def __init__(self) -> None:
-        self.target = 0
-        self.remaining = 0
-        self.last = 0.0
-        self.done: asyncio.Future[None] | None = None
-
-    def arm(self, target: int, readers: int) -> asyncio.Future[None]:
-        self.target, self.remaining, self.last = target, readers, 0.0
-        self.done = asyncio.get_running_loop().create_future()
-        return self.done
-
-
 _YJS_SYNC, _YJS_UPDATE = 0, 2  # y-protocols: message type "sync", sync step "update"
 
 
@@ -121,7 +106,7 @@ class _Reader:
     one update is broadcast per edit, counts updates.
     """
 
-    def __init__(self, tracker: _Tracker, yjs: bool = False) -> None:
+    def __init__(self, tracker: SeqTracker, yjs: bool = False) -> None:
         self.tracker = tracker
         self.yjs = yjs
         self.seen = 0
@@ -213,7 +198,7 @@ class System:
         self.path = path
         self.rows = rows
         self.yjs = kind == PYCRDT
-        self.tracker = _Tracker()
+        self.tracker = SeqTracker()
         self.writer = _Writer(self.yjs)
         self.readers: list[_Reader] = []
         self.seq = 0  # last seq acked to the writer (pycrdt: edits delivered so far)

@@ -44,7 +44,7 @@ import pyarrow as pa
 from protocol import Delta, Welcome, decode_server
 from protocol.dtypes import RID
 
-from .common import Peer, ServerProcess, Stats, connect_peer, median, percentile
+from .common import Peer, SeqTracker, ServerProcess, Stats, connect_peer, median, percentile
 from .policydata import NO_POLICY_USERS, POLICIES, WRITER, Policy
 
 __all__ = [
@@ -98,26 +98,11 @@ class PolicyResult:
     notes: list[str] = field(default_factory=list)
 
 
-class _Tracker:
-    """Counts readers that have the target seq; completes when all have it."""
-
-    def __init__(self) -> None:
-        self.target = 0
-        self.remaining = 0
-        self.last = 0.0
-        self.done: asyncio.Future[None] | None = None
-
-    def arm(self, target: int, readers: int) -> asyncio.Future[None]:
-        self.target, self.remaining, self.last = target, readers, 0.0
-        self.done = asyncio.get_running_loop().create_future()
-        return self.done
-
-
 class _Reader:
     """A reader: decodes every envelope, reports deltas, keeps sampled deltas' bytes for the checks."""
 
     def __init__(
-        self, tracker: _Tracker, policy: Policy | None, sample_every: int, keep_welcome: bool
+        self, tracker: SeqTracker, policy: Policy | None, sample_every: int, keep_welcome: bool
     ) -> None:
         self.tracker = tracker
         self.policy = policy
@@ -186,7 +171,7 @@ class Side:
         self.server = server
         self.tokens = tokens
         self.cfg = cfg
-        self.tracker = _Tracker()
+        self.tracker = SeqTracker()
         self.writer = _Writer()
         self.readers: list[_Reader] = []
         self.seq = 0

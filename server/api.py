@@ -55,6 +55,7 @@ from .ops import RID_MODES
 from .ops import check_ref_name as _check_ref_name
 from .ops.state import State
 from .rooms.policy import EVERYONE, Audience, narrow_state
+from .rooms.queries import commit_json
 from .rooms.registry import Registry
 from .settings import Settings
 from .storage.auth_types import Grant
@@ -108,23 +109,6 @@ async def resolve(storage: Storage, dataset: str, ref: str) -> Manifest:
             " what exists",
             missing="ref",
         ) from None
-
-
-def commit_json(m: Manifest, *, counts: bool = True) -> dict[str, Any]:
-    """A commit as JSON; without ``counts`` (a restricted audience) no ``rows``, which would
-    tell how many rows the audience does not see."""
-    out: dict[str, Any] = {
-        "commit": m.id,
-        "parents": list(m.parents),
-        "author": m.author,
-        "message": m.message,
-        "time": m.time,
-        "seq": m.seq,
-        "rows": m.rows,
-    }
-    if not counts:
-        del out["rows"]
-    return out
 
 
 async def refs_json(storage: Storage, dataset: str) -> dict[str, list[dict[str, str]]]:

@@ -27,6 +27,7 @@ from .state import Applied, Column, Effect, OpError, State
 __all__ = [
     "SetPlan",
     "locate",
+    "missing_rows",
     "plan_set",
     "apply_set_plans",
     "read_cells",
@@ -139,17 +140,21 @@ def locate(state: State, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     if n:
         found &= rids[np.minimum(pos, n - 1)] == req
     if not found.all():
-        missing = req[~found]
-        shown = ", ".join(str(int(r)) for r in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise OpError(
-            ErrorCode.NO_SUCH_ROW,
-            f"{len(missing)} row{'s' if len(missing) > 1 else ''} not found (rid {shown}{more}):"
-            " deleted, or never inserted; refresh your copy and retry",
-            rids=[int(r) for r in missing[:5]],
-            count=int(len(missing)),
-        )
+        raise missing_rows(req[~found])
     return req, pos.astype(np.int64)
+
+
+def missing_rows(missing: np.ndarray) -> OpError:
+    """The ``no_such_row`` error for rids that are not in the frame (up to 5 named)."""
+    shown = ", ".join(str(int(r)) for r in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return OpError(
+        ErrorCode.NO_SUCH_ROW,
+        f"{len(missing)} row{'s' if len(missing) > 1 else ''} not found (rid {shown}{more}):"
+        " deleted, or never inserted; refresh your copy and retry",
+        rids=[int(r) for r in missing[:5]],
+        count=int(len(missing)),
+    )
 
 
 def plan_set(state: State, op: SetCells) -> SetPlan:

@@ -43,7 +43,6 @@ from ..rooms.policy import EVERYONE, Audience, row_filter, visible_names
 __all__ = [
     "needed_columns",
     "expression_columns",
-    "visible_columns",
     "table_key",
     "frame_for",
     "stream_for",
@@ -74,11 +73,6 @@ def needed_columns(config: dict[str, Any]) -> set[str] | None:
     return out - set(exprs) - {RID}
 
 
-def visible_columns(state: State, audience: Audience) -> list[str]:
-    """The room's columns ``audience`` may see, in the room's order (``_rid`` not included)."""
-    return visible_names(state.catalog, audience)
-
-
 def table_key(room: str, audience: Audience) -> str:
     """The views process's key of (room, audience): the room's name for :data:`EVERYONE`."""
     if audience == EVERYONE:
@@ -90,7 +84,7 @@ def table_key(room: str, audience: Audience) -> str:
 
 
 def _held(state: State, audience: Audience, columns: Iterable[str] | None) -> list[str]:
-    visible = visible_columns(state, audience)
+    visible = visible_names(state.catalog, audience)
     if columns is None:
         return [RID, *visible]
     wanted = set(columns)

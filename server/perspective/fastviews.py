@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..ops.state import RID, State
-from ..rooms.outbound import EVERYONE
+from ..rooms.policy import EVERYONE
 from .fast import FastPlan, NotServable, plan_fast
 from .subscription import Subscription
 

@@ -22,9 +22,9 @@ import numpy as np
 from protocol import Delta
 
 from ..ops.state import State
-from ..rooms.outbound import EVERYONE, Audience
+from ..rooms.policy import EVERYONE, Audience, visible_names
 from . import jobs
-from .audience import table_key, visible_columns
+from .audience import table_key
 from .fastviews import upserted_rids
 from .jobs import Budgets, zones_of
 from .process import ViewsFailed, ViewsLost, ViewsProcess
@@ -130,7 +130,7 @@ class Following:
         for sub in self.subs.values():
             if sub.table is t:
                 sub.vkey = None  # the old table's views go with it
-        visible = set(visible_columns(state, t.audience))
+        visible = set(visible_names(state.catalog, t.audience))
         columns = None if wanted is None else sorted(wanted & visible)
         t.building = True
         try:

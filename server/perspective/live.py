@@ -51,9 +51,9 @@ import pyarrow as pa
 from protocol import Error, ErrorCode, Subscribe, Unsubscribe, View
 
 from ..ops.state import State
-from ..rooms.outbound import EVERYONE, Audience
+from ..rooms.policy import EVERYONE, Audience, visible_names
 from . import jobs
-from .audience import expression_columns, visible_columns
+from .audience import expression_columns
 from .config import ViewConfigError, check_columns
 from .fastviews import TOUCHED_DELTAS, FastViews
 from .following import Following
@@ -178,7 +178,7 @@ class RoomViews(Following, Dashboards, Upkeep, FastViews):
                 ErrorCode.NO_SUCH_COLUMN, f"cannot open the view: {sub.closing}", field="config"
             )
         audience = getattr(sub.session, "audience", EVERYONE)
-        visible = visible_columns(self._current()[0], audience)
+        visible = visible_names(self._current()[0].catalog, audience)
         check_columns(sub.config, ["_rid", *visible])
         exprs = sub.config.get("expressions", {})
         for name, text in exprs.items():

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..rooms.outbound import EVERYONE, Audience
+from ..rooms.policy import EVERYONE, Audience
 from .jobs import Budgets, Tag
 from .process import ViewsLost, ViewsProcess
 from .vtable import ViewTable

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..rooms.outbound import EVERYONE, Audience
+from ..rooms.policy import EVERYONE, Audience
 
 __all__ = ["Reset", "Watchers"]
 

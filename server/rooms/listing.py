@@ -15,21 +15,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..ops.state import State
-from .policy import EVERYONE, Audience, PolicyBroken, narrow_schema, row_filter
+from .policy import EVERYONE, Audience, PolicyBroken, narrow_schema, visible_count
 
 if TYPE_CHECKING:
     from .registry import Registry
 
-__all__ = ["listing", "narrow_entry", "visible_count"]
-
-
-def visible_count(state: State, audience: Audience) -> int | None:
-    """How many rows of ``state`` ``audience`` sees (None: its row predicate no longer compiles)."""
-    try:
-        pred = row_filter(state, audience)
-    except PolicyBroken:
-        return None
-    return state.frame.height if pred is None else state.frame.filter(pred).height
+__all__ = ["listing", "narrow_entry"]
 
 
 def narrow_entry(entry: dict[str, Any], audience: Audience, live: State | None) -> dict[str, Any]:
@@ -41,7 +32,10 @@ def narrow_entry(entry: dict[str, Any], audience: Audience, live: State | None) 
     if isinstance(entry.get("columns"), list):
         out["columns"] = list(narrow_schema(entry["columns"], audience))
     if "rows" in entry:
-        out["rows"] = None if live is None else visible_count(live, audience)
+        try:
+            out["rows"] = None if live is None else visible_count(live, audience)
+        except PolicyBroken:  # its row predicate no longer compiles: no count rather than a wrong one
+            out["rows"] = None
     return out
 
 

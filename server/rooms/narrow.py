@@ -32,7 +32,7 @@ from protocol import Ack, Committed, Error, Meta, PresenceUpdate
 from protocol.costs import presence_json
 
 from ..ops.state import State
-from .policy import Audience, hidden_names, row_filter, visible_rids
+from .policy import Audience, hidden_names, visible_count, visible_rids
 
 __all__ = ["render_message", "NOT_SENT"]
 
@@ -58,8 +58,7 @@ def render_message(msg: Any, audience: Audience, state: State | None) -> Any:
     if isinstance(msg, PresenceUpdate):
         return _presence(msg, audience, state)
     if isinstance(msg, Committed):
-        pred = row_filter(state, audience)
-        rows = state.frame.height if pred is None else int(state.frame.select(pred.sum()).item() or 0)
+        rows = visible_count(state, audience)
         return Committed(msg.commit, msg.seq, rows, msg.message, msg.author, msg.time, msg.parents, re=msg.re)
     return msg
 

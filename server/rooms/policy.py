@@ -29,6 +29,7 @@ import pyarrow as pa
 from protocol import CoframeError, Delete, Delta, ErrorCode, Insert, Op, RestoreRows, SetCells
 from protocol.dtypes import RID, frame_to_arrow
 
+from ..ops.cells import missing_rows
 from ..ops.sandbox import compile_expr
 from ..ops.state import Catalog, OpError, State
 from .deltas import row_positions
@@ -44,6 +45,7 @@ __all__ = [
     "row_filter",
     "visible_rids",
     "narrow_state",
+    "visible_count",
     "narrow_schema",
     "render_delta",
     "check_ops",
@@ -176,6 +178,16 @@ def visible_rids(state: State, audience: Audience, rids: Iterable[int] | np.ndar
     return rows.filter(pred).get_column(RID).to_numpy().astype(np.uint64)
 
 
+def visible_count(state: State, audience: Audience) -> int:
+    """How many rows of ``state`` ``audience`` sees.
+
+    Raises:
+        PolicyBroken: its row predicate no longer compiles.
+    """
+    pred = row_filter(state, audience)
+    return state.frame.height if pred is None else int(state.frame.select(pred.sum()).item() or 0)
+
+
 def narrow_state(state: State, audience: Audience) -> State:
     """``state`` as ``audience`` sees it: its rows, and a catalog of its visible columns."""
     if audience == EVERYONE:
@@ -269,19 +281,6 @@ def _has_new(upserts: pa.Table, before: State) -> bool:
 # ---------------------------------------------------------------- writes
 
 
-def _missing_rows(missing: np.ndarray) -> OpError:
-    """The ``no_such_row`` error :func:`server.ops.cells.locate` gives for rows that do not exist."""
-    shown = ", ".join(str(int(r)) for r in missing[:5])
-    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-    return OpError(
-        ErrorCode.NO_SUCH_ROW,
-        f"{len(missing)} row{'s' if len(missing) > 1 else ''} not found (rid {shown}{more}):"
-        " deleted, or never inserted; refresh your copy and retry",
-        rids=[int(r) for r in missing[:5]],
-        count=int(len(missing)),
-    )
-
-
 def _no_column(catalog: Catalog, audience: Audience, ref: Any) -> OpError:
     what = f"id {ref}" if isinstance(ref, int) else f"'{ref}'"
     names = visible_names(catalog, audience)
@@ -308,7 +307,7 @@ def _check_visible(state: State, audience: Audience, rows: Sequence[int]) -> Non
     seen = visible_rids(state, audience, req)
     missing = np.setdiff1d(np.unique(req), seen, assume_unique=True)
     if len(missing):
-        raise _missing_rows(missing)
+        raise missing_rows(missing)  # exactly what a missing row gets
 
 
 def check_ops(state: State, audience: Audience, ops: Sequence[Op], *, undo: bool = False) -> None:

@@ -22,7 +22,7 @@ from .policy import EVERYONE, Audience, PolicyBroken, narrow_state
 if TYPE_CHECKING:
     from ..storage.service import Storage
 
-__all__ = ["answer", "Source"]
+__all__ = ["answer", "commit_json", "Source"]
 
 log = logging.getLogger("coframe.room")
 
@@ -60,25 +60,21 @@ def _storage(room: Source) -> Storage:
     return room.storage
 
 
-def _log_rows(manifests: list[Any], *, counts: bool = True) -> list[dict[str, Any]]:
-    """The log's rows; without ``counts`` (a restricted audience) no row count, which
-    would reveal how many rows it does not see."""
-    rows = [
-        {
-            "commit": m.id,
-            "parents": list(m.parents),
-            "author": m.author,
-            "message": m.message,
-            "time": m.time,
-            "seq": m.seq,
-            "rows": m.rows,
-        }
-        for m in manifests
-    ]
+def commit_json(m: Any, *, counts: bool = True) -> dict[str, Any]:
+    """A commit (a manifest) as JSON, as the log query and the HTTP API give it; without
+    ``counts`` (a restricted audience) no ``rows``, which would tell how many rows it does not see."""
+    out: dict[str, Any] = {
+        "commit": m.id,
+        "parents": list(m.parents),
+        "author": m.author,
+        "message": m.message,
+        "time": m.time,
+        "seq": m.seq,
+        "rows": m.rows,
+    }
     if not counts:
-        for r in rows:
-            del r["rows"]
-    return rows
+        del out["rows"]
+    return out
 
 
 async def answer(room: Source, q: Query, audience: Audience = EVERYONE) -> Result | Error:
@@ -96,7 +92,7 @@ async def _answer(room: Source, q: Query, audience: Audience) -> Result | Error:
         if q.kind == "log":
             ref = q.from_ or room.log_ref
             manifests = await _storage(room).log(room.dataset, ref, q.limit or 100)
-            rows = _log_rows(manifests, counts=audience == EVERYONE)
+            rows = [commit_json(m, counts=audience == EVERYONE) for m in manifests]
             table = pa.Table.from_pylist(rows) if rows else pa.table({"commit": pa.array([], pa.string())})
             return Result("log", {"log": table}, rows, re=q.id)
         a = await _version(room, q.from_ or "live")
