@@ -4,8 +4,9 @@
 and audience narrower than :data:`~.policy.EVERYONE`. It knows each message
 kind, and fails closed on the others:
 
-- ``delta``: :func:`.policy.render_delta` (rows move in and out as upserts
-  and deletes, hidden columns cut, no metadata doc updates);
+- ``delta``: :func:`render_delta` (rows move in and out as upserts and
+  deletes, hidden columns cut, no metadata doc updates), with the
+  outbound's :class:`Visibility` of each audience's rows;
 - ``ack``: overwrite reports only for cells the audience sees;
 - ``error``: a message or details naming a hidden column are replaced by a
   generic message with the same code;
@@ -23,22 +24,38 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pycrdt import Decoder, Encoder
 
-from protocol import Ack, Committed, Error, Meta, PresenceUpdate
+from protocol import Ack, Committed, Delta, Error, Meta, PresenceUpdate
 from protocol.costs import presence_json
+from protocol.dtypes import RID, frame_to_arrow
 
 from ..ops.state import State
-from .policy import Audience, hidden_names, visible_count, visible_rids
+from .deltas import row_positions
+from .policy import (
+    Audience,
+    PolicyBroken,
+    compiled_rows,
+    hidden_names,
+    narrow_schema,
+    row_filter,
+    rows_at,
+    visible_count,
+    visible_names,
+    visible_rids,
+)
 
-__all__ = ["render_message", "NOT_SENT"]
+__all__ = ["render_message", "render_delta", "Visibility", "NOT_SENT"]
 
 #: What :func:`render_message` returns for a message the audience does not get at all.
 NOT_SENT = object()
 
+_NONE = np.empty(0, dtype=np.uint64)
 _ROW_KEYS = ("rid", "row")
 _COL_KEYS = ("col", "column")
 _MAX_DEPTH = 8
@@ -160,3 +177,145 @@ def _decode_awareness(update: bytes) -> list[tuple[int, int, Any]]:
         clock = dec.read_var_uint()
         out.append((aid, clock, json.loads(dec.read_var_string())))
     return out
+
+
+# ---------------------------------------------------------------- deltas
+
+
+class Visibility:
+    """Which rows each audience with a row predicate sees, as a bool array indexed by rid.
+
+    The outbound renders a room's deltas in order, once per audience, and
+    each render moves the audience's mask from the tick's ``before`` state to
+    its ``after`` state: an edit that touches no column the predicate reads
+    looks its rows up here instead of evaluating the predicate. A mask that
+    is not in step (the first delta, or one after a state the outbound did
+    not render) is rebuilt from the whole frame.
+    """
+
+    def __init__(self) -> None:
+        self._masks: dict[Audience, tuple[State, np.ndarray]] = {}
+
+    def mask(self, state: State, audience: Audience) -> np.ndarray:
+        """The audience's mask for ``state`` (at least ``state.next_rid`` long).
+
+        Raises:
+            PolicyBroken: its row predicate does not compile for ``state``.
+        """
+        got = self._masks.get(audience)
+        if got is not None and got[0] is state:
+            return got[1]
+        pred = row_filter(state, audience)
+        mask = np.zeros(state.next_rid, dtype=bool)
+        rids = state.frame.get_column(RID) if pred is None else state.frame.filter(pred).get_column(RID)
+        mask[rids.to_numpy().astype(np.int64)] = True
+        self._masks[audience] = (state, mask)
+        return mask
+
+    def moved(self, audience: Audience, state: State, mask: np.ndarray) -> None:
+        """``mask`` is now the audience's mask for ``state``."""
+        if len(mask) < state.next_rid:
+            mask = np.concatenate([mask, np.zeros(state.next_rid - len(mask), dtype=bool)])
+        self._masks[audience] = (state, mask)
+
+    def keep(self, audiences: Iterable[Audience]) -> None:
+        """Forget the masks of every other audience (none of its subscribers is left)."""
+        wanted = set(audiences)
+        for a in [a for a in self._masks if a not in wanted]:
+            del self._masks[a]
+
+
+def _seen_in(mask: np.ndarray, rids: np.ndarray) -> np.ndarray:
+    """Which of ``rids`` ``mask`` marks (a rid past its end was not there)."""
+    idx = rids.astype(np.int64)
+    inside = idx < len(mask)
+    out = np.zeros(len(rids), dtype=bool)
+    out[inside] = mask[idx[inside]]
+    return out
+
+
+def render_delta(
+    delta: Delta, before: State | None, after: State, audience: Audience, vis: Visibility | None = None
+) -> Delta:
+    """``delta`` as ``audience`` sees it (``after`` is the room's state after the tick).
+
+    Without a predicate, upserts keep only the visible columns (a delta that
+    changed none of them still carries its seqs). With one, every touched
+    row that is visible after the tick is upserted whole (a row that enters
+    the audience needs all its visible columns), and a touched row that was
+    visible before (in ``before``) but is not after is deleted. A tick that
+    only updated existing rows in columns the predicate does not read moves
+    no row in or out: its upserts are just cut to the visible rows and
+    columns (the common edit; no whole-row gather). The metadata doc's
+    updates are not sent (a restricted client gets the metadata it may see
+    in its welcome). ``vis`` (the outbound's) answers "was it visible
+    before?" without evaluating the predicate, and is moved to ``after``.
+    """
+    keep = [RID, *visible_names(after.catalog, audience)]
+    schema = None if delta.schema is None else narrow_schema(delta.schema, audience)
+    upserts = delta.upserts
+    if audience.rows is None:
+        if upserts is not None:
+            names = [n for n in keep if n in upserts.column_names]
+            upserts = upserts.select(names) if len(names) > 1 and upserts.num_rows else None
+        return Delta(delta.seq_from, delta.seq_to, delta.by, upserts, delta.deleted, schema, None)
+    reads = compiled_rows(after, audience)[1]  # type: ignore[index]
+    changed = set() if upserts is None else set(upserts.column_names)
+    if (
+        before is not None
+        and before.catalog is after.catalog
+        and upserts is not None
+        and upserts.num_rows
+        and not reads & changed
+        and not _has_new(upserts, before)
+    ):
+        # Updates of rows that already existed, in columns the predicate does not read: no row
+        # moved in or out, so the visible ones keep their changed cells and the rest go unsaid.
+        rids = upserts.column(RID).to_numpy().astype(np.uint64)
+        deleted = np.asarray(delta.deleted, dtype=np.uint64)
+        if vis is not None:
+            mask = vis.mask(before, audience)
+            shown, gone = _seen_in(mask, rids), deleted[_seen_in(mask, deleted)]
+            mask[deleted.astype(np.int64)] = False
+            vis.moved(audience, after, mask)
+        else:
+            shown = np.isin(rids, visible_rids(after, audience, rids))
+            gone = visible_rids(before, audience, deleted)
+        names = [n for n in keep if n in changed]
+        cut = None
+        if len(names) > 1 and shown.any():
+            cut = (upserts if shown.all() else upserts.filter(pa.array(shown))).select(names)
+        return Delta(delta.seq_from, delta.seq_to, delta.by, cut, tuple(int(r) for r in gone), schema, None)
+    parts = [np.asarray(delta.deleted, dtype=np.uint64)]
+    if upserts is not None and upserts.num_rows:
+        parts.append(upserts.column(RID).to_numpy().astype(np.uint64))
+    touched = np.unique(np.concatenate(parts))
+    seen = visible_rids(after, audience, touched)
+    rows = rows_at(after, seen).select(keep)
+    out: pa.Table | None = frame_to_arrow(rows) if rows.height else None
+    mask = None
+    if before is None:  # no earlier state known: a touched row not visible now may have been
+        was = touched
+    else:
+        try:
+            if vis is not None:
+                mask = vis.mask(before, audience)
+                was = touched[_seen_in(mask, touched)]
+            else:
+                was = visible_rids(before, audience, touched)
+        except PolicyBroken:  # the predicate only compiles after the tick (a column came back)
+            was = _NONE
+    gone = np.setdiff1d(was, seen, assume_unique=True)
+    if mask is not None and vis is not None:
+        if after.next_rid > len(mask):
+            mask = np.concatenate([mask, np.zeros(after.next_rid - len(mask), dtype=bool)])
+        mask[touched.astype(np.int64)] = False
+        mask[seen.astype(np.int64)] = True
+        vis.moved(audience, after, mask)
+    return Delta(delta.seq_from, delta.seq_to, delta.by, out, tuple(int(r) for r in gone), schema, None)
+
+
+def _has_new(upserts: pa.Table, before: State) -> bool:
+    """Whether ``upserts`` holds a row ``before`` did not have (an insert)."""
+    found, _ = row_positions(before, upserts.column(RID).to_numpy().astype(np.uint64))
+    return not bool(found.all())

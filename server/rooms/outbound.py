@@ -12,7 +12,7 @@ encode once, never wait for the slowest reader).
 
 Audiences (:mod:`.policy`) come from a user's grant: hidden columns and a
 row predicate. :func:`render` gives each audience its view of a payload
-(:func:`.policy.render_delta` for deltas, :mod:`.narrow` for the other
+(:func:`.narrow.render_delta` for deltas, :mod:`.narrow` for the other
 messages); a payload an audience may not see at all is not sent to it. A
 delta carries the room state before and after its tick, which is what a row
 predicate needs to turn an edit that moves a row out of view into a delete.
@@ -32,8 +32,8 @@ from protocol.dtypes import RID
 
 from ..ops.state import State
 from .deltas import EncodedDelta, frame_to_arrow
-from .narrow import NOT_SENT, render_message
-from .policy import EVERYONE, Audience, narrow_schema, narrow_state, render_delta
+from .narrow import NOT_SENT, Visibility, render_delta, render_message
+from .policy import EVERYONE, Audience, narrow_schema, narrow_state
 
 __all__ = [
     "Audience",
@@ -134,13 +134,17 @@ class WelcomeOut:
 
 
 Outgoing = Message | DeltaOut | WelcomeOut
+_UNRENDERED = object()
 
 
-def render(payload: Message | DeltaOut, audience: Audience, state: State | None = None) -> Any:
+def render(
+    payload: Message | DeltaOut, audience: Audience, state: State | None = None, vis: Visibility | None = None
+) -> Any:
     """The message ``audience`` may see of ``payload``, or :data:`~.narrow.NOT_SENT`.
 
     The identity for :data:`EVERYONE`. ``state`` is the room's current state
-    (the outbound's last), which messages other than deltas are read against.
+    (the outbound's last), which messages other than deltas are read against;
+    ``vis`` the outbound's record of which rows each audience sees.
 
     Raises:
         PolicyBroken: the audience's row predicate no longer compiles.
@@ -151,7 +155,7 @@ def render(payload: Message | DeltaOut, audience: Audience, state: State | None 
         return render_message(payload.msg, audience, state)
     if payload.after is None:  # the room never replays the resume log to a restricted audience
         raise ValueError("a delta without its state cannot be rendered for a restricted audience")
-    return render_delta(payload.delta, payload.before, payload.after, audience)
+    return render_delta(payload.delta, payload.before, payload.after, audience, vis)
 
 
 class Outbound:
@@ -160,6 +164,7 @@ class Outbound:
     def __init__(self) -> None:
         self._snapshots: dict[tuple[Audience, str], tuple[State, bytes]] = {}
         self.state: State | None = None  # the last state a welcome or delta carried
+        self.visibility = Visibility()  # which rows each audience with a row predicate sees
         self.encodes = 0  # encodings made (the encode-once tests read it)
 
     def deliver(self, payload: Outgoing, subscribers: Iterable[Subscriber]) -> None:
@@ -179,21 +184,24 @@ class Outbound:
                 self.forget()  # the room's state moved on: no join can use a snapshot of the old one
         droppable = payload.droppable if isinstance(payload, Message) else True
         subs = subscribers if isinstance(subscribers, list) else list(subscribers)
+        rendered: dict[Audience, Any] = {}  # each audience's message, rendered once for every envelope
         if len(subs) == 1:  # a reply: one subscriber, one group (the tick sends one per batch)
             s = subs[0]
-            data = self._encode(payload, s.audience, s.binary)
+            data = self._encode(payload, s.audience, s.binary, rendered)
             if data is not None:
                 s.push(data, droppable=droppable)
-            return
-        groups: dict[tuple[Audience, bool], list[Subscriber]] = {}
-        for s in subs:
-            groups.setdefault((s.audience, s.binary), []).append(s)
-        for (audience, binary), subs in groups.items():
-            data = self._encode(payload, audience, binary)
-            if data is None:
-                continue
+        else:
+            groups: dict[tuple[Audience, bool], list[Subscriber]] = {}
             for s in subs:
-                s.push(data, droppable=droppable)
+                groups.setdefault((s.audience, s.binary), []).append(s)
+            for (audience, binary), members in groups.items():
+                data = self._encode(payload, audience, binary, rendered)
+                if data is None:
+                    continue
+                for s in members:
+                    s.push(data, droppable=droppable)
+        if isinstance(payload, DeltaOut) and payload.after is not None:
+            self.visibility.keep(s.audience for s in subs)  # an audience nobody has any more goes
 
     def forget(self) -> None:
         """Drop the cached snapshots (the state moved on, or the room has no session left).
@@ -204,11 +212,16 @@ class Outbound:
         """
         self._snapshots.clear()
 
-    def _encode(self, payload: Message | DeltaOut, audience: Audience, binary: bool) -> Payload | None:
-        """``payload`` rendered for ``audience`` and encoded, or None when it gets nothing."""
+    def _encode(
+        self, payload: Message | DeltaOut, audience: Audience, binary: bool, rendered: dict[Audience, Any]
+    ) -> Payload | None:
+        """``payload`` rendered for ``audience`` (once, kept in ``rendered``) and encoded, or None
+        when it gets nothing."""
         if isinstance(payload, DeltaOut) and audience == EVERYONE:
             return payload.encoded.payload(binary)
-        msg = render(payload, audience, self.state)
+        msg = rendered.get(audience, _UNRENDERED)
+        if msg is _UNRENDERED:
+            msg = rendered[audience] = render(payload, audience, self.state, self.visibility)
         if msg is NOT_SENT:
             return None
         self.encodes += 1

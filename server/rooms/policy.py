@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
-from protocol import CoframeError, Delete, Delta, ErrorCode, Insert, Op, RestoreRows, SetCells
-from protocol.dtypes import RID, frame_to_arrow
+from protocol import CoframeError, Delete, ErrorCode, Insert, Op, RestoreRows, SetCells
+from protocol.dtypes import RID
 
 from ..ops.cells import missing_rows
 from ..ops.sandbox import compile_expr
@@ -43,11 +42,12 @@ __all__ = [
     "hidden_names",
     "visible_names",
     "row_filter",
+    "compiled_rows",
+    "rows_at",
     "visible_rids",
     "narrow_state",
     "visible_count",
     "narrow_schema",
-    "render_delta",
     "check_ops",
     "check_kept",
     "ROW_OPS",
@@ -135,7 +135,7 @@ def _compiled(rows: str, names: tuple[str, ...]) -> tuple[pl.Expr, frozenset[str
     return expr.fill_null(False), frozenset(expr.meta.root_names())
 
 
-def _predicate(state: State, audience: Audience) -> tuple[pl.Expr, frozenset[str]] | None:
+def compiled_rows(state: State, audience: Audience) -> tuple[pl.Expr, frozenset[str]] | None:
     if audience.rows is None:
         return None
     got = _compiled(audience.rows, tuple(state.catalog.names()))
@@ -154,11 +154,11 @@ def row_filter(state: State, audience: Audience) -> pl.Expr | None:
     Raises:
         PolicyBroken: it names a column the room no longer has, or does not compile.
     """
-    got = _predicate(state, audience)
+    got = compiled_rows(state, audience)
     return None if got is None else got[0]
 
 
-def _rows_at(state: State, rids: np.ndarray, names: list[str] | None = None) -> pl.DataFrame:
+def rows_at(state: State, rids: np.ndarray, names: list[str] | None = None) -> pl.DataFrame:
     """The rows of ``state`` with these rids (those it has), in rid order; ``names`` only."""
     frame = state.frame if names is None else state.frame.select(names)
     _, pos = row_positions(state, rids)
@@ -170,11 +170,11 @@ def visible_rids(state: State, audience: Audience, rids: Iterable[int] | np.ndar
     req = np.unique(np.asarray(list(rids) if not isinstance(rids, np.ndarray) else rids, dtype=np.uint64))
     if not len(req):
         return _EMPTY
-    got = _predicate(state, audience)
+    got = compiled_rows(state, audience)
     if got is None:
-        return _rows_at(state, req, [RID]).get_column(RID).to_numpy().astype(np.uint64)
+        return rows_at(state, req, [RID]).get_column(RID).to_numpy().astype(np.uint64)
     pred, reads = got
-    rows = _rows_at(state, req, [RID, *(n for n in state.catalog.names() if n in reads)])
+    rows = rows_at(state, req, [RID, *(n for n in state.catalog.names() if n in reads)])
     return rows.filter(pred).get_column(RID).to_numpy().astype(np.uint64)
 
 
@@ -210,72 +210,6 @@ def narrow_schema(schema: Sequence[dict[str, Any]], audience: Audience) -> tuple
         for c in schema
         if c["id"] not in audience.hide and (audience.columns is None or c["name"] in audience.columns)
     )
-
-
-def render_delta(delta: Delta, before: State | None, after: State, audience: Audience) -> Delta:
-    """``delta`` as ``audience`` sees it (``after`` is the room's state after the tick).
-
-    Without a predicate, upserts keep only the visible columns (a delta that
-    changed none of them still carries its seqs). With one, every touched
-    row that is visible after the tick is upserted whole (a row that enters
-    the audience needs all its visible columns), and a touched row that was
-    visible before (in ``before``) but is not after is deleted. A tick that
-    only updated existing rows in columns the predicate does not read moves
-    no row in or out: its upserts are just cut to the visible rows and
-    columns (the common edit; no whole-row gather). The metadata doc's
-    updates are not sent (a restricted client gets the metadata it may see
-    in its welcome).
-    """
-    keep = [RID, *visible_names(after.catalog, audience)]
-    schema = None if delta.schema is None else narrow_schema(delta.schema, audience)
-    upserts = delta.upserts
-    if audience.rows is None:
-        if upserts is not None:
-            names = [n for n in keep if n in upserts.column_names]
-            upserts = upserts.select(names) if len(names) > 1 and upserts.num_rows else None
-        return Delta(delta.seq_from, delta.seq_to, delta.by, upserts, delta.deleted, schema, None)
-    reads = _predicate(after, audience)[1]  # type: ignore[index]
-    if (
-        before is not None
-        and before.catalog is after.catalog
-        and upserts is not None
-        and upserts.num_rows
-        and not reads & set(upserts.column_names)
-        and not _has_new(upserts, before)
-    ):
-        # Updates of rows that already existed, in columns the predicate does not read: no row
-        # moved in or out, so the visible ones keep their changed cells and the rest go unsaid.
-        seen = visible_rids(after, audience, upserts.column(RID).to_numpy())
-        mask = pa.array(np.isin(upserts.column(RID).to_numpy().astype(np.uint64), seen))
-        names = [n for n in keep if n in upserts.column_names]
-        cut = upserts.filter(mask).select(names) if len(names) > 1 else None
-        gone = visible_rids(before, audience, np.asarray(delta.deleted, dtype=np.uint64))
-        out_cut = cut if cut is not None and cut.num_rows else None
-        return Delta(
-            delta.seq_from, delta.seq_to, delta.by, out_cut, tuple(int(r) for r in gone), schema, None
-        )
-    parts = [np.asarray(delta.deleted, dtype=np.uint64)]
-    if upserts is not None and upserts.num_rows:
-        parts.append(upserts.column(RID).to_numpy().astype(np.uint64))
-    touched = np.unique(np.concatenate(parts))
-    seen = visible_rids(after, audience, touched)
-    rows = _rows_at(after, seen).select(keep)
-    out: pa.Table | None = frame_to_arrow(rows) if rows.height else None
-    if before is None:  # no earlier state known: a touched row not visible now may have been
-        was = touched
-    else:
-        try:
-            was = visible_rids(before, audience, touched)
-        except PolicyBroken:  # the predicate only compiles after the tick (a column came back)
-            was = _EMPTY
-    gone = np.setdiff1d(was, seen, assume_unique=True)
-    return Delta(delta.seq_from, delta.seq_to, delta.by, out, tuple(int(r) for r in gone), schema, None)
-
-
-def _has_new(upserts: pa.Table, before: State) -> bool:
-    """Whether ``upserts`` holds a row ``before`` did not have (an insert)."""
-    found, _ = row_positions(before, upserts.column(RID).to_numpy().astype(np.uint64))
-    return not bool(found.all())
 
 
 # ---------------------------------------------------------------- writes
