@@ -7,7 +7,9 @@ from typing import Any
 
 import httpx
 
+from client import connect
 from server.storage.auth_types import Grant, User
+from tests.helpers import signed_in
 
 
 async def test_the_audit_trail_records_who_did_what_and_counts_failures(make_server: Any) -> None:
@@ -42,3 +44,13 @@ async def test_the_audit_trail_records_who_did_what_and_counts_failures(make_ser
         assert grant["detail"] == "vee editor"
         times = [r["time"] for r in rows if r["kind"] != "auth_failed"]
         assert times == sorted(times, reverse=True)  # newest first
+
+
+async def test_a_commit_over_the_protocol_is_in_the_audit_trail(make_server: Any) -> None:
+    async with make_server(auth="token") as srv:
+        ed = await signed_in(srv, "eddie", "editor")
+        async with connect(srv.url, "sales", token=ed) as room:
+            await room.set_cells([0], "qty", [3])
+            commit = await room.commit("by eddie")
+        rows = await srv.app.state.auth.store.list_audit(kind="commit")
+        assert [(r.user, r.dataset, r.detail) for r in rows] == [("eddie", "sales", f"main {commit[:12]}")]

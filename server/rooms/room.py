@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from protocol import (
     CloseCode,
     Commit,
+    Committed,
     Error,
     ErrorCode,
     Meta,
@@ -31,6 +33,7 @@ from protocol import (
 
 from ..ops import ExprCost
 from ..ops.state import State
+from ..storage.audit_types import AuditEvent
 from .config import RoomConfig
 from .core import RoomCore
 from .deltas import DeltaLog, EncodedDelta
@@ -351,8 +354,16 @@ class Room(Joins):
         self._spawn(self.durability.autocommit(prepared, message))
 
     async def _answer_commit(self, b: Batch, prepared: Any) -> None:
-        author = getattr(b.sender, "user", None) or b.client  # the signed-in user, else the client id
-        self.reply(b.sender, await self.durability.answer(prepared, author, b.msg))
+        user = getattr(b.sender, "user", None)  # the signed-in user (None under --auth none)
+        done = await self.durability.answer(prepared, user or b.client, b.msg)
+        self.reply(b.sender, done)
+        if user is not None and isinstance(done, Committed) and self.storage is not None:
+            try:  # the audit trail: who committed what, when (issue 12 §4)
+                what = f"{self.branch} {done.commit[:12]}"
+                event = AuditEvent(time.time(), "commit", user, self.dataset, what)
+                await self.storage.catalog.add_audit(event)
+            except Exception:
+                log.exception("could not record a commit by %s in the audit trail", user)
 
     # ------------------------------------------------------------ waiting
 
