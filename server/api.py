@@ -15,6 +15,10 @@ nothing hidden leaves: an export is the audience's rows and visible columns, a d
 those of each side, and the log and commits carry no row count (it would tell how many rows
 are hidden). docs/security.md "HTTP and dashboards".
 
+Every request body (an upload, a JSON body) is counted as it arrives against the per-request
+limit and the signed-in user's upload budget (``user_upload_bytes_per_hour``; 429
+``rate_limited`` with ``Retry-After``): docs/security.md "Per-user limits".
+
 Every error is ``{"error": {"code", "message", "details"}}`` with the status
 of the :class:`~protocol.CoframeError` raised (PROTOCOL.md section 11), and
 the message says what to do: a handler just raises, and
@@ -41,6 +45,7 @@ from starlette.routing import Route
 from protocol import ErrorCode
 
 from .auth.http import audience_of_request, identity_of
+from .auth.limits import UserLimits
 from .errors import ApiError
 from .io import (
     check_format,
@@ -77,6 +82,7 @@ log = logging.getLogger("coframe.api")
 
 SPOOL_BYTES = 16 * 1024 * 1024  # uploads bigger than this spill from memory to a temp file
 MAX_LOG_LIMIT = 10_000
+MAX_JSON_BYTES = 1024 * 1024  # a JSON request body (branches, tags, revert, the admin routes)
 
 
 # ---------------------------------------------------------------- shared helpers (HTTP and CLI)
@@ -173,8 +179,13 @@ async def _dataset(request: Request) -> tuple[Registry, str]:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
+    spool = await _spool_body(request, MAX_JSON_BYTES, "the JSON body", "send a small JSON object")
     try:
-        body = json.loads(await request.body() or b"{}")
+        raw = spool.read()
+    finally:
+        spool.close()
+    try:
+        body = json.loads(raw or b"{}")
     except ValueError:
         raise ApiError(400, ErrorCode.BAD_REQUEST, "the body is not valid JSON; send a JSON object") from None
     if not isinstance(body, dict):
@@ -217,23 +228,37 @@ def _filename(*parts: str) -> str:
 # ---------------------------------------------------------------- handlers
 
 
-async def _spool_body(request: Request, limit: int) -> tempfile.SpooledTemporaryFile[bytes]:
+async def _spool_body(
+    request: Request, limit: int, what: str = "the upload", advice: str = "split the file"
+) -> tempfile.SpooledTemporaryFile[bytes]:
+    """The request body, spooled, under the per-request ``limit`` and the user's upload budget.
+
+    The budget (:class:`~server.auth.limits.UserLimits`, docs/security.md "Per-user
+    limits") is charged per chunk as it arrives, so one huge body is refused as soon as
+    the budget runs out; a declared ``Content-Length`` over either limit is refused
+    before anything is read.
+
+    Raises:
+        ApiError: 413 ``too_large``: over ``limit``.
+        UploadLimited: 429 ``rate_limited`` (with ``Retry-After``): over the user's budget.
+    """
+    identity = identity_of(request)
+    budget: UserLimits = request.app.state.user_limits
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise ApiError(
-            413,
-            ErrorCode.TOO_LARGE,
-            f"the upload is {length} bytes, over the {limit}-byte limit; split the file",
-        )
+    if length.isdigit():
+        if int(length) > limit:
+            raise ApiError(
+                413, ErrorCode.TOO_LARGE, f"{what} is {length} bytes, over the {limit}-byte limit; {advice}"
+            )
+        budget.check_upload(identity, int(length))
     spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
+            budget.charge_upload(identity, len(chunk), size)
             if size > limit:
-                raise ApiError(
-                    413, ErrorCode.TOO_LARGE, f"the upload is over the {limit}-byte limit; split the file"
-                )
+                raise ApiError(413, ErrorCode.TOO_LARGE, f"{what} is over the {limit}-byte limit; {advice}")
             spool.write(chunk)
     except BaseException:
         spool.close()
