@@ -144,6 +144,10 @@ async def grants(request: Request) -> Response:
     rows = body.get("rows")
     if rows is not None and not isinstance(rows, str):
         raise ApiError(400, ErrorCode.BAD_REQUEST, "give 'rows' as a SQL predicate string")
+    cap = request.app.state.user_limits.expression_cap(identity_of(request))
+    if rows is not None and cap is not None and len(rows) > cap:  # docs/security.md "Per-user limits"
+        message, details = request.app.state.user_limits.expression_too_long("rows", len(rows))
+        raise ApiError(413, ErrorCode.TOO_LARGE, message, details)
     if rows is not None:
         check_rows(rows, state.catalog.names())  # bad_expr (400) names what is wrong
     grant = Grant(name, _str_field(body, "user"), role, rows, tuple(ids[c] for c in hide_names))
