@@ -15,9 +15,9 @@ nothing hidden leaves: an export is the audience's rows and visible columns, a d
 those of each side, and the log and commits carry no row count (it would tell how many rows
 are hidden). docs/security.md "HTTP and dashboards".
 
-Every request body (an upload, a JSON body) is counted as it arrives against the per-request
-limit and the signed-in user's upload budget (``user_upload_bytes_per_hour``; 429
-``rate_limited`` with ``Retry-After``): docs/security.md "Per-user limits".
+Every request body (an upload, a JSON body) is read through :mod:`server.api_body`, which counts
+it as it arrives against the per-request limit and the signed-in user's upload budget
+(``user_upload_bytes_per_hour``; 429 ``rate_limited`` with ``Retry-After``).
 
 Every error is ``{"error": {"code", "message", "details"}}`` with the status
 of the :class:`~protocol.CoframeError` raised (PROTOCOL.md section 11), and
@@ -30,10 +30,8 @@ the message says what to do: a handler just raises, and
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
-import tempfile
 from typing import Any
 
 import pyarrow as pa
@@ -44,8 +42,8 @@ from starlette.routing import Route
 
 from protocol import ErrorCode
 
+from .api_body import SPOOL_BYTES, json_body, spool_body
 from .auth.http import audience_of_request, identity_of
-from .auth.limits import UserLimits
 from .errors import ApiError
 from .io import (
     check_format,
@@ -80,9 +78,7 @@ __all__ = [
 
 log = logging.getLogger("coframe.api")
 
-SPOOL_BYTES = 16 * 1024 * 1024  # uploads bigger than this spill from memory to a temp file
 MAX_LOG_LIMIT = 10_000
-MAX_JSON_BYTES = 1024 * 1024  # a JSON request body (branches, tags, revert, the admin routes)
 
 
 # ---------------------------------------------------------------- shared helpers (HTTP and CLI)
@@ -178,21 +174,6 @@ async def _dataset(request: Request) -> tuple[Registry, str]:
     return registry, name
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    spool = await _spool_body(request, MAX_JSON_BYTES, "the JSON body", "send a small JSON object")
-    try:
-        raw = spool.read()
-    finally:
-        spool.close()
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise ApiError(400, ErrorCode.BAD_REQUEST, "the body is not valid JSON; send a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, ErrorCode.BAD_REQUEST, "the body must be a JSON object")
-    return body
-
-
 def _str_field(body: dict[str, Any], key: str, default: str | None = None) -> str:
     value = body.get(key, default)
     if not isinstance(value, str) or not value:
@@ -228,45 +209,6 @@ def _filename(*parts: str) -> str:
 # ---------------------------------------------------------------- handlers
 
 
-async def _spool_body(
-    request: Request, limit: int, what: str = "the upload", advice: str = "split the file"
-) -> tempfile.SpooledTemporaryFile[bytes]:
-    """The request body, spooled, under the per-request ``limit`` and the user's upload budget.
-
-    The budget (:class:`~server.auth.limits.UserLimits`, docs/security.md "Per-user
-    limits") is charged per chunk as it arrives, so one huge body is refused as soon as
-    the budget runs out; a declared ``Content-Length`` over either limit is refused
-    before anything is read.
-
-    Raises:
-        ApiError: 413 ``too_large``: over ``limit``.
-        UploadLimited: 429 ``rate_limited`` (with ``Retry-After``): over the user's budget.
-    """
-    identity = identity_of(request)
-    budget: UserLimits = request.app.state.user_limits
-    length = request.headers.get("content-length", "")
-    if length.isdigit():
-        if int(length) > limit:
-            raise ApiError(
-                413, ErrorCode.TOO_LARGE, f"{what} is {length} bytes, over the {limit}-byte limit; {advice}"
-            )
-        budget.check_upload(identity, int(length))
-    spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            budget.charge_upload(identity, len(chunk), size)
-            if size > limit:
-                raise ApiError(413, ErrorCode.TOO_LARGE, f"{what} is over the {limit}-byte limit; {advice}")
-            spool.write(chunk)
-    except BaseException:
-        spool.close()
-        raise
-    spool.seek(0)
-    return spool
-
-
 async def upload(request: Request) -> Response:
     registry = _registry(request)
     settings: Settings = request.app.state.settings
@@ -285,7 +227,7 @@ async def upload(request: Request) -> Response:
         )
     if await registry.exists(name):
         raise DatasetExists(f"dataset '{name}' already exists; pick another name")
-    spool = await _spool_body(request, settings.max_upload_bytes)
+    spool = await spool_body(request, settings.max_upload_bytes)
     try:
         frame = await asyncio.to_thread(read_frame, spool, fmt, name=filename or "the upload")
     finally:
@@ -380,7 +322,7 @@ async def refs(request: Request) -> Response:
 async def create_branch(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage
-    body = await _json_body(request)
+    body = await json_body(request)
     new = check_ref_name(_str_field(body, "name"), "branch")
     source = _str_field(body, "from", "main")
     m = await resolve(storage, name, source)
@@ -394,7 +336,7 @@ async def create_branch(request: Request) -> Response:
 async def create_tag(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage
-    body = await _json_body(request)
+    body = await json_body(request)
     tag = check_ref_name(_str_field(body, "name"), "tag")
     at = _str_field(body, "at", "main")
     m = await resolve(storage, name, at)
@@ -413,7 +355,7 @@ async def create_tag(request: Request) -> Response:
 async def revert(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage
-    body = await _json_body(request)
+    body = await json_body(request)
     branch = check_ref_name(_str_field(body, "branch", "main"), "branch")
     to = _str_field(body, "to")
     target = await resolve(storage, name, to)

@@ -25,7 +25,8 @@ from starlette.routing import Route
 
 from protocol import ErrorCode
 
-from .api import _dataset, _json_body, _str_field
+from .api import _dataset, _str_field
+from .api_body import json_body
 from .auth import Auth, parse_duration
 from .auth.http import identity_of
 from .auth.tokens import DEFAULT_EXPIRES
@@ -68,7 +69,7 @@ async def list_users(request: Request) -> Response:
 
 async def add_user(request: Request) -> Response:
     auth = await _global_admin(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     user = User(
         _str_field(body, "name"),
         str(body.get("display") or ""),
@@ -91,7 +92,7 @@ async def disable_user(request: Request) -> Response:
 
 async def create_token(request: Request) -> Response:
     auth = await _global_admin(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     user = _str_field(body, "user")
     try:
         ttl = parse_duration(str(body.get("expires") or DEFAULT_EXPIRES))
@@ -129,7 +130,7 @@ async def grants(request: Request) -> Response:
     auth, name = await _dataset_admin(request)
     if request.method == "GET":
         return JSONResponse([_grant_json(g) for g in await auth.store.list_grants(dataset=name)])
-    body = await _json_body(request)
+    body = await json_body(request)
     role = _str_field(body, "role")
     if role not in ROLES:
         raise ApiError(400, ErrorCode.BAD_REQUEST, f"role must be one of {', '.join(ROLES)}")
