@@ -16,6 +16,9 @@ Two checks, both pure:
   Run-end-encoded and list-view columns are refused.
 
 Both raise :class:`ProtocolError` with ``too_large`` (or ``bad_field``).
+
+:func:`expressions_of` lists the expressions a message carries, for the
+per-user cap on their length (``server.auth.limits``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "Cost",
     "check_request",
     "check_tables",
+    "expressions_of",
     "materialized_bytes",
     "INLINE_TABLE_BYTES",
     "INLINE_JSON_ROWS",
@@ -256,3 +260,24 @@ def utf8_len(s: str) -> int:
     wide = int(np.count_nonzero(units >= 0x80)) + int(np.count_nonzero(units >= 0x800))
     surrogates = int(np.count_nonzero((units >= 0xD800) & (units < 0xE000)))
     return len(units) + wide - surrogates
+
+
+def expressions_of(msg: Any) -> list[tuple[str, str]]:
+    """The ``(field path, text)`` of every expression a client message carries.
+
+    An ``op`` message's ``add_column`` ``expr`` and ``delete`` ``where``
+    (``ops[i].expr``, ``ops[i].where``), and a ``subscribe``'s view
+    expressions (``config.expressions.NAME``). A view ``filter``'s values
+    are literals compared as they are, not expressions, and are not listed.
+    """
+    out: list[tuple[str, str]] = []
+    for i, op in enumerate(getattr(msg, "ops", None) or ()):
+        for key in ("expr", "where"):
+            text = getattr(op, key, None)
+            if isinstance(text, str):
+                out.append((f"ops[{i}].{key}", text))
+    config = getattr(msg, "config", None)
+    if getattr(msg, "type", None) == "subscribe" and isinstance(config, dict):
+        for name, text in (config.get("expressions") or {}).items():
+            out.append((f"config.expressions.{name}", text))
+    return out

@@ -33,7 +33,7 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_TYPE = "unknown_type"  # "type" names no message we know
     BAD_FIELD = "bad_field"  # a field is missing or has the wrong type
     TOO_LARGE = "too_large"  # message, op or upload over a configured limit
-    RATE_LIMITED = "rate_limited"  # too many op messages per second
+    RATE_LIMITED = "rate_limited"  # too many op messages per second, or upload bytes per hour (429)
     TOO_MANY = "too_many"  # over a per-connection count: open views, queries in flight
     OVERLOADED = "overloaded"  # over a node-wide cap: connections, unhelloed sockets, bytes queued
     # Lifecycle violations: the socket is closed with CloseCode.POLICY.

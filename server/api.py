@@ -15,6 +15,10 @@ nothing hidden leaves: an export is the audience's rows and visible columns, a d
 those of each side, and the log and commits carry no row count (it would tell how many rows
 are hidden). docs/security.md "HTTP and dashboards".
 
+Every request body (an upload, a JSON body) is read through :mod:`server.api_body`, which counts
+it as it arrives against the per-request limit and the signed-in user's upload budget
+(``user_upload_bytes_per_hour``; 429 ``rate_limited`` with ``Retry-After``).
+
 Every error is ``{"error": {"code", "message", "details"}}`` with the status
 of the :class:`~protocol.CoframeError` raised (PROTOCOL.md section 11), and
 the message says what to do: a handler just raises, and
@@ -26,10 +30,8 @@ the message says what to do: a handler just raises, and
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
-import tempfile
 from typing import Any
 
 import pyarrow as pa
@@ -40,6 +42,7 @@ from starlette.routing import Route
 
 from protocol import ErrorCode
 
+from .api_body import SPOOL_BYTES, json_body, spool_body
 from .auth.http import audience_of_request, identity_of
 from .errors import ApiError
 from .io import (
@@ -76,7 +79,6 @@ __all__ = [
 
 log = logging.getLogger("coframe.api")
 
-SPOOL_BYTES = 16 * 1024 * 1024  # uploads bigger than this spill from memory to a temp file
 MAX_LOG_LIMIT = 10_000
 
 
@@ -156,16 +158,6 @@ async def _dataset(request: Request) -> tuple[Registry, str]:
     return registry, name
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        raise ApiError(400, ErrorCode.BAD_REQUEST, "the body is not valid JSON; send a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, ErrorCode.BAD_REQUEST, "the body must be a JSON object")
-    return body
-
-
 def _str_field(body: dict[str, Any], key: str, default: str | None = None) -> str:
     value = body.get(key, default)
     if not isinstance(value, str) or not value:
@@ -201,31 +193,6 @@ def _filename(*parts: str) -> str:
 # ---------------------------------------------------------------- handlers
 
 
-async def _spool_body(request: Request, limit: int) -> tempfile.SpooledTemporaryFile[bytes]:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise ApiError(
-            413,
-            ErrorCode.TOO_LARGE,
-            f"the upload is {length} bytes, over the {limit}-byte limit; split the file",
-        )
-    spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(
-                    413, ErrorCode.TOO_LARGE, f"the upload is over the {limit}-byte limit; split the file"
-                )
-            spool.write(chunk)
-    except BaseException:
-        spool.close()
-        raise
-    spool.seek(0)
-    return spool
-
-
 async def upload(request: Request) -> Response:
     registry = _registry(request)
     settings: Settings = request.app.state.settings
@@ -244,7 +211,7 @@ async def upload(request: Request) -> Response:
         )
     if await registry.exists(name):
         raise DatasetExists(f"dataset '{name}' already exists; pick another name")
-    spool = await _spool_body(request, settings.max_upload_bytes)
+    spool = await spool_body(request, settings.max_upload_bytes)
     try:
         frame = await asyncio.to_thread(read_frame, spool, fmt, name=filename or "the upload")
     finally:
@@ -339,7 +306,7 @@ async def refs(request: Request) -> Response:
 async def create_branch(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage
-    body = await _json_body(request)
+    body = await json_body(request)
     new = check_ref_name(_str_field(body, "name"), "branch")
     source = _str_field(body, "from", "main")
     m = await resolve(storage, name, source)
@@ -353,7 +320,7 @@ async def create_branch(request: Request) -> Response:
 async def create_tag(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage
-    body = await _json_body(request)
+    body = await json_body(request)
     tag = check_ref_name(_str_field(body, "name"), "tag")
     at = _str_field(body, "at", "main")
     m = await resolve(storage, name, at)
@@ -372,7 +339,7 @@ async def create_tag(request: Request) -> Response:
 async def revert(request: Request) -> Response:
     registry, name = await _dataset(request)
     storage = registry.storage
-    body = await _json_body(request)
+    body = await json_body(request)
     branch = check_ref_name(_str_field(body, "branch", "main"), "branch")
     to = _str_field(body, "to")
     target = await resolve(storage, name, to)

@@ -25,7 +25,8 @@ from starlette.routing import Route
 
 from protocol import ErrorCode
 
-from .api import _dataset, _json_body, _str_field
+from .api import _dataset, _str_field
+from .api_body import json_body
 from .auth import Auth, parse_duration
 from .auth.http import identity_of
 from .auth.tokens import DEFAULT_EXPIRES
@@ -68,7 +69,7 @@ async def list_users(request: Request) -> Response:
 
 async def add_user(request: Request) -> Response:
     auth = await _global_admin(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     user = User(
         _str_field(body, "name"),
         str(body.get("display") or ""),
@@ -91,7 +92,7 @@ async def disable_user(request: Request) -> Response:
 
 async def create_token(request: Request) -> Response:
     auth = await _global_admin(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     user = _str_field(body, "user")
     try:
         ttl = parse_duration(str(body.get("expires") or DEFAULT_EXPIRES))
@@ -129,7 +130,7 @@ async def grants(request: Request) -> Response:
     auth, name = await _dataset_admin(request)
     if request.method == "GET":
         return JSONResponse([_grant_json(g) for g in await auth.store.list_grants(dataset=name)])
-    body = await _json_body(request)
+    body = await json_body(request)
     role = _str_field(body, "role")
     if role not in ROLES:
         raise ApiError(400, ErrorCode.BAD_REQUEST, f"role must be one of {', '.join(ROLES)}")
@@ -144,6 +145,10 @@ async def grants(request: Request) -> Response:
     rows = body.get("rows")
     if rows is not None and not isinstance(rows, str):
         raise ApiError(400, ErrorCode.BAD_REQUEST, "give 'rows' as a SQL predicate string")
+    cap = request.app.state.user_limits.expression_cap(identity_of(request))
+    if rows is not None and cap is not None and len(rows) > cap:  # docs/security.md "Per-user limits"
+        message, details = request.app.state.user_limits.expression_too_long("rows", len(rows))
+        raise ApiError(413, ErrorCode.TOO_LARGE, message, details)
     if rows is not None:
         check_rows(rows, state.catalog.names())  # bad_expr (400) names what is wrong
     grant = Grant(name, _str_field(body, "user"), role, rows, tuple(ids[c] for c in hide_names))

@@ -245,7 +245,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.health = health
     app.state.node = Node(settings)
     app.state.user_limits = UserLimits(
-        settings.max_connections_per_user, settings.user_ops_per_second, settings.user_ops_burst
+        settings.max_connections_per_user,
+        settings.user_ops_per_second,
+        settings.user_ops_burst,
+        settings.user_upload_bytes_per_hour,
+        settings.user_max_expression_chars,
     )
     return app
 

@@ -151,6 +151,8 @@ _NODE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("--views-table-ttl", float, "seconds an unused Perspective table is kept"),
     ("--max-connections-per-user", int, "one user's connections; over it: too_many, close 1013"),
     ("--user-ops-per-second", float, "op messages per second across one user's connections"),
+    ("--user-upload-bytes-per-hour", int, "bytes one user may upload per hour (burst the same); then 429"),
+    ("--user-max-expression-chars", int, "characters in one expression a user sends; over it: too_large"),
 )
 
 

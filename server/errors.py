@@ -12,6 +12,7 @@ Every error a user can see is a :class:`protocol.CoframeError`: a stable
     ├── EditError (server.perspective.edits)         a dashboard grid edit refused before the room, 400
     ├── ReadError (server.io)         bad_format / unreadable 400, too_large 413
     ├── PolicyBroken (server.rooms.policy)  forbidden, 403: a grant's row predicate no longer compiles
+    ├── UploadLimited (server.auth.limits)  rate_limited, 429 with Retry-After: a user's upload budget
     ├── StorageError (server.storage.types)          internal, 500
     │   ├── NotFound                  not_found, 404
     │   ├── AlreadyExists             already_exists, 409
@@ -44,6 +45,7 @@ from starlette.types import ExceptionHandler
 from protocol import CloseCode, CoframeError, ErrorCode, ProtocolError
 from protocol.codec import encode_map
 
+from .auth.limits import UploadLimited
 from .io import ReadError
 from .ops.state import OpError
 from .perspective.config import ViewConfigError
@@ -63,6 +65,7 @@ __all__ = [
     "EditError",
     "ReadError",
     "PolicyBroken",
+    "UploadLimited",
     "StorageError",
     "NotFound",
     "AlreadyExists",
@@ -89,8 +92,8 @@ class ApiError(CoframeError):
     code = ErrorCode.BAD_REQUEST
     status = 400
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message, code=code, status=status)
+    def __init__(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, code=code, status=status, details=details)
 
 
 class CliError(CoframeError):
@@ -130,7 +133,8 @@ async def _coframe_error(conn: HTTPConnection, exc: Exception) -> Response:
     """Any :class:`CoframeError`: its status, code, message and details.
 
     A status of 500 or more is a server fault: logged with its traceback, and
-    the reply says only ``internal``. A WebSocket route's error is not ours to
+    the reply says only ``internal``. A 429 whose details hold ``retry_after`` (seconds)
+    carries it as ``Retry-After``. A WebSocket route's error is not ours to
     answer: it is raised again for the server to log, as before.
     """
     if conn.scope["type"] != "http" or not isinstance(exc, CoframeError):
@@ -141,7 +145,9 @@ async def _coframe_error(conn: HTTPConnection, exc: Exception) -> Response:
     if exc.status >= 500:
         log.error("%s %s failed", conn.scope.get("method"), conn.url.path, exc_info=exc)
         return error_response(500, ErrorCode.INTERNAL, _INTERNAL_MESSAGE)
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    retry = exc.details.get("retry_after") if exc.status == 429 else None
+    headers = {"Retry-After": str(int(retry))} if isinstance(retry, (int, float)) else None
+    return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
 
 async def _unexpected(conn: HTTPConnection, exc: Exception) -> Response:

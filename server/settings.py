@@ -82,4 +82,10 @@ class Settings:
     max_connections_per_user: int = 64  # over it: too_many, close 1013
     user_ops_per_second: float = 5_000.0  # op/undo/redo messages across all of a user's connections
     user_ops_burst: int = 10_000
+    # HTTP body bytes received from one user (uploads, JSON), a bucket refilled at this rate with
+    # the same burst; over it: 429 rate_limited with Retry-After.
+    user_upload_bytes_per_hour: int = 10 * 1024**3
+    # One expression a user sends (op expr/where, view and dashboard expressions, a grant's rows);
+    # over it: too_large. The default is server.ops.sandbox.MAX_EXPR_LEN.
+    user_max_expression_chars: int = 2_000
     extra: dict[str, str] = field(default_factory=dict)

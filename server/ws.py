@@ -177,7 +177,7 @@ class _Pump:
                     needed = required_role(ev.msg)
                     limited = self.limits.take(
                         self.identity, getattr(ev.msg, "type", ""), getattr(ev.msg, "id", None)
-                    )
+                    ) or self.limits.check_expressions(self.identity, ev.msg)  # per-user caps, §10
                     if limited is not None:
                         self.room.reply(self.session, limited)
                     elif at_least(self.role, needed):

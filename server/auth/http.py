@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
+from ..perspective.endpoint import EXPRESSION_CAP
 from ..rooms.policy import EVERYONE, Audience
 from .roles import at_least
 from .service import Auth, AuthFailed, Identity, Watch
@@ -168,6 +169,7 @@ class AuthMiddleware:
             scope[AUDIENCE] = access[1]
             if scope["type"] == "websocket":
                 scope[WATCH] = _watcher(auth, identity, dataset, *access)
+                scope[EXPRESSION_CAP] = scope["app"].state.user_limits.expression_cap(identity)
         if method == "POST" and what == "":  # an upload: a new dataset, or a clash with an existing one
             if role is None and not (identity.can_create or identity.local):
                 return _error(403, "forbidden", "you may not create datasets: ask an admin for --can-create")

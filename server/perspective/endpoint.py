@@ -60,11 +60,14 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from .live import RoomViews
 
-__all__ = ["perspective_endpoint", "ReplyQueue", "AUDIENCE", "WATCH"]
+__all__ = ["perspective_endpoint", "ReplyQueue", "AUDIENCE", "WATCH", "EXPRESSION_CAP"]
 
 #: Scope keys the auth middleware (server.auth.http) fills: what the user may see, and how to
 #: follow changes to their access (a layer below auth cannot import it, so it is handed down).
 AUDIENCE, WATCH = "coframe.audience", "coframe.watch"
+#: The signed-in user's cap on one expression (``user_max_expression_chars``), absent under
+#: ``--auth none``; the auth middleware puts it in the scope, as it does the audience.
+EXPRESSION_CAP = "coframe.expression_cap"
 
 log = logging.getLogger("coframe.dashboard")
 
@@ -168,7 +171,8 @@ async def perspective_endpoint(ws: WebSocket) -> None:
     if wants_edit(ws.query_params):  # its writes are checked against the user's policy in the tick
         editor = DashboardEditor.for_connection(room, settings, audience=audience)
     try:
-        gate = Gate(room.views.name, editable=editor is not None)
+        cap = ws.scope.get(EXPRESSION_CAP)
+        gate = Gate(room.views.name, editable=editor is not None, max_expression_chars=cap)
         await _serve(ws, room.views, gate, settings, replies, editor, audience)
     finally:
         unwatch()

@@ -22,7 +22,8 @@ the caller's promise rejects with our message.
 table and view requests name a view this connection made, so a dashboard
 cannot reach another client's views, and that the expressions of a
 ``table_make_view_req`` or ``table_validate_expr_req`` pass
-:func:`.config.check_expression` (not too long to parse), as a ``subscribe``'s do.
+:func:`.config.check_expression` (not too long to parse), as a ``subscribe``'s do,
+and the signed-in user's ``max_expression_chars`` (docs/security.md "Per-user limits").
 On a connection opened for editing (``edit=1``) it lets one more request
 through, differently: a ``table_update_req`` on the room's table is not
 forwarded either, but becomes coframe ops (:mod:`.edits`).
@@ -235,6 +236,8 @@ class Gate:
     table: str  # the room's table name, e.g. "sales/main"
     views: set[str] = field(default_factory=set)  # view ids this connection made
     editable: bool = False  # table_update_req on this table becomes an edit instead of a refusal
+    # The signed-in user's cap on one expression (user_max_expression_chars); None under --auth none.
+    max_expression_chars: int | None = None
 
     def check(self, frame: bytes) -> Decision:
         """The decision for ``frame`` (see :func:`check_request`), scoped to this connection.
@@ -257,6 +260,13 @@ class Gate:
             try:
                 for name, text in _expressions(d.field, d.body):
                     check_expression(name, text)
+                    cap = self.max_expression_chars
+                    if cap is not None and len(text) > cap:
+                        return _refuse(
+                            d,
+                            f"too_large: view expression '{name}' is {len(text):,} characters long, over"
+                            f" your per-user limit of {cap:,} (user_max_expression_chars); shorten it",
+                        )
             except ViewConfigError as e:
                 return _refuse(d, e.message)
         if d.field == MAKE_VIEW:
