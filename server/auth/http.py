@@ -28,7 +28,9 @@ from urllib.parse import urlsplit
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from ..perspective.endpoint import EXPRESSION_CAP
+# Scope keys the dashboard socket reads: what the user may see, how to follow changes to
+# their access, and their expression cap (server.perspective.endpoint defines them).
+from ..perspective.endpoint import AUDIENCE, EXPRESSION_CAP, WATCH
 from ..rooms.policy import EVERYONE, Audience
 from .roles import at_least
 from .service import Auth, AuthFailed, Identity, Watch
@@ -45,8 +47,6 @@ __all__ = [
 
 COOKIE = "coframe_session"
 IDENTITY = "coframe.identity"
-AUDIENCE = "coframe.audience"
-WATCH = "coframe.watch"  # for the dashboard socket: follow changes to its user's access
 _OPEN = ("/healthz", "/readyz", "/login", "/assets/")
 _SAFE = ("GET", "HEAD", "OPTIONS")
 
