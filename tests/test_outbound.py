@@ -79,7 +79,9 @@ def test_subscribers_are_grouped_by_audience_and_rendered_once_per_audience(
 ) -> None:
     rendered: list[Audience] = []
 
-    def render(payload: Any, audience: Audience, state: Any = None, vis: Any = None) -> Any:
+    def render(
+        payload: Any, audience: Audience, state: Any = None, vis: Any = None, touched: Any = None
+    ) -> Any:
         rendered.append(audience)
         return payload.msg
 
@@ -91,6 +93,41 @@ def test_subscribers_are_grouped_by_audience_and_rendered_once_per_audience(
     assert sorted(map(repr, rendered)) == sorted(map(repr, [EVERYONE, narrow]))  # once per audience
     assert out.encodes == 3  # (EVERYONE, msgpack), (narrow, msgpack), (narrow, JSON)
     assert subs[0].got[0][0] is subs[2].got[0][0]
+
+
+def test_restricted_audiences_share_the_everyone_bytes_or_one_seqs_only_encoding() -> None:
+    """A 1-cell edit of ``price`` on row 0 (region EU): audiences that see the row and the column get
+    the very bytes encoded for everyone; the ones that see neither get one shared encoding that
+    carries only the seqs; a delta with a metadata update is never passed through whole."""
+    import polars as pl
+
+    before = _state()
+    price = before.catalog.columns[1]
+    after = before.with_frame(before.frame.with_columns(pl.col("price").fill_null(0.0).alias("price")))
+    b = DeltaBuilder()
+    b.add_cells(price.id, before.rids()[:1])
+    encoded = EncodedDelta(b.build(before, after, 4, 4, ("w",), None))
+    eu = Audience(rows="region = 'EU'")
+    us = Audience(rows="region = 'US'")
+    apac = Audience(rows="region = 'APAC'")
+    no_price = Audience(hide=frozenset({price.id}))
+    subs = [Sub("all"), Sub("eu", audience=eu), Sub("us", audience=us), Sub("apac", audience=apac)]
+    subs.append(Sub("np", audience=no_price))
+    out = Outbound()
+    out.deliver(DeltaOut(encoded, after, before), subs)
+    got = {s.client: s.got[0][0] for s in subs}
+    assert got["eu"] is got["all"] is encoded.payload(True)
+    assert got["us"] is got["apac"] is got["np"] and got["us"] is not got["all"]
+    assert out.encodes == 1  # the seqs-only delta, once for the three audiences that see no cell
+    bare = decode_server(got["us"])
+    assert (bare.seq_from, bare.seq_to, bare.upserts, bare.deleted) == (4, 4, None, ())
+
+    with_meta = EncodedDelta(b.build(before, after, 5, 5, ("w",), b"\x01\x02"))
+    subs = [Sub("all"), Sub("eu", audience=eu)]
+    out.deliver(DeltaOut(with_meta, after, before), subs)
+    assert subs[1].got[0][0] is not subs[0].got[0][0]
+    mine = decode_server(subs[1].got[0][0])
+    assert mine.meta is None and mine.upserts.column("price").to_pylist() == [0.0]
 
 
 def test_a_welcome_is_built_per_subscriber_and_big_snapshots_are_cached_per_state() -> None:

@@ -35,7 +35,7 @@ from protocol import Ack, Committed, Delta, Error, Meta, PresenceUpdate
 from protocol.costs import presence_json
 from protocol.dtypes import RID, frame_to_arrow
 
-from ..ops.state import State
+from ..ops.state import Catalog, State
 from .deltas import row_positions
 from .policy import (
     Audience,
@@ -50,7 +50,7 @@ from .policy import (
     visible_rids,
 )
 
-__all__ = ["render_message", "render_delta", "Visibility", "NOT_SENT"]
+__all__ = ["render_message", "render_delta", "Touched", "Visibility", "NOT_SENT"]
 
 #: What :func:`render_message` returns for a message the audience does not get at all.
 NOT_SENT = object()
@@ -195,6 +195,16 @@ class Visibility:
 
     def __init__(self) -> None:
         self._masks: dict[Audience, tuple[State, np.ndarray]] = {}
+        self._names: dict[Audience, tuple[Catalog, list[str]]] = {}
+
+    def names(self, catalog: Catalog, audience: Audience) -> list[str]:
+        """``_rid`` and the audience's visible columns in ``catalog`` (kept while the catalog is)."""
+        got = self._names.get(audience)
+        if got is not None and got[0] is catalog:
+            return got[1]
+        names = [RID, *visible_names(catalog, audience)]
+        self._names[audience] = (catalog, names)
+        return names
 
     def mask(self, state: State, audience: Audience) -> np.ndarray:
         """The audience's mask for ``state`` (at least ``state.next_rid`` long).
@@ -223,6 +233,8 @@ class Visibility:
         wanted = set(audiences)
         for a in [a for a in self._masks if a not in wanted]:
             del self._masks[a]
+        for a in [a for a in self._names if a not in wanted]:
+            del self._names[a]
 
 
 def _seen_in(mask: np.ndarray, rids: np.ndarray) -> np.ndarray:
@@ -234,8 +246,28 @@ def _seen_in(mask: np.ndarray, rids: np.ndarray) -> np.ndarray:
     return out
 
 
+class Touched:
+    """What one delta touched, worked out once for every audience it is rendered for."""
+
+    __slots__ = ("rids", "deleted", "changed", "new")
+
+    def __init__(self, delta: Delta, before: State | None) -> None:
+        upserts = delta.upserts
+        rows = upserts is not None and upserts.num_rows > 0
+        self.rids = upserts.column(RID).to_numpy().astype(np.uint64) if rows else _NONE  # type: ignore[union-attr]
+        self.deleted = np.asarray(delta.deleted, dtype=np.uint64) if delta.deleted else _NONE
+        self.changed = frozenset(upserts.column_names) if upserts is not None else frozenset()
+        # Whether an upserted row is new (an insert): None when there is no earlier state to ask.
+        self.new = None if before is None or not rows else not bool(row_positions(before, self.rids)[0].all())
+
+
 def render_delta(
-    delta: Delta, before: State | None, after: State, audience: Audience, vis: Visibility | None = None
+    delta: Delta,
+    before: State | None,
+    after: State,
+    audience: Audience,
+    vis: Visibility | None = None,
+    touched: Touched | None = None,
 ) -> Delta:
     """``delta`` as ``audience`` sees it (``after`` is the room's state after the tick).
 
@@ -249,73 +281,73 @@ def render_delta(
     columns (the common edit; no whole-row gather). The metadata doc's
     updates are not sent (a restricted client gets the metadata it may see
     in its welcome). ``vis`` (the outbound's) answers "was it visible
-    before?" without evaluating the predicate, and is moved to ``after``.
+    before?" without evaluating the predicate, and is moved to ``after``;
+    ``touched`` (the outbound's, shared by the audiences of one delta) is
+    what the delta touched.
+
+    Returns ``delta`` itself when the audience sees all of it (no metadata
+    update, every row and column visible): the outbound then sends the
+    bytes already encoded for everyone.
     """
-    keep = [RID, *visible_names(after.catalog, audience)]
+    catalog = after.catalog
+    keep = [RID, *visible_names(catalog, audience)] if vis is None else vis.names(catalog, audience)
     schema = None if delta.schema is None else narrow_schema(delta.schema, audience)
     upserts = delta.upserts
     if audience.rows is None:
+        names = None if upserts is None else [n for n in keep if n in upserts.column_names]
+        if names is None or len(names) == upserts.num_columns:  # type: ignore[union-attr]
+            if delta.meta is None and schema == delta.schema:
+                return delta  # it sees every column the delta carries
         if upserts is not None:
-            names = [n for n in keep if n in upserts.column_names]
-            upserts = upserts.select(names) if len(names) > 1 and upserts.num_rows else None
+            upserts = upserts.select(names) if len(names) > 1 and upserts.num_rows else None  # type: ignore[arg-type]
         return Delta(delta.seq_from, delta.seq_to, delta.by, upserts, delta.deleted, schema, None)
+    t = touched if touched is not None else Touched(delta, before)
     reads = compiled_rows(after, audience)[1]  # type: ignore[index]
-    changed = set() if upserts is None else set(upserts.column_names)
-    if (
-        before is not None
-        and before.catalog is after.catalog
-        and upserts is not None
-        and upserts.num_rows
-        and not reads & changed
-        and not _has_new(upserts, before)
-    ):
+    if before is not None and before.catalog is after.catalog and t.new is False and not reads & t.changed:
         # Updates of rows that already existed, in columns the predicate does not read: no row
         # moved in or out, so the visible ones keep their changed cells and the rest go unsaid.
-        rids = upserts.column(RID).to_numpy().astype(np.uint64)
-        deleted = np.asarray(delta.deleted, dtype=np.uint64)
+        assert upserts is not None
         if vis is not None:
             mask = vis.mask(before, audience)
-            shown, gone = _seen_in(mask, rids), deleted[_seen_in(mask, deleted)]
-            mask[deleted.astype(np.int64)] = False
+            shown = _seen_in(mask, t.rids)
+            gone = t.deleted[_seen_in(mask, t.deleted)] if len(t.deleted) else _NONE
+            if len(t.deleted):
+                mask[t.deleted.astype(np.int64)] = False
             vis.moved(audience, after, mask)
         else:
-            shown = np.isin(rids, visible_rids(after, audience, rids))
-            gone = visible_rids(before, audience, deleted)
-        names = [n for n in keep if n in changed]
+            shown = np.isin(t.rids, visible_rids(after, audience, t.rids))
+            gone = visible_rids(before, audience, t.deleted)
+        names = [n for n in keep if n in t.changed]
+        everything = bool(shown.all())
+        if everything and len(names) == upserts.num_columns and len(gone) == len(t.deleted):
+            if delta.meta is None and schema == delta.schema:
+                return delta
         cut = None
-        if len(names) > 1 and shown.any():
-            cut = (upserts if shown.all() else upserts.filter(pa.array(shown))).select(names)
+        if len(names) > 1 and (everything or shown.any()):
+            cut = (upserts if everything else upserts.filter(pa.array(shown))).select(names)
         return Delta(delta.seq_from, delta.seq_to, delta.by, cut, tuple(int(r) for r in gone), schema, None)
-    parts = [np.asarray(delta.deleted, dtype=np.uint64)]
-    if upserts is not None and upserts.num_rows:
-        parts.append(upserts.column(RID).to_numpy().astype(np.uint64))
-    touched = np.unique(np.concatenate(parts))
-    seen = visible_rids(after, audience, touched)
+    parts = [t.deleted, t.rids]
+    touched_rids = np.unique(np.concatenate(parts))
+    seen = visible_rids(after, audience, touched_rids)
     rows = rows_at(after, seen).select(keep)
     out: pa.Table | None = frame_to_arrow(rows) if rows.height else None
     mask = None
     if before is None:  # no earlier state known: a touched row not visible now may have been
-        was = touched
+        was = touched_rids
     else:
         try:
             if vis is not None:
                 mask = vis.mask(before, audience)
-                was = touched[_seen_in(mask, touched)]
+                was = touched_rids[_seen_in(mask, touched_rids)]
             else:
-                was = visible_rids(before, audience, touched)
+                was = visible_rids(before, audience, touched_rids)
         except PolicyBroken:  # the predicate only compiles after the tick (a column came back)
             was = _NONE
     gone = np.setdiff1d(was, seen, assume_unique=True)
     if mask is not None and vis is not None:
         if after.next_rid > len(mask):
             mask = np.concatenate([mask, np.zeros(after.next_rid - len(mask), dtype=bool)])
-        mask[touched.astype(np.int64)] = False
+        mask[touched_rids.astype(np.int64)] = False
         mask[seen.astype(np.int64)] = True
         vis.moved(audience, after, mask)
     return Delta(delta.seq_from, delta.seq_to, delta.by, out, tuple(int(r) for r in gone), schema, None)
-
-
-def _has_new(upserts: pa.Table, before: State) -> bool:
-    """Whether ``upserts`` holds a row ``before`` did not have (an insert)."""
-    found, _ = row_positions(before, upserts.column(RID).to_numpy().astype(np.uint64))
-    return not bool(found.all())

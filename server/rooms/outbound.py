@@ -32,7 +32,7 @@ from protocol.dtypes import RID
 
 from ..ops.state import State
 from .deltas import EncodedDelta, frame_to_arrow
-from .narrow import NOT_SENT, Visibility, render_delta, render_message
+from .narrow import NOT_SENT, Touched, Visibility, render_delta, render_message
 from .policy import EVERYONE, Audience, narrow_schema, narrow_state
 
 __all__ = [
@@ -135,16 +135,22 @@ class WelcomeOut:
 
 Outgoing = Message | DeltaOut | WelcomeOut
 _UNRENDERED = object()
+_SEQS_ONLY = object()
 
 
 def render(
-    payload: Message | DeltaOut, audience: Audience, state: State | None = None, vis: Visibility | None = None
+    payload: Message | DeltaOut,
+    audience: Audience,
+    state: State | None = None,
+    vis: Visibility | None = None,
+    touched: Touched | None = None,
 ) -> Any:
     """The message ``audience`` may see of ``payload``, or :data:`~.narrow.NOT_SENT`.
 
     The identity for :data:`EVERYONE`. ``state`` is the room's current state
     (the outbound's last), which messages other than deltas are read against;
-    ``vis`` the outbound's record of which rows each audience sees.
+    ``vis`` the outbound's record of which rows each audience sees;
+    ``touched`` what a delta touched (worked out once for all audiences).
 
     Raises:
         PolicyBroken: the audience's row predicate no longer compiles.
@@ -155,7 +161,7 @@ def render(
         return render_message(payload.msg, audience, state)
     if payload.after is None:  # the room never replays the resume log to a restricted audience
         raise ValueError("a delta without its state cannot be rendered for a restricted audience")
-    return render_delta(payload.delta, payload.before, payload.after, audience, vis)
+    return render_delta(payload.delta, payload.before, payload.after, audience, vis, touched)
 
 
 class Outbound:
@@ -184,24 +190,22 @@ class Outbound:
                 self.forget()  # the room's state moved on: no join can use a snapshot of the old one
         droppable = payload.droppable if isinstance(payload, Message) else True
         subs = subscribers if isinstance(subscribers, list) else list(subscribers)
-        rendered: dict[Audience, Any] = {}  # each audience's message, rendered once for every envelope
+        rendered: dict[Any, Any] = {}  # each audience's message, rendered once for every envelope
         if len(subs) == 1:  # a reply: one subscriber, one group (the tick sends one per batch)
             s = subs[0]
-            data = self._encode(payload, s.audience, s.binary, rendered)
-            if data is not None:
-                s.push(data, droppable=droppable)
+            groups: dict[tuple[Audience, bool], list[Subscriber]] = {(s.audience, s.binary): subs}
         else:
-            groups: dict[tuple[Audience, bool], list[Subscriber]] = {}
+            groups = {}
             for s in subs:
                 groups.setdefault((s.audience, s.binary), []).append(s)
-            for (audience, binary), members in groups.items():
-                data = self._encode(payload, audience, binary, rendered)
-                if data is None:
-                    continue
-                for s in members:
-                    s.push(data, droppable=droppable)
+        for (audience, binary), members in groups.items():
+            data = self._encode(payload, audience, binary, rendered)
+            if data is None:
+                continue
+            for s in members:
+                s.push(data, droppable=droppable)
         if isinstance(payload, DeltaOut) and payload.after is not None:
-            self.visibility.keep(s.audience for s in subs)  # an audience nobody has any more goes
+            self.visibility.keep(a for a, _ in groups)  # an audience nobody has any more goes
 
     def forget(self) -> None:
         """Drop the cached snapshots (the state moved on, or the room has no session left).
@@ -213,17 +217,37 @@ class Outbound:
         self._snapshots.clear()
 
     def _encode(
-        self, payload: Message | DeltaOut, audience: Audience, binary: bool, rendered: dict[Audience, Any]
+        self, payload: Message | DeltaOut, audience: Audience, binary: bool, rendered: dict[Any, Any]
     ) -> Payload | None:
         """``payload`` rendered for ``audience`` (once, kept in ``rendered``) and encoded, or None
-        when it gets nothing."""
+        when it gets nothing.
+
+        A delta an audience sees whole is the everyone encoding; one that
+        shows an audience no row at all (only its seqs) is encoded once for
+        every such audience.
+        """
         if isinstance(payload, DeltaOut) and audience == EVERYONE:
             return payload.encoded.payload(binary)
         msg = rendered.get(audience, _UNRENDERED)
         if msg is _UNRENDERED:
-            msg = rendered[audience] = render(payload, audience, self.state, self.visibility)
+            touched = None
+            if isinstance(payload, DeltaOut) and audience.rows is not None:
+                touched = rendered.get(Touched)
+                if touched is None:
+                    touched = rendered[Touched] = Touched(payload.delta, payload.before)
+            msg = rendered[audience] = render(payload, audience, self.state, self.visibility, touched)
         if msg is NOT_SENT:
             return None
+        if isinstance(payload, DeltaOut):
+            if msg is payload.delta:
+                return payload.encoded.payload(binary)
+            if msg.upserts is None and not msg.deleted and msg.schema is None and msg.meta is None:
+                key = (_SEQS_ONLY, binary)  # the same bytes for every audience that sees no row
+                data = rendered.get(key)
+                if data is None:
+                    self.encodes += 1
+                    data = rendered[key] = encode(msg, binary=binary)
+                return data  # type: ignore[no-any-return]
         self.encodes += 1
         return encode(msg, binary=binary)
 

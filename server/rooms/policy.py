@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,14 @@ class Audience:
     columns: frozenset[str] | None = None
     rows: str | None = None
     hide: frozenset[int] = frozenset()
+    # The hash, worked out once: the outbound groups every subscriber by audience on every delta.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.columns, self.rows, self.hide)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 EVERYONE = Audience()
