@@ -3,7 +3,9 @@
 A mirror that applies each rendered delta (deletes, then upserts) must hold
 exactly the audience's rows and columns of the room after every tick,
 whether the renderer evaluates the predicate on the touched rows or looks
-them up in the outbound's :class:`Visibility` masks, which it keeps in step.
+them up in the outbound's :class:`Visibility` masks, which it keeps in step
+(with what the delta touched worked out as the outbound does, from the
+tick's builder).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from protocol.dtypes import RID
 from server.ops import State, normalize_frame
 from server.rooms.core import RoomCore, run_general
 from server.rooms.deltas import DeltaBuilder
-from server.rooms.narrow import Visibility, render_delta
+from server.rooms.narrow import Touched, Visibility, render_delta
 from server.rooms.policy import Audience, narrow_state
 
 OWNERS = ["a", "b", "c"]
@@ -72,10 +74,15 @@ def _op(state: State, step: tuple[str, Any, Any]) -> Any:
 def test_a_mirror_of_rendered_deltas_holds_exactly_the_audiences_rows(steps: list[Any]) -> None:
     core = RoomCore(_state())
     note = next(c.id for c in core.state.catalog.columns if c.name == "note")
-    audience = Audience(rows="owner = 'a'", hide=frozenset({note}))
+    audiences = [
+        Audience(rows="owner = 'a'", hide=frozenset({note})),
+        # A predicate that reads no column (``current_user() = 'bob'``, bound): an insert
+        # touches none of its columns, yet its row is new to the audience.
+        Audience(rows="'bob' = 'bob'", hide=frozenset({note})),
+    ]
     vis = Visibility()
-    start = narrow_state(core.state, audience).frame
-    with_masks, without = start, start
+    with_masks = {a: narrow_state(core.state, a).frame for a in audiences}
+    without = dict(with_masks)
     for i, tick in enumerate(steps):
         before, builder = core.state, DeltaBuilder()
         for j, step in enumerate(tick):  # one tick: several batches, one delta
@@ -88,8 +95,11 @@ def test_a_mirror_of_rendered_deltas_holds_exactly_the_audiences_rows(steps: lis
         if core.state is before:
             continue
         delta = builder.build(before, core.state, core.seq, core.seq, ("c",), None)
-        with_masks = _apply(with_masks, render_delta(delta, before, core.state, audience, vis))
-        without = _apply(without, render_delta(delta, before, core.state, audience))
-        expected = narrow_state(core.state, audience).frame
-        assert with_masks.equals(expected), (tick, with_masks, expected)
-        assert without.equals(expected), (tick, without, expected)
+        touched = Touched(delta, before, bool(builder.inserted))  # as the room's outbound makes it
+        for a in audiences:
+            mine = render_delta(delta, before, core.state, a, vis, touched)
+            with_masks[a] = _apply(with_masks[a], mine)
+            without[a] = _apply(without[a], render_delta(delta, before, core.state, a))
+            expected = narrow_state(core.state, a).frame
+            assert with_masks[a].equals(expected), (a, tick, with_masks[a], expected)
+            assert without[a].equals(expected), (a, tick, without[a], expected)

@@ -251,14 +251,20 @@ class Touched:
 
     __slots__ = ("rids", "deleted", "changed", "new")
 
-    def __init__(self, delta: Delta, before: State | None) -> None:
+    def __init__(self, delta: Delta, before: State | None, inserted: bool | None = None) -> None:
         upserts = delta.upserts
         rows = upserts is not None and upserts.num_rows > 0
         self.rids = upserts.column(RID).to_numpy().astype(np.uint64) if rows else _NONE  # type: ignore[union-attr]
         self.deleted = np.asarray(delta.deleted, dtype=np.uint64) if delta.deleted else _NONE
         self.changed = frozenset(upserts.column_names) if upserts is not None else frozenset()
         # Whether an upserted row is new (an insert): None when there is no earlier state to ask.
-        self.new = None if before is None or not rows else not bool(row_positions(before, self.rids)[0].all())
+        # ``inserted=False`` (the tick inserted no row, as its delta builder knows) saves the lookup.
+        if before is None or not rows:
+            self.new: bool | None = None
+        elif inserted is False:
+            self.new = False
+        else:
+            self.new = not bool(row_positions(before, self.rids)[0].all())
 
 
 def render_delta(

@@ -91,6 +91,7 @@ class DeltaOut:
     encoded: EncodedDelta
     after: State | None = None  # None for deltas replayed from the resume log
     before: State | None = None  # the room's state before the tick (for row predicates)
+    inserted: bool | None = None  # whether the tick inserted rows (None: not known)
 
     @property
     def delta(self) -> Delta:
@@ -234,7 +235,7 @@ class Outbound:
             if isinstance(payload, DeltaOut) and audience.rows is not None:
                 touched = rendered.get(Touched)
                 if touched is None:
-                    touched = rendered[Touched] = Touched(payload.delta, payload.before)
+                    touched = rendered[Touched] = Touched(payload.delta, payload.before, payload.inserted)
             msg = rendered[audience] = render(payload, audience, self.state, self.visibility, touched)
         if msg is NOT_SENT:
             return None

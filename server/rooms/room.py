@@ -315,7 +315,8 @@ class Room(Joins):
             for session, reply in done.replies:
                 self.reply(session, reply)
             if delta is not None:
-                self.outbound.deliver(DeltaOut(delta, core.state, done.before), sessions)
+                inserted = bool(done.builder.inserted)
+                self.outbound.deliver(DeltaOut(delta, core.state, done.before, inserted), sessions)
         finally:
             for s in sessions:
                 s.release()
