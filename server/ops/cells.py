@@ -1,9 +1,10 @@
 """Cell writes: ``set`` (planned and coalesced for the room's hot path) and ``fill_null``.
 
 The room drains its queue once per tick; it validates each ``set`` with
-:func:`plan_set` and writes every touched column with one clone + scatter in
+:func:`plan_set` and writes every touched column with one scatter in
 :func:`apply_set_plans` (PROTOCOL.md §4 "Ops": one scatter of 1,000
-cells costs about what one single-cell write does).
+cells costs about what one single-cell write does), which copies only the
+chunks of the column that hold a written row (:mod:`.chunks`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyarrow as pa
 from protocol import ErrorCode, SetCells
 from protocol.dtypes import WIRE_COMPAT
 
+from . import chunks
 from .arrays import last_of_each
 from .coerce import json_values
 from .dtypes import coerce
@@ -198,7 +200,7 @@ def plan_set(state: State, op: SetCells) -> SetPlan:
 
 
 def apply_set_plans(state: State, plans: Sequence[SetPlan]) -> State:
-    """Write many planned sets: one clone + scatter per touched column.
+    """Write many planned sets: one scatter per touched column (copying only its touched chunks).
 
     When several plans write the same cell the last plan wins.
 
@@ -226,8 +228,7 @@ def apply_set_plans(state: State, plans: Sequence[SetPlan]) -> State:
                 pos, vals = pos[keep], vals.gather(keep)
         if int(pos.max()) >= height:
             raise ValueError("stale set plan: a position is past the end of the frame")
-        s = state.frame.get_column(col.name).clone()
-        s.scatter(pos, vals)
+        s = chunks.scatter(state.frame.get_column(col.name), pos, vals)  # copies the touched chunks
         # replace_column: ~1 us where with_columns plans a query (~17 us).
         frame.replace_column(frame.get_column_index(col.name), s)
     return state.with_frame(frame)

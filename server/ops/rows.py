@@ -12,17 +12,18 @@ import pyarrow as pa
 
 from protocol import Delete, ErrorCode, Insert, RestoreRows
 
+from . import chunks
 from .cells import locate
 from .dtypes import arrow_column, coerce_series, null_series
 from .exprcost import IN_PROCESS, ExprCost, evaluate_expr
 from .state import RID, Applied, Catalog, Effect, OpError, State
 
-__all__ = ["apply_insert", "apply_delete", "apply_restore_rows", "MAX_CHUNKS"]
+__all__ = ["apply_insert", "apply_delete", "apply_restore_rows"]
 
 # Appends add a chunk to every column. The rid column is made contiguous
-# again at once (every set reads it as a zero-copy NumPy view); the other
-# columns are compacted by their next scatter, or all at once past this many.
-MAX_CHUNKS = 16
+# again at once (every set reads it as a zero-copy NumPy view); in the other
+# columns, runs of small chunks are merged once a column holds more than
+# chunks.max_chunks (its big chunks stay shared: see .chunks).
 
 
 def _column_series(table: pa.Table, name: str, dtype: str) -> pl.Series:
@@ -62,7 +63,10 @@ def _check_names(table: pa.Table, catalog: Catalog, what: str) -> None:
 def _compact(frame: pl.DataFrame) -> pl.DataFrame:
     if frame.n_chunks("all")[0] > 1:
         frame = frame.with_columns(frame.get_column(RID).rechunk())
-    return frame.rechunk() if max(frame.n_chunks("all")) > MAX_CHUNKS else frame
+    limit = chunks.max_chunks(frame.height)
+    if max(frame.n_chunks("all")) <= limit:
+        return frame
+    return frame.with_columns([chunks.compact(s) for s in frame.get_columns() if s.n_chunks() > limit])
 
 
 def apply_insert(state: State, op: Insert) -> Applied:
