@@ -13,10 +13,9 @@ connections and closes her dashboard's Perspective socket (1012); the page
 reconnects by itself (client/web/dashboard.js ``reconnect``) and shows the
 US rows only, no EU value left anywhere in the page. Then the admin revokes
 the grant (``DELETE .../grants/vera``): the socket is closed with 4403,
-every reconnect is refused, and the page must end in its ``error`` state
-("connection lost (... 4403)") with no row of the dataset left on screen.
-That last check fails today: after a refused reconnect dashboard.js keeps
-the old viewer, whose grid still shows the rows she may no longer read.
+which no reconnect can get past, so the page does not retry: it drops its
+viewer (no row of the dataset left on screen or in the DOM) and ends in its
+``error`` state saying her access ended.
 
 Waits are Playwright's own (a MutationObserver records every state the
 page goes through), with deadlines, never sleeps. Screenshots (in
@@ -189,16 +188,19 @@ async def test_a_revoked_dashboard_ends_not_live_and_shows_no_rows(
         await _move_to_us(board, None)
         r = await board.http.delete("/api/datasets/sales/grants/vera")
         assert r.status_code == 200, r.text
-        # The socket is closed with 4403 (forbidden); every reconnect is refused, then the page gives up.
+        # The socket is closed with 4403 (forbidden): no reconnect can succeed, so the page
+        # does not retry, drops its viewer and says why.
         await expect(board.page.locator("body")).to_have_attribute(
             "data-state", "error", timeout=timeout(30) * MS
         )
-        await expect(board.page.locator(STATUS)).to_have_text(re.compile(r"^connection lost \(.*4403\)$"))
+        await expect(board.page.locator(STATUS)).to_have_text(
+            re.compile(r"^access ended \(4403\): your access to this dataset was revoked; ask an admin$")
+        )
         seen = await board.states()
-        assert re.fullmatch(r"live(,reconnecting)+,error", ",".join(s for s, _ in seen)), seen
+        assert ",".join(s for s, _ in seen) == "live,error", seen
+        await expect(board.page.locator("#withdrawn")).to_have_text("This page no longer shows the dataset.")
         await board.shoot("policy_dashboard_revoked.png")
-        # What should happen: none of her rows stays on screen once her access is gone.
-        # Today it fails: dashboard.js keeps the old viewer, and its grid, after a refused reconnect.
-        await expect(board.page.locator(CELLS)).to_have_count(0, timeout=timeout(5) * MS)
+        await expect(board.page.locator(CELLS)).to_have_count(0)
+        assert await board.page.locator("perspective-viewer").count() == 0
         await board.absent(NAMES, "after the revocation")
         assert not board.errors, board.errors

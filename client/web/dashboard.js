@@ -105,10 +105,38 @@ function watchEdits() {
     });
 }
 
-// The server closes dashboards when the table is rebuilt (a schema change) and
-// when the room reloads: reconnect a few times with backoff, keeping the
-// user's pivots, then offer a button.
+// Close codes after which no reconnect can succeed (PROTOCOL.md §11): the user
+// may no longer read what the page shows, so it stops showing it and says why.
+const FINAL = {
+    4401: "signed out: your session expired or was revoked; sign in again",
+    4403: "your access to this dataset was revoked; ask an admin",
+    4004: "this dataset no longer exists for you",
+};
+
+function finalCode(message) {
+    const code = /closed (4\d{3})\b/.exec(String(message))?.[1];
+    return code !== undefined && code in FINAL ? code : null;
+}
+
+// Drop the viewer and everything it shows (its connection is already closed).
+function withdraw(viewer, code) {
+    const gone = document.createElement("p");
+    gone.id = "withdrawn";
+    gone.textContent = "This page no longer shows the dataset.";
+    viewer.replaceWith(gone);
+    show("error", `access ended (${code}): ${FINAL[code]}`);
+}
+
+// The server closes dashboards when the table is rebuilt (a schema change), when
+// the room reloads and when the user's grant changes: reconnect a few times with
+// backoff, keeping the user's pivots, then offer a button. A revoked grant or
+// session (4403, 4401) or a deleted dataset (4004) is not retried: see withdraw.
 async function reconnect(viewer, page, message) {
+    const code = finalCode(message);
+    if (code !== null) {
+        withdraw(viewer, code);
+        return;
+    }
     let config = {};
     try {
         const { table: _table, ...saved } = await viewer.save();
