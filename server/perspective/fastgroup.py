@@ -175,14 +175,22 @@ def _noted(
         rids.append(upserted)
     if covered != seq or not cur.height or prev.height != cur.height:
         return None
-    if not prev.get_column(RID).equals(cur.get_column(RID)):
+    all_rids = cur.get_column(RID).to_numpy()
+    if not _same_rids(prev.get_column(RID).to_numpy(), all_rids):
         return None
     if not rids:
         return pl.Series([], dtype=pl.UInt32)
-    all_rids = cur.get_column(RID).to_numpy()
     wanted = np.unique(np.concatenate(rids))
     at = np.minimum(np.searchsorted(all_rids, wanted), len(all_rids) - 1)
     return pl.Series(at[all_rids[at] == wanted], dtype=pl.UInt32)
+
+
+def _same_rids(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two frames' ``_rid`` columns (zero-copy NumPy views) are equal: states that only
+    changed cells share the column's buffer, which answers without comparing 1M values."""
+    if len(a) != len(b):
+        return False
+    return bool(a.ctypes.data == b.ctypes.data or np.array_equal(a, b))
 
 
 def _changed(prev: pl.DataFrame | None, cur: pl.DataFrame, columns: list[str]) -> pl.Series | None:
