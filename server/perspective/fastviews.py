@@ -40,6 +40,14 @@ __all__ = ["FastViews", "TOUCHED_DELTAS", "upserted_rids"]
 TOUCHED_DELTAS = 4096
 
 
+def _cheap(plan: Any) -> bool:
+    """Whether a fast plan's read costs little at any size: grouped (a tally kept up to date) or
+    a plain viewport with no sort and no filter (a slice)."""
+    if isinstance(plan, FastPlan):
+        return not plan.sort and not plan.filters
+    return True
+
+
 def upserted_rids(delta: Any) -> np.ndarray | None:
     """The rids ``delta`` upserted, or None when it also deleted rows or changed the schema."""
     if delta.deleted or delta.schema is not None:
@@ -143,10 +151,23 @@ class FastViews:
         return True
 
     async def _update_fast(self, kind: str = "update", only: list[Subscription] | None = None) -> None:
-        """One read of every fast view (after the ticks since the last one), delivered as ``kind``."""
+        """One read of every fast view (after the ticks since the last one), delivered as ``kind``.
+
+        Cheap views (grouped, and plain ones without a sort or filter) are read
+        in one job and delivered first; each costly one (a top-k or a filter
+        over every row) in a job of its own after them, so a grouped view does
+        not wait for a sorted one's read.
+        """
         subs = only if only is not None else self._fast()
-        if not subs:
-            return
+        cheap = [s for s in subs if _cheap(s.fast)]
+        batches = [cheap] if cheap else []
+        batches += [[s] for s in subs if not _cheap(s.fast)]
+        for batch in batches:
+            batch = [s for s in batch if s.fast is not None and self.subs.get(s.key) is s]  # after an await
+            if batch:
+                await self._update_some(kind, batch)
+
+    async def _update_some(self, kind: str, subs: list[Subscription]) -> None:
         results, seq = await self._read_fast(subs)
         for sub, result in zip(subs, results, strict=True):
             if self.subs.get(sub.key) is not sub:
