@@ -20,11 +20,6 @@ from .state import RID, Applied, Catalog, Effect, OpError, State
 
 __all__ = ["apply_insert", "apply_delete", "apply_restore_rows"]
 
-# Appends add a chunk to every column. The rid column is made contiguous
-# again at once (every set reads it as a zero-copy NumPy view); in the other
-# columns, runs of small chunks are merged once a column holds more than
-# chunks.max_chunks (its big chunks stay shared: see .chunks).
-
 
 def _column_series(table: pa.Table, name: str, dtype: str) -> pl.Series:
     """One Arrow column as a Series of the catalog dtype (strict)."""
@@ -61,6 +56,13 @@ def _check_names(table: pa.Table, catalog: Catalog, what: str) -> None:
 
 
 def _compact(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` after an append, which added a chunk to every column.
+
+    The rid column is made contiguous again at once (every set reads it as a
+    zero-copy NumPy view); in the other columns, runs of small chunks are
+    merged once a column holds more than ``chunks.max_chunks`` (its big
+    chunks stay shared: see :mod:`.chunks`).
+    """
     if frame.n_chunks("all")[0] > 1:
         frame = frame.with_columns(frame.get_column(RID).rechunk())
     limit = chunks.max_chunks(frame.height)

@@ -195,7 +195,7 @@ def _same_rids(a: np.ndarray, b: np.ndarray) -> bool:
 
 def _changed(prev: pl.DataFrame | None, cur: pl.DataFrame, columns: list[str]) -> pl.Series | None:
     """Positions of the rows whose ``columns`` differ, or None when the rows themselves differ."""
-    if prev is None or prev.height != cur.height or not prev.get_column(RID).equals(cur.get_column(RID)):
+    if prev is None or not _same_rids(prev.get_column(RID).to_numpy(), cur.get_column(RID).to_numpy()):
         return None
     mask = None
     for name in columns:

@@ -249,7 +249,7 @@ def _seen_in(mask: np.ndarray, rids: np.ndarray) -> np.ndarray:
 class Touched:
     """What one delta touched, worked out once for every audience it is rendered for."""
 
-    __slots__ = ("rids", "deleted", "changed", "new")
+    __slots__ = ("rids", "deleted", "changed", "new", "_every")
 
     def __init__(self, delta: Delta, before: State | None, inserted: bool | None = None) -> None:
         upserts = delta.upserts
@@ -265,6 +265,19 @@ class Touched:
             self.new = False
         else:
             self.new = not bool(row_positions(before, self.rids)[0].all())
+        self._every: np.ndarray | None = None
+
+    def every(self) -> np.ndarray:
+        """Every rid the delta upserted or deleted, ascending (worked out on first use)."""
+        if self._every is None:
+            self._every = np.unique(np.concatenate([self.deleted, self.rids]))
+        return self._every
+
+
+def _whole(delta: Delta, schema: Any) -> bool:
+    """Whether an audience that sees every row and column of ``delta`` may get it as it is: it
+    carries no metadata-doc update (never sent under a policy) and a schema it sees whole."""
+    return delta.meta is None and schema == delta.schema
 
 
 def render_delta(
@@ -301,9 +314,8 @@ def render_delta(
     upserts = delta.upserts
     if audience.rows is None:
         names = None if upserts is None else [n for n in keep if n in upserts.column_names]
-        if names is None or len(names) == upserts.num_columns:  # type: ignore[union-attr]
-            if delta.meta is None and schema == delta.schema:
-                return delta  # it sees every column the delta carries
+        if (names is None or len(names) == upserts.num_columns) and _whole(delta, schema):  # type: ignore[union-attr]
+            return delta  # it sees every column the delta carries
         if upserts is not None:
             upserts = upserts.select(names) if len(names) > 1 and upserts.num_rows else None  # type: ignore[arg-type]
         return Delta(delta.seq_from, delta.seq_to, delta.by, upserts, delta.deleted, schema, None)
@@ -325,15 +337,18 @@ def render_delta(
             gone = visible_rids(before, audience, t.deleted)
         names = [n for n in keep if n in t.changed]
         everything = bool(shown.all())
-        if everything and len(names) == upserts.num_columns and len(gone) == len(t.deleted):
-            if delta.meta is None and schema == delta.schema:
-                return delta
+        if (
+            everything
+            and len(names) == upserts.num_columns
+            and len(gone) == len(t.deleted)
+            and _whole(delta, schema)
+        ):
+            return delta
         cut = None
         if len(names) > 1 and (everything or shown.any()):
             cut = (upserts if everything else upserts.filter(pa.array(shown))).select(names)
         return Delta(delta.seq_from, delta.seq_to, delta.by, cut, tuple(int(r) for r in gone), schema, None)
-    parts = [t.deleted, t.rids]
-    touched_rids = np.unique(np.concatenate(parts))
+    touched_rids = t.every()
     seen = visible_rids(after, audience, touched_rids)
     rows = rows_at(after, seen).select(keep)
     out: pa.Table | None = frame_to_arrow(rows) if rows.height else None

@@ -199,8 +199,15 @@ class Outbound:
             groups = {}
             for s in subs:
                 groups.setdefault((s.audience, s.binary), []).append(s)
+        touched = None  # what a delta touched, worked out once for every audience with a row predicate
+        if (
+            isinstance(payload, DeltaOut)
+            and payload.after is not None
+            and any(a.rows is not None for a, _ in groups)
+        ):
+            touched = Touched(payload.delta, payload.before, payload.inserted)
         for (audience, binary), members in groups.items():
-            data = self._encode(payload, audience, binary, rendered)
+            data = self._encode(payload, audience, binary, rendered, touched)
             if data is None:
                 continue
             for s in members:
@@ -218,7 +225,12 @@ class Outbound:
         self._snapshots.clear()
 
     def _encode(
-        self, payload: Message | DeltaOut, audience: Audience, binary: bool, rendered: dict[Any, Any]
+        self,
+        payload: Message | DeltaOut,
+        audience: Audience,
+        binary: bool,
+        rendered: dict[Any, Any],
+        touched: Touched | None = None,
     ) -> Payload | None:
         """``payload`` rendered for ``audience`` (once, kept in ``rendered``) and encoded, or None
         when it gets nothing.
@@ -231,11 +243,6 @@ class Outbound:
             return payload.encoded.payload(binary)
         msg = rendered.get(audience, _UNRENDERED)
         if msg is _UNRENDERED:
-            touched = None
-            if isinstance(payload, DeltaOut) and audience.rows is not None:
-                touched = rendered.get(Touched)
-                if touched is None:
-                    touched = rendered[Touched] = Touched(payload.delta, payload.before, payload.inserted)
             msg = rendered[audience] = render(payload, audience, self.state, self.visibility, touched)
         if msg is NOT_SENT:
             return None
