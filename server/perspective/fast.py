@@ -70,7 +70,7 @@ view opened now over the same rows gives:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -81,9 +81,10 @@ from protocol.dtypes import RID
 from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause, view_arrow
 from .fastexpr import column_expr, ptype, unsortable
 from .fastgroup import GroupedPlan, plan_grouped
+from .fasttop import FOLLOW_END, NeedsRead, Top, TopCache, changed_positions, step
 from .payload import DEFAULT_VIEWPORT_ROWS
 
-__all__ = ["FastPlan", "GroupedPlan", "NotServable", "Clause", "SortKey", "plan_fast"]
+__all__ = ["FastPlan", "GroupedPlan", "NeedsRead", "NotServable", "Clause", "SortKey", "plan_fast"]
 
 _PLAIN_KEYS = {"columns", "sort", "filter"}
 _EMPTY_KEYS = {"group_by", "split_by", "aggregates", "expressions"}  # served only when empty
@@ -108,11 +109,15 @@ class FastPlan:
     viewport: tuple[int, int]
     dtypes: tuple[tuple[str, str], ...]  # (column, dtype) the plan was made for
 
+    cache: TopCache = field(default_factory=TopCache, compare=False, repr=False)
+
     def read(self, frame: pl.DataFrame, seq: int | None = None, touched: Any = ()) -> tuple[pa.Table, int]:
         """The view's payload over ``frame`` (a room frame: ``_rid`` first, ascending).
 
-        ``seq`` and ``touched`` are for :meth:`.fastgroup.GroupedPlan.read`: each read
-        here is a fresh query.
+        ``touched`` is for :meth:`.fastgroup.GroupedPlan.read`: each read here
+        is a fresh query. Given the room's ``seq`` of ``frame``, the read also
+        keeps what :meth:`follow` needs (:class:`.fasttop.Top`), when the
+        viewport ends within :data:`.fasttop.FOLLOW_END`.
 
         One lazy Polars query: filter, sort by the keys then ``_rid``, slice
         the viewport (Polars turns sort + slice into a top-k), after one pass
@@ -149,7 +154,86 @@ class FastPlan:
             lf = lf.sort([*keys, pl.col(RID)], descending=[*desc, False], nulls_last=[*desc, False])
         start, end = self.viewport
         columns = list(self.columns)
-        return view_arrow(lf.slice(start, end - start).select(columns).collect(), columns), rows
+        if seq is None or end > FOLLOW_END:
+            return view_arrow(lf.slice(start, end - start).select(columns).collect(), columns), rows
+        used = self._used()
+        top = Top(lf.slice(0, end).select(used).collect(), rows, frame.select(used), seq)
+        with self.cache.lock:
+            if self.cache.top is None or self.cache.top.seq < seq:
+                self.cache.top = top
+        return self._payload(top)
+
+    def follow(self, frame: pl.DataFrame, seq: int, touched: Any) -> tuple[pa.Table, int] | None:
+        """The view at ``seq`` from the rows the deltas in ``touched`` changed since the last
+        read or follow, or None when its content did not change (:mod:`.fasttop`).
+
+        Cheap enough for the event loop: a gather of the changed rows and a
+        sort of at most ``end`` + their number.
+
+        Raises:
+            NeedsRead: this delta cannot be followed; read the view in full.
+        """
+        c = self.cache
+        with c.lock:
+            top = c.top
+        if top is None:
+            raise NeedsRead("no read to follow yet")
+        if seq <= top.seq:
+            return None
+        try:
+            check_schema(frame, self.dtypes)
+        except NotServable as e:
+            raise NeedsRead(str(e)) from None
+        cur = frame.select(self._used())
+        try:
+            new = self._step(top, cur, seq, touched)
+        except NeedsRead:
+            with c.lock:
+                if c.top is top:
+                    c.top = None  # the next read starts afresh
+            raise
+        with c.lock:
+            if c.top is top:
+                c.top = new
+        if new.count == top.count and new.rows.equals(top.rows):
+            return None
+        return self._payload(new)
+
+    def _step(self, top: Top, cur: pl.DataFrame, seq: int, touched: Any) -> Top:
+        at = changed_positions(top.frame, top.seq, cur, seq, touched)
+        if at is None:
+            raise NeedsRead("rows were added or removed, or the deltas have a gap")
+        if not len(at):
+            return top.moved(top.count, cur, seq)
+        keys, keep = self._exprs()
+        return step(
+            top,
+            cur,
+            seq,
+            at,
+            end=self.viewport[1],
+            keys=keys,
+            descending=[k.descending for k in self.sort],
+            keep=keep,
+            floats=[k.column for k in self.sort if k.dtype in _FLOATS],
+        )
+
+    def _exprs(self) -> tuple[list[pl.Expr], pl.Expr | None]:
+        """The sort keys and the filter mask (or None) of :meth:`follow`, strings cut at a NUL."""
+        c = self.cache
+        if c.exprs is None:
+            strings = {c.column for c in (*self.sort, *self.filters) if c.dtype == "String"}
+            keys = [column_expr(k.column, k.dtype, nul=True) for k in self.sort]
+            c.exprs = (keys, filter_mask(self.filters, strings) if self.filters else None)
+        return c.exprs
+
+    def _used(self) -> list[str]:
+        return [RID, *(n for n, _ in self.dtypes if n != RID)]
+
+    def _payload(self, top: Top) -> tuple[pa.Table, int]:
+        start, end = self.viewport
+        columns = list(self.columns)
+        return view_arrow(top.rows.slice(start, end - start).select(columns), columns), top.count
 
 
 def plan_fast(

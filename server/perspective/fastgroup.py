@@ -55,6 +55,7 @@ from protocol.dtypes import RID
 from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause, view_arrow
 from .fastexpr import column_expr, ptype
 from .fasttally import Tally
+from .fasttop import FOLLOW_ROWS, NeedsRead, changed_positions
 
 __all__ = ["GroupedPlan", "Touched", "plan_grouped"]
 
@@ -72,6 +73,8 @@ Touched = Sequence[tuple[int, int, np.ndarray | None]]
 MAX_GROUPS = 100_000
 #: More changed rows than this since the last read: group the whole frame again.
 MAX_UPDATE_ROWS = 20_000
+#: A view with more groups is only read in a worker thread (:meth:`GroupedPlan.follow` refuses it).
+FOLLOW_GROUPS = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,26 +123,74 @@ class GroupedPlan:
                 c.tally.build(self._rows(cur), nkeys)
             elif len(changed):
                 c.tally.update(self._rows(prev[changed]), self._rows(cur[changed]), nkeys)  # type: ignore[index]
-            if len(c.tally.groups) > MAX_GROUPS:
-                raise NotServable(
-                    f"more than {MAX_GROUPS:,} groups: served by Perspective", column=self.group_by[0][0]
-                )
             c.prev, c.seq = cur, seq
-            names = [n for n, _ in self.group_by]
-            schema = dict(zip(names, c.tally.key_schema.values(), strict=True))
-            schema.update({n: _OUT[agg] for n, _, agg in self.aggregates})
-            out = pl.DataFrame(list(c.tally.values()), schema=schema, orient="row")
-        out = out.sort(names, nulls_last=False)
+            return self._render(c.tally)
+
+    def follow(self, frame: pl.DataFrame, seq: int, touched: Touched) -> tuple[pa.Table, int] | None:
+        """The view at ``seq`` from the rows the deltas in ``touched`` changed since the last read
+        or follow, or None when none changed: cheap enough for the event loop.
+
+        Raises:
+            NeedsRead: rows were added or removed, the deltas have a gap, too many
+                rows changed, the view has too many groups, or a read is in progress.
+        """
+        c = self.cache
+        if not c.lock.acquire(blocking=False):
+            raise NeedsRead("a read is in progress")
+        try:
+            if c.tally is None or c.prev is None or c.seq is None:
+                raise NeedsRead("no read to follow yet")
+            if seq <= c.seq:
+                return None
+            if len(c.tally.groups) > FOLLOW_GROUPS:
+                raise NeedsRead(f"more than {FOLLOW_GROUPS:,} groups")
+            try:
+                check_schema(frame, self.dtypes)
+            except NotServable as e:
+                raise NeedsRead(str(e)) from None
+            cur = frame  # the whole frame: no select, a gather reads the used columns
+            at = changed_positions(c.prev, c.seq, cur, seq, touched)
+            if at is None or len(at) > FOLLOW_ROWS:
+                raise NeedsRead("rows were added or removed, the deltas have a gap, or many rows changed")
+            if len(at):
+                pos = pl.Series(at, dtype=pl.UInt32)
+                used = c.prev.columns if c.prev.width < cur.width else cur.columns
+                both = self._rows(pl.concat([c.prev[pos].select(used), cur[pos].select(used)]), cut=True)
+                c.tally.update(both.head(len(at)), both.tail(len(at)), len(self.group_by))
+            c.prev, c.seq = cur, seq
+            return self._render(c.tally) if len(at) else None
+        finally:
+            c.lock.release()
+
+    def _render(self, tally: Tally) -> tuple[pa.Table, int]:
+        """The view's payload from ``tally``: groups in order, the viewport, Perspective's types."""
+        if len(tally.groups) > MAX_GROUPS:
+            raise NotServable(
+                f"more than {MAX_GROUPS:,} groups: served by Perspective", column=self.group_by[0][0]
+            )
+        names = [n for n, _ in self.group_by]
+        schema = dict(zip(names, tally.key_schema.values(), strict=True))
+        schema.update({n: _OUT[agg] for n, _, agg in self.aggregates})
+        n = len(names)
+        # Group keys ascending, nulls first (as Perspective orders them): Python orders the values
+        # the tally holds as Polars does (strings by code point, which is UTF-8's byte order).
+        values = sorted(tally.values(), key=lambda v: tuple((k is not None, k) for k in v[:n]))
+        out = pl.DataFrame(values, schema=schema, orient="row")
         rows = out.height
         if self.viewport is not None:
             start, end = self.viewport
             out = out.slice(start, max(end - start, 0))
         return view_arrow(out, [*names, *(n for n, _, _ in self.aggregates)]), rows
 
-    def _rows(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """``frame``'s rows as :class:`.fasttally.Tally` takes them: keys, values, ``keep``."""
+    def _rows(self, frame: pl.DataFrame, *, cut: bool = False) -> pl.DataFrame:
+        """``frame``'s rows as :class:`.fasttally.Tally` takes them: keys, values, ``keep``.
+
+        ``cut``: cut every string at a NUL without looking for one first (the
+        same values either way; cheaper on a few rows).
+        """
         strings = [n for n, d in self.group_by if d == "String"]
-        nul = nul_columns(frame, strings + [c.column for c in self.filters if c.dtype == "String"])
+        strings += [c.column for c in self.filters if c.dtype == "String"]
+        nul = set(strings) if cut else nul_columns(frame, strings)
         keep = filter_mask(self.filters, nul) if self.filters else pl.lit(True)
         keys = [_key(n, d, nul=n in nul).alias(f"k{i}") for i, (n, d) in enumerate(self.group_by)]
         values = [_value(n, agg).alias(f"v{i}") for i, (n, _, agg) in enumerate(self.aggregates)]

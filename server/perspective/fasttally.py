@@ -158,7 +158,9 @@ class Tally:
     def update(self, old: pl.DataFrame, new: pl.DataFrame, nkeys: int) -> None:
         """Take out the ``old`` rows and add the ``new`` ones (the same rows before and after)."""
         for rows, sign in ((old, -1), (new, 1)):
-            for row in rows.filter(pl.col("keep")).iter_rows():
+            for row in rows.iter_rows():
+                if not row[-1]:
+                    continue  # the row does not pass the view's filters
                 g = self._group(tuple(row[:nkeys]))
                 g[0] += sign
                 for i, agg in enumerate(self.aggs):

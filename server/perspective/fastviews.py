@@ -30,14 +30,17 @@ import pyarrow as pa
 
 from ..ops.state import RID, State
 from ..rooms.policy import EVERYONE
-from .fast import FastPlan, NotServable, plan_fast
+from .fast import FastPlan, NeedsRead, NotServable, plan_fast
 from .subscription import Subscription
 
-__all__ = ["FastViews", "TOUCHED_DELTAS", "upserted_rids"]
+__all__ = ["FastViews", "STEP_INTERVAL", "TOUCHED_DELTAS", "upserted_rids"]
 
 #: How many recent deltas' upserted rids a room keeps for its grouped fast views; a view last
 #: read before them finds its changed rows by comparing columns instead.
 TOUCHED_DELTAS = 4096
+#: Seconds between two steps of the fast views (each covers the ticks since the last): bounds their
+#: cost on the event loop under a fast stream of ticks, at the price of this much latency.
+STEP_INTERVAL = 0.005
 
 
 def _cheap(plan: Any) -> bool:
@@ -71,6 +74,11 @@ class FastViews:
         _fast_dirty: bool
         _fast_kind: str
         _fast_pump: asyncio.Task[None] | None
+        _stepper: asyncio.Task[None] | None
+        _step_due: bool
+        _last_step: float
+        full_reads: int
+        name: str
         _touched: deque[tuple[int, int, np.ndarray | None]]
         _closed: bool
         _lock: asyncio.Lock
@@ -95,13 +103,68 @@ class FastViews:
     def _fast(self) -> list[Subscription]:
         return [s for s in self.subs.values() if s.fast is not None]
 
+    def _step_soon(self) -> None:
+        """Move the fast views with the deltas since the last step, soon (at most every
+        :data:`STEP_INTERVAL` seconds: one step covers every tick since the last)."""
+        self._step_due = True
+        if self._stepper is None and not self._closed:
+            self._stepper = asyncio.get_running_loop().create_task(
+                self._run_steps(), name=f"steps:{self.name}"
+            )
+
+    async def _run_steps(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._step_due and not self._closed:
+                wait = self._last_step + STEP_INTERVAL - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # pacing: the ticks meanwhile join this step
+                self._step_due = False
+                self._last_step = loop.time()
+                self._step()
+        except Exception:
+            log.exception("fast views failed to follow the room")
+        finally:
+            self._stepper = None
+
+    def _step(self) -> None:
+        """Follow the deltas on the event loop, in every fast view that can (:meth:`~.fast.FastPlan.follow`);
+        the others are marked stale and read in full by the fast pump, in a worker thread."""
+        state, seq = self._current()
+        stale = False
+        for sub in self._fast():
+            if sub.stale or not sub.sent:
+                stale = stale or sub.stale
+                continue
+            if not self._follow(sub, state, seq):
+                sub.stale = stale = True
+        if stale:
+            self._fast_dirty = True
+            self._kick()
+
+    def _follow(self, sub: Subscription, state: State, seq: int) -> bool:
+        """Move ``sub`` to ``seq`` from the deltas' rows and send its update if it changed; False
+        when it needs a full read."""
+        try:
+            result = sub.fast.follow(state.frame, seq, self._touched)
+        except NeedsRead:
+            return False
+        except Exception:
+            log.exception("view %s of %s could not follow the room", sub.name, sub.session.client)
+            return False
+        if result is not None and seq >= sub.fast_seq:
+            sub.fast_seq = seq
+            self._deliver(sub, result, "update", seq=seq)
+        return True
+
     async def _run_fast_pump(self) -> None:
-        """Read every fast view after the ticks since the last read, until no tick is waiting.
+        """Read in full every stale fast view (every fast view after a schema change), until none is.
 
         Runs beside the Perspective pump, without the room's views lock: a fast
-        view never waits for Perspective. A view whose snapshot is not sent yet
-        is left to its ``subscribe``; views leaving the fast path are handed
-        to a task that takes the lock.
+        view never waits for Perspective. A stale view first tries to follow
+        again, from the full read that made it stale, if one finished since.
+        A view whose snapshot is not sent yet is left to its ``subscribe``;
+        views leaving the fast path are handed to a task that takes the lock.
         """
         try:
             while self._fast_dirty and not self._closed:
@@ -111,7 +174,13 @@ class FastViews:
                     sub.demoted = False
                     self.spawn(self._demote_locked(sub))
                 kind, self._fast_kind = self._fast_kind, "update"
-                await self._update_fast(kind, only=[s for s in self._fast() if s.sent])
+                subs = [s for s in self._fast() if s.sent and (s.stale or kind == "snapshot")]
+                if kind == "update":
+                    state, seq = self._current()
+                    subs = [s for s in subs if not self._follow(s, state, seq)]
+                for sub in self._fast():
+                    sub.stale = False
+                await self._update_fast(kind, only=subs)
         except Exception:
             log.exception("fast views failed to follow the room")
         finally:
@@ -126,6 +195,7 @@ class FastViews:
     async def _read_fast(self, subs: list[Subscription]) -> tuple[list[Result], int]:
         """Read each of ``subs`` over the room's current frame (one worker-thread job); and the seq."""
         state, seq = self._current()
+        self.full_reads += len(subs)
         plans = [s.fast for s in subs]
         touched = list(self._touched)
 
@@ -148,6 +218,8 @@ class FastViews:
             return False
         sub.fast_seq = seq
         self._deliver(sub, result, "snapshot", re=re, seq=seq)
+        if self._current()[1] > seq:
+            self._step_soon()  # ticks came during the read: follow them without waiting for the next
         return True
 
     async def _update_fast(self, kind: str = "update", only: list[Subscription] | None = None) -> None:

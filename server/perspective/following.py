@@ -73,6 +73,8 @@ class Following:
 
         async def _run_fast_pump(self) -> None: ...
 
+        def _step_soon(self) -> None: ...
+
     def _table(self, audience: Audience) -> ViewTable:
         t = self.tables.get(audience)
         if t is None:
@@ -159,9 +161,9 @@ class Following:
         if self._closed:
             return
         if any(s.fast is not None or s.demoted for s in self.subs.values()):
-            self._fast_dirty = True
-            # Only while fast views exist: a grouped plan that finds a gap compares columns instead.
+            # Only while fast views exist: a plan that finds a gap reads in full instead.
             self._touched.append((delta.seq_from, delta.seq_to, upserted_rids(delta)))
+            self._step_soon()
         state = self._current()[0]
         for t in self.tables.values():
             if t.built is None and not t.building:

@@ -110,6 +110,10 @@ class RoomViews(Following, Dashboards, Upkeep, FastViews):
         # The rows each recent delta upserted, for the grouped fast views (GroupedPlan.read).
         self._touched: deque[tuple[int, int, np.ndarray | None]] = deque(maxlen=TOUCHED_DELTAS)
         self._fast_pump: asyncio.Task[None] | None = None  # reads the fast views; never waits for Perspective
+        self._stepper: asyncio.Task[None] | None = None  # moves the fast views with the deltas (.fastviews)
+        self._step_due = False
+        self._last_step = 0.0
+        self.full_reads = 0  # fast view reads over the whole frame (the first, then when a step cannot follow)
         self._unlisten = process.on_lost(self._lost)
         state, _ = current()
         self._columns = {c["id"]: c["name"] for c in state.catalog.to_wire()}
@@ -126,8 +130,12 @@ class RoomViews(Following, Dashboards, Upkeep, FastViews):
 
     async def settled(self) -> None:
         """Return once every delta handed to :meth:`on_delta` so far has reached every view."""
-        while self._pump is not None or self._fast_pump is not None:
-            await asyncio.gather(*(asyncio.shield(p) for p in (self._pump, self._fast_pump) if p is not None))
+
+        def pumps() -> list[asyncio.Task[None]]:
+            return [p for p in (self._stepper, self._pump, self._fast_pump) if p is not None]
+
+        while pumps():
+            await asyncio.gather(*(asyncio.shield(p) for p in pumps()))
 
     async def barrier(self) -> None:
         """Return once every request of this room queued before this call is done."""
@@ -384,7 +392,7 @@ class RoomViews(Following, Dashboards, Upkeep, FastViews):
                     except (ViewsLost, RuntimeError):
                         pass
                 t.built = None
-        pumps = (self._pump, self._fast_pump, *self._tasks)
+        pumps = (self._stepper, self._pump, self._fast_pump, *self._tasks)
         tasks = [t for t in pumps if t is not None and t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()

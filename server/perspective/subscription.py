@@ -41,6 +41,7 @@ class Subscription:
     fast: Any = None  # its FastPlan when it is served from the frame, not Perspective (.fastviews)
     demoted: bool = False  # leaving the fast path: Perspective serves it from its next message
     fast_seq: int = -1  # the room seq of the last fast read sent (an older read is never sent after it)
+    stale: bool = False  # a fast view that could not follow the last deltas: read it in full next
     last: pa.Table | None = None  # the content last sent, to skip unchanged updates
     closing: str | None = None  # why the view cannot survive the last schema change
     sent: int = 0  # messages sent for it; 0 while its first subscribe is still waiting

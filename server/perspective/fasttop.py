@@ -1,0 +1,215 @@
+"""Plain fast views followed from each delta's rows, on the event loop: no read per batch of ticks.
+
+A :class:`~.fast.FastPlan` read is a query over every row of the frame
+(a top-k: 7-16 ms at 1M rows, 2-3x that in a worker thread while the event
+loop is busy). After one such read, :class:`Top` keeps the first ``end``
+rows of the view (its viewport and the rows above it, in view order), the
+last of them (the *boundary*) and the total row count. A delta that only
+changed cells then moves the view without a query over the frame:
+
+- the changed rows are read before and after (a gather of a few rows);
+- the new top is the first ``end`` of the kept rows, minus the changed
+  ones, plus the changed rows that pass the filters, sorted as the full
+  read sorts;
+- that is exact when at least ``end`` of those rows sort before the old
+  boundary, or at it: every row outside them sorted after the boundary
+  before the delta and did not change. Otherwise (a row of the top moved
+  out, and the one to take its place is somewhere in the frame) the
+  view is read in full again, as before;
+- the row count moves by the changed rows that entered or left the filters.
+
+Inserted or deleted rows, a schema change, a gap in the deltas, more than
+:data:`FOLLOW_ROWS` changed rows, and a changed float sort key that is NaN
+or a zero (the full read checks the whole column for values Perspective
+orders inconsistently) also mean a full read: :class:`NeedsRead`.
+
+Strings are cut at a NUL here whatever the column holds: on a string
+without NUL the cut is the string itself, so this is what the full read
+does in either case.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from protocol.dtypes import RID
+
+__all__ = ["NeedsRead", "Top", "FOLLOW_ROWS", "FOLLOW_END", "changed_positions"]
+
+#: More changed rows than this since the last read or step: read the view in full.
+FOLLOW_ROWS = 2_000
+#: A view whose viewport ends past this row is only ever read in full (its top is not kept).
+FOLLOW_END = 1_000
+
+_MARK = "__coframe_boundary"  # a column of the candidates: 1 on the old boundary row
+
+
+class NeedsRead(Exception):
+    """A delta the view cannot follow from its rows: read it in full (in a worker thread)."""
+
+
+@dataclass(slots=True)
+class Top:
+    """What a plain fast view keeps after a read: its first ``end`` rows and its row count."""
+
+    rows: pl.DataFrame  # the used columns of the view's first ``end`` rows, in view order
+    count: int  # the view's total rows (after filters)
+    frame: pl.DataFrame  # the used columns of the frame at ``seq``
+    seq: int
+    _rids: np.ndarray | None = None
+    _edge: tuple[Any, ...] | None = None
+
+    def moved(self, count: int, frame: pl.DataFrame, seq: int) -> Top:
+        """The same rows at ``seq``, over ``frame``, with ``count`` rows in all."""
+        return Top(self.rows, count, frame, seq, self._rids, self._edge)
+
+    def rids(self) -> np.ndarray:
+        """The rids of :attr:`rows`."""
+        if self._rids is None:
+            self._rids = self.rows.get_column(RID).to_numpy()
+        return self._rids
+
+    def edge(self, keys: list[pl.Expr], end: int) -> tuple[Any, ...] | None:
+        """The last row's sort key values and rid, or None when the top holds every row."""
+        if self.rows.height < end:
+            return None
+        if self._edge is None:
+            last = self.rows.tail(1).select(*(k.alias(f"k{i}") for i, k in enumerate(keys)), pl.col(RID))
+            self._edge = last.row(0)
+        return self._edge
+
+
+class TopCache:
+    """A plan's :class:`Top` and the lock that keeps a worker thread's read and a step apart."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.top: Top | None = None
+        self.exprs: tuple[list[pl.Expr], pl.Expr | None] | None = None  # built once, by the plan
+
+
+def changed_positions(
+    prev: pl.DataFrame, prev_seq: int, cur: pl.DataFrame, seq: int, touched: Sequence[Any]
+) -> np.ndarray | None:
+    """Positions of the rows the deltas of ``touched`` upserted after ``prev_seq`` up to ``seq``,
+    or None when they cannot tell (a gap, deleted or inserted rows, a schema change).
+
+    ``touched`` holds ``(seq_from, seq_to, rids or None)`` per delta, oldest first.
+    """
+    if seq < prev_seq or prev.height != cur.height:
+        return None
+    rids = []
+    covered = prev_seq
+    for seq_from, seq_to, upserted in touched:
+        if seq_to <= prev_seq or seq_from > seq:
+            continue
+        if seq_from > covered + 1 or seq_to > seq or upserted is None:
+            return None
+        covered = seq_to
+        rids.append(upserted)
+    if covered != seq:
+        return None
+    now = cur.get_column(RID).to_numpy()
+    before = prev.get_column(RID).to_numpy()
+    if len(before) != len(now) or not (before.ctypes.data == now.ctypes.data or np.array_equal(before, now)):
+        return None
+    if not rids:
+        return np.empty(0, dtype=np.int64)
+    wanted = np.unique(np.concatenate(rids))
+    if not len(now):
+        return None
+    at = np.minimum(np.searchsorted(now, wanted), len(now) - 1)
+    if not np.array_equal(now[at], wanted):
+        return None  # an upserted rid not in the frame: an insert
+    return at.astype(np.int64)
+
+
+def before(a: tuple[Any, ...], b: tuple[Any, ...], descending: Sequence[bool]) -> bool:
+    """Whether sort key ``a`` (key values, then the rid) comes before ``b`` in the view's order.
+
+    Nulls first ascending, last descending; ties broken by the next key, then
+    by the rid ascending. Values are those the sort keys hold (strings cut at
+    a NUL compare by code point, which is UTF-8's byte order).
+    """
+    for x, y, desc in zip(a, b, descending, strict=False):
+        if x == y:
+            continue
+        if x is None:
+            return not desc
+        if y is None:
+            return desc
+        return x > y if desc else x < y
+    return bool(a[-1] < b[-1])
+
+
+def step(
+    top: Top,
+    cur: pl.DataFrame,
+    seq: int,
+    at: np.ndarray,
+    *,
+    end: int,
+    keys: list[pl.Expr],
+    descending: list[bool],
+    keep: pl.Expr | None,
+    floats: list[str],
+) -> Top:
+    """``top`` moved to ``cur`` (the used columns at ``seq``), whose rows at ``at`` changed.
+
+    ``keys`` are the sort keys (cut at NUL), ``keep`` the filter mask or None,
+    ``floats`` the float sort key columns. Raises :class:`NeedsRead` when the
+    rows kept cannot tell the new top (module doc). The result shares
+    ``top.rows`` when the changed rows neither were in it nor enter it.
+    """
+    if len(at) > FOLLOW_ROWS:
+        raise NeedsRead(f"{len(at)} rows changed")
+    if not keys and keep is None:  # index order, no filter: the first ``end`` rows
+        hit = bool((at < end).any())
+        return Top(cur.slice(0, end), top.count, cur, seq) if hit else top.moved(top.count, cur, seq)
+    pos = pl.Series(at, dtype=pl.UInt32)
+    new = cur[pos]
+    for name in floats:
+        x = new.get_column(name)
+        if (x.is_nan() | (x == 0.0)).any():
+            raise NeedsRead(f"a changed sort key in '{name}' is NaN or zero")
+    count = top.count
+    if keep is not None:
+        old_kept = int(top.frame[pos].select(keep.sum()).item())
+        new = new.filter(keep)
+        count += new.height - old_kept
+    was_in = bool(np.isin(at_rids := cur.get_column(RID).to_numpy()[at], top.rids()).any())
+    if not was_in and count == top.count and new.height:
+        edge = top.edge(keys, end)
+        if edge is not None:
+            news = new.select(*(k.alias(f"k{i}") for i, k in enumerate(keys)), pl.col(RID)).rows()
+            if not any(before(row, edge, descending) for row in news):
+                return top.moved(count, cur, seq)  # nothing enters the top
+    elif not was_in and count == top.count:
+        return top.moved(count, cur, seq)
+    kept = top.rows.filter(pl.Series(~np.isin(top.rids(), at_rids)))
+    parts = [
+        kept.with_columns(pl.lit(0, pl.Int8).alias(_MARK)),
+        new.with_columns(pl.lit(0, pl.Int8).alias(_MARK)),
+    ]
+    full = top.rows.height >= end
+    if full:
+        parts.append(top.rows.tail(1).with_columns(pl.lit(1, pl.Int8).alias(_MARK)))
+    rows = pl.concat(parts, how="vertical")
+    rows = rows.sort(
+        [*keys, pl.col(RID), pl.col(_MARK)],
+        descending=[*descending, False, False],
+        nulls_last=[*descending, False, False],
+        maintain_order=True,
+    )
+    if full:
+        marks = rows.get_column(_MARK).to_numpy()
+        if int(np.argmax(marks)) < end:
+            raise NeedsRead("a row left the top and the next one is elsewhere in the frame")
+        rows = rows.filter(pl.col(_MARK) == 0)
+    return Top(rows.head(end).drop(_MARK), count, cur, seq)
