@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,12 +50,12 @@ class Follower:
         self.last: tuple[Any, int] | None = None
         self.followed = self.reads = 0
         if self.plan is not None:
-            self.last = self._read(state.frame, 0, [])
+            self.last = self._read(state, 0, [])
 
-    def _read(self, frame: pl.DataFrame, seq: int, touched: Touched) -> tuple[Any, int] | None:
+    def _read(self, state: State, seq: int, touched: Touched) -> tuple[Any, int] | None:
         self.reads += 1
         try:
-            return self.plan.read(frame, seq, touched)  # type: ignore[union-attr]
+            return self.plan.read(state.frame, seq, touched, state)  # type: ignore[union-attr]
         except NotServable:
             return None  # Perspective serves it from now on: nothing to compare
 
@@ -64,10 +63,10 @@ class Follower:
         if self.plan is None or self.last is None:
             return
         try:
-            got = self.plan.follow(state.frame, seq, touched)
+            got = self.plan.follow(state, seq, touched)
             self.followed += 1
         except NeedsRead:
-            got = self._read(state.frame, seq, touched)
+            got = self._read(state, seq, touched)
             if got is None:
                 self.last = None
                 return

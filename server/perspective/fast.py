@@ -78,6 +78,7 @@ import pyarrow as pa
 
 from protocol.dtypes import RID
 
+from ..ops.state import State
 from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause, view_arrow
 from .fastexpr import column_expr, ptype, unsortable
 from .fastgroup import GroupedPlan, plan_grouped
@@ -111,7 +112,9 @@ class FastPlan:
 
     cache: TopCache = field(default_factory=TopCache, compare=False, repr=False)
 
-    def read(self, frame: pl.DataFrame, seq: int | None = None, touched: Any = ()) -> tuple[pa.Table, int]:
+    def read(
+        self, frame: pl.DataFrame, seq: int | None = None, touched: Any = (), state: State | None = None
+    ) -> tuple[pa.Table, int]:
         """The view's payload over ``frame`` (a room frame: ``_rid`` first, ascending).
 
         ``touched`` is for :meth:`.fastgroup.GroupedPlan.read`: each read here
@@ -157,15 +160,17 @@ class FastPlan:
         if seq is None or end > FOLLOW_END:
             return view_arrow(lf.slice(start, end - start).select(columns).collect(), columns), rows
         used = self._used()
-        top = Top(lf.slice(0, end).select(used).collect(), rows, frame.select(used), seq)
+        ids = frame.get_column(RID).to_numpy() if state is None else state.rids()
+        top = Top(lf.slice(0, end).select(used).collect(), rows, frame, ids, seq)
         with self.cache.lock:
             if self.cache.top is None or self.cache.top.seq < seq:
                 self.cache.top = top
         return self._payload(top)
 
-    def follow(self, frame: pl.DataFrame, seq: int, touched: Any) -> tuple[pa.Table, int] | None:
-        """The view at ``seq`` from the rows the deltas in ``touched`` changed since the last
-        read or follow, or None when its content did not change (:mod:`.fasttop`).
+    def follow(self, state: State, seq: int, touched: Any) -> tuple[pa.Table, int] | None:
+        """The view at ``seq`` (the room's ``state``) from the rows the deltas in ``touched``
+        changed since the last read or follow, or None when its content did not change
+        (:mod:`.fasttop`).
 
         Cheap enough for the event loop: a gather of the changed rows and a
         sort of at most ``end`` + their number.
@@ -181,36 +186,35 @@ class FastPlan:
         if seq <= top.seq:
             return None
         try:
-            check_schema(frame, self.dtypes)
-        except NotServable as e:
-            raise NeedsRead(str(e)) from None
-        cur = frame.select(self._used())
-        try:
-            new = self._step(top, cur, seq, touched)
-        except NeedsRead:
+            check_schema(state.frame, self.dtypes)
+            new = self._step(top, state, seq, touched)
+        except (NeedsRead, NotServable) as e:
             with c.lock:
                 if c.top is top:
                     c.top = None  # the next read starts afresh
-            raise
+            raise NeedsRead(str(e)) from None
         with c.lock:
             if c.top is top:
                 c.top = new
-        if new.count == top.count and new.rows.equals(top.rows):
+        if new.rows is top.rows and new.count == top.count:
             return None
         return self._payload(new)
 
-    def _step(self, top: Top, cur: pl.DataFrame, seq: int, touched: Any) -> Top:
-        at = changed_positions(top.frame, top.seq, cur, seq, touched)
+    def _step(self, top: Top, state: State, seq: int, touched: Any) -> Top:
+        ids = state.rids()
+        at = changed_positions(top.ids, top.seq, ids, seq, touched)
         if at is None:
             raise NeedsRead("rows were added or removed, or the deltas have a gap")
         if not len(at):
-            return top.moved(top.count, cur, seq)
+            return top.moved(top.count, state.frame, ids, seq)
         keys, keep = self._exprs()
         return step(
             top,
-            cur,
+            state.frame,
+            ids,
             seq,
             at,
+            used=self._used(),
             end=self.viewport[1],
             keys=keys,
             descending=[k.descending for k in self.sort],

@@ -52,10 +52,11 @@ import pyarrow as pa
 
 from protocol.dtypes import RID
 
+from ..ops.state import State
 from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause, view_arrow
 from .fastexpr import column_expr, ptype
 from .fasttally import Tally
-from .fasttop import FOLLOW_ROWS, NeedsRead, changed_positions
+from .fasttop import FOLLOW_ROWS, NeedsRead, changed_positions, gather
 
 __all__ = ["GroupedPlan", "Touched", "plan_grouped"]
 
@@ -90,7 +91,7 @@ class GroupedPlan:
     cache: _Cache = field(default_factory=lambda: _Cache(), compare=False, repr=False)
 
     def read(
-        self, frame: pl.DataFrame, seq: int | None = None, touched: Touched = ()
+        self, frame: pl.DataFrame, seq: int | None = None, touched: Touched = (), state: State | None = None
     ) -> tuple[pa.Table, int]:
         """The view's payload over ``frame`` (a room frame: ``_rid`` first, ascending).
 
@@ -124,11 +125,13 @@ class GroupedPlan:
             elif len(changed):
                 c.tally.update(self._rows(prev[changed]), self._rows(cur[changed]), nkeys)  # type: ignore[index]
             c.prev, c.seq = cur, seq
+            c.ids = state.rids() if state is not None else cur.get_column(RID).to_numpy()
             return self._render(c.tally)
 
-    def follow(self, frame: pl.DataFrame, seq: int, touched: Touched) -> tuple[pa.Table, int] | None:
-        """The view at ``seq`` from the rows the deltas in ``touched`` changed since the last read
-        or follow, or None when none changed: cheap enough for the event loop.
+    def follow(self, state: State, seq: int, touched: Touched) -> tuple[pa.Table, int] | None:
+        """The view at ``seq`` (the room's ``state``) from the rows the deltas in ``touched``
+        changed since the last read or follow, or None when none changed: cheap enough for the
+        event loop.
 
         Raises:
             NeedsRead: rows were added or removed, the deltas have a gap, too many
@@ -145,19 +148,19 @@ class GroupedPlan:
             if len(c.tally.groups) > FOLLOW_GROUPS:
                 raise NeedsRead(f"more than {FOLLOW_GROUPS:,} groups")
             try:
-                check_schema(frame, self.dtypes)
+                check_schema(state.frame, self.dtypes)
             except NotServable as e:
                 raise NeedsRead(str(e)) from None
-            cur = frame  # the whole frame: no select, a gather reads the used columns
-            at = changed_positions(c.prev, c.seq, cur, seq, touched)
+            ids = state.rids()
+            at = changed_positions(c.ids, c.seq, ids, seq, touched)
             if at is None or len(at) > FOLLOW_ROWS:
                 raise NeedsRead("rows were added or removed, the deltas have a gap, or many rows changed")
             if len(at):
-                pos = pl.Series(at, dtype=pl.UInt32)
-                used = c.prev.columns if c.prev.width < cur.width else cur.columns
-                both = self._rows(pl.concat([c.prev[pos].select(used), cur[pos].select(used)]), cut=True)
-                c.tally.update(both.head(len(at)), both.tail(len(at)), len(self.group_by))
-            c.prev, c.seq = cur, seq
+                used = [n for n, _ in self.dtypes]
+                both = pl.concat([gather(c.prev, used, at), gather(state.frame, used, at)])
+                rows = self._rows(both, cut=True)
+                c.tally.update(rows.head(len(at)), rows.tail(len(at)), len(self.group_by))
+            c.prev, c.ids, c.seq = state.frame, ids, seq
             return self._render(c.tally) if len(at) else None
         finally:
             c.lock.release()
@@ -203,6 +206,7 @@ class _Cache:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.prev: pl.DataFrame | None = None
+        self.ids: np.ndarray = np.empty(0, dtype=np.uint64)  # the rids of ``prev``
         self.seq: int | None = None  # the room's seq of ``prev``, when the reader gave it
         self.from_deltas = 0  # reads that took the changed rows from the deltas' upserted rids
         self.tally: Tally | None = None

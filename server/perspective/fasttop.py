@@ -40,7 +40,7 @@ import polars as pl
 
 from protocol.dtypes import RID
 
-__all__ = ["NeedsRead", "Top", "FOLLOW_ROWS", "FOLLOW_END", "changed_positions"]
+__all__ = ["NeedsRead", "Top", "TopCache", "FOLLOW_ROWS", "FOLLOW_END", "changed_positions", "gather", "step"]
 
 #: More changed rows than this since the last read or step: read the view in full.
 FOLLOW_ROWS = 2_000
@@ -60,14 +60,15 @@ class Top:
 
     rows: pl.DataFrame  # the used columns of the view's first ``end`` rows, in view order
     count: int  # the view's total rows (after filters)
-    frame: pl.DataFrame  # the used columns of the frame at ``seq``
+    frame: pl.DataFrame  # the frame at ``seq``
+    ids: np.ndarray  # its rids
     seq: int
     _rids: np.ndarray | None = None
     _edge: tuple[Any, ...] | None = None
 
-    def moved(self, count: int, frame: pl.DataFrame, seq: int) -> Top:
-        """The same rows at ``seq``, over ``frame``, with ``count`` rows in all."""
-        return Top(self.rows, count, frame, seq, self._rids, self._edge)
+    def moved(self, count: int, frame: pl.DataFrame, ids: np.ndarray, seq: int) -> Top:
+        """The same rows at ``seq``, over ``frame`` (rids ``ids``), with ``count`` rows in all."""
+        return Top(self.rows, count, frame, ids, seq, self._rids, self._edge)
 
     def rids(self) -> np.ndarray:
         """The rids of :attr:`rows`."""
@@ -95,14 +96,16 @@ class TopCache:
 
 
 def changed_positions(
-    prev: pl.DataFrame, prev_seq: int, cur: pl.DataFrame, seq: int, touched: Sequence[Any]
+    prev: np.ndarray, prev_seq: int, now: np.ndarray, seq: int, touched: Sequence[Any]
 ) -> np.ndarray | None:
     """Positions of the rows the deltas of ``touched`` upserted after ``prev_seq`` up to ``seq``,
     or None when they cannot tell (a gap, deleted or inserted rows, a schema change).
 
-    ``touched`` holds ``(seq_from, seq_to, rids or None)`` per delta, oldest first.
+    ``prev`` and ``now`` are the frames' rids (:meth:`~server.ops.state.State.rids`: one array
+    shared by states that only changed cells); ``touched`` holds ``(seq_from, seq_to, rids or
+    None)`` per delta, oldest first.
     """
-    if seq < prev_seq or prev.height != cur.height:
+    if seq < prev_seq or len(prev) != len(now):
         return None
     rids = []
     covered = prev_seq
@@ -113,21 +116,23 @@ def changed_positions(
             return None
         covered = seq_to
         rids.append(upserted)
-    if covered != seq:
-        return None
-    now = cur.get_column(RID).to_numpy()
-    before = prev.get_column(RID).to_numpy()
-    if len(before) != len(now) or not (before.ctypes.data == now.ctypes.data or np.array_equal(before, now)):
+    if covered != seq or not (prev is now or np.array_equal(prev, now)):
         return None
     if not rids:
         return np.empty(0, dtype=np.int64)
-    wanted = np.unique(np.concatenate(rids))
+    wanted = np.unique(np.concatenate(rids)) if len(rids) > 1 else rids[0]
     if not len(now):
         return None
     at = np.minimum(np.searchsorted(now, wanted), len(now) - 1)
     if not np.array_equal(now[at], wanted):
         return None  # an upserted rid not in the frame: an insert
     return at.astype(np.int64)
+
+
+def gather(frame: pl.DataFrame, columns: Sequence[str], at: np.ndarray) -> pl.DataFrame:
+    """``frame``'s ``columns`` at positions ``at``: one gather per column, no query."""
+    pos = pl.Series(at, dtype=pl.UInt32)
+    return pl.DataFrame([frame.get_column(n).gather(pos) for n in columns])
 
 
 def before(a: tuple[Any, ...], b: tuple[Any, ...], descending: Sequence[bool]) -> bool:
@@ -151,16 +156,18 @@ def before(a: tuple[Any, ...], b: tuple[Any, ...], descending: Sequence[bool]) -
 def step(
     top: Top,
     cur: pl.DataFrame,
+    ids: np.ndarray,
     seq: int,
     at: np.ndarray,
     *,
+    used: list[str],
     end: int,
     keys: list[pl.Expr],
     descending: list[bool],
     keep: pl.Expr | None,
     floats: list[str],
 ) -> Top:
-    """``top`` moved to ``cur`` (the used columns at ``seq``), whose rows at ``at`` changed.
+    """``top`` moved to ``cur`` (the frame at ``seq``, rids ``ids``), whose rows at ``at`` changed.
 
     ``keys`` are the sort keys (cut at NUL), ``keep`` the filter mask or None,
     ``floats`` the float sort key columns. Raises :class:`NeedsRead` when the
@@ -171,27 +178,28 @@ def step(
         raise NeedsRead(f"{len(at)} rows changed")
     if not keys and keep is None:  # index order, no filter: the first ``end`` rows
         hit = bool((at < end).any())
-        return Top(cur.slice(0, end), top.count, cur, seq) if hit else top.moved(top.count, cur, seq)
-    pos = pl.Series(at, dtype=pl.UInt32)
-    new = cur[pos]
+        if hit:
+            return Top(cur.select(used).slice(0, end), top.count, cur, ids, seq)
+        return top.moved(top.count, cur, ids, seq)
+    new = gather(cur, used, at)
     for name in floats:
         x = new.get_column(name)
         if (x.is_nan() | (x == 0.0)).any():
             raise NeedsRead(f"a changed sort key in '{name}' is NaN or zero")
     count = top.count
     if keep is not None:
-        old_kept = int(top.frame[pos].select(keep.sum()).item())
+        old_kept = int(gather(top.frame, used, at).select(keep.sum()).item())
         new = new.filter(keep)
         count += new.height - old_kept
-    was_in = bool(np.isin(at_rids := cur.get_column(RID).to_numpy()[at], top.rids()).any())
+    was_in = bool(np.isin(at_rids := ids[at], top.rids()).any())
     if not was_in and count == top.count and new.height:
         edge = top.edge(keys, end)
         if edge is not None:
             news = new.select(*(k.alias(f"k{i}") for i, k in enumerate(keys)), pl.col(RID)).rows()
             if not any(before(row, edge, descending) for row in news):
-                return top.moved(count, cur, seq)  # nothing enters the top
+                return top.moved(count, cur, ids, seq)  # nothing enters the top
     elif not was_in and count == top.count:
-        return top.moved(count, cur, seq)
+        return top.moved(count, cur, ids, seq)
     kept = top.rows.filter(pl.Series(~np.isin(top.rids(), at_rids)))
     parts = [
         kept.with_columns(pl.lit(0, pl.Int8).alias(_MARK)),
@@ -212,4 +220,4 @@ def step(
         if int(np.argmax(marks)) < end:
             raise NeedsRead("a row left the top and the next one is elsewhere in the frame")
         rows = rows.filter(pl.col(_MARK) == 0)
-    return Top(rows.head(end).drop(_MARK), count, cur, seq)
+    return Top(rows.head(end).drop(_MARK), count, cur, ids, seq)

@@ -146,7 +146,7 @@ class FastViews:
         """Move ``sub`` to ``seq`` from the deltas' rows and send its update if it changed; False
         when it needs a full read."""
         try:
-            result = sub.fast.follow(state.frame, seq, self._touched)
+            result = sub.fast.follow(state, seq, self._touched)
         except NeedsRead:
             return False
         except Exception:
@@ -203,7 +203,7 @@ class FastViews:
             out: list[Result] = []
             for plan in plans:
                 try:
-                    out.append(plan.read(state.frame, seq, touched))  # type: ignore[union-attr]
+                    out.append(plan.read(state.frame, seq, touched, state))  # type: ignore[union-attr]
                 except NotServable as e:
                     out.append(e)
             return out

@@ -113,7 +113,9 @@ class RoomViews(Following, Dashboards, Upkeep, FastViews):
         self._stepper: asyncio.Task[None] | None = None  # moves the fast views with the deltas (.fastviews)
         self._step_due = False
         self._last_step = 0.0
-        self.full_reads = 0  # fast view reads over the whole frame (the first, then when a step cannot follow)
+        self.full_reads = (
+            0  # fast view reads over the whole frame (the first, then when a step cannot follow)
+        )
         self._unlisten = process.on_lost(self._lost)
         state, _ = current()
         self._columns = {c["id"]: c["name"] for c in state.catalog.to_wire()}

@@ -153,9 +153,7 @@ class Durability:
     def due(self) -> bool:
         """Enough batches for an op-count autocommit, no write running, and the share allows one."""
         return (
-            self.uncommitted >= self.autocommit_ops
-            and not self.busy
-            and time.monotonic() >= self._not_before
+            self.uncommitted >= self.autocommit_ops and not self.busy and time.monotonic() >= self._not_before
         )
 
     def prepare(self, core: RoomCore) -> Prepared | None:

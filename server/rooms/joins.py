@@ -150,4 +150,3 @@ class Joins:
         state, seq = self._published
         for s in list(self.sessions.values()):
             self.outbound.deliver(self._welcome(state, seq, "resync", None, snapshot=False), [s])
-
