@@ -107,10 +107,15 @@ def changed_positions(
     """
     if seq < prev_seq or len(prev) != len(now):
         return None
+    recent = []
+    for entry in reversed(touched):  # newest first: a step covers the last few deltas of thousands
+        if entry[1] <= prev_seq:
+            break
+        recent.append(entry)
     rids = []
     covered = prev_seq
-    for seq_from, seq_to, upserted in touched:
-        if seq_to <= prev_seq or seq_from > seq:
+    for seq_from, seq_to, upserted in reversed(recent):
+        if seq_from > seq:
             continue
         if seq_from > covered + 1 or seq_to > seq or upserted is None:
             return None
