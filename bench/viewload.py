@@ -55,7 +55,9 @@ class Phase:
     label: str
     views: tuple[tuple[str, dict[str, Any]], ...]  # (name, config); plain views get the viewport
     # How plain edits are made: "rids" (one of rids 0..viewport-1), "max" (a new maximum price at a
-    # random row) or "both" (a new maximum at one of rids 0..viewport-1: it changes every view).
+    # random row), "both" (a new maximum at one of rids 0..viewport-1: it changes every view) or
+    # "raise" (as "both", and every other edit a new maximum at a random row: a grouped max, which
+    # only a new maximum or an edit of a group's maximal row changes, gets an update for each edit).
     plain: str
 
 
@@ -326,11 +328,14 @@ class ViewLoad:
         if plain and plain_mode == "max":
             # A new maximum: the row moves to the top of the sorted view.
             rid, value = self.rng.randrange(self.rows), 1e6 + k
-        elif plain and plain_mode == "both":
+        elif plain and plain_mode in ("both", "raise"):
             # A new maximum in the unsorted viewport: the plain, the sorted and the grouped view change.
             rid, value = self.rng.randrange(self.cfg.viewport), 1e6 + k
         elif plain:
             rid, value = self.rng.randrange(self.cfg.viewport), 1.0005 + k * 0.001
+        elif plain_mode == "raise":
+            # Every edit a new maximum: a grouped max changes with each one (else it never would).
+            rid, value = self.rng.randrange(self.rows), 1e6 + k
         else:
             rid, value = self.rng.randrange(self.rows), 1.0005 + k * 0.001
         cs = len(self.send_t) + 1

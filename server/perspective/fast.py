@@ -217,6 +217,7 @@ class FastPlan:
             used=self._used(),
             end=self.viewport[1],
             keys=keys,
+            columns=[(k.column, k.dtype) for k in self.sort],
             descending=[k.descending for k in self.sort],
             keep=keep,
             floats=[k.column for k in self.sort if k.dtype in _FLOATS],

@@ -156,14 +156,40 @@ class GroupedPlan:
             if at is None or len(at) > FOLLOW_ROWS:
                 raise NeedsRead("rows were added or removed, the deltas have a gap, or many rows changed")
             if len(at):
-                used = [n for n, _ in self.dtypes]
-                both = pl.concat([gather(c.prev, used, at), gather(state.frame, used, at)])
-                rows = self._rows(both, cut=True)
-                c.tally.update(rows.head(len(at)), rows.tail(len(at)), len(self.group_by))
+                nkeys = len(self.group_by)
+                pos = pl.Series(at, dtype=pl.UInt32)
+                old, new = self._py_rows(c.prev, pos), self._py_rows(state.frame, pos)
+                if old is not None and new is not None:
+                    c.tally.update_rows(old, new, nkeys)
+                else:
+                    used = [n for n, _ in self.dtypes]
+                    both = gather(c.prev, used, at).vstack(gather(state.frame, used, at))
+                    rows = self._rows(both, cut=True)
+                    c.tally.update(rows.head(len(at)), rows.tail(len(at)), nkeys)
             c.prev, c.ids, c.seq = state.frame, ids, seq
             return self._render(c.tally) if len(at) else None
         finally:
             c.lock.release()
+
+    def _py_rows(self, frame: pl.DataFrame, pos: pl.Series) -> list[tuple[Any, ...]] | None:
+        """``frame``'s rows at ``pos`` as :meth:`_rows` gives them, read in Python (a few rows: no
+        query); None for a view with filters or a datetime group column (left to :meth:`_rows`)."""
+        if self.filters:
+            return None
+        cols: list[list[Any]] = []
+        for name, dtype in self.group_by:
+            f = _KEY_VALUES.get(dtype, _same) if not dtype.startswith("Datetime") else None
+            if f is None:
+                return None
+            cols.append([v if v is None else f(v) for v in frame.get_column(name).gather(pos).to_list()])
+        for name, _, agg in self.aggregates:
+            if agg == "count":
+                cols.append([0] * len(pos))
+            else:
+                f = int if agg == "isum" else float  # as _value casts: Int64, or Float64
+                cols.append([v if v is None else f(v) for v in frame.get_column(name).gather(pos).to_list()])
+        cols.append([True] * len(pos))
+        return list(zip(*cols, strict=True))
 
     def _render(self, tally: Tally) -> tuple[pa.Table, int]:
         """The view's payload from ``tally``: groups in order, the viewport, Perspective's types."""
@@ -257,6 +283,14 @@ def _changed(prev: pl.DataFrame | None, cur: pl.DataFrame, columns: list[str]) -
         m = prev.get_column(name).ne_missing(cur.get_column(name))
         mask = m if mask is None else mask | m
     return mask.arg_true() if mask is not None else pl.Series([], dtype=pl.UInt32)
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+#: Group key values as :func:`_key` makes them, in Python, for the dtypes it changes (not datetimes).
+_KEY_VALUES: dict[str, Any] = {"UInt64": float, "String": lambda v: v.split("\x00", 1)[0]}
 
 
 def _key(name: str, dtype: str, *, nul: bool) -> pl.Expr:

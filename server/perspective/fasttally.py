@@ -157,8 +157,12 @@ class Tally:
 
     def update(self, old: pl.DataFrame, new: pl.DataFrame, nkeys: int) -> None:
         """Take out the ``old`` rows and add the ``new`` ones (the same rows before and after)."""
+        self.update_rows(old.iter_rows(), new.iter_rows(), nkeys)
+
+    def update_rows(self, old: Iterable[Sequence[Any]], new: Iterable[Sequence[Any]], nkeys: int) -> None:
+        """:meth:`update` from rows as tuples: the keys, the values, then ``keep``."""
         for rows, sign in ((old, -1), (new, 1)):
-            for row in rows.iter_rows():
+            for row in rows:
                 if not row[-1]:
                     continue  # the row does not pass the view's filters
                 g = self._group(tuple(row[:nkeys]))

@@ -31,7 +31,7 @@ does in either case.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +158,65 @@ def before(a: tuple[Any, ...], b: tuple[Any, ...], descending: Sequence[bool]) -
     return bool(a[-1] < b[-1])
 
 
+def _value(dtype: str) -> Callable[[Any], Any] | None:
+    """How a sort key value read from the frame becomes the value Perspective compares
+    (:func:`.fastexpr.column_expr` in Python), or None for a datetime (left to Polars)."""
+    if dtype in ("UInt64", "Float32"):
+        return float
+    if dtype.startswith("Datetime"):
+        return None
+    if dtype == "String":
+        return lambda v: v.split("\x00", 1)[0]
+    return lambda v: v
+
+
+def _keys(
+    frame: pl.DataFrame, rows: pl.Series, columns: list[tuple[str, str]], rids: Any
+) -> list[tuple[Any, ...]] | None:
+    """The sort keys of ``frame``'s ``rows`` (positions) as tuples ending with the rid, in Python;
+    None when a key column is a datetime."""
+    out = []
+    for name, dtype in columns:
+        f = _value(dtype)
+        if f is None:
+            return None
+        out.append([v if v is None else f(v) for v in frame.get_column(name).gather(rows).to_list()])
+    out.append([int(r) for r in rids])
+    return list(zip(*out, strict=True))
+
+
+def _quick(
+    top: Top,
+    cur: pl.DataFrame,
+    ids: np.ndarray,
+    seq: int,
+    at: np.ndarray,
+    end: int,
+    columns: list[tuple[str, str]],
+    descending: list[bool],
+    floats: list[str],
+) -> Top | None:
+    """``top`` at ``seq`` when no changed row was in it or enters it, found without a query (no
+    filters; sort keys other than datetimes); None when that is not so or cannot be told here."""
+    at_rids = ids[at]
+    if top.rows.height < end or np.isin(at_rids, top.rids()).any():
+        return None
+    news = _keys(cur, pl.Series(at, dtype=pl.UInt32), columns, at_rids)
+    if news is None:
+        return None
+    if floats:
+        where = [i for i, (name, _) in enumerate(columns) if name in floats]
+        if any(row[i] is not None and (row[i] != row[i] or row[i] == 0.0) for row in news for i in where):
+            raise NeedsRead("a changed float sort key is NaN or zero")
+    if top._edge is None:
+        last = _keys(top.rows, pl.Series([top.rows.height - 1], dtype=pl.UInt32), columns, top.rids()[-1:])
+        assert last is not None
+        top._edge = last[0]
+    if any(before(row, top._edge, descending) for row in news):
+        return None
+    return top.moved(top.count, cur, ids, seq)
+
+
 def step(
     top: Top,
     cur: pl.DataFrame,
@@ -168,15 +227,16 @@ def step(
     used: list[str],
     end: int,
     keys: list[pl.Expr],
+    columns: list[tuple[str, str]],
     descending: list[bool],
     keep: pl.Expr | None,
     floats: list[str],
 ) -> Top:
     """``top`` moved to ``cur`` (the frame at ``seq``, rids ``ids``), whose rows at ``at`` changed.
 
-    ``keys`` are the sort keys (cut at NUL), ``keep`` the filter mask or None,
-    ``floats`` the float sort key columns. Raises :class:`NeedsRead` when the
-    rows kept cannot tell the new top (module doc). The result shares
+    ``keys`` are the sort keys (cut at NUL) over ``columns`` (name, dtype),
+    ``keep`` the filter mask or None, ``floats`` the float sort key columns.
+    Raises :class:`NeedsRead` when the rows kept cannot tell the new top (module doc). The result shares
     ``top.rows`` when the changed rows neither were in it nor enter it.
     """
     if len(at) > FOLLOW_ROWS:
@@ -186,6 +246,8 @@ def step(
         if hit:
             return Top(cur.select(used).slice(0, end), top.count, cur, ids, seq)
         return top.moved(top.count, cur, ids, seq)
+    if keep is None and (quick := _quick(top, cur, ids, seq, at, end, columns, descending, floats)):
+        return quick
     new = gather(cur, used, at)
     for name in floats:
         x = new.get_column(name)

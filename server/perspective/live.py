@@ -112,7 +112,7 @@ class RoomViews(Following, Dashboards, Upkeep, FastViews):
         self._fast_pump: asyncio.Task[None] | None = None  # reads the fast views; never waits for Perspective
         self._stepper: asyncio.Task[None] | None = None  # moves the fast views with the deltas (.fastviews)
         self._step_due = False
-        self._last_step = 0.0
+        self._next_step = 0.0  # the loop time before which no step starts (fastviews.STEP_SHARE)
         self.full_reads = (
             0  # fast view reads over the whole frame (the first, then when a step cannot follow)
         )
