@@ -30,9 +30,11 @@ does in either case.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cmp_to_key
 from typing import Any
 
 import numpy as np
@@ -65,10 +67,19 @@ class Top:
     seq: int
     _rids: np.ndarray | None = None
     _edge: tuple[Any, ...] | None = None
+    _keys: list[tuple[Any, ...]] | None = None  # every row's sort key (and rid), once needed
 
     def moved(self, count: int, frame: pl.DataFrame, ids: np.ndarray, seq: int) -> Top:
         """The same rows at ``seq``, over ``frame`` (rids ``ids``), with ``count`` rows in all."""
-        return Top(self.rows, count, frame, ids, seq, self._rids, self._edge)
+        return Top(self.rows, count, frame, ids, seq, self._rids, self._edge, self._keys)
+
+    def keys(self, columns: list[tuple[str, str]]) -> list[tuple[Any, ...]] | None:
+        """Every row's sort key values and rid, in Python (None with a datetime key)."""
+        if self._keys is None:
+            self._keys = _keys(
+                self.rows, pl.Series(np.arange(self.rows.height), dtype=pl.UInt32), columns, self.rids()
+            )
+        return self._keys
 
     def rids(self) -> np.ndarray:
         """The rids of :attr:`rows`."""
@@ -181,7 +192,7 @@ def _keys(
         if f is None:
             return None
         out.append([v if v is None else f(v) for v in frame.get_column(name).gather(rows).to_list()])
-    out.append([int(r) for r in rids])
+    out.append([int(r) for r in (rids.to_list() if isinstance(rids, pl.Series) else rids)])
     return list(zip(*out, strict=True))
 
 
@@ -215,6 +226,41 @@ def _quick(
     if any(before(row, top._edge, descending) for row in news):
         return None
     return top.moved(top.count, cur, ids, seq)
+
+
+def _merge(
+    top: Top,
+    at_rids: np.ndarray,
+    new: pl.DataFrame,
+    end: int,
+    columns: list[tuple[str, str]],
+    descending: list[bool],
+) -> tuple[pl.DataFrame, list[tuple[Any, ...]]] | None:
+    """The new top rows and their sort keys: the kept rows (in order) with the ``new`` ones
+    (changed, passing the filters) inserted, in Python; None with a datetime sort key."""
+    top_keys = top.keys(columns)
+    if top_keys is None:
+        return None
+    new_keys = _keys(new, pl.Series(np.arange(new.height), dtype=pl.UInt32), columns, new.get_column(RID))
+    if new_keys is None:
+        return None
+
+    def order(a: tuple[Any, ...], b: tuple[Any, ...]) -> int:
+        return -1 if before(a, b, descending) else (1 if before(b, a, descending) else 0)
+
+    rank = cmp_to_key(order)
+    gone = set(at_rids.tolist())
+    rids = top.rids().tolist()
+    merged = [(k, i) for i, k in enumerate(top_keys) if rids[i] not in gone]  # still sorted
+    n = top.rows.height
+    for j, k in enumerate(new_keys):
+        bisect.insort(merged, (k, n + j), key=lambda e: rank(e[0]))
+    if n >= end:  # every row outside sorts after the old boundary: enough rows must come before it
+        if bisect.bisect_right(merged, rank(top_keys[-1]), key=lambda e: rank(e[0])) < end:
+            raise NeedsRead("a row left the top and the next one is elsewhere in the frame")
+    merged = merged[:end]
+    rows = pl.concat([top.rows, new], how="vertical")[pl.Series([i for _, i in merged], dtype=pl.UInt32)]
+    return rows, [k for k, _ in merged]
 
 
 def step(
@@ -267,6 +313,9 @@ def step(
                 return top.moved(count, cur, ids, seq)  # nothing enters the top
     elif not was_in and count == top.count:
         return top.moved(count, cur, ids, seq)
+    merged = _merge(top, at_rids, new, end, columns, descending)
+    if merged is not None:
+        return Top(merged[0], count, cur, ids, seq, _keys=merged[1])
     kept = top.rows.filter(pl.Series(~np.isin(top.rids(), at_rids)))
     parts = [
         kept.with_columns(pl.lit(0, pl.Int8).alias(_MARK)),
