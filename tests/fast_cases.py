@@ -25,6 +25,7 @@ from server.perspective import RoomTables
 from server.perspective.config import for_perspective
 from server.perspective.fast import FastPlan, GroupedPlan, NotServable, plan_fast
 from server.perspective.fastexpr import FILTER_OPS, check_value, ptype
+from server.perspective.fastrender import label
 from server.perspective.fastviews import upserted_rids
 from server.perspective.jobs import zones_of
 from server.perspective.payload import read_view
@@ -179,6 +180,8 @@ def configs(draw: st.DrawFn) -> tuple[dict[str, Any], tuple[int, int] | None]:
 
 
 GROUPABLE = [n for n in COLUMNS if n not in ("f", "f32")]
+#: Columns a grouped view may split by (server/perspective/fastrender.py: printed values measured).
+SPLITTABLE = ["i8", "u16", "i32", "i64", "u32", "s", "b", "d"]
 
 
 @st.composite
@@ -193,6 +196,9 @@ def grouped_configs(draw: st.DrawFn) -> tuple[dict[str, Any], tuple[int, int] | 
         options = ["count"] + (["mean", "sum"] if pt in ("int32", "int64", "float") else [])
         aggregates[name] = draw(st.sampled_from(options))
     config: dict[str, Any] = {"group_by": group_by, "columns": columns, "aggregates": aggregates}
+    splittable = [n for n in SPLITTABLE if n not in group_by and n not in columns]
+    if splittable and draw(st.integers(0, 2)) == 0:
+        config["split_by"] = [draw(st.sampled_from(splittable))]
     if draw(st.booleans()):
         config["filter"] = [filter_clause(draw)]
     viewport = draw(st.none() | st.just((1, 3)))
@@ -321,29 +327,42 @@ def _exact(values: list[float], agg: str) -> tuple[float | None, float]:
 
 
 def float_reference(plan: GroupedPlan, frame: pl.DataFrame) -> dict[str, list[tuple[float | None, float]]]:
-    """Per float aggregate, per group in the view's order: the exact value and Perspective's bound.
+    """Per float aggregate column, per group in the view's order: the exact value and
+    Perspective's bound; with a split, per ``<value>|<column>`` column, and (None, 0) for a
+    (group, split value) without rows.
 
     The groups and their rows are the plan's own (its keys and filters are
     checked against Perspective by the other columns); the arithmetic is
     Python's fractions, independent of the tally's.
     """
-    names = [n for n, _ in plan.group_by]
+    ng, nk = len(plan.group_by), len(plan.keys)
     rows = plan._rows(frame).filter(pl.col("keep"))
-    nk = len(names)
-    groups: dict[tuple[Any, ...], list[list[float]]] = {}
+    cells: dict[tuple[Any, ...], list[list[float]]] = {}
     for row in rows.iter_rows():
-        values = groups.setdefault(tuple(row[:nk]), [[] for _ in plan.aggregates])
+        values = cells.setdefault(tuple(row[:nk]), [[] for _ in plan.aggregates])
         for i in range(len(plan.aggregates)):
             values[i].append(row[nk + i])
-    keys = pl.DataFrame(list(groups), schema=[f"k{i}" for i in range(nk)], orient="row")
-    order = keys.with_row_index("i").sort([f"k{i}" for i in range(nk)], nulls_last=False)["i"].to_list()
+    groups = list(dict.fromkeys(k[:ng] for k in cells))
+    keys = pl.DataFrame(groups, schema=[f"k{i}" for i in range(ng)], orient="row")
+    order = keys.with_row_index("i").sort([f"k{i}" for i in range(ng)], nulls_last=False)["i"].to_list()
     if plan.viewport is not None:
         order = order[plan.viewport[0] : plan.viewport[1]]
-    listed = list(groups.values())
+    splits: list[Any] = [()]
+    if plan.split:
+        values = pl.Series("s", list(dict.fromkeys(k[ng] for k in cells)))
+        splits = [(v,) for v in values.sort(nulls_last=False).to_list()]
     out: dict[str, list[tuple[float | None, float]]] = {}
     for i, (name, _, kind) in enumerate(plan.aggregates):
-        if kind in ("mean", "fsum"):
-            out[name] = [_exact(listed[j][i], "mean" if kind == "mean" else "sum") for j in order]
+        if kind not in ("mean", "fsum"):
+            continue
+        for split in splits:
+            column = f"{label(split[0])}|{name}" if split else name
+            out[column] = [
+                _exact(cells[(*groups[j], *split)][i], "mean" if kind == "mean" else "sum")
+                if (*groups[j], *split) in cells
+                else (None, 0.0)
+                for j in order
+            ]
     return out
 
 
@@ -363,9 +382,9 @@ def assert_same_view(
     (``live``: ``want`` is from a view open since before the edits)."""
     assert got[1] == want[1], f"row count: fast {got[1]}, {what} {want[1]}"
     ctx = f"{config} {viewport} against {what}"
-    floats = float_aggregates(config)
-    if floats and isinstance(plan, GroupedPlan):
+    if float_aggregates(config) and isinstance(plan, GroupedPlan):
         exact = float_reference(plan, frame)
+        floats = list(exact)
         for name in floats:
             fast, persp = got[0].column(name).to_pylist(), want[0].column(name).to_pylist()
             assert [repr(v) for v in fast] == [repr(v) for v, _ in exact[name]], (
@@ -450,6 +469,7 @@ class Pair:
 
     def step(self, draw: Callable[[State], Op], n: int) -> None:
         watched = {c[0] for c in self.config.get("filter", [])} | set(self.config.get("group_by", []))
+        watched |= set(self.config.get("split_by", []))
         if self.config.get("group_by"):
             watched |= set(self.config.get("columns", []))
 

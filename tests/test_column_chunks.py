@@ -63,6 +63,7 @@ def test_a_write_copies_one_chunk_of_a_big_column_and_shares_the_rest() -> None:
     assert new[5] == -1.0 and old[5] == 5.0
     assert new.n_chunks() == -(-rows // chunks.CHUNK_ROWS)
     again = chunks.scatter(new, np.array([rows - 1]), pl.Series([-2.0]))
+
     def buffer(chunk: pl.Series) -> tuple[int, int]:
         arr = chunk.to_arrow()
         return arr.buffers()[1].address, arr.offset

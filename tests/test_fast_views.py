@@ -144,6 +144,16 @@ BIG_CONFIGS: list[tuple[dict[str, Any], tuple[int, int] | None]] = [
     ),
     (
         {
+            "group_by": ["s"],
+            "split_by": ["d"],
+            "columns": ["f", "i64"],
+            "aggregates": {"f": "sum", "i64": "count"},
+            "filter": [["b", "!=", True]],
+        },
+        None,
+    ),
+    (
+        {
             "group_by": ["u16"],
             "columns": ["f", "f32", "u64", "i64"],
             "aggregates": {"f": "sum", "f32": "sum", "u64": "sum", "i64": "sum"},

@@ -250,7 +250,7 @@ def plan_fast(
     Served: plain views (no group_by, split_by, aggregates or expressions)
     whose sort directions, filter operators, operands and column dtypes are
     those the module doc lists as proven equal to Perspective; and grouped
-    views of ``mean``, ``count`` and integer ``sum`` (:mod:`.fastgroup`).
+    views of ``mean``, ``count`` and ``sum``, split by one column or not (:mod:`.fastgroup`).
     Both plans have ``read(frame) -> (table, rows)``.
     """
     dtypes = {RID: "UInt64", **{c["name"]: c["dtype"] for c in schema}}

@@ -32,11 +32,15 @@ tests/test_fast_views.py after random edits:
   null when there are none. Integers are converted to double first, as
   Perspective does (a mean of ``2**62 + 1`` is that of ``2**62``).
 
+- ``split_by`` one column (an integer, boolean, string or date column not
+  grouped by or shown): columns per split value, :mod:`.fastrender`.
+
 Not served: ``_rid`` anywhere, float group columns (NaN and ``-0.0``
 group and order inconsistently), a ``columns`` entry without an explicit
 aggregate, aggregates of columns not shown, any other aggregate, sorts,
-``split_by``, expressions, other rollup modes, more than
-:data:`MAX_GROUPS` groups.
+``split_by`` without ``group_by`` or of more than one column (or another
+type), expressions, other rollup modes, more than :data:`MAX_GROUPS`
+groups.
 """
 
 from __future__ import annotations
@@ -53,18 +57,19 @@ import pyarrow as pa
 from protocol.dtypes import RID
 
 from ..ops.state import State
-from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause, view_arrow
+from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause
 from .fastexpr import column_expr, ptype
+from .fastrender import render
 from .fasttally import Tally
 from .fasttop import FOLLOW_ROWS, NeedsRead, changed_positions, gather
 
 __all__ = ["GroupedPlan", "Touched", "plan_grouped"]
 
-_KEYS = {"group_by", "columns", "aggregates", "filter", "group_rollup_mode"}
-_EMPTY_KEYS = {"split_by", "sort", "expressions"}  # served only when empty
+_KEYS = {"group_by", "split_by", "columns", "aggregates", "filter", "group_rollup_mode"}
+_EMPTY_KEYS = {"sort", "expressions"}  # served only when empty
+_SPLITTABLE = ("int32", "int64", "bool", "str", "date")  # printed in split column names as measured
 _NUMBERS = ("int32", "int64", "float")
 _GROUPABLE = ("int32", "int64", "bool", "str", "date", "datetime")  # and UInt64, a float without NaN
-_OUT = {"count": pl.Int64, "mean": pl.Float64, "fsum": pl.Float64, "isum": pl.Int64}
 
 #: The rows each delta upserted: (seq_from, seq_to, their rids), or None as rids when the delta
 #: deleted rows or changed the schema; oldest first.
@@ -87,8 +92,14 @@ class GroupedPlan:
     filters: tuple[Clause, ...]
     viewport: tuple[int, int] | None
     dtypes: tuple[tuple[str, str], ...]  # (column, dtype) the plan was made for
+    split: tuple[tuple[str, str], ...] = ()  # the split_by column and dtype, if any
 
     cache: _Cache = field(default_factory=lambda: _Cache(), compare=False, repr=False)
+
+    @property
+    def keys(self) -> tuple[tuple[str, str], ...]:
+        """The tally's key columns: the group columns, then the split column."""
+        return self.group_by + self.split
 
     def read(
         self, frame: pl.DataFrame, seq: int | None = None, touched: Touched = (), state: State | None = None
@@ -112,7 +123,7 @@ class GroupedPlan:
         cur = frame.select(used)
         c = self.cache
         with c.lock:
-            nkeys = len(self.group_by)
+            nkeys = len(self.keys)
             if c.tally is None:
                 c.tally = Tally([kind for _, _, kind in self.aggregates])
             prev, prev_seq, c.prev, c.seq = c.prev, c.seq, None, None
@@ -156,7 +167,7 @@ class GroupedPlan:
             if at is None or len(at) > FOLLOW_ROWS:
                 raise NeedsRead("rows were added or removed, the deltas have a gap, or many rows changed")
             if len(at):
-                nkeys = len(self.group_by)
+                nkeys = len(self.keys)
                 pos = pl.Series(at, dtype=pl.UInt32)
                 old, new = self._py_rows(c.prev, pos), self._py_rows(state.frame, pos)
                 if old is not None and new is not None:
@@ -177,7 +188,7 @@ class GroupedPlan:
         if self.filters:
             return None
         cols: list[list[Any]] = []
-        for name, dtype in self.group_by:
+        for name, dtype in self.keys:
             f = _KEY_VALUES.get(dtype, _same) if not dtype.startswith("Datetime") else None
             if f is None:
                 return None
@@ -192,24 +203,18 @@ class GroupedPlan:
         return list(zip(*cols, strict=True))
 
     def _render(self, tally: Tally) -> tuple[pa.Table, int]:
-        """The view's payload from ``tally``: groups in order, the viewport, Perspective's types."""
+        """The view's payload from ``tally`` (:func:`.fastrender.render`)."""
         if len(tally.groups) > MAX_GROUPS:
             raise NotServable(
                 f"more than {MAX_GROUPS:,} groups: served by Perspective", column=self.group_by[0][0]
             )
-        names = [n for n, _ in self.group_by]
-        schema = dict(zip(names, tally.key_schema.values(), strict=True))
-        schema.update({n: _OUT[agg] for n, _, agg in self.aggregates})
-        n = len(names)
-        # Group keys ascending, nulls first (as Perspective orders them): Python orders the values
-        # the tally holds as Polars does (strings by code point, which is UTF-8's byte order).
-        values = sorted(tally.values(), key=lambda v: tuple((k is not None, k) for k in v[:n]))
-        out = pl.DataFrame(values, schema=schema, orient="row")
-        rows = out.height
-        if self.viewport is not None:
-            start, end = self.viewport
-            out = out.slice(start, max(end - start, 0))
-        return view_arrow(out, [*names, *(n for n, _, _ in self.aggregates)]), rows
+        return render(
+            tally,
+            [n for n, _ in self.group_by],
+            self.split[0][0] if self.split else None,
+            [(n, agg) for n, _, agg in self.aggregates],
+            self.viewport,
+        )
 
     def _rows(self, frame: pl.DataFrame, *, cut: bool = False) -> pl.DataFrame:
         """``frame``'s rows as :class:`.fasttally.Tally` takes them: keys, values, ``keep``.
@@ -217,11 +222,11 @@ class GroupedPlan:
         ``cut``: cut every string at a NUL without looking for one first (the
         same values either way; cheaper on a few rows).
         """
-        strings = [n for n, d in self.group_by if d == "String"]
+        strings = [n for n, d in self.keys if d == "String"]
         strings += [c.column for c in self.filters if c.dtype == "String"]
         nul = set(strings) if cut else nul_columns(frame, strings)
         keep = filter_mask(self.filters, nul) if self.filters else pl.lit(True)
-        keys = [_key(n, d, nul=n in nul).alias(f"k{i}") for i, (n, d) in enumerate(self.group_by)]
+        keys = [_key(n, d, nul=n in nul).alias(f"k{i}") for i, (n, d) in enumerate(self.keys)]
         values = [_value(n, agg).alias(f"v{i}") for i, (n, _, agg) in enumerate(self.aggregates)]
         return frame.lazy().select(*keys, *values, keep.alias("keep")).collect()
 
@@ -350,6 +355,13 @@ def plan_grouped(
         kind = ("isum" if pt in ("int32", "int64") else "fsum") if agg == "sum" else agg
         aggs.append((name, dtype, kind))
         used[name] = dtype
+    split: list[tuple[str, str]] = []
+    for name in config.get("split_by") or []:
+        dtype = dtypes.get(name) if isinstance(name, str) and name != RID else None
+        if dtype is None or split or name in group_by or name in columns or ptype(dtype) not in _SPLITTABLE:
+            return None  # one split column, of a type whose printed values were measured
+        split.append((name, dtype))
+        used[name] = dtype
     filters: list[Clause] = []
     for clause in config.get("filter", ()):
         c = parse_clause(clause, dtypes)
@@ -357,4 +369,4 @@ def plan_grouped(
             return None
         filters.append(c)
         used[c.column] = c.dtype
-    return GroupedPlan(tuple(keys), tuple(aggs), tuple(filters), viewport, tuple(used.items()))
+    return GroupedPlan(tuple(keys), tuple(aggs), tuple(filters), viewport, tuple(used.items()), tuple(split))

@@ -1,13 +1,26 @@
-"""Views served without Perspective: sorted plain viewports read straight from the room's frame.
+"""Views served without Perspective: plain viewports and grouped views computed from the room's frame.
 
 Perspective keeps a sorted view sorted by re-sorting every row on each
-update (about 740 ms at 1M rows). A plain view (no group_by, split_by,
-aggregates or expressions) whose sort, filters and dtypes :mod:`.fast`
-proves equal to Perspective's is served by :class:`~.fast.FastPlan`
-instead: a Polars ``bottom_k`` over the room's frame (10-25 ms at 1M rows),
-in a worker thread, once per batch of ticks. Such a view needs no
-Perspective table at all, so it costs no memory in the views process and
-survives the process's restarts untouched.
+update (about 740 ms at 1M rows), and holds a copy of every column its
+views use. A plain view (no group_by, split_by, aggregates or
+expressions) whose sort, filters and dtypes :mod:`.fast` proves equal to
+Perspective's is served by :class:`~.fast.FastPlan` instead, and a
+grouped one of counts, sums and means by :class:`~.fastgroup.GroupedPlan`.
+Such a view needs no Perspective table at all, so it costs no memory in
+the views process and survives the process's restarts untouched.
+
+A fast view is read in full once, in a worker thread (a Polars top-k over
+the frame: 10-25 ms at 1M rows, or a group-by). From then on it
+**follows** the room on the event loop (:meth:`FastViews._step`): a step
+after the ticks moves every fast view by the rows their deltas changed
+(:mod:`.fasttop`, :meth:`~.fastgroup.GroupedPlan.follow`), in well under
+a millisecond, and sends an update for each one whose content changed.
+A view that cannot follow a delta (rows added or removed, a row leaving a
+sorted top, too many changed rows) is marked stale and read in full
+again by the fast pump, in a worker thread, while the others go on
+following. Steps come at most every :data:`STEP_INTERVAL` seconds and
+take at most :data:`STEP_SHARE` of the loop's time, so a busy room
+coalesces more ticks per step: the views get later, the acks never slower.
 
 :class:`FastViews` is mixed into :class:`~.live.RoomViews`. A view leaves
 this path for Perspective (:meth:`FastViews._demote`) when a schema change
