@@ -12,8 +12,11 @@ room loads. Readings, in order: after start; after the views process started
 which no room of any size avoids); after a raw peer resumed into ``sales``
 (the room is loaded, no snapshot encoded); after a Python client joined
 (``connect()``: full snapshot, cached per room state); after each of 10
-``subscribe_view`` calls using 7 distinct demo columns in all (a room's table
-holds only the columns its views use). The room's memory is the total minus
+``subscribe_view`` calls using 7 distinct demo columns in all (all 10 are
+served from the room's frame, so no Perspective table is built; a table
+would hold only the columns its views use); then, beside the target, after a
+grouped ``max`` view, which only Perspective serves: it builds the room's
+table in the views process. The room's memory is the total minus
 the reading with the views process started, as a ratio to the room frame's
 Arrow size (``frame_to_arrow`` of the normalized demo frame, computed here).
 
@@ -51,6 +54,8 @@ __all__ = [
     "STEP_ROOM",
     "STEP_CLIENT",
     "view_step",
+    "PERSPECTIVE_VIEW",
+    "STEP_PERSPECTIVE",
 ]
 
 TINY = "tiny"  # the 10-row dataset whose view starts the views process
@@ -116,7 +121,18 @@ STEP_CLIENT = "room with no views: a Python client joined (`connect()`, full sna
 
 
 def view_step(i: int) -> str:
-    return f"table + {i} view{'s' if i > 1 else ''}"
+    return f"room + {i} view{'s' if i > 1 else ''}"
+
+
+#: Reported beside the target: a view only Perspective serves (``max``), which builds the room's
+#: table (the columns it uses) in the views process, after the 10 views.
+PERSPECTIVE_VIEW = _grouped(
+    "beside: grouped max of price by region (Perspective: builds the room's table)",
+    ["region"],
+    "price",
+    "max",
+)
+STEP_PERSPECTIVE = "room + 10 views + a Perspective view (beside)"
 
 
 def _write_tiny(path: Path) -> Path:
@@ -217,7 +233,8 @@ async def _memory_run(bench: ViewsBench, srv: StorageServer) -> None:
     room = Room(srv.url, DATASET, open_timeout=300, reconnect=False)
     try:
         await tiny.open()
-        await tiny.subscribe_view(columns=["x"], viewport=(0, 10))  # starts the views process
+        # Starts the views process: an expression is only ever served by Perspective.
+        await tiny.subscribe_view(columns=["y"], expressions={"y": '"x" + 1'}, viewport=(0, 10))
         await rss(STEP_VIEWS_UP, tiny.ping)
         peer = await connect_peer(f"{srv.url}/ws/{DATASET}", on_message, limit=300)
         peer.send(
@@ -238,6 +255,12 @@ async def _memory_run(bench: ViewsBench, srv: StorageServer) -> None:
             r.view_open_s.setdefault(label, Stats()).add(time.perf_counter() - t)
             r.view_rows[label] = view.rows
             await rss(view_step(i), room.ping)
+        label, kw = PERSPECTIVE_VIEW
+        t = time.perf_counter()
+        view = await room.subscribe_view(**kw)
+        r.view_open_s.setdefault(label, Stats()).add(time.perf_counter() - t)
+        r.view_rows[label] = view.rows
+        await rss(STEP_PERSPECTIVE, room.ping)
     finally:
         await room.close()
         await tiny.close()

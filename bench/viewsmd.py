@@ -15,7 +15,9 @@ from .viewfaults import OTHER, RUNAWAY_EXPR
 from .viewmemory import (
     MEMORY_COLUMNS,
     MEMORY_VIEWS,
+    PERSPECTIVE_VIEW,
     STEP_CLIENT,
+    STEP_PERSPECTIVE,
     STEP_ROOM,
     STEP_START,
     STEP_VIEWS_UP,
@@ -92,8 +94,9 @@ def memory_md(r: ViewsResult) -> str:
         " running `server.perspective.worker`), apart and summed. The data directory is prepared by one"
         " earlier start, which commits the demo and a 10-row dataset; each run restarts the server on"
         " it, so no dataset is in memory until a room loads. Readings, in order: after start (no views"
-        " process yet); after a Python client of the 10-row room subscribed one view (the views"
-        " process's start-up: the *base* of the room figures); after a raw peer resumed into the room"
+        " process yet); after a Python client of the 10-row room subscribed one view with an expression"
+        " (which Perspective serves: the views process's start-up, the *base* of the room figures);"
+        " after a raw peer resumed into the room"
         " (`hello` with `since`: the room loads, no snapshot is encoded); after a Python client joined"
         " (`connect()`: full snapshot, which the server caches per state: the room with no views);"
         f" after each of {len(MEMORY_VIEWS)} `room.subscribe_view` calls (each returns with the view's"
@@ -113,7 +116,7 @@ def memory_md(r: ViewsResult) -> str:
         "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|",
     ]
     labels = [STEP_START, STEP_VIEWS_UP, STEP_ROOM, STEP_CLIENT]
-    labels += [view_step(i) for i in range(1, len(MEMORY_VIEWS) + 1)]
+    labels += [view_step(i) for i in range(1, len(MEMORY_VIEWS) + 1)] + [STEP_PERSPECTIVE]
     goals = {STEP_CLIENT: TARGET_BARE_RATIO, view_step(len(MEMORY_VIEWS)): TARGET_MEMORY_RATIO}
     for label in labels:
         s = m.steps.get(label)
@@ -146,12 +149,12 @@ def _breakdown_md(m: MemoryResult) -> list[str]:
     a = m.arrow_bytes
     lines = [
         "",
-        f"**Breakdown with the table and {len(MEMORY_VIEWS)} views** (median of the per-run"
+        f"**Breakdown with the {len(MEMORY_VIEWS)} views** (median of the per-run"
         f" differences to the base): the server process {mb(srv)} MB ({fmt(srv / a, 1)}× the Arrow"
         f" size; {mb(srv_bare)} MB of it with no views, so the views added {mb(srv - srv_bare)} MB to"
-        f" the server); the views process {mb(vws)} MB over its start-up ({fmt(vws / a, 1)}×; the"
-        f" Arrow size of the {len(MEMORY_COLUMNS)} columns it holds, with `_rid`:"
-        f" {fmt(m.arrow_bytes_used / 1e6, 1)} MB). The views process's start-up (interpreter,"
+        f" the server); the views process {mb(vws)} MB over its start-up ({fmt(vws / a, 1)}×: no view"
+        " here needs a Perspective table, so it holds none for this room; the reading beside shows what"
+        " the first Perspective-served view costs). The views process's start-up (interpreter,"
         f" Perspective, a 10-row table) is {mb(start)} MB, paid once per node whatever the rooms;"
         f" counted in, the room would be {fmt((srv + vws + start) / a, 1)}×.",
         "",
@@ -167,17 +170,24 @@ def _breakdown_md(m: MemoryResult) -> list[str]:
         if step not in m.steps:
             break
         o = m.view_open_s.get(label)
-        note = " (starts the room's table)" if i == 1 else ""
         lines.append(
-            f"| {i} | {label}{note} | {m.view_rows.get(label, 0):,} | {fmt(o.median, 2) if o else '-'}"
+            f"| {i} | {label} | {m.view_rows.get(label, 0):,} | {fmt(o.median, 2) if o else '-'}"
             f" | {mb(growth(m.server.get(step), m.server.get(prev)))}"
             f" | {mb(growth(m.views.get(step), m.views.get(prev)))} |"
         )
         prev = step
+    label, _ = PERSPECTIVE_VIEW
+    if STEP_PERSPECTIVE in m.steps:
+        o = m.view_open_s.get(label)
+        lines.append(
+            f"| beside | {label} | {m.view_rows.get(label, 0):,} | {fmt(o.median, 2) if o else '-'}"
+            f" | {mb(growth(m.server.get(STEP_PERSPECTIVE), m.server.get(prev)))}"
+            f" | {mb(growth(m.views.get(STEP_PERSPECTIVE), m.views.get(prev)))} |"
+        )
     per_run = "; ".join(
         f"{label.split(' (')[0].split(':')[0]}: {runs(m.server[label], 0, 1e-6)} +"
         f" {runs(m.views[label], 0, 1e-6)}"
-        for label in (STEP_START, STEP_VIEWS_UP, STEP_CLIENT, view_step(1), last)
+        for label in (STEP_START, STEP_VIEWS_UP, STEP_CLIENT, view_step(1), last, STEP_PERSPECTIVE)
         if label in m.server
     )
     lines += ["", f"Per-run RSS (MB), server + views process: {per_run}."]
