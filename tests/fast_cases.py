@@ -26,7 +26,7 @@ from server.perspective.config import for_perspective
 from server.perspective.fast import FastPlan, GroupedPlan, NotServable, plan_fast
 from server.perspective.fastexpr import FILTER_OPS, check_value, ptype
 from server.perspective.fastrender import label
-from server.perspective.fastviews import upserted_rids
+from server.perspective.fastviews import touched_rids
 from server.perspective.jobs import zones_of
 from server.perspective.payload import read_view
 from server.rooms.deltas import DeltaBuilder
@@ -244,7 +244,7 @@ def tick(
     delta = builder.build(state, after, seq, seq, ("u1",), None)
     rt.apply_delta(ROOM, delta, after)
     if touched is not None:
-        touched.append((delta.seq_from, delta.seq_to, upserted_rids(delta)))
+        touched.append((delta.seq_from, delta.seq_to, touched_rids(delta)))
     return after
 
 

@@ -11,17 +11,17 @@ The edits are drawn from the same small domains: ties, nulls, NaN and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import Op, SetCells
+from protocol import Delete, Insert, Op, SetCells
 from server.ops import RID, State, apply
 from server.perspective.fast import NeedsRead, NotServable, plan_fast
-from server.perspective.fastviews import upserted_rids
+from server.perspective.fastviews import touched_rids
 from server.rooms.deltas import DeltaBuilder
 from tests.fast_cases import COLUMNS, configs, describe, edits, grouped_configs, make_state, same, states
 
@@ -37,7 +37,7 @@ def _tick(state: State, ops: list[Op], seq: int, touched: Touched) -> State:
         builder.add(applied.effect)
         after = applied.state
     delta = builder.build(state, after, seq, seq, ("u1",), None)
-    touched.append((delta.seq_from, delta.seq_to, upserted_rids(delta)))
+    touched.append((delta.seq_from, delta.seq_to, touched_rids(delta)))
     return after
 
 
@@ -137,8 +137,8 @@ def _big(rng: np.random.Generator, n: int) -> State:
 
 
 def test_both_paths_at_scale() -> None:
-    """5,000 rows, single-cell edits that often hit the top: most steps follow, some must read,
-    and every step equals a fresh read."""
+    """5,000 rows; edits that often hit the top, inserts and deletes: most steps follow, some must
+    read, and every step equals a fresh read."""
     rng = np.random.default_rng(11)
     state = _big(rng, 5000)
     views = [
@@ -150,21 +150,38 @@ def test_both_paths_at_scale() -> None:
         Follower({"columns": ["f"], "filter": [["s", "==", "a"]]}, (0, 30), state),
         Follower({"columns": ["f"]}, (0, 30), state),
         Follower({"group_by": ["s"], "columns": ["f"], "aggregates": {"f": "sum"}}, None, state),
+        Follower(
+            {"group_by": ["s"], "split_by": ["i32"], "columns": ["f"], "aggregates": {"f": "mean"}},
+            None,
+            state,
+        ),
     ]
     touched: Touched = []
     for seq in range(1, 301):
+        rids = state.frame.get_column(RID)
         top = views[0].plan.cache.top  # type: ignore[union-attr]
-        if top is not None and rng.random() < 0.3:  # a top row, dropped or raised
+        pick = rng.random()
+        if pick < 0.1:  # 1 to 3 new rows, some of them new maxima
+            k = int(rng.integers(1, 4))
+            new = _big(rng, k).frame.drop(RID).with_columns(pl.Series("f", rng.random(k) * 2000 + 1))
+            op: Op = Insert(new.to_arrow())
+        elif pick < 0.15:  # 1 or 2 rows deleted: a top row, or anywhere
+            gone = [int(rids[int(rng.integers(0, len(rids)))])]
+            if top is not None and rng.random() < 0.4:
+                gone = [int(top.rows.get_column(RID)[int(rng.integers(0, top.rows.height))])]
+            elif rng.random() < 0.5:  # among the first rows: an unsorted viewport's rows move up
+                gone = [int(rids[int(rng.integers(0, 30))])]
+            op = Delete(rows=tuple(gone))
+        elif top is not None and pick < 0.4:  # a top row, dropped or raised
             row = int(top.rows.get_column(RID)[int(rng.integers(0, top.rows.height))])
-            value = float(rng.random() * 2000 + 1)
+            op = SetCells((row,), "f", (float(rng.random() * 2000 + 1),))
+        elif pick < 0.85:
+            op = SetCells(
+                (int(rids[int(rng.integers(0, len(rids)))]),), "f", (float(rng.random() * 1100 + 1),)
+            )
         else:
-            row, value = int(rng.integers(0, 5000)), float(rng.random() * 1100 + 1)
-        make: Callable[[State], Op] = (
-            (lambda s: SetCells((row,), "f", (value,)))
-            if rng.random() < 0.8
-            else (lambda s: SetCells((row,), "i32", (int(rng.integers(0, 50)),)))
-        )
-        state = _tick(state, [make(state)], seq, touched)
+            op = SetCells((int(rids[int(rng.integers(0, len(rids)))]),), "i32", (int(rng.integers(0, 50)),))
+        state = _tick(state, [op], seq, touched)
         for v in views:
             v.step(state, seq, touched)
     for v in views:

@@ -202,10 +202,10 @@ class FastPlan:
 
     def _step(self, top: Top, state: State, seq: int, touched: Any) -> Top:
         ids = state.rids()
-        at = changed_positions(top.ids, top.seq, ids, seq, touched)
-        if at is None:
-            raise NeedsRead("rows were added or removed, or the deltas have a gap")
-        if not len(at):
+        moves = changed_positions(top.ids, top.seq, ids, seq, touched)
+        if moves is None:
+            raise NeedsRead("the schema changed, or the deltas have a gap")
+        if not len(moves):
             return top.moved(top.count, state.frame, ids, seq)
         keys, keep = self._exprs()
         return step(
@@ -213,7 +213,7 @@ class FastPlan:
             state.frame,
             ids,
             seq,
-            at,
+            moves,
             used=self._used(),
             end=self.viewport[1],
             keys=keys,

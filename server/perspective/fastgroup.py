@@ -145,7 +145,7 @@ class GroupedPlan:
         event loop.
 
         Raises:
-            NeedsRead: rows were added or removed, the deltas have a gap, too many
+            NeedsRead: the schema changed, the deltas have a gap, too many
                 rows changed, the view has too many groups, or a read is in progress.
         """
         c = self.cache
@@ -163,22 +163,23 @@ class GroupedPlan:
             except NotServable as e:
                 raise NeedsRead(str(e)) from None
             ids = state.rids()
-            at = changed_positions(c.ids, c.seq, ids, seq, touched)
-            if at is None or len(at) > FOLLOW_ROWS:
-                raise NeedsRead("rows were added or removed, the deltas have a gap, or many rows changed")
-            if len(at):
+            moves = changed_positions(c.ids, c.seq, ids, seq, touched)
+            if moves is None or len(moves) > FOLLOW_ROWS:
+                raise NeedsRead("the schema changed, the deltas have a gap, or many rows changed")
+            if len(moves):
                 nkeys = len(self.keys)
-                pos = pl.Series(at, dtype=pl.UInt32)
-                old, new = self._py_rows(c.prev, pos), self._py_rows(state.frame, pos)
+                old_pos = pl.Series(moves.old, dtype=pl.UInt32)
+                new_pos = pl.Series(moves.new, dtype=pl.UInt32)
+                old, new = self._py_rows(c.prev, old_pos), self._py_rows(state.frame, new_pos)
                 if old is not None and new is not None:
                     c.tally.update_rows(old, new, nkeys)
                 else:
                     used = [n for n, _ in self.dtypes]
-                    both = gather(c.prev, used, at).vstack(gather(state.frame, used, at))
+                    both = gather(c.prev, used, moves.old).vstack(gather(state.frame, used, moves.new))
                     rows = self._rows(both, cut=True)
-                    c.tally.update(rows.head(len(at)), rows.tail(len(at)), nkeys)
+                    c.tally.update(rows.head(len(moves.old)), rows.tail(len(moves.new)), nkeys)
             c.prev, c.ids, c.seq = state.frame, ids, seq
-            return self._render(c.tally) if len(at) else None
+            return self._render(c.tally) if len(moves) else None
         finally:
             c.lock.release()
 

@@ -4,24 +4,28 @@ A :class:`~.fast.FastPlan` read is a query over every row of the frame
 (a top-k: 7-16 ms at 1M rows, 2-3x that in a worker thread while the event
 loop is busy). After one such read, :class:`Top` keeps the first ``end``
 rows of the view (its viewport and the rows above it, in view order), the
-last of them (the *boundary*) and the total row count. A delta that only
-changed cells then moves the view without a query over the frame:
+last of them (the *boundary*) and the total row count. The deltas since
+then move the view without a query over the frame:
 
-- the changed rows are read before and after (a gather of a few rows);
-- the new top is the first ``end`` of the kept rows, minus the changed
-  ones, plus the changed rows that pass the filters, sorted as the full
-  read sorts;
+- the rows they touched (:class:`Moves`: updated, inserted or deleted)
+  are read before and after (a gather of a few rows);
+- the new top is the first ``end`` of the kept rows, minus the touched
+  ones, plus the touched rows that exist after and pass the filters,
+  sorted as the full read sorts;
 - that is exact when at least ``end`` of those rows sort before the old
   boundary, or at it: every row outside them sorted after the boundary
-  before the delta and did not change. Otherwise (a row of the top moved
-  out, and the one to take its place is somewhere in the frame) the
-  view is read in full again, as before;
-- the row count moves by the changed rows that entered or left the filters.
+  before the deltas and did not change. Otherwise (a row of the top moved
+  out or was deleted, and the one to take its place is somewhere in the
+  frame) the view is read in full again, as before;
+- the row count moves by the touched rows that left and entered the view.
 
-Inserted or deleted rows, a schema change, a gap in the deltas, more than
-:data:`FOLLOW_ROWS` changed rows, and a changed float sort key that is NaN
-or a zero (the full read checks the whole column for values Perspective
-orders inconsistently) also mean a full read: :class:`NeedsRead`.
+A schema change, a gap in the deltas, more than :data:`FOLLOW_ROWS`
+touched rows, and a changed float sort key that is NaN or a zero (the
+full read checks the whole column for values Perspective orders
+inconsistently) also mean a full read: :class:`NeedsRead`. In the common
+cases this takes no query at all: whether a touched row enters the top is
+told in Python from the sort keys (:func:`before`), and entering rows are
+merged into the kept ones by bisection.
 
 Strings are cut at a NUL here whatever the column holds: on a string
 without NUL the cut is the string itself, so this is what the full read
@@ -42,7 +46,17 @@ import polars as pl
 
 from protocol.dtypes import RID
 
-__all__ = ["NeedsRead", "Top", "TopCache", "FOLLOW_ROWS", "FOLLOW_END", "changed_positions", "gather", "step"]
+__all__ = [
+    "NeedsRead",
+    "Moves",
+    "Top",
+    "TopCache",
+    "FOLLOW_ROWS",
+    "FOLLOW_END",
+    "changed_positions",
+    "gather",
+    "step",
+]
 
 #: More changed rows than this since the last read or step: read the view in full.
 FOLLOW_ROWS = 2_000
@@ -106,17 +120,36 @@ class TopCache:
         self.exprs: tuple[list[pl.Expr], pl.Expr | None] | None = None  # built once, by the plan
 
 
+@dataclass(frozen=True, slots=True)
+class Moves:
+    """The rows the deltas since a read touched: ``old`` positions in the frame before (rows
+    updated or deleted: their values leave the view), ``new`` positions in the frame after (rows
+    updated or inserted: their values enter it), and all their rids."""
+
+    old: np.ndarray
+    new: np.ndarray
+    rids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rids)
+
+    @property
+    def in_place(self) -> bool:
+        """Only cells changed: the same rows at the same positions before and after."""
+        return len(self.old) == len(self.new) == len(self.rids) and np.array_equal(self.old, self.new)
+
+
 def changed_positions(
     prev: np.ndarray, prev_seq: int, now: np.ndarray, seq: int, touched: Sequence[Any]
-) -> np.ndarray | None:
-    """Positions of the rows the deltas of ``touched`` upserted after ``prev_seq`` up to ``seq``,
-    or None when they cannot tell (a gap, deleted or inserted rows, a schema change).
+) -> Moves | None:
+    """The rows the deltas of ``touched`` upserted or deleted after ``prev_seq`` up to ``seq``,
+    or None when they cannot tell (a gap, a schema change).
 
     ``prev`` and ``now`` are the frames' rids (:meth:`~server.ops.state.State.rids`: one array
     shared by states that only changed cells); ``touched`` holds ``(seq_from, seq_to, rids or
-    None)`` per delta, oldest first.
+    None)`` per delta, oldest first (:func:`.fastviews.touched_rids`).
     """
-    if seq < prev_seq or len(prev) != len(now):
+    if seq < prev_seq:
         return None
     recent = []
     for entry in reversed(touched):  # newest first: a step covers the last few deltas of thousands
@@ -132,17 +165,23 @@ def changed_positions(
             return None
         covered = seq_to
         rids.append(upserted)
-    if covered != seq or not (prev is now or np.array_equal(prev, now)):
+    if covered != seq:
         return None
     if not rids:
+        empty = np.empty(0, dtype=np.int64)
+        return Moves(empty, empty, np.empty(0, dtype=np.uint64))
+    wanted = np.unique(np.concatenate(rids)) if len(rids) > 1 else np.unique(rids[0])
+    new = _positions(now, wanted)
+    old = new if prev is now else _positions(prev, wanted)
+    return Moves(old, new, wanted)
+
+
+def _positions(rids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions in ``rids`` (ascending) of the ``wanted`` rids it holds."""
+    if not len(rids):
         return np.empty(0, dtype=np.int64)
-    wanted = np.unique(np.concatenate(rids)) if len(rids) > 1 else rids[0]
-    if not len(now):
-        return None
-    at = np.minimum(np.searchsorted(now, wanted), len(now) - 1)
-    if not np.array_equal(now[at], wanted):
-        return None  # an upserted rid not in the frame: an insert
-    return at.astype(np.int64)
+    at = np.minimum(np.searchsorted(rids, wanted), len(rids) - 1)
+    return at[rids[at] == wanted].astype(np.int64)
 
 
 def gather(frame: pl.DataFrame, columns: Sequence[str], at: np.ndarray) -> pl.DataFrame:
@@ -201,18 +240,18 @@ def _quick(
     cur: pl.DataFrame,
     ids: np.ndarray,
     seq: int,
-    at: np.ndarray,
+    moves: Moves,
     end: int,
     columns: list[tuple[str, str]],
     descending: list[bool],
     floats: list[str],
 ) -> Top | None:
-    """``top`` at ``seq`` when no changed row was in it or enters it, found without a query (no
-    filters; sort keys other than datetimes); None when that is not so or cannot be told here."""
-    at_rids = ids[at]
-    if top.rows.height < end or np.isin(at_rids, top.rids()).any():
+    """``top`` at ``seq`` when no touched row was in it and no new one enters it, found without a
+    query (no filters; sort keys other than datetimes); None when that is not so or cannot be
+    told here."""
+    if top.rows.height < end or np.isin(moves.rids, top.rids()).any():
         return None
-    news = _keys(cur, pl.Series(at, dtype=pl.UInt32), columns, at_rids)
+    news = _keys(cur, pl.Series(moves.new, dtype=pl.UInt32), columns, ids[moves.new])
     if news is None:
         return None
     if floats:
@@ -225,7 +264,7 @@ def _quick(
         top._edge = last[0]
     if any(before(row, top._edge, descending) for row in news):
         return None
-    return top.moved(top.count, cur, ids, seq)
+    return top.moved(top.count + len(moves.new) - len(moves.old), cur, ids, seq)
 
 
 def _merge(
@@ -268,7 +307,7 @@ def step(
     cur: pl.DataFrame,
     ids: np.ndarray,
     seq: int,
-    at: np.ndarray,
+    moves: Moves,
     *,
     used: list[str],
     end: int,
@@ -278,41 +317,43 @@ def step(
     keep: pl.Expr | None,
     floats: list[str],
 ) -> Top:
-    """``top`` moved to ``cur`` (the frame at ``seq``, rids ``ids``), whose rows at ``at`` changed.
+    """``top`` moved to ``cur`` (the frame at ``seq``, rids ``ids``) by the rows in ``moves``.
 
     ``keys`` are the sort keys (cut at NUL) over ``columns`` (name, dtype),
     ``keep`` the filter mask or None, ``floats`` the float sort key columns.
-    Raises :class:`NeedsRead` when the rows kept cannot tell the new top (module doc). The result shares
-    ``top.rows`` when the changed rows neither were in it nor enter it.
+    Raises :class:`NeedsRead` when the rows kept cannot tell the new top
+    (module doc). The result shares ``top.rows`` when no touched row was in
+    it and none enters it.
     """
-    if len(at) > FOLLOW_ROWS:
-        raise NeedsRead(f"{len(at)} rows changed")
+    if len(moves) > FOLLOW_ROWS:
+        raise NeedsRead(f"{len(moves)} rows changed")
     if not keys and keep is None:  # index order, no filter: the first ``end`` rows
-        hit = bool((at < end).any())
-        if hit:
-            return Top(cur.select(used).slice(0, end), top.count, cur, ids, seq)
-        return top.moved(top.count, cur, ids, seq)
-    if keep is None and (quick := _quick(top, cur, ids, seq, at, end, columns, descending, floats)):
+        if (moves.new < end).any() or (moves.old < end).any():
+            return Top(cur.select(used).slice(0, end), cur.height, cur, ids, seq)
+        return top.moved(cur.height, cur, ids, seq)
+    if keep is None and (quick := _quick(top, cur, ids, seq, moves, end, columns, descending, floats)):
         return quick
-    new = gather(cur, used, at)
+    new = gather(cur, used, moves.new)
     for name in floats:
         x = new.get_column(name)
         if (x.is_nan() | (x == 0.0)).any():
             raise NeedsRead(f"a changed sort key in '{name}' is NaN or zero")
-    count = top.count
+    count = top.count - len(moves.old)
     if keep is not None:
-        old_kept = int(gather(top.frame, used, at).select(keep.sum()).item())
+        count = top.count
+        if len(moves.old):
+            count -= int(gather(top.frame, used, moves.old).select(keep.sum()).item())
         new = new.filter(keep)
-        count += new.height - old_kept
-    was_in = bool(np.isin(at_rids := ids[at], top.rids()).any())
-    if not was_in and count == top.count and new.height:
+    count += new.height
+    if not np.isin(moves.rids, top.rids()).any():  # the top keeps every row: does one enter it?
+        if not new.height:
+            return top.moved(count, cur, ids, seq)
         edge = top.edge(keys, end)
         if edge is not None:
             news = new.select(*(k.alias(f"k{i}") for i, k in enumerate(keys)), pl.col(RID)).rows()
             if not any(before(row, edge, descending) for row in news):
-                return top.moved(count, cur, ids, seq)  # nothing enters the top
-    elif not was_in and count == top.count:
-        return top.moved(count, cur, ids, seq)
+                return top.moved(count, cur, ids, seq)
+    at_rids = moves.rids
     merged = _merge(top, at_rids, new, end, columns, descending)
     if merged is not None:
         return Top(merged[0], count, cur, ids, seq, _keys=merged[1])

@@ -47,10 +47,10 @@ from ..rooms.policy import EVERYONE
 from .fast import FastPlan, NeedsRead, NotServable, plan_fast
 from .subscription import Subscription
 
-__all__ = ["FastViews", "STEP_INTERVAL", "STEP_SHARE", "TOUCHED_DELTAS", "upserted_rids"]
+__all__ = ["FastViews", "STEP_INTERVAL", "STEP_SHARE", "TOUCHED_DELTAS", "touched_rids"]
 
-#: How many recent deltas' upserted rids a room keeps for its grouped fast views; a view last
-#: read before them finds its changed rows by comparing columns instead.
+#: How many recent deltas' touched rids (upserted or deleted) a room keeps for its fast views; a
+#: view last read or moved before them is read in full instead.
 TOUCHED_DELTAS = 4096
 #: Seconds at least between two steps of the fast views (each covers the ticks since the last).
 STEP_INTERVAL = 0.004
@@ -68,13 +68,18 @@ def _cheap(plan: Any) -> bool:
     return True
 
 
-def upserted_rids(delta: Any) -> np.ndarray | None:
-    """The rids ``delta`` upserted, or None when it also deleted rows or changed the schema."""
-    if delta.deleted or delta.schema is not None:
+def touched_rids(delta: Any) -> np.ndarray | None:
+    """The rids ``delta`` upserted or deleted, or None when it changed the schema."""
+    if delta.schema is not None:
         return None
-    if delta.upserts is None:
-        return np.empty(0, dtype=np.uint64)
-    return np.asarray(delta.upserts.column(RID).to_numpy(), dtype=np.uint64)
+    upserted = (
+        np.asarray(delta.upserts.column(RID).to_numpy(), dtype=np.uint64)
+        if delta.upserts is not None
+        else np.empty(0, dtype=np.uint64)
+    )
+    if not delta.deleted:
+        return upserted
+    return np.concatenate([upserted, np.asarray(delta.deleted, dtype=np.uint64)])
 
 
 log = logging.getLogger("coframe.views")

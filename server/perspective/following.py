@@ -25,7 +25,7 @@ from ..ops.state import State
 from ..rooms.policy import EVERYONE, Audience, visible_names
 from . import jobs
 from .audience import table_key
-from .fastviews import upserted_rids
+from .fastviews import touched_rids
 from .jobs import Budgets, zones_of
 from .process import ViewsFailed, ViewsLost, ViewsProcess
 from .subscription import Subscription
@@ -162,7 +162,7 @@ class Following:
             return
         if any(s.fast is not None or s.demoted for s in self.subs.values()):
             # Only while fast views exist: a plan that finds a gap reads in full instead.
-            self._touched.append((delta.seq_from, delta.seq_to, upserted_rids(delta)))
+            self._touched.append((delta.seq_from, delta.seq_to, touched_rids(delta)))
             self._step_soon()
         state = self._current()[0]
         for t in self.tables.values():
