@@ -63,7 +63,8 @@ class Phase:
 
 GROUPED = ("grouped", {"group_by": ["region"], "columns": [COLUMN], "aggregates": {COLUMN: "sum"}})
 # A max: a grouped view Perspective serves (sums, means and counts are computed from the room's frame).
-GROUPED_MAX = ("grouped_max", {"group_by": ["region"], "columns": [COLUMN], "aggregates": {COLUMN: "max"}})
+#: A grouped max only Perspective serves: its own name for it, ``high`` (the frame's engine serves ``max``).
+GROUPED_MAX = ("grouped_max", {"group_by": ["region"], "columns": [COLUMN], "aggregates": {COLUMN: "high"}})
 PLAIN = ("plain", {})
 SORTED = ("sorted", {"sort": [[COLUMN, "desc"]]})
 
@@ -106,7 +107,7 @@ class Expected:
         assert isinstance(frame, pl.DataFrame)
         price = self.price()
         if config.get("group_by"):
-            if config["aggregates"][COLUMN] == "max":
+            if config["aggregates"][COLUMN] in ("max", "high"):
                 sums = np.full(len(self.names), -np.inf)
                 np.fmax.at(sums, self.codes, price)  # fmax skips NaN (null prices)
             else:

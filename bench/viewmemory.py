@@ -124,13 +124,13 @@ def view_step(i: int) -> str:
     return f"room + {i} view{'s' if i > 1 else ''}"
 
 
-#: Reported beside the target: a view only Perspective serves (``max``), which builds the room's
-#: table (the columns it uses) in the views process, after the 10 views.
+#: Reported beside the target: a view only Perspective serves (``high``, its own name for a max),
+#: which builds the room's table (the columns it uses) in the views process, after the 10 views.
 PERSPECTIVE_VIEW = _grouped(
-    "beside: grouped max of price by region (Perspective: builds the room's table)",
+    "beside: grouped `high` (Perspective's max) of price by region (builds the room's table)",
     ["region"],
     "price",
-    "max",
+    "high",
 )
 STEP_PERSPECTIVE = "room + 10 views + a Perspective view (beside)"
 

@@ -121,7 +121,7 @@ PHASES = (
     Phase("base", "A. no views (no Perspective table)", (), "rids"),
     Phase("plain", "B. grouped + plain view", (GROUPED, PLAIN), "rids"),
     Phase("sorted", "C. grouped + sorted plain view", (GROUPED, SORTED), "max"),
-    Phase("perspective", "D. grouped max (Perspective) + plain view", (GROUPED_MAX, PLAIN), "raise"),
+    Phase("perspective", "D. grouped high (Perspective's max) + plain view", (GROUPED_MAX, PLAIN), "raise"),
 )
 
 

@@ -205,7 +205,8 @@ def runaway_md(r: ViewsResult) -> str:
         f"`coframe serve --memory --demo-rows {ra.rows} --views-timeout {ra.budget:g} --dataset"
         f" {OTHER}=<a {ra.other_rows:,}-row CSV>`, a fresh server per run. A writer peer on `{OTHER}`"
         " sends 1-cell `set` edits closed-loop (the next edit leaves as the last one's ack arrives) and"
-        " times send → ack. A subscriber peer on `sales` first opens a grouped `max` view (so the views"
+        " times send → ack. A subscriber peer on `sales` first opens a grouped `high` view"
+        " (Perspective's max, which only it serves: so the views"
         " process"
         f" runs and the table is built); after {cfg.runaway_base:g} s of baseline acks it subscribes"
         f' `columns: ["r"]`, `expressions: {{"r": \'{RUNAWAY_EXPR}\'}}` (1M iterations per row ×'
@@ -252,7 +253,8 @@ def kill_md(r: ViewsResult) -> str:
         f"## 6c. The views process killed under {cfg.rate:,.0f} edits/s ({k.rows:,}-row room)",
         "",
         f"`coframe serve --memory --demo-rows {k.rows}`, a fresh server per run, the load of section 5"
-        " (writer and subscriber peers, open loop) with three views: grouped (max of price by region,"
+        " (writer and subscriber peers, open loop) with three views: grouped (`high`, Perspective's"
+        " max, of price by region,"
         " served by Perspective),"
         f" plain with a {cfg.viewport}-row viewport (rids 0–{cfg.viewport - 1}), and plain sorted by"
         f" price desc. Every {cfg.plain_every}th edit writes a new maximum price into rids"

@@ -32,7 +32,7 @@ __all__ = ["views_verdicts", "views_sections"]
 
 _VIEW_LABELS = {
     "grouped": "grouped view (sum of price by region)",
-    "grouped_max": "grouped view served by Perspective (max of price by region)",
+    "grouped_max": "grouped view served by Perspective (`high`, its max, of price by region)",
     "plain": "plain view (100-row viewport: rids 0–99)",
     "sorted": "plain view sorted by price desc (100-row viewport)",
 }
@@ -210,7 +210,8 @@ def _latency_md(r: ViewsResult) -> str:
         f" grouped view (`group_by` region, `sum` of price: computed from the room's frame) and a plain"
         f" view with a {cfg.viewport}-row viewport, unsorted (rids 0–{cfg.viewport - 1}); **C** the plain"
         " view replaced by one sorted by price descending; **D** (reported beside) B with the grouped"
-        " view's aggregate a `max`, which Perspective serves in the views process. One edit in"
+        " view's aggregate a `high` (Perspective's own name for max), which only Perspective serves,"
+        " in the views process. One edit in"
         f" {cfg.plain_every} is a *plain edit*, made to change the plain view (B and D: it writes one"
         f" of rids 0–{cfg.viewport - 1}; C: a new maximum price, so the row moves"
         " to the top); the plain views are measured on those edits only. Each phase: "

@@ -193,7 +193,7 @@ def grouped_configs(draw: st.DrawFn) -> tuple[dict[str, Any], tuple[int, int] | 
     aggregates = {}
     for name in columns:
         pt = ptype(COLUMNS[name])
-        options = ["count"] + (["mean", "sum"] if pt in ("int32", "int64", "float") else [])
+        options = ["count", "max", "min"] + (["mean", "sum"] if pt in ("int32", "int64", "float") else [])
         aggregates[name] = draw(st.sampled_from(options))
     config: dict[str, Any] = {"group_by": group_by, "columns": columns, "aggregates": aggregates}
     splittable = [n for n in SPLITTABLE if n not in group_by and n not in columns]
@@ -277,20 +277,25 @@ def describe(got: pa.Table, want: pa.Table) -> str:
     return "\n".join(lines) or "tables differ in a way to_pylist does not show (NaN or nulls)"
 
 
-def unordered_key(rt: RoomTables, plan: FastPlan, frame: pl.DataFrame, config: dict[str, Any]) -> str | None:
-    """The float sort key the engine must refuse, judged by Python on the rows Perspective keeps."""
+def unordered_key(
+    rt: RoomTables, plan: FastPlan | GroupedPlan, frame: pl.DataFrame, config: dict[str, Any]
+) -> str | None:
+    """The float sort key (or max or min column) the engine must refuse, judged by Python on the
+    rows Perspective keeps."""
     kept = rt.query(ROOM, columns=[RID], filter=config.get("filter", []))
     view = set(kept[RID].cast(pl.UInt64).to_list())
     rids = frame[RID].to_list()
-    for key in plan.sort:
-        if key.dtype not in ("Float64", "Float32"):
+    if isinstance(plan, GroupedPlan):  # a float max or min
+        columns = [(n, d) for n, d, agg in plan.aggregates if agg in ("max", "min")]
+    else:
+        columns = [(k.column, k.dtype) for k in plan.sort]
+    for name, dtype in columns:
+        if dtype not in ("Float64", "Float32"):
             continue
-        values = [
-            v for r, v in zip(rids, frame[key.column].to_list(), strict=True) if r in view and v is not None
-        ]
+        values = [v for r, v in zip(rids, frame[name].to_list(), strict=True) if r in view and v is not None]
         zeros = {math.copysign(1.0, v) for v in values if v == 0.0}
         if any(math.isnan(v) for v in values) or len(zeros) == 2:
-            return key.column
+            return name
     return None
 
 

@@ -144,6 +144,14 @@ BIG_CONFIGS: list[tuple[dict[str, Any], tuple[int, int] | None]] = [
     ),
     (
         {
+            "group_by": ["b"],
+            "columns": ["f", "s", "t", "u64"],
+            "aggregates": {"f": "max", "s": "min", "t": "max", "u64": "min"},
+        },
+        None,
+    ),
+    (
+        {
             "group_by": ["s"],
             "split_by": ["d"],
             "columns": ["f", "i64"],

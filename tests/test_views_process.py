@@ -49,9 +49,9 @@ async def test_a_runaway_view_is_closed_within_its_budget_and_other_rooms_keep_a
     settings = Settings(demo=False, views_timeout=BUDGET)
     async with make_server(settings=settings, frames={"a": _frame(), "b": small_frame()}) as srv:
         async with connect(srv.url, "a") as a, connect(srv.url, "b") as b:
-            # A max: served by Perspective (the frame's engine serves sum, mean and count).
+            # A median: served by Perspective (the frame's engine serves count, sum, mean, max and min).
             plain = await a.subscribe_view(
-                group_by=["name"], columns=["qty", "price"], aggregates={"qty": "sum", "price": "max"}
+                group_by=["name"], columns=["qty", "price"], aggregates={"qty": "sum", "price": "median"}
             )
             fast = await a.subscribe_view(columns=["name", "qty"])  # served from the frame, not Perspective
             runaway = await a.subscribe_view(expressions={"r": LOOP}, columns=["r"])
@@ -100,8 +100,8 @@ async def test_a_view_that_overruns_when_opened_is_refused_with_the_reason(make_
 
 async def test_killing_the_views_process_brings_views_back_with_fresh_snapshots(make_server: Any) -> None:
     async with make_server(frames={"sales": small_frame(50)}) as srv, connect(srv.url, "sales") as room:
-        grouped = await room.subscribe_view(  # a max: served by Perspective
-            group_by=["region"], columns=["qty", "price"], aggregates={"qty": "sum", "price": "max"}
+        grouped = await room.subscribe_view(  # a median: served by Perspective
+            group_by=["region"], columns=["qty", "price"], aggregates={"qty": "sum", "price": "median"}
         )
         plain = await room.subscribe_view(columns=["qty"], sort=[["qty", "desc"]])
         stream = grouped.updates()

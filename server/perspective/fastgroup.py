@@ -32,6 +32,14 @@ tests/test_fast_views.py after random edits:
   null when there are none. Integers are converted to double first, as
   Perspective does (a mean of ``2**62 + 1`` is that of ``2**62``).
 
+- ``max`` and ``min`` of the values as Perspective holds them (datetimes
+  as milliseconds, strings cut at a NUL), in the column's type; null is
+  below every value, so a ``max`` is null only when every value of the
+  group is, a ``min`` as soon as one is. A float column holding NaN, or
+  both ``-0.0`` and ``0.0``, in the rows the filters keep is not served
+  (Perspective's result then depends on its order). The tally keeps the
+  extreme and how many rows hold it; when the last of them leaves, the
+  view is grouped again.
 - ``split_by`` one column (an integer, boolean, string or date column not
   grouped by or shown): columns per split value, :mod:`.fastrender`.
 
@@ -58,7 +66,7 @@ from protocol.dtypes import RID
 
 from ..ops.state import State
 from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause
-from .fastexpr import column_expr, ptype
+from .fastexpr import column_expr, ptype, unsortable
 from .fastrender import render
 from .fasttally import Tally
 from .fasttop import FOLLOW_ROWS, NeedsRead, changed_positions, gather
@@ -119,6 +127,20 @@ class GroupedPlan:
                 or it has more than :data:`MAX_GROUPS` groups.
         """
         check_schema(frame, self.dtypes)
+        floats = [(n, d) for n, d, agg in self.aggregates if agg in ("max", "min") and ptype(d) == "float"]
+        if floats:  # over the rows the filters keep, as Perspective aggregates them
+            lf = frame.lazy()
+            if self.filters:
+                strings = [c.column for c in self.filters if c.dtype == "String"]
+                lf = lf.filter(filter_mask(self.filters, nul_columns(frame, strings)))
+            bad = lf.select(unsortable(column_expr(n, d)).alias(n) for n, d in floats).collect().row(0)
+            for (name, _), hit in zip(floats, bad, strict=True):
+                if hit:
+                    raise NotServable(
+                        f"column '{name}' holds NaN or both -0.0 and 0.0, whose max and min Perspective"
+                        " finds inconsistently",
+                        column=name,
+                    )
         used = [RID, *(n for n, _ in self.dtypes if n != RID)]
         cur = frame.select(used)
         c = self.cache
@@ -135,6 +157,8 @@ class GroupedPlan:
                 c.tally.build(self._rows(cur), nkeys)
             elif len(changed):
                 c.tally.update(self._rows(prev[changed]), self._rows(cur[changed]), nkeys)  # type: ignore[index]
+                if c.tally.lost:  # a max or min lost its last row: the next one is somewhere else
+                    c.tally.build(self._rows(cur), nkeys)
             c.prev, c.seq = cur, seq
             c.ids = state.rids() if state is not None else cur.get_column(RID).to_numpy()
             return self._render(c.tally)
@@ -171,17 +195,30 @@ class GroupedPlan:
                 old_pos = pl.Series(moves.old, dtype=pl.UInt32)
                 new_pos = pl.Series(moves.new, dtype=pl.UInt32)
                 old, new = self._py_rows(c.prev, old_pos), self._py_rows(state.frame, new_pos)
-                if old is not None and new is not None:
-                    c.tally.update_rows(old, new, nkeys)
-                else:
+                if old is None or new is None:
                     used = [n for n, _ in self.dtypes]
                     both = gather(c.prev, used, moves.old).vstack(gather(state.frame, used, moves.new))
                     rows = self._rows(both, cut=True)
-                    c.tally.update(rows.head(len(moves.old)), rows.tail(len(moves.new)), nkeys)
+                    old, new = rows.head(len(moves.old)).rows(), rows.tail(len(moves.new)).rows()
+                self._check_floats(new, nkeys)
+                c.tally.update_rows(old, new, nkeys)
+                if c.tally.lost:  # a max or min lost its last row: the next one is somewhere else
+                    c.tally, c.prev, c.seq = None, None, None
+                    raise NeedsRead("a max or min lost its last row")
             c.prev, c.ids, c.seq = state.frame, ids, seq
             return self._render(c.tally) if len(moves) else None
         finally:
             c.lock.release()
+
+    def _check_floats(self, rows: list[tuple[Any, ...]], nkeys: int) -> None:
+        """Raise NeedsRead when a new value of a float max or min is NaN or a zero (the full read
+        checks the whole column for values Perspective orders inconsistently)."""
+        for i, (_, dtype, agg) in enumerate(self.aggregates):
+            if agg in ("max", "min") and ptype(dtype) == "float":
+                for row in rows:
+                    x = row[nkeys + i]
+                    if x is not None and (x != x or x == 0.0):
+                        raise NeedsRead("a new value of a float max or min is NaN or zero")
 
     def _py_rows(self, frame: pl.DataFrame, pos: pl.Series) -> list[tuple[Any, ...]] | None:
         """``frame``'s rows at ``pos`` as :meth:`_rows` gives them, read in Python (a few rows: no
@@ -194,9 +231,14 @@ class GroupedPlan:
             if f is None:
                 return None
             cols.append([v if v is None else f(v) for v in frame.get_column(name).gather(pos).to_list()])
-        for name, _, agg in self.aggregates:
+        for name, dtype, agg in self.aggregates:
             if agg == "count":
                 cols.append([0] * len(pos))
+            elif agg in ("max", "min"):
+                f = _KEY_VALUES.get(dtype, _same) if not dtype.startswith("Datetime") else None
+                if f is None:
+                    return None
+                cols.append([v if v is None else f(v) for v in frame.get_column(name).gather(pos).to_list()])
             else:
                 f = int if agg == "isum" else float  # as _value casts: Int64, or Float64
                 cols.append([v if v is None else f(v) for v in frame.get_column(name).gather(pos).to_list()])
@@ -225,10 +267,14 @@ class GroupedPlan:
         """
         strings = [n for n, d in self.keys if d == "String"]
         strings += [c.column for c in self.filters if c.dtype == "String"]
+        strings += [n for n, d, agg in self.aggregates if d == "String" and agg in ("max", "min")]
         nul = set(strings) if cut else nul_columns(frame, strings)
         keep = filter_mask(self.filters, nul) if self.filters else pl.lit(True)
         keys = [_key(n, d, nul=n in nul).alias(f"k{i}") for i, (n, d) in enumerate(self.keys)]
-        values = [_value(n, agg).alias(f"v{i}") for i, (n, _, agg) in enumerate(self.aggregates)]
+        values = [
+            (_key(n, d, nul=n in nul) if agg in ("max", "min") else _value(n, agg)).alias(f"v{i}")
+            for i, (n, d, agg) in enumerate(self.aggregates)
+        ]
         return frame.lazy().select(*keys, *values, keep.alias("keep")).collect()
 
 
@@ -351,7 +397,8 @@ def plan_grouped(
         dtype = dtypes.get(name) if isinstance(name, str) and name != RID else None
         agg = aggregates[name]
         pt = ptype(dtype) if dtype else None
-        if dtype is None or not (agg == "count" or (agg in ("mean", "sum") and pt in _NUMBERS)):
+        extreme = agg in ("max", "min") and (pt in _GROUPABLE or pt == "float")
+        if dtype is None or not (agg == "count" or extreme or (agg in ("mean", "sum") and pt in _NUMBERS)):
             return None
         kind = ("isum" if pt in ("int32", "int64") else "fsum") if agg == "sum" else agg
         aggs.append((name, dtype, kind))

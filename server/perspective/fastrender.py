@@ -33,7 +33,7 @@ from .fasttally import Tally
 
 __all__ = ["MAX_SPLIT_COLUMNS", "OUT", "render"]
 
-#: Polars type of each aggregate kind's output column.
+#: Polars type of each aggregate kind's output column (a max or min has its column's).
 OUT = {"count": pl.Int64, "mean": pl.Float64, "fsum": pl.Float64, "isum": pl.Int64}
 #: A view with more split columns than this is served by Perspective.
 MAX_SPLIT_COLUMNS = 2_000
@@ -76,19 +76,14 @@ def render(
         values = sorted(tally.values(), key=lambda v: _order(v[:n]))
     else:
         values, columns = _pivot(tally, n, split, aggregates)
-    schema.update(dict(zip(columns, [OUT[kind] for kind in _kinds(aggregates, len(columns))], strict=True)))
+    types = [OUT.get(kind) or tally.value_schema[i] for i, (_, kind) in enumerate(aggregates)]
+    schema.update(dict(zip(columns, types * (len(columns) // len(types)) if types else [], strict=True)))
     out = pl.DataFrame(values, schema=schema, orient="row")
     rows = out.height
     if viewport is not None:
         start, end = viewport
         out = out.slice(start, max(end - start, 0))
     return view_arrow(out, [*group_by, *columns]), rows
-
-
-def _kinds(aggregates: list[tuple[str, str]], width: int) -> list[str]:
-    """The tally kind of each output column: the aggregates' kinds, once per split value."""
-    kinds = [kind for _, kind in aggregates]
-    return kinds * (width // len(kinds)) if kinds else []
 
 
 def _pivot(

@@ -94,11 +94,46 @@ class _Float:
         return from_exact(self.s, self.n) if s is None else s
 
 
+class _Extreme:
+    """One ``max`` or ``min`` in one group: the extreme value's sort key and how many rows hold it.
+
+    Perspective orders null below every value: a ``max`` is null only when
+    every value is, a ``min`` as soon as one is. Keys are ``(v is not None,
+    v)``. When the last row holding the extreme leaves, the next one is
+    unknown (:attr:`lost`) until a value at least as far out arrives; the
+    tally must then be built again.
+    """
+
+    __slots__ = ("key", "n", "top", "lost")
+
+    def __init__(self, top: bool) -> None:
+        self.key: tuple[bool, Any] | None = None
+        self.n = 0
+        self.top = top  # max
+        self.lost = False
+
+    def add(self, x: Any, sign: int) -> None:
+        k = (x is not None, x)
+        if sign > 0:
+            if self.key is None or (k > self.key if self.top else k < self.key):
+                self.key, self.n, self.lost = k, 1, False
+            elif k == self.key:
+                self.n += 1
+                self.lost = False
+        elif self.key is not None and k == self.key:
+            self.n -= 1
+            self.lost = self.n == 0
+
+    def value(self) -> Any:
+        return None if self.key is None else self.key[1]
+
+
 class Tally:
     """Per-group row counts and aggregates, built from a frame and then updated row by row.
 
     ``aggs`` lists each aggregate as ``"count"``, ``"mean"``, ``"fsum"`` (a
-    float sum) or ``"isum"`` (an integer sum). :meth:`build` and
+    float sum), ``"isum"`` (an integer sum), ``"max"`` or ``"min"`` (of the
+    values as Perspective holds them). :meth:`build` and
     :meth:`update` take frames holding the group keys as ``k0, k1, ...``
     (values as Perspective groups them), the aggregated values as ``v0,
     v1, ...`` (Float64 for ``mean`` and ``fsum``, Int64 for ``isum``,
@@ -110,18 +145,35 @@ class Tally:
         self.aggs = tuple(aggs)
         self.groups: dict[tuple[Any, ...], list[Any]] = {}
         self.key_schema: dict[str, pl.DataType] = {}
+        self.value_schema: list[pl.DataType] = []
 
     def _group(self, key: tuple[Any, ...]) -> list[Any]:
         g = self.groups.get(key)
         if g is None:
-            g = self.groups[key] = [0, *(_Float() if a in ("mean", "fsum") else 0 for a in self.aggs)]
+            g = self.groups[key] = [0, *(self._empty(a) for a in self.aggs)]
         return g
+
+    @staticmethod
+    def _empty(agg: str) -> Any:
+        if agg in ("mean", "fsum"):
+            return _Float()
+        if agg in ("max", "min"):
+            return _Extreme(agg == "max")
+        return 0
+
+    @property
+    def lost(self) -> bool:
+        """A ``max`` or ``min`` whose extreme left with its last row: :meth:`build` again."""
+        if not any(a in ("max", "min") for a in self.aggs):
+            return False
+        return any(isinstance(a, _Extreme) and a.lost for g in self.groups.values() for a in g[1:])
 
     def build(self, rows: pl.DataFrame, nkeys: int) -> None:
         """Start over from ``rows`` (every row of the frame): vectorized, exact."""
         keys = [f"k{i}" for i in range(nkeys)]
         self.groups = {}
         self.key_schema = {k: rows.schema[k] for k in keys}
+        self.value_schema = [rows.schema[f"v{i}"] for i in range(len(self.aggs))]
         kept = rows.filter(pl.col("keep"))
         for *key, n in kept.group_by(keys).agg(pl.len()).iter_rows():
             self._group(tuple(key))[0] = n
@@ -132,6 +184,22 @@ class Tally:
                     self._group(tuple(key))[i + 1] = s
             elif agg in ("mean", "fsum"):
                 self._build_float(kept.select(*keys, v), keys, v, i + 1)
+            elif agg in ("max", "min"):
+                self._build_extreme(kept, keys, v, i + 1, agg)
+
+    def _build_extreme(self, rows: pl.DataFrame, keys: list[str], v: str, slot: int, agg: str) -> None:
+        x = pl.col(v)
+        far = x.max() if agg == "max" else x.min()
+        nulls = x.null_count()
+        # A max is null only when every value is; a min as soon as one is (null is the lowest).
+        null_wins = (nulls == pl.len()) if agg == "max" else (nulls > 0)
+        stats = rows.group_by(keys).agg(
+            pl.when(null_wins).then(None).otherwise(far).alias("x"),
+            pl.when(null_wins).then(nulls).otherwise((x == far).sum()).alias("n"),
+        )
+        for *key, value, n in stats.iter_rows():
+            e = self._group(tuple(key))[slot]
+            e.key, e.n, e.lost = (value is not None, value), n, False
 
     def _build_float(self, rows: pl.DataFrame, keys: list[str], v: str, slot: int) -> None:
         x = pl.col(v)
@@ -169,7 +237,7 @@ class Tally:
                 g[0] += sign
                 for i, agg in enumerate(self.aggs):
                     value = row[nkeys + i]
-                    if agg in ("mean", "fsum"):
+                    if agg in ("mean", "fsum", "max", "min"):
                         g[i + 1].add(value, sign)
                     elif agg == "isum" and value is not None:
                         g[i + 1] += sign * value
@@ -190,5 +258,7 @@ class Tally:
                 yield a.mean()
             elif agg == "fsum":
                 yield a.total()
+            elif agg in ("max", "min"):
+                yield a.value()
             else:
                 yield ((a + (1 << 63)) & _MASK64) - (1 << 63)

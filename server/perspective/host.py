@@ -249,4 +249,5 @@ def _read(view: Any, viewport: list[int] | None, zones: dict[str, str]) -> list[
         raw = view.to_arrow()
     else:
         raw = view.to_arrow(start_row=viewport[0], end_row=viewport[1])
-    return [table_to_ipc(view_table(raw, zones)), view.num_rows()]
+    split = bool(zones) and bool(view.get_config().get("split_by"))
+    return [table_to_ipc(view_table(raw, zones, split=split)), view.num_rows()]

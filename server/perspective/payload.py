@@ -30,10 +30,12 @@ def is_grouped(config: dict[str, Any]) -> bool:
     return bool(config.get("group_by") or config.get("split_by"))
 
 
-def view_table(ipc: bytes, zones: dict[str, str]) -> pa.Table:
+def view_table(ipc: bytes, zones: dict[str, str], *, split: bool = False) -> pa.Table:
     """Perspective's Arrow IPC ``ipc`` as a coframe table (see module doc).
 
-    ``zones`` maps each zoned timestamp column to its time zone.
+    ``zones`` maps each zoned timestamp column to its time zone; ``split``:
+    the view has ``split_by``, so a column ``<value>|<name>`` is column
+    ``name``'s (its zone applies).
     """
     table = pa.ipc.open_stream(ipc).read_all()
     names: list[str] = []
@@ -47,12 +49,20 @@ def view_table(ipc: bytes, zones: dict[str, str]) -> pa.Table:
             col = col.cast(col.type.value_type)
         if name == RID and pa.types.is_floating(col.type):
             col = col.cast(pa.uint64())
-        elif name in zones and pa.types.is_timestamp(col.type) and col.type.tz is None:
+        elif (zone := _zone(name, zones, split)) and pa.types.is_timestamp(col.type) and col.type.tz is None:
             # Naive UTC wall time -> the same instants, labelled with the column's zone.
-            col = col.cast(pa.timestamp(col.type.unit, "UTC")).cast(pa.timestamp(col.type.unit, zones[name]))
+            col = col.cast(pa.timestamp(col.type.unit, "UTC")).cast(pa.timestamp(col.type.unit, zone))
         names.append(name)
         arrays.append(col)
     return pa.Table.from_arrays(arrays, names=names)
+
+
+def _zone(name: str, zones: dict[str, str], split: bool) -> str | None:
+    if name in zones:
+        return zones[name]
+    if split and "|" in name:
+        return zones.get(name.rsplit("|", 1)[1])
+    return None
 
 
 def read_view(
@@ -69,4 +79,4 @@ def read_view(
         ipc = view.to_arrow()
     else:
         ipc = view.to_arrow(start_row=viewport[0], end_row=viewport[1])
-    return view_table(ipc, zones), view.num_rows()
+    return view_table(ipc, zones, split=bool(config.get("split_by"))), view.num_rows()
