@@ -1,4 +1,4 @@
-"""Grouped views with ``mean``, ``count`` and ``sum`` aggregates, equal to Perspective's.
+"""Grouped views of ``count``, ``sum``, ``mean``, ``max`` and ``min``, equal to Perspective's.
 
 A grouped view sends its whole result (or its viewport, when it has one).
 :func:`plan_grouped` serves the configs :mod:`.fast` routes here; the
