@@ -116,8 +116,9 @@ def _memory_verdicts(m: MemoryResult) -> list[Verdict]:
         start = m.views[STEP_VIEWS_UP].median if STEP_VIEWS_UP in m.views else math.nan
         out.append(
             Verdict(
-                f"memory of a {m.rows:,}-row room with its table + {len(MEMORY_VIEWS)} views"
-                f" ({len(MEMORY_COLUMNS)} columns used), server + views process",
+                f"memory of a {m.rows:,}-row room with {len(MEMORY_VIEWS)} views"
+                f" ({len(MEMORY_COLUMNS)} columns used; a Perspective table if any needs one),"
+                " server + views process",
                 f"{mb(full)} MB (server {mb(srv)}, views process {mb(vws)})",
                 f"{arrow}; the views process's start-up ({mb(start)} MB) not counted:"
                 f" with it {fmt((full + start) / m.arrow_bytes, 1)}×",
