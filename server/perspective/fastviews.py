@@ -171,8 +171,8 @@ class FastViews:
         when it needs a full read."""
         try:
             result = sub.fast.follow(state, seq, self._touched)
-        except NeedsRead:
-            return False
+        except (NeedsRead, NotServable):
+            return False  # the full read decides (NotServable there leaves for Perspective)
         except Exception:
             log.exception("view %s of %s could not follow the room", sub.name, sub.session.client)
             return False
