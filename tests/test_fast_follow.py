@@ -187,3 +187,46 @@ def test_both_paths_at_scale() -> None:
     for v in views:
         assert v.followed > 200, (v.config, v.followed, v.reads)
     assert views[0].reads > 5  # the top lost rows to values below it: read in full
+
+
+def test_a_pivot_too_big_is_left_to_perspective_or_to_a_worker_thread() -> None:
+    """A split view's payload is built in Python: past MAX_SPLIT_CELLS cells the engine refuses
+    it (Perspective serves it, under its budgets), and past FOLLOW_CELLS a step leaves it to a
+    full read in a worker thread rather than render it on the event loop."""
+    from server.perspective.fastgroup import FOLLOW_CELLS
+    from server.perspective.fastrender import MAX_SPLIT_CELLS
+
+    def room(groups: int, splits: int) -> State:
+        n = max(groups, splits)
+        cols: dict[str, list[Any]] = {name: [None] * n for name in COLUMNS}
+        cols["i64"] = [i % groups for i in range(n)]
+        cols["i32"] = [i % splits for i in range(n)]
+        cols["f"] = [1.0] * n
+        return make_state(cols, list(range(n)))
+
+    config = {"group_by": ["i64"], "split_by": ["i32"], "columns": ["f"], "aggregates": {"f": "sum"}}
+    big = room(1500, 1500)  # 2.25M cells
+    assert 1500 * 1500 > MAX_SPLIT_CELLS
+    plan = plan_fast(config, None, big.catalog.to_wire())
+    assert plan is not None
+    try:
+        plan.read(big.frame, 0, [], big)
+    except NotServable as e:
+        assert "cells" in str(e)
+    else:
+        raise AssertionError("a 2.25M-cell pivot was served")
+
+    mid = room(200, 200)  # 40k cells: served, but not rendered on the loop
+    assert MAX_SPLIT_CELLS > 200 * 200 > FOLLOW_CELLS
+    plan = plan_fast(config, None, mid.catalog.to_wire())
+    assert plan is not None
+    table, rows = plan.read(mid.frame, 0, [], mid)
+    assert rows == 200 and table.num_columns == 201
+    touched: Touched = []
+    after = _tick(mid, [SetCells((0,), "f", (2.0,))], 1, touched)
+    try:
+        plan.follow(after, 1, touched)
+    except NeedsRead as e:
+        assert "cells" in str(e)
+    else:
+        raise AssertionError("a 40k-cell pivot was rendered on the loop")

@@ -67,7 +67,7 @@ from protocol.dtypes import RID
 from ..ops.state import State
 from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause
 from .fastexpr import column_expr, ptype, unsortable
-from .fastrender import render
+from .fastrender import cells, render
 from .fasttally import Tally
 from .fasttop import FOLLOW_ROWS, NeedsRead, changed_positions, gather
 
@@ -89,6 +89,8 @@ MAX_GROUPS = 100_000
 MAX_UPDATE_ROWS = 20_000
 #: A view with more groups is only read in a worker thread (:meth:`GroupedPlan.follow` refuses it).
 FOLLOW_GROUPS = 2_000
+#: ... and one whose payload has more cells (rows × columns, split columns counted).
+FOLLOW_CELLS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +184,8 @@ class GroupedPlan:
                 return None
             if len(c.tally.groups) > FOLLOW_GROUPS:
                 raise NeedsRead(f"more than {FOLLOW_GROUPS:,} groups")
+            if cells(c.tally, len(self.group_by), len(self.aggregates), bool(self.split)) > FOLLOW_CELLS:
+                raise NeedsRead(f"more than {FOLLOW_CELLS:,} cells to render")
             try:
                 check_schema(state.frame, self.dtypes)
             except NotServable as e:

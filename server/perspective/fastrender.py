@@ -31,12 +31,23 @@ import pyarrow as pa
 from .fastbase import NotServable, view_arrow
 from .fasttally import Tally
 
-__all__ = ["MAX_SPLIT_COLUMNS", "OUT", "render"]
+__all__ = ["MAX_SPLIT_CELLS", "MAX_SPLIT_COLUMNS", "OUT", "cells", "label", "render"]
 
 #: Polars type of each aggregate kind's output column (a max or min has its column's).
 OUT = {"count": pl.Int64, "mean": pl.Float64, "fsum": pl.Float64, "isum": pl.Int64}
 #: A view with more split columns than this is served by Perspective.
 MAX_SPLIT_COLUMNS = 2_000
+#: ... or with more cells (group rows × split columns): the pivot is built in Python.
+MAX_SPLIT_CELLS = 1_000_000
+
+
+def cells(tally: Tally, n: int, naggs: int, split: bool) -> int:
+    """How many cells :func:`render` would build from ``tally`` (``n`` group columns)."""
+    if not split:
+        return len(tally.groups) * max(naggs, 1)
+    groups = {key[:n] for key in tally.groups}
+    splits = {key[n] for key in tally.groups}
+    return len(groups) * len(splits) * max(naggs, 1)
 
 
 def _order(key: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -100,6 +111,8 @@ def _pivot(
         raise NotServable(
             f"more than {MAX_SPLIT_COLUMNS:,} split columns: served by Perspective", column=split
         )
+    if len(rows) * len(labels) * len(aggregates) > MAX_SPLIT_CELLS:
+        raise NotServable(f"more than {MAX_SPLIT_CELLS:,} cells: served by Perspective", column=split)
     columns = [f"{lab}|{name}" for lab in labels for name, _ in aggregates]
     empty = (None,) * len(aggregates)
     out = []
