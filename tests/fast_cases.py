@@ -234,7 +234,7 @@ def tick(
     touched: list[tuple[int, int, Any]] | None = None,
 ) -> State:
     """Apply ``n`` ops (each drawn against the state the one before left) as one tick,
-    and push the built delta to Perspective (and its upserted rids to ``touched``, as a room does)."""
+    and push the built delta to Perspective (and the rids it touched to ``touched``, as a room does)."""
     builder = DeltaBuilder()
     after = state
     for _ in range(n):

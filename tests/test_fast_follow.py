@@ -29,7 +29,7 @@ Touched = list[tuple[int, int, Any]]
 
 
 def _tick(state: State, ops: list[Op], seq: int, touched: Touched) -> State:
-    """Apply ``ops`` as one tick at ``seq``; note its upserted rids in ``touched``, as a room does."""
+    """Apply ``ops`` as one tick at ``seq``; note the rids it touched in ``touched``, as a room does."""
     builder = DeltaBuilder()
     after = state
     for op in ops:
