@@ -230,3 +230,28 @@ def test_a_pivot_too_big_is_left_to_perspective_or_to_a_worker_thread() -> None:
         assert "cells" in str(e)
     else:
         raise AssertionError("a 40k-cell pivot was rendered on the loop")
+
+
+def test_steps_of_all_rooms_share_one_budget_of_the_loop() -> None:
+    """After a step taking ``t`` of the loop's CPU, a room waits ``t * k / STEP_SHARE``, ``k`` the
+    rooms that stepped in the last second: k busy rooms together stay near STEP_SHARE of the loop."""
+    from server.perspective import fastviews
+    from server.perspective.fastviews import STEP_INTERVAL, STEP_SHARE, step_wait
+
+    fastviews._RECENT.clear()
+    assert step_wait(0.0001, 100.0, "a/main") == STEP_INTERVAL  # a cheap step: the floor
+    assert step_wait(0.002, 100.0, "a/main") == 0.002 / STEP_SHARE
+    step_wait(0.002, 100.2, "b/main")
+    assert step_wait(0.002, 100.4, "c/main") == 0.002 * 3 / STEP_SHARE  # three rooms stepping
+    # Five busy rooms, each stepping when its wait is over: their steps' share of the loop.
+    fastviews._RECENT.clear()
+    now, busy, due = 200.0, 0.0, dict.fromkeys(range(5), 200.0)
+    while now < 210.0:
+        room = min(due, key=due.__getitem__)
+        now = max(now, due[room])
+        busy += 0.003
+        due[room] = now + step_wait(0.003, now, f"r{room}/main")
+    assert busy / 10.0 <= STEP_SHARE * 1.05
+    # A room that stopped stepping a second ago no longer counts.
+    assert step_wait(0.002, 300.0, "a/main") == 0.002 / STEP_SHARE
+    fastviews._RECENT.clear()

@@ -15,11 +15,12 @@ the frame: 10-25 ms at 1M rows, or a group-by). From then on it
 after the ticks moves every fast view by the rows their deltas changed
 (:mod:`.fasttop`, :meth:`~.fastgroup.GroupedPlan.follow`), in well under
 a millisecond, and sends an update for each one whose content changed.
-A view that cannot follow a delta (rows added or removed, a row leaving a
-sorted top, too many changed rows) is marked stale and read in full
+A view that cannot follow a delta (a row leaving a sorted top, a schema
+change, too many changed rows) is marked stale and read in full
 again by the fast pump, in a worker thread, while the others go on
 following. Steps come at most every :data:`STEP_INTERVAL` seconds and
-take at most :data:`STEP_SHARE` of the loop's time, so a busy room
+the steps of all rooms take at most about :data:`STEP_SHARE` of the loop's
+time (:func:`step_wait`), so a busy room
 coalesces more ticks per step: the views get later, the acks never slower.
 
 :class:`FastViews` is mixed into :class:`~.live.RoomViews`. A view leaves
@@ -47,17 +48,31 @@ from ..rooms.policy import EVERYONE
 from .fast import FastPlan, NeedsRead, NotServable, plan_fast
 from .subscription import Subscription
 
-__all__ = ["FastViews", "STEP_INTERVAL", "STEP_SHARE", "TOUCHED_DELTAS", "touched_rids"]
+__all__ = ["FastViews", "STEP_INTERVAL", "STEP_SHARE", "TOUCHED_DELTAS", "step_wait", "touched_rids"]
 
 #: How many recent deltas' touched rids (upserted or deleted) a room keeps for its fast views; a
 #: view last read or moved before them is read in full instead.
 TOUCHED_DELTAS = 4096
 #: Seconds at least between two steps of the fast views (each covers the ticks since the last).
 STEP_INTERVAL = 0.004
-#: The share of the event loop's time the steps may take under a stream of ticks: after a step
-#: that took ``t`` seconds, the next waits ``t / STEP_SHARE`` (at least STEP_INTERVAL). A room
-#: with many fast views gets later updates, never slower acks.
+#: The share of the event loop's time the steps of all rooms together may take under a stream of
+#: ticks: after a step that took ``t`` seconds, a room's next waits ``t * k / STEP_SHARE`` (at least
+#: STEP_INTERVAL), ``k`` the rooms that stepped in the last second (:func:`step_wait`). Rooms with
+#: many fast views get later updates, never slower acks.
 STEP_SHARE = 0.2
+#: Rooms whose steps count as recent for :func:`step_wait`: room name -> loop time of its last step.
+_RECENT: dict[str, float] = {}
+
+
+def step_wait(took: float, now: float, room: str) -> float:
+    """Seconds ``room`` waits before its next step, after one that took ``took`` seconds of the loop
+    thread's CPU at loop time ``now``: each of the ``k`` rooms stepping lately waits ``k * took /
+    STEP_SHARE``, so together their steps take about STEP_SHARE of the loop."""
+    _RECENT[room] = now
+    for name, at in list(_RECENT.items()):
+        if at < now - 1.0:
+            del _RECENT[name]
+    return max(STEP_INTERVAL, took * len(_RECENT) / STEP_SHARE)
 
 
 def _cheap(plan: Any) -> bool:
@@ -145,7 +160,8 @@ class FastViews:
                 start = time.thread_time()  # the loop's CPU, not the wall clock: a step's Polars calls
                 self._step()  # wait for the GIL while other threads hold it, which costs the loop nothing
                 took = time.thread_time() - start
-                self._next_step = loop.time() + max(STEP_INTERVAL, took / STEP_SHARE)
+                now = loop.time()
+                self._next_step = now + step_wait(took, now, self.name)
         except Exception:
             log.exception("fast views failed to follow the room")
         finally:
