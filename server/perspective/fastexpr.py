@@ -28,6 +28,7 @@ __all__ = [
     "filter_expr",
     "unsortable",
     "has_nul",
+    "py_values",
 ]
 
 #: The Perspective type each served dtype is held as (the zone of a Datetime is ignored).
@@ -191,3 +192,18 @@ def unsortable(x: pl.Expr) -> pl.Expr:
 def has_nul(name: str) -> pl.Expr:
     """String column ``name`` holds a NUL somewhere."""
     return pl.col(name).cast(pl.Binary).bin.contains(b"\x00").any()  # faster than str.contains
+
+
+def _cut(v: str) -> str:
+    return v.split("\x00", 1)[0]
+
+
+def py_values(frame: pl.DataFrame, name: str, dtype: str, rows: pl.Series) -> list[Any] | None:
+    """Column ``name`` (dtype ``dtype``) of ``frame`` at positions ``rows``, as the values
+    :func:`column_expr` holds, read in Python (a few rows: no query); None for a datetime
+    (milliseconds as Perspective truncates them: left to Polars)."""
+    if dtype.startswith("Datetime"):
+        return None
+    values = frame.get_column(name).gather(rows).to_list()
+    f = float if dtype in ("UInt64", "Float32") else _cut if dtype == "String" else None
+    return values if f is None else [v if v is None else f(v) for v in values]

@@ -66,7 +66,7 @@ from protocol.dtypes import RID
 
 from ..ops.state import State
 from .fastbase import Clause, NotServable, check_schema, filter_mask, nul_columns, parse_clause
-from .fastexpr import column_expr, ptype, unsortable
+from .fastexpr import column_expr, ptype, py_values, unsortable
 from .fastrender import cells, render
 from .fasttally import Tally
 from .fasttop import FOLLOW_ROWS, NeedsRead, changed_positions, gather
@@ -79,8 +79,8 @@ _SPLITTABLE = ("int32", "int64", "bool", "str", "date")  # printed in split colu
 _NUMBERS = ("int32", "int64", "float")
 _GROUPABLE = ("int32", "int64", "bool", "str", "date", "datetime")  # and UInt64, a float without NaN
 
-#: The rows each delta upserted: (seq_from, seq_to, their rids), or None as rids when the delta
-#: deleted rows or changed the schema; oldest first.
+#: The rows each delta touched: (seq_from, seq_to, the rids it upserted or deleted), or None as
+#: rids when it changed the schema; oldest first (:func:`.fastviews.touched_rids`).
 Touched = Sequence[tuple[int, int, np.ndarray | None]]
 
 #: A view with more groups is served by Perspective (the tally holds a Python object per group).
@@ -231,21 +231,21 @@ class GroupedPlan:
             return None
         cols: list[list[Any]] = []
         for name, dtype in self.keys:
-            f = _KEY_VALUES.get(dtype, _same) if not dtype.startswith("Datetime") else None
-            if f is None:
+            values = py_values(frame, name, dtype, pos)
+            if values is None:
                 return None
-            cols.append([v if v is None else f(v) for v in frame.get_column(name).gather(pos).to_list()])
+            cols.append(values)
         for name, dtype, agg in self.aggregates:
             if agg == "count":
                 cols.append([0] * len(pos))
-            elif agg in ("max", "min"):
-                f = _KEY_VALUES.get(dtype, _same) if not dtype.startswith("Datetime") else None
-                if f is None:
-                    return None
-                cols.append([v if v is None else f(v) for v in frame.get_column(name).gather(pos).to_list()])
-            else:
+                continue
+            values = py_values(frame, name, dtype, pos)  # a max or min: as a key's values
+            if values is None:
+                return None
+            if agg not in ("max", "min"):
                 f = int if agg == "isum" else float  # as _value casts: Int64, or Float64
-                cols.append([v if v is None else f(v) for v in frame.get_column(name).gather(pos).to_list()])
+                values = [v if v is None else f(v) for v in values]
+            cols.append(values)
         cols.append([True] * len(pos))
         return list(zip(*cols, strict=True))
 
@@ -339,14 +339,6 @@ def _changed(prev: pl.DataFrame | None, cur: pl.DataFrame, columns: list[str]) -
         m = prev.get_column(name).ne_missing(cur.get_column(name))
         mask = m if mask is None else mask | m
     return mask.arg_true() if mask is not None else pl.Series([], dtype=pl.UInt32)
-
-
-def _same(v: Any) -> Any:
-    return v
-
-
-#: Group key values as :func:`_key` makes them, in Python, for the dtypes it changes (not datetimes).
-_KEY_VALUES: dict[str, Any] = {"UInt64": float, "String": lambda v: v.split("\x00", 1)[0]}
 
 
 def _key(name: str, dtype: str, *, nul: bool) -> pl.Expr:

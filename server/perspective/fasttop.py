@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cmp_to_key
 from typing import Any
@@ -45,6 +45,8 @@ import numpy as np
 import polars as pl
 
 from protocol.dtypes import RID
+
+from .fastexpr import py_values
 
 __all__ = [
     "NeedsRead",
@@ -208,18 +210,6 @@ def before(a: tuple[Any, ...], b: tuple[Any, ...], descending: Sequence[bool]) -
     return bool(a[-1] < b[-1])
 
 
-def _value(dtype: str) -> Callable[[Any], Any] | None:
-    """How a sort key value read from the frame becomes the value Perspective compares
-    (:func:`.fastexpr.column_expr` in Python), or None for a datetime (left to Polars)."""
-    if dtype in ("UInt64", "Float32"):
-        return float
-    if dtype.startswith("Datetime"):
-        return None
-    if dtype == "String":
-        return lambda v: v.split("\x00", 1)[0]
-    return lambda v: v
-
-
 def _keys(
     frame: pl.DataFrame, rows: pl.Series, columns: list[tuple[str, str]], rids: Any
 ) -> list[tuple[Any, ...]] | None:
@@ -227,10 +217,10 @@ def _keys(
     None when a key column is a datetime."""
     out = []
     for name, dtype in columns:
-        f = _value(dtype)
-        if f is None:
+        values = py_values(frame, name, dtype, rows)
+        if values is None:
             return None
-        out.append([v if v is None else f(v) for v in frame.get_column(name).gather(rows).to_list()])
+        out.append(values)
     out.append([int(r) for r in (rids.to_list() if isinstance(rids, pl.Series) else rids)])
     return list(zip(*out, strict=True))
 
@@ -258,11 +248,9 @@ def _quick(
         where = [i for i, (name, _) in enumerate(columns) if name in floats]
         if any(row[i] is not None and (row[i] != row[i] or row[i] == 0.0) for row in news for i in where):
             raise NeedsRead("a changed float sort key is NaN or zero")
-    if top._edge is None:
-        last = _keys(top.rows, pl.Series([top.rows.height - 1], dtype=pl.UInt32), columns, top.rids()[-1:])
-        assert last is not None
-        top._edge = last[0]
-    if any(before(row, top._edge, descending) for row in news):
+    listed = top.keys(columns)  # not None: the same columns gave ``news``
+    assert listed is not None
+    if any(before(row, listed[-1], descending) for row in news):
         return None
     return top.moved(top.count + len(moves.new) - len(moves.old), cur, ids, seq)
 
